@@ -1,0 +1,309 @@
+"""
+Per-subscriber queues: what a session has yet to receive and what it has not
+acknowledged.
+
+One :class:`SubscriberQueue` exists per subscriber id (mountpoint, client id)
+for as long as the session lives: for the duration of the connection with
+``clean_session = 1``, across disconnects otherwise.  A connection attaches an
+*outlet* (the MQTT session) while it is up; the queue then pushes messages
+through it, keeping at most ``max_inflight_messages`` QoS 1/2 messages
+unacknowledged, and backs up the rest (``max_online_messages``).  While no
+outlet is attached, QoS 1/2 messages of a persistent session are kept
+(``max_offline_messages``) and written to the :class:`IMessageStore`.
+
+The in-flight table and the ids of incoming QoS 2 messages awaiting PUBREL
+live here rather than in the connection, because MQTT requires both to
+survive a reconnect of a persistent session [MQTT-4.4.0-1], [MQTT-4.3.3-2].
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Protocol, Set, Tuple
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from vmqtw.types import Message, SubscriberId
+
+#: The largest MQTT packet identifier; ids run 1..65535.
+MAX_PACKET_ID = 65535
+
+# In-flight entry states.
+AWAIT_ACK = 0   # PUBLISH sent, PUBACK (QoS 1) or PUBREC (QoS 2) awaited
+AWAIT_COMP = 1  # PUBREL sent, PUBCOMP awaited
+
+
+class Outlet(Protocol):
+    """What a queue needs of a connected session to deliver through it."""
+
+    def send_publish(self, message: Message, qos: int, packet_id: Optional[int],
+                     dup: bool) -> None: ...
+
+    def send_pubrel(self, packet_id: int) -> None: ...
+
+
+@attrs.define(frozen=True, slots=True)
+class QueueLimits:
+    """The limits of VerneMQ's queue, from the configuration."""
+
+    #: QoS 1/2 messages sent but not acknowledged; 0 = no limit but the
+    #: packet id space.
+    max_inflight_messages: int = 20
+    #: Messages waiting behind a full in-flight window while online.
+    max_online_messages: int = 1000
+    #: Messages kept while offline; -1 = unlimited.
+    max_offline_messages: int = 1000
+    #: ``fifo`` drops the newest message when full, ``lifo`` the oldest.
+    queue_type: str = "fifo"
+    #: Seconds before an unacknowledged message is sent again with DUP.
+    retry_interval: float = 20.0
+
+
+@attrs.define(slots=True)
+class QueueCounters:
+    """Counters kept across all queues of a node (metrics read them)."""
+
+    dropped_online: int = 0
+    dropped_offline: int = 0
+    dropped_qos0_offline: int = 0
+    retried: int = 0
+
+
+class SubscriberQueue:
+    """The session state of one subscriber id; see the module docstring."""
+
+    log = Logger()
+
+    __slots__ = ("subscriber_id", "clean_session", "limits", "clock", "store",
+                 "counters", "pending", "inflight", "awaiting_rel", "outlet",
+                 "_next_packet_id", "_retry_call", "_window")
+
+    def __init__(self, subscriber_id: SubscriberId, clean_session: bool,
+                 limits: QueueLimits, clock: IReactorTime,
+                 counters: Optional[QueueCounters] = None,
+                 store: Any = None) -> None:
+        self.subscriber_id = subscriber_id
+        self.clean_session = clean_session
+        self.limits = limits
+        self.clock = clock
+        #: An IMessageStore for persistent sessions, or None.
+        self.store = None if clean_session else store
+        self.counters = counters if counters is not None else QueueCounters()
+        #: Messages not yet sent: ``(message, qos)``.
+        self.pending: Deque[Tuple[Message, int]] = deque()
+        #: packet id -> [message, qos, state, sent_at], in send order.
+        self.inflight: Dict[int, List[Any]] = {}
+        #: Ids of incoming QoS 2 PUBLISHes answered with PUBREC, awaiting PUBREL.
+        self.awaiting_rel: Set[int] = set()
+        self.outlet: Optional[Outlet] = None
+        self._next_packet_id = 1
+        self._retry_call: Any = None
+        window = limits.max_inflight_messages
+        self._window = MAX_PACKET_ID if window <= 0 else min(window, MAX_PACKET_ID)
+
+    # -- state ------------------------------------------------------------
+
+    @property
+    def online(self) -> bool:
+        return self.outlet is not None
+
+    def size(self) -> int:
+        """Messages held: waiting plus unacknowledged."""
+        return len(self.pending) + len(self.inflight)
+
+    def attach(self, outlet: Outlet) -> None:
+        """
+        A connection took this session: resend what was in flight with DUP
+        (or PUBREL where PUBREC had arrived) [MQTT-4.4.0-1], then deliver
+        what waited.
+        """
+        self.outlet = outlet
+        now = self.clock.seconds()
+        for packet_id, entry in list(self.inflight.items()):
+            entry[3] = now
+            if entry[2] == AWAIT_ACK:
+                outlet.send_publish(entry[0], entry[1], packet_id, True)
+            else:
+                outlet.send_pubrel(packet_id)
+        if self.inflight:
+            self._schedule_retry()
+        self.pump()
+
+    def detach(self) -> None:
+        """The connection went; keep everything for a reconnect."""
+        self.outlet = None
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
+
+    def discard(self) -> None:
+        """
+        The session ends (clean session closed, expiry, takeover by a clean
+        session): forget everything and remove stored copies.
+        """
+        self.detach()
+        if self.store is not None:
+            refs = [m.ref for m, q in self.pending if q > 0]
+            refs.extend(e[0].ref for e in self.inflight.values()
+                        if e[1] > 0 and e[2] == AWAIT_ACK)
+            for ref in refs:
+                self.store.delete(self.subscriber_id, ref)
+        self.pending.clear()
+        self.inflight.clear()
+        self.awaiting_rel.clear()
+
+    # -- delivery -----------------------------------------------------------
+
+    def enqueue(self, message: Message, qos: int) -> Optional[Deferred]:
+        """
+        Deliver ``message`` at ``qos`` (already ``min(published, granted)``).
+
+        Returns a Deferred when the publisher's acknowledgement must wait for
+        the message store (QoS 1/2 for an offline persistent session), else
+        None.
+        """
+        outlet = self.outlet
+        if outlet is not None:
+            if not self.pending:
+                if qos == 0:
+                    outlet.send_publish(message, 0, None, False)
+                    return None
+                if len(self.inflight) < self._window:
+                    if self.store is not None:
+                        self.store.write(self.subscriber_id, message)
+                    self._send_new(outlet, message, qos)
+                    return None
+            if len(self.pending) >= self.limits.max_online_messages:
+                if not self._make_room():
+                    self.counters.dropped_online += 1
+                    return None
+                self.counters.dropped_online += 1
+            self.pending.append((message, qos))
+            if qos > 0 and self.store is not None:
+                self.store.write(self.subscriber_id, message)
+            return None
+        # Offline: only persistent sessions have a queue without an outlet.
+        if qos == 0:
+            self.counters.dropped_qos0_offline += 1
+            return None
+        limit = self.limits.max_offline_messages
+        if limit >= 0 and len(self.pending) >= limit:
+            if not self._make_room():
+                self.counters.dropped_offline += 1
+                return None
+            self.counters.dropped_offline += 1
+        self.pending.append((message, qos))
+        if self.store is not None:
+            return self.store.write(self.subscriber_id, message)
+        return None
+
+    def _make_room(self) -> bool:
+        """
+        The queue is full.  ``lifo`` drops the oldest waiting message and
+        returns True (room made); ``fifo`` keeps what it has and returns
+        False (the new message is the one dropped).
+        """
+        if self.limits.queue_type != "lifo" or not self.pending:
+            return False
+        message, qos = self.pending.popleft()
+        if qos > 0 and self.store is not None:
+            self.store.delete(self.subscriber_id, message.ref)
+        return True
+
+    def pump(self) -> None:
+        """Send waiting messages while the in-flight window has room."""
+        outlet = self.outlet
+        pending = self.pending
+        while outlet is not None and pending:
+            message, qos = pending[0]
+            if qos == 0:
+                pending.popleft()
+                outlet.send_publish(message, 0, None, False)
+            elif len(self.inflight) < self._window:
+                pending.popleft()
+                self._send_new(outlet, message, qos)
+            else:
+                break
+            outlet = self.outlet
+
+    def _send_new(self, outlet: Outlet, message: Message, qos: int) -> None:
+        packet_id = self._allocate_packet_id()
+        self.inflight[packet_id] = [message, qos, AWAIT_ACK, self.clock.seconds()]
+        outlet.send_publish(message, qos, packet_id, False)
+        if self._retry_call is None:
+            self._schedule_retry()
+
+    def _allocate_packet_id(self) -> int:
+        packet_id = self._next_packet_id
+        inflight = self.inflight
+        while packet_id in inflight:
+            packet_id = packet_id % MAX_PACKET_ID + 1
+        self._next_packet_id = packet_id % MAX_PACKET_ID + 1
+        return packet_id
+
+    # -- acknowledgements from the subscriber --------------------------------
+
+    def puback(self, packet_id: int) -> None:
+        """PUBACK: a QoS 1 delivery is done [MQTT-4.3.2-1]."""
+        entry = self.inflight.get(packet_id)
+        if entry is None or entry[1] != 1:
+            return
+        del self.inflight[packet_id]
+        if self.store is not None:
+            self.store.delete(self.subscriber_id, entry[0].ref)
+        self.pump()
+
+    def pubrec(self, packet_id: int) -> None:
+        """
+        PUBREC: the subscriber owns the QoS 2 message; answer PUBREL and
+        from now on only ever resend the PUBREL [MQTT-4.3.3-1].
+        """
+        entry = self.inflight.get(packet_id)
+        if entry is None or entry[1] != 2:
+            return
+        if entry[2] == AWAIT_ACK:
+            entry[2] = AWAIT_COMP
+            if self.store is not None:
+                self.store.delete(self.subscriber_id, entry[0].ref)
+        entry[3] = self.clock.seconds()
+        if self.outlet is not None:
+            self.outlet.send_pubrel(packet_id)
+
+    def pubcomp(self, packet_id: int) -> None:
+        """PUBCOMP: the QoS 2 exchange is over; the id may be reused."""
+        entry = self.inflight.get(packet_id)
+        if entry is None or entry[2] != AWAIT_COMP:
+            return
+        del self.inflight[packet_id]
+        self.pump()
+
+    # -- retries ------------------------------------------------------------
+
+    def _schedule_retry(self) -> None:
+        if self.outlet is None or not self.inflight:
+            self._retry_call = None
+            return
+        oldest = min(entry[3] for entry in self.inflight.values())
+        delay = max(0.0, oldest + self.limits.retry_interval - self.clock.seconds())
+        self._retry_call = self.clock.callLater(delay, self._retry)
+
+    def _retry(self) -> None:
+        """Resend what waited ``retry_interval`` for an acknowledgement."""
+        self._retry_call = None
+        outlet = self.outlet
+        if outlet is None:
+            return
+        now = self.clock.seconds()
+        due = now - self.limits.retry_interval
+        for packet_id, entry in list(self.inflight.items()):
+            if entry[3] > due:
+                continue
+            entry[3] = now
+            self.counters.retried += 1
+            if entry[2] == AWAIT_ACK:
+                outlet.send_publish(entry[0], entry[1], packet_id, True)
+            else:
+                outlet.send_pubrel(packet_id)
+        self._schedule_retry()

@@ -1,0 +1,275 @@
+"""
+The registry: who is connected, who subscribes to what, and where a
+published message goes.
+
+Subscriptions live in :class:`~vmqtw.interfaces.IMetadataStore` under
+:data:`~vmqtw.types.SUBSCRIBER_PREFIX`, retained messages under
+:data:`~vmqtw.types.RETAIN_PREFIX`.  The routing trie and the retained-topic
+tree are caches built from a fold of the store plus its change events, so a
+change arriving from another node (or a repair after a netsplit) updates
+routing exactly as a local SUBSCRIBE does -- and routing never scans all
+subscriptions.
+
+Subscriber record (VerneMQ's layout)::
+
+    key   = (mountpoint, client_id)
+    value = ((node, clean_session, ((filter, qos), ...)), ...)
+"""
+from __future__ import annotations
+
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional,
+                    Tuple)
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from vmqtw.broker.queue import QueueCounters, QueueLimits, SubscriberQueue
+from vmqtw.interfaces import IMetadataStore
+from vmqtw.trie import RetainTree, SubscriptionTrie
+from vmqtw.types import (RETAIN_PREFIX, SUBSCRIBER_PREFIX, Message,
+                         SubscriberId, new_message_ref)
+
+SubscriberRecord = Tuple[Tuple[str, bool, Tuple[Tuple[str, int], ...]], ...]
+
+
+def local_filters(record: Optional[SubscriberRecord], node: str) -> Dict[str, int]:
+    """The ``{filter: qos}`` that ``record`` holds for ``node``."""
+    filters: Dict[str, int] = {}
+    if record:
+        for entry_node, _clean, topics in record:
+            if entry_node == node:
+                for flt, qos in topics:
+                    filters[flt] = qos
+    return filters
+
+
+def record_clean_session(record: Optional[SubscriberRecord], node: str) -> Optional[bool]:
+    """The clean-session flag ``record`` holds for ``node``, if any."""
+    if record:
+        for entry_node, clean, _topics in record:
+            if entry_node == node:
+                return clean
+    return None
+
+
+class Registry:
+    """Sessions, subscriptions, retained messages and routing of one node."""
+
+    log = Logger()
+
+    def __init__(self, node: str, metadata: IMetadataStore, clock: IReactorTime,
+                 limits: QueueLimits = QueueLimits(), store: Any = None) -> None:
+        self.node = node
+        self.metadata = metadata
+        self.clock = clock
+        self.limits = limits
+        #: An IMessageStore, or None for a node that keeps nothing on disk.
+        self.store = store
+        self.counters = QueueCounters()
+        self.trie = SubscriptionTrie()
+        self.retained = RetainTree()
+        self.queues: Dict[SubscriberId, SubscriberQueue] = {}
+        #: Connected sessions by subscriber id (for takeover).
+        self.sessions: Dict[SubscriberId, Any] = {}
+        self._unsubscribe_events: List[Callable[[], None]] = []
+        #: Messages routed and retained counts, read by metrics.
+        self.published = 0
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Build the trie and the retained tree, then follow changes."""
+        for key, record in self.metadata.items(SUBSCRIBER_PREFIX):
+            self._on_subscriber_change(SUBSCRIBER_PREFIX, key, None, record)
+        for key, value in self.metadata.items(RETAIN_PREFIX):
+            self._on_retain_change(RETAIN_PREFIX, key, None, value)
+        self._unsubscribe_events = [
+            self.metadata.subscribe(SUBSCRIBER_PREFIX, self._on_subscriber_change),
+            self.metadata.subscribe(RETAIN_PREFIX, self._on_retain_change),
+        ]
+
+    def stop(self) -> None:
+        for unsubscribe in self._unsubscribe_events:
+            unsubscribe()
+        self._unsubscribe_events = []
+        for queue in self.queues.values():
+            queue.detach()
+
+    def _on_subscriber_change(self, prefix: Any, key: Any, old: Any, new: Any) -> None:
+        subscriber_id = SubscriberId(*key)
+        before = local_filters(old, self.node)
+        after = local_filters(new, self.node)
+        trie = self.trie
+        for flt in before:
+            if flt not in after:
+                trie.remove(flt, subscriber_id)
+        for flt, qos in after.items():
+            if before.get(flt) != qos:
+                trie.add(flt, subscriber_id, qos)
+
+    def _on_retain_change(self, prefix: Any, key: Any, old: Any, new: Any) -> None:
+        _mountpoint, topic = key
+        if new is None:
+            self.retained.delete(topic)
+        else:
+            self.retained.set(topic, new)
+
+    # -- sessions -------------------------------------------------------------
+
+    def register(self, subscriber_id: SubscriberId, clean_session: bool,
+                 session: Any) -> Tuple[SubscriberQueue, bool]:
+        """
+        Attach a new connection to ``subscriber_id``'s session.
+
+        An existing connection with the same client id is taken over: it is
+        closed (its will fires) and the new one proceeds [MQTT-3.1.4-2].
+        Returns the queue and the CONNACK session-present flag.
+        """
+        previous = self.sessions.pop(subscriber_id, None)
+        if previous is not None:
+            previous.take_over()
+        queue = self.queues.get(subscriber_id)
+        key = subscriber_id.as_key()
+        record = self.metadata.get(SUBSCRIBER_PREFIX, key)
+        if clean_session:
+            # [MQTT-3.1.2-6]: discard any previous session.
+            if queue is not None:
+                queue.discard()
+            if record is not None:
+                self.metadata.delete(SUBSCRIBER_PREFIX, key)
+            queue = self._new_queue(subscriber_id, True)
+            present = False
+        else:
+            present = (queue is not None and not queue.clean_session) or (
+                record_clean_session(record, self.node) is False)
+            if queue is None or queue.clean_session:
+                if queue is not None:
+                    queue.discard()
+                queue = self._new_queue(subscriber_id, False)
+            if record is not None and record_clean_session(record, self.node) is not False:
+                self._write_record(subscriber_id, False,
+                                   local_filters(record, self.node))
+        self.sessions[subscriber_id] = session
+        return queue, present
+
+    def _new_queue(self, subscriber_id: SubscriberId, clean_session: bool) -> SubscriberQueue:
+        queue = SubscriberQueue(subscriber_id, clean_session, self.limits, self.clock,
+                                self.counters, self.store)
+        self.queues[subscriber_id] = queue
+        return queue
+
+    def unregister(self, subscriber_id: SubscriberId, session: Any,
+                   clean_session: bool) -> None:
+        """
+        ``session``'s connection is gone.  A clean session ends with it
+        [MQTT-3.1.2-6]; a persistent one stays, offline.  A session that was
+        taken over is no longer registered, and this is a no-op for it.
+        """
+        if self.sessions.get(subscriber_id) is not session:
+            return
+        del self.sessions[subscriber_id]
+        queue = self.queues.get(subscriber_id)
+        if queue is None:
+            return
+        if clean_session:
+            queue.discard()
+            del self.queues[subscriber_id]
+            if self.metadata.get(SUBSCRIBER_PREFIX, subscriber_id.as_key()) is not None:
+                self.metadata.delete(SUBSCRIBER_PREFIX, subscriber_id.as_key())
+        else:
+            queue.detach()
+
+    # -- subscriptions --------------------------------------------------------
+
+    def subscriptions(self, subscriber_id: SubscriberId) -> Dict[str, int]:
+        """This node's ``{filter: qos}`` for ``subscriber_id``."""
+        record = self.metadata.get(SUBSCRIBER_PREFIX, subscriber_id.as_key())
+        return local_filters(record, self.node)
+
+    def subscribe(self, subscriber_id: SubscriberId, clean_session: bool,
+                  topics: Iterable[Tuple[str, int]]) -> None:
+        """
+        Add or replace subscriptions; a repeated filter replaces the old
+        one's QoS [MQTT-3.8.4-3].  The trie is updated (through the store's
+        change event) before this returns, so a SUBACK sent afterwards never
+        precedes routing.
+        """
+        filters = self.subscriptions(subscriber_id)
+        for flt, qos in topics:
+            filters[flt] = qos
+        self._write_record(subscriber_id, clean_session, filters)
+
+    def unsubscribe(self, subscriber_id: SubscriberId, clean_session: bool,
+                    topics: Iterable[str]) -> None:
+        filters = self.subscriptions(subscriber_id)
+        changed = False
+        for flt in topics:
+            if filters.pop(flt, None) is not None:
+                changed = True
+        if changed:
+            self._write_record(subscriber_id, clean_session, filters)
+
+    def _write_record(self, subscriber_id: SubscriberId, clean_session: bool,
+                      filters: Dict[str, int]) -> None:
+        key = subscriber_id.as_key()
+        old = self.metadata.get(SUBSCRIBER_PREFIX, key)
+        others = tuple(entry for entry in (old or ()) if entry[0] != self.node)
+        if not filters and not others and clean_session:
+            if old is not None:
+                self.metadata.delete(SUBSCRIBER_PREFIX, key)
+            return
+        mine = (self.node, clean_session, tuple(sorted(filters.items())))
+        self.metadata.put(SUBSCRIBER_PREFIX, key, others + (mine,))
+
+    # -- publishing -----------------------------------------------------------
+
+    def publish(self, message: Message) -> Optional[Deferred]:
+        """
+        Route ``message`` to every matching subscriber, at
+        ``min(published, granted)`` QoS, one copy per subscriber however many
+        of its filters match [MQTT-3.3.5-1].
+
+        Returns None when every copy is where it must be before the publisher
+        may be acknowledged, else a Deferred firing when it is (the message
+        store wrote the copies for offline persistent sessions).
+        """
+        self.published += 1
+        if message.retain:
+            self._retain(message)
+            # Established subscriptions get RETAIN=0 [MQTT-3.3.1-9].
+            message = Message(message.ref, message.topic, message.payload,
+                              message.qos, False, False, message.timestamp,
+                              message.mountpoint, message.origin)
+        matches = self.trie.match(message.topic)
+        if not matches:
+            return None
+        queues = self.queues
+        published_qos = message.qos
+        waits: Optional[List[Deferred]] = None
+        for subscriber_id, granted in matches.items():
+            queue = queues.get(subscriber_id)
+            if queue is None:
+                continue
+            waiting = queue.enqueue(message, granted if granted < published_qos else published_qos)
+            if waiting is not None:
+                if waits is None:
+                    waits = []
+                waits.append(waiting)
+        if waits is None:
+            return None
+        return gatherResults(waits, consumeErrors=True)
+
+    def _retain(self, message: Message) -> None:
+        """A zero-byte retained message clears the topic [MQTT-3.3.1-10/11]."""
+        key = (message.mountpoint, message.topic)
+        if message.payload:
+            self.metadata.put(RETAIN_PREFIX, key,
+                              (message.payload, message.qos, message.timestamp))
+        elif self.metadata.get(RETAIN_PREFIX, key) is not None:
+            self.metadata.delete(RETAIN_PREFIX, key)
+
+    def retained_matching(self, flt: str) -> Iterator[Message]:
+        """Retained messages for a new subscription to ``flt``, RETAIN=1."""
+        for topic, (payload, qos, timestamp) in self.retained.match(flt):
+            yield Message(new_message_ref(), topic, payload, qos, True, False, timestamp)

@@ -1,0 +1,176 @@
+"""
+The Twisted adapter between MQTT sockets and :class:`Session`.
+
+It only moves bytes: ``dataReceived`` feeds the codec, which returns every
+complete packet in the buffer, and hands them to the session; the session
+writes through this protocol.  Timers live here too -- the CONNECT deadline
+(``connect_timeout``, against idle sockets and slowloris) and the keepalive
+(1.5 × keepalive of silence closes the connection [MQTT-3.1.2-24]).  A
+keepalive check is one timer per connection that re-arms itself for the
+remaining time, so ``dataReceived`` only records the time of the last byte.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Set
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from vmqtw.mqtt import packets as P
+from vmqtw.mqtt.codec import Decoder, ProtocolError, UnacceptableProtocolLevel, encode
+from vmqtw.mqtt.session import NEW, Authenticator, Session, SessionSettings
+
+
+class MQTTProtocol(Protocol):
+    """One client connection."""
+
+    log = Logger()
+
+    def __init__(self, factory: "MQTTFactory") -> None:
+        self.factory = factory
+        self.clock: IReactorTime = factory.clock
+        self.session: Optional[Session] = None
+        self.decoder: Optional[Decoder] = None
+        self.closing = False
+        self.last_seen = 0.0
+        self._connect_timer: Any = None
+        self._keepalive_timer: Any = None
+
+    # -- Protocol -----------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        self.decoder = Decoder(factory.max_packet_size, connect_first=True)
+        peer = self.transport.getPeer()
+        self.session = Session(self, factory.registry, factory.settings, factory.authenticator,
+                               peer=(getattr(peer, "host", None), getattr(peer, "port", None)),
+                               on_connected=self._session_connected)
+        self.last_seen = self.clock.seconds()
+        if factory.connect_timeout > 0:
+            self._connect_timer = self.clock.callLater(factory.connect_timeout,
+                                                       self._connect_timed_out)
+        factory.connections.add(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        now = self.clock.seconds()
+        self.last_seen = now
+        error: Optional[ProtocolError] = None
+        try:
+            packets = self.decoder.feed(data)  # type: ignore[union-attr]
+        except ProtocolError as malformed:
+            # Act on the packets that preceded the malformed one, then close.
+            error = malformed
+            packets = getattr(malformed, "packets", None) or []
+        session = self.session
+        handle = session.handle  # type: ignore[union-attr]
+        try:
+            for packet in packets:
+                handle(packet, now)
+                if self.closing:
+                    return
+        except Exception:
+            # A bug, never the client's fault: drop this connection only.
+            self.log.failure("internal error handling a packet from {peer}",
+                             peer=session.peer)  # type: ignore[union-attr]
+            self.abort()
+            return
+        if error is None:
+            return
+        if isinstance(error, UnacceptableProtocolLevel) and session.state == NEW:  # type: ignore
+            # [MQTT-3.1.2-2]: CONNACK 1, then close.
+            self.log.info("refusing {peer}: {reason}", peer=session.peer,  # type: ignore
+                          reason=error.reason)
+            self.write(encode(P.ConnAck(P.CONNACK_UNACCEPTABLE_PROTOCOL_VERSION, False)))
+            self.close()
+            return
+        self.log.info("closing {peer}: malformed packet: {reason}",
+                      peer=session.peer, reason=error.reason)  # type: ignore[union-attr]
+        self.abort()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closing = True
+        for timer in (self._connect_timer, self._keepalive_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._connect_timer = self._keepalive_timer = None
+        self.factory.connections.discard(self)
+        if self.session is not None:
+            try:
+                self.session.connection_lost()
+            except Exception:
+                self.log.failure("internal error closing the session of {peer}",
+                                 peer=self.session.peer)
+
+    # -- timers ---------------------------------------------------------------------
+
+    def _connect_timed_out(self) -> None:
+        self._connect_timer = None
+        self.log.info("closing {peer}: no CONNECT within {timeout} s",
+                      peer=self.session.peer, timeout=self.factory.connect_timeout)
+        self.abort()
+
+    def _session_connected(self, session: Session) -> None:
+        if self._connect_timer is not None and self._connect_timer.active():
+            self._connect_timer.cancel()
+        self._connect_timer = None
+        if session.keepalive > 0:
+            self._keepalive_timer = self.clock.callLater(session.keepalive * 1.5,
+                                                         self._keepalive_check)
+
+    def _keepalive_check(self) -> None:
+        self._keepalive_timer = None
+        grace = self.session.keepalive * 1.5  # type: ignore[union-attr]
+        silent = self.clock.seconds() - self.last_seen
+        if silent >= grace:
+            self.log.info("closing {peer}: keepalive expired", peer=self.session.peer)
+            self.abort()
+            return
+        self._keepalive_timer = self.clock.callLater(grace - silent, self._keepalive_check)
+
+    # -- SessionIO ------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not self.closing:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.transport.abortConnection()
+
+    def pause_reading(self) -> None:
+        self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        self.transport.resumeProducing()
+
+
+class MQTTFactory(Factory):
+    """Builds :class:`MQTTProtocol` for one listener; holds what they share."""
+
+    noisy = False
+
+    def __init__(self, registry: Any, settings: SessionSettings, authenticator: Authenticator,
+                 clock: IReactorTime, max_packet_size: int = 0, connect_timeout: float = 10.0,
+                 max_connections: int = 0) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.authenticator = authenticator
+        self.clock = clock
+        self.max_packet_size = max_packet_size
+        self.connect_timeout = connect_timeout
+        self.max_connections = max_connections
+        self.connections: Set[MQTTProtocol] = set()
+
+    def buildProtocol(self, addr: Any) -> Optional[MQTTProtocol]:
+        if self.max_connections and len(self.connections) >= self.max_connections:
+            return None  # refused: Twisted closes the socket
+        return MQTTProtocol(self)

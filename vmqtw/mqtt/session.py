@@ -1,0 +1,413 @@
+"""
+The MQTT 3.1/3.1.1 session state machine of one connection.
+
+Sans-IO: it receives decoded packets with the current time and answers
+through a small :class:`SessionIO` (write bytes, close, pause/resume
+reading), which the Twisted protocol implements and unit tests fake.  It
+reaches the rest of the broker only through the registry (register,
+subscribe, publish) and the subscriber queue the registry hands it.
+
+Acknowledgements to a publisher are written in the order the PUBLISHes
+arrived [MQTT-4.6.0-2], even when one of them must first wait for the
+message store; while too many wait, reading from the socket pauses
+(backpressure instead of unbounded buffering).
+"""
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Protocol
+
+import attrs
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+
+from vmqtw.mqtt import packets as P
+from vmqtw.mqtt.codec import encode, encode_publish
+from vmqtw.topic import parse_shared, validate_filter, validate_topic
+from vmqtw.types import Message, SubscriberId, new_message_ref
+
+NEW, CONNECTING, CONNECTED, CLOSED = range(4)
+
+#: Pre-encoded packets that never change.
+_PINGRESP = encode(P.PingResp())
+
+#: Stop reading from a publisher once this many acknowledgements wait for
+#: storage; resume when half of them are written.
+ACK_BACKLOG_PAUSE = 256
+
+
+class SessionIO(Protocol):
+    """What the session needs of its connection."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None:
+        """Close after writing what is buffered (e.g. after a CONNACK)."""
+
+    def abort(self) -> None:
+        """Close at once (protocol violation, takeover)."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+@attrs.define(frozen=True, slots=True)
+class SessionSettings:
+    """The configuration a session consults, copied once from the Config."""
+
+    max_client_id_size: int = 100
+    topic_max_depth: int = 10
+    #: Seconds; 0 = no cap on the client's keepalive.
+    max_keepalive: int = 0
+    max_subscriptions_per_client: int = 0
+    mountpoint: str = ""
+
+
+@attrs.define(frozen=True, slots=True)
+class ConnectInfo:
+    """What an authenticator is told about a connecting client."""
+
+    client_id: str
+    username: Optional[str]
+    password: Optional[bytes]
+    peer: Any
+    clean_session: bool
+
+
+class Authenticator(Protocol):
+    """
+    Decides CONNECT, PUBLISH and SUBSCRIBE.  ``authenticate`` may return a
+    Deferred (password checks run a slow KDF off the reactor thread).
+    """
+
+    def authenticate(self, info: ConnectInfo) -> Any:
+        """A CONNACK return code (0 accepts), or a Deferred firing with one."""
+
+    def can_publish(self, client_id: str, username: Optional[str], topic: str) -> bool: ...
+
+    def can_subscribe(self, client_id: str, username: Optional[str], flt: str) -> bool: ...
+
+
+@attrs.define(slots=True)
+class AnonymousGate:
+    """
+    The authenticator used when no auth plugin is on: it accepts every
+    client while ``allow_anonymous`` is on; with it off nobody can be
+    authenticated and every CONNECT gets CONNACK 5 (not authorized), as
+    VerneMQ answers when no auth plugin accepts a client.
+    """
+
+    allow_anonymous: bool = False
+
+    def authenticate(self, info: ConnectInfo) -> int:
+        return P.CONNACK_ACCEPTED if self.allow_anonymous else P.CONNACK_NOT_AUTHORIZED
+
+    def can_publish(self, client_id: str, username: Optional[str], topic: str) -> bool:
+        return True
+
+    def can_subscribe(self, client_id: str, username: Optional[str], flt: str) -> bool:
+        return True
+
+
+class Session:
+    """One connection's MQTT state; see the module docstring."""
+
+    log = Logger()
+
+    def __init__(self, io: SessionIO, registry: Any, settings: SessionSettings,
+                 authenticator: Authenticator, peer: Any = None,
+                 on_connected: Optional[Callable[["Session"], None]] = None) -> None:
+        self.io = io
+        self.registry = registry
+        self.settings = settings
+        self.authenticator = authenticator
+        self.peer = peer
+        self.on_connected = on_connected
+        self.state = NEW
+        self.client_id: str = ""
+        self.subscriber_id: Optional[SubscriberId] = None
+        self.username: Optional[str] = None
+        self.clean_session = True
+        #: The keepalive in force, in seconds (0 = none); the connection is
+        #: dropped after 1.5 times as long without a packet [MQTT-3.1.2-24].
+        self.keepalive = 0
+        self.will: Optional[P.Will] = None
+        self.queue: Any = None
+        self.taken_over = False
+        self._disconnected = False
+        self._buffered: List[Any] = []
+        self._acks: Deque[List[Any]] = deque()
+        self._paused = False
+        self._handlers: Dict[type, Callable[[Any, float], None]] = {
+            P.Publish: self._on_publish,
+            P.PubAck: self._on_puback,
+            P.PubRec: self._on_pubrec,
+            P.PubRel: self._on_pubrel,
+            P.PubComp: self._on_pubcomp,
+            P.Subscribe: self._on_subscribe,
+            P.Unsubscribe: self._on_unsubscribe,
+            P.PingReq: self._on_pingreq,
+            P.Disconnect: self._on_disconnect,
+        }
+
+    # -- input ----------------------------------------------------------------
+
+    def handle(self, packet: Any, now: float) -> None:
+        """Act on one decoded packet from the client."""
+        state = self.state
+        if state == CONNECTED:
+            handler = self._handlers.get(type(packet))
+            if handler is None:
+                # A second CONNECT [MQTT-3.1.0-2], or a packet only a server
+                # sends (CONNACK, SUBACK, UNSUBACK, PINGRESP).
+                self.violation("unexpected " + type(packet).__name__)
+                return
+            handler(packet, now)
+        elif state == NEW:
+            if type(packet) is not P.Connect:
+                self.violation("first packet is not CONNECT")  # [MQTT-3.1.0-1]
+                return
+            self._on_connect(packet, now)
+        elif state == CONNECTING:
+            if type(packet) is P.Connect:
+                self.violation("second CONNECT")
+                return
+            # Pipelined behind a CONNECT that is still being authenticated.
+            self._buffered.append(packet)
+
+    def violation(self, reason: str) -> None:
+        """A protocol violation: close without answering; the will fires."""
+        self.log.info("closing {peer}: {reason}", peer=self.peer, reason=reason)
+        self.io.abort()
+
+    # -- CONNECT --------------------------------------------------------------
+
+    def _on_connect(self, connect: P.Connect, now: float) -> None:
+        settings = self.settings
+        client_id = connect.client_id
+        if not client_id:
+            if not connect.clean_session:
+                self._refuse(P.CONNACK_IDENTIFIER_REJECTED)  # [MQTT-3.1.3-8]
+                return
+            client_id = "vmqtw-" + os.urandom(12).hex()  # [MQTT-3.1.3-6]
+        elif len(client_id) > settings.max_client_id_size:
+            self._refuse(P.CONNACK_IDENTIFIER_REJECTED)  # [MQTT-3.1.3-9]
+            return
+        will = connect.will
+        if will is not None and not validate_topic(will.topic, settings.topic_max_depth):
+            self.violation("invalid will topic")
+            return
+        self.client_id = client_id
+        self.subscriber_id = SubscriberId(settings.mountpoint, client_id)
+        self.username = connect.username
+        self.clean_session = connect.clean_session
+        keepalive = connect.keepalive
+        if settings.max_keepalive and (keepalive == 0 or keepalive > settings.max_keepalive):
+            keepalive = settings.max_keepalive
+        self.keepalive = keepalive
+        self.will = will
+        self.state = CONNECTING
+        info = ConnectInfo(client_id, connect.username, connect.password, self.peer,
+                           connect.clean_session)
+        result = maybeDeferred(self.authenticator.authenticate, info)
+        result.addCallbacks(self._authenticated, self._authentication_failed,
+                            callbackArgs=(now,))
+
+    def _authentication_failed(self, failure: Any) -> None:
+        self.log.failure("authentication of {client_id} failed", failure,
+                         client_id=self.client_id)
+        if self.state == CONNECTING:
+            self._refuse(P.CONNACK_SERVER_UNAVAILABLE)
+
+    def _authenticated(self, return_code: int, now: float) -> None:
+        if self.state != CONNECTING:
+            return  # the connection went away meanwhile
+        if return_code != P.CONNACK_ACCEPTED:
+            self._refuse(return_code)
+            return
+        will = self.will
+        if will is not None and (will.topic.startswith("$") or not self.authenticator.can_publish(
+                self.client_id, self.username, will.topic)):
+            self._refuse(P.CONNACK_NOT_AUTHORIZED)
+            return
+        assert self.subscriber_id is not None
+        queue, present = self.registry.register(self.subscriber_id, self.clean_session, self)
+        self.queue = queue
+        self.state = CONNECTED
+        self.io.write(encode(P.ConnAck(P.CONNACK_ACCEPTED, present)))
+        if self.on_connected is not None:
+            self.on_connected(self)
+        queue.attach(self)
+        buffered, self._buffered = self._buffered, []
+        for packet in buffered:
+            if self.state != CONNECTED:
+                break
+            self.handle(packet, now)
+
+    def _refuse(self, return_code: int) -> None:
+        """CONNACK with an error code, then close [MQTT-3.2.2-5]."""
+        self.state = CLOSED
+        self.will = None
+        self.io.write(encode(P.ConnAck(return_code, False)))
+        self.io.close()
+
+    # -- the connection ends ----------------------------------------------------
+
+    def take_over(self) -> None:
+        """
+        Another connection registered the same client id: leave the queue to
+        it and close; the will is published as for any abnormal close.
+        """
+        self.taken_over = True
+        if self.queue is not None and self.queue.outlet is self:
+            self.queue.detach()
+        self.queue = None
+        self.io.abort()
+
+    def connection_lost(self) -> None:
+        """
+        The socket closed.  Publish the will unless the client said
+        DISCONNECT [MQTT-3.1.2-8], [MQTT-3.14.4-3]; end or park the session.
+        """
+        state = self.state
+        self.state = CLOSED
+        if state != CONNECTED:
+            return
+        will = self.will
+        self.will = None
+        if will is not None and not self._disconnected:
+            self.registry.publish(Message(new_message_ref(), will.topic, will.payload, will.qos,
+                                          will.retain, False, self.registry.clock.seconds(),
+                                          self.settings.mountpoint))
+        if not self.taken_over and self.subscriber_id is not None:
+            self.registry.unregister(self.subscriber_id, self, self.clean_session)
+        self.queue = None
+
+    # -- outlet for the subscriber queue -------------------------------------------
+
+    def send_publish(self, message: Message, qos: int, packet_id: Optional[int],
+                     dup: bool) -> None:
+        self.io.write(encode_publish(message.topic, message.payload, qos, message.retain,
+                                     dup, packet_id))
+
+    def send_pubrel(self, packet_id: int) -> None:
+        self.io.write(encode(P.PubRel(packet_id)))
+
+    # -- packets after CONNECT ---------------------------------------------------
+
+    def _on_publish(self, publish: P.Publish, now: float) -> None:
+        topic = publish.topic
+        qos = publish.qos
+        max_depth = self.settings.topic_max_depth
+        if max_depth and topic.count("/") >= max_depth:
+            self.violation("topic deeper than topic_max_depth")
+            return
+        if qos == 2 and publish.packet_id in self.queue.awaiting_rel:
+            # A resend of a QoS 2 message already routed: answer, do not
+            # route it again (exactly once) [MQTT-4.3.3-2].
+            self._acknowledge(None, encode(P.PubRec(publish.packet_id)))
+            return
+        allowed = not topic.startswith("$") and self.authenticator.can_publish(
+            self.client_id, self.username, topic)
+        waiting = None
+        if allowed:
+            waiting = self.registry.publish(Message(
+                new_message_ref(), topic, publish.payload, qos, publish.retain, False, now,
+                self.settings.mountpoint))
+        # A denied QoS 1/2 message is still acknowledged, as VerneMQ and the
+        # ACL plugins do, so the client does not resend it forever.
+        if qos == 1:
+            self._acknowledge(waiting, encode(P.PubAck(publish.packet_id)))
+        elif qos == 2:
+            self.queue.awaiting_rel.add(publish.packet_id)
+            self._acknowledge(waiting, encode(P.PubRec(publish.packet_id)))
+
+    def _acknowledge(self, waiting: Optional[Deferred], ack: bytes) -> None:
+        """Write ``ack`` once ``waiting`` fired and every earlier ack is out."""
+        acks = self._acks
+        if waiting is None and not acks:
+            self.io.write(ack)
+            return
+        entry = [waiting is None, ack]
+        acks.append(entry)
+        if waiting is not None:
+            waiting.addCallbacks(self._ack_ready, self._ack_failed,
+                                 callbackArgs=(entry,), errbackArgs=(entry,))
+        if len(acks) >= ACK_BACKLOG_PAUSE and not self._paused:
+            self._paused = True
+            self.io.pause_reading()
+
+    def _ack_ready(self, _: Any, entry: List[Any]) -> None:
+        entry[0] = True
+        self._flush_acks()
+
+    def _ack_failed(self, failure: Any, entry: List[Any]) -> None:
+        # Never acknowledge what was not stored: the client resends it.
+        self.log.failure("storing a message from {client_id} failed; not acknowledged",
+                         failure, client_id=self.client_id)
+        entry[0] = True
+        entry[1] = b""
+        self._flush_acks()
+
+    def _flush_acks(self) -> None:
+        acks = self._acks
+        while acks and acks[0][0]:
+            data = acks.popleft()[1]
+            if data and self.state == CONNECTED:
+                self.io.write(data)
+        if self._paused and len(acks) < ACK_BACKLOG_PAUSE // 2:
+            self._paused = False
+            self.io.resume_reading()
+
+    def _on_puback(self, packet: P.PubAck, now: float) -> None:
+        self.queue.puback(packet.packet_id)
+
+    def _on_pubrec(self, packet: P.PubRec, now: float) -> None:
+        self.queue.pubrec(packet.packet_id)
+
+    def _on_pubcomp(self, packet: P.PubComp, now: float) -> None:
+        self.queue.pubcomp(packet.packet_id)
+
+    def _on_pubrel(self, packet: P.PubRel, now: float) -> None:
+        """Release a QoS 2 id; PUBCOMP even for an unknown id [MQTT-4.3.3-2]."""
+        self.queue.awaiting_rel.discard(packet.packet_id)
+        self._acknowledge(None, encode(P.PubComp(packet.packet_id)))
+
+    def _on_subscribe(self, subscribe: P.Subscribe, now: float) -> None:
+        settings = self.settings
+        subscriber_id = self.subscriber_id
+        existing = self.registry.subscriptions(subscriber_id)
+        limit = settings.max_subscriptions_per_client
+        granted: List[tuple] = []
+        codes: List[int] = []
+        for flt, qos in subscribe.topics:
+            if (not validate_filter(flt, settings.topic_max_depth)
+                    or parse_shared(flt) is not None
+                    or not self.authenticator.can_subscribe(self.client_id, self.username, flt)
+                    or (limit and flt not in existing and len(existing) >= limit)):
+                codes.append(P.SUBACK_FAILURE)  # [MQTT-3.9.3-2]
+                continue
+            existing[flt] = qos
+            granted.append((flt, qos))
+            codes.append(qos)
+        if granted:
+            self.registry.subscribe(subscriber_id, self.clean_session, granted)
+        self.io.write(encode(P.SubAck(subscribe.packet_id, codes)))
+        queue = self.queue
+        for flt, qos in granted:
+            for message in self.registry.retained_matching(flt):
+                queue.enqueue(message, qos if qos < message.qos else message.qos)
+
+    def _on_unsubscribe(self, unsubscribe: P.Unsubscribe, now: float) -> None:
+        self.registry.unsubscribe(self.subscriber_id, self.clean_session, unsubscribe.topics)
+        self.io.write(encode(P.UnsubAck(unsubscribe.packet_id)))
+
+    def _on_pingreq(self, packet: P.PingReq, now: float) -> None:
+        self.io.write(_PINGRESP)
+
+    def _on_disconnect(self, packet: P.Disconnect, now: float) -> None:
+        self._disconnected = True
+        self.will = None
+        self.io.close()

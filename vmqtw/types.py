@@ -1,0 +1,76 @@
+"""
+Plain value types shared by every layer.
+
+They are attrs classes with ``slots=True`` and no validators: they travel
+through the per-message hot path, so validation happens at the edges (codec,
+config, admin) and never here.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import attrs
+
+__all__ = ["SubscriberId", "Message", "new_message_ref", "MetadataPrefix",
+           "SUBSCRIBER_PREFIX", "RETAIN_PREFIX"]
+
+#: A metadata full prefix, e.g. ``("vmq", "subscriber")``.
+MetadataPrefix = Tuple[str, str]
+
+#: Where subscriptions live in ``IMetadataStore``: key ``(mountpoint,
+#: client_id)``; value ``((node, clean_session, ((filter, qos), ...)), ...)``.
+SUBSCRIBER_PREFIX: MetadataPrefix = ("vmq", "subscriber")
+
+#: Where retained messages live in ``IMetadataStore``: key ``(mountpoint,
+#: topic)``; value ``(payload, qos, timestamp)``.
+RETAIN_PREFIX: MetadataPrefix = ("vmq", "retain")
+
+
+@attrs.define(frozen=True, slots=True, order=True)
+class SubscriberId:
+    """
+    Identifies one session across the cluster, as VerneMQ's ``{MP, ClientId}``.
+
+    Mountpoints partition the topic space of one broker; the default is ``""``.
+    """
+
+    mountpoint: str
+    client_id: str
+
+    def as_key(self) -> Tuple[str, str]:
+        """The tuple form used as a metadata key and in store encodings."""
+        return (self.mountpoint, self.client_id)
+
+
+def new_message_ref() -> bytes:
+    """
+    A fresh, cluster-unique message reference.
+
+    16 random bytes: collisions are as unlikely as for a UUID4, and no node
+    counter has to be persisted or coordinated.
+    """
+    return os.urandom(16)
+
+
+@attrs.define(slots=True)
+class Message:
+    """
+    One application message as it is routed, queued and stored.
+
+    ``ref`` names the message in an ``IMessageStore`` (payload stored once,
+    one index entry per subscriber). ``qos`` is the publisher's QoS; what a
+    subscriber receives is ``min(qos, granted)`` and is decided at delivery.
+    """
+
+    ref: bytes
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool = False
+    dup: bool = False
+    #: Seconds since the epoch at which the broker accepted the message.
+    timestamp: float = 0.0
+    mountpoint: str = ""
+    #: Set when this copy came from another cluster node (never re-forwarded).
+    origin: Optional[str] = None
