@@ -38,7 +38,6 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "vmqtw-admin = vmqtw.admin.cli:main",
             "vmqtw-passwd = vmqtw.auth.passwd_cli:main",
         ],
     },

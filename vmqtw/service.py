@@ -23,12 +23,14 @@ class OrderedMultiService(MultiService):
     def startService(self) -> None:
         Service.startService(self)
         for child in list(self):
+            self.log.debug("starting {name}", name=child.name)
             child.startService()
 
     @inlineCallbacks
     def stopService(self) -> Any:
         Service.stopService(self)
         for child in reversed(list(self)):
+            self.log.info("stopping {name}", name=child.name)
             try:
                 yield maybeDeferred(child.stopService)
             except Exception:
