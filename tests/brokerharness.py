@@ -73,11 +73,13 @@ class Broker:
     def __init__(self, limits: QueueLimits = QueueLimits(),
                  settings: SessionSettings = SessionSettings(),
                  authenticator: Any = None, connect_timeout: float = 10.0,
-                 max_packet_size: int = 0, store: Any = None) -> None:
+                 max_packet_size: int = 0, store: Any = None,
+                 session_expiration: Optional[float] = None) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.metadata = LocalMetadataStore()
-        self.registry = Registry("vmqtw@127.0.0.1", self.metadata, self.clock, limits, store)
+        self.registry = Registry("vmqtw@127.0.0.1", self.metadata, self.clock, limits, store,
+                                 session_expiration=session_expiration)
         self.registry.start()
         self.factory = MQTTFactory(self.registry, settings,
                                    authenticator or AnonymousGate(True), self.clock,

@@ -13,23 +13,49 @@ from typing import Any, Callable, List, Optional
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 
 class OrderedMultiService(MultiService):
-    """Starts children in the order added; stops them in reverse, one by one."""
+    """
+    Starts children in the order added, each once the previous one is ready
+    (a child may expose a ``started`` Deferred, e.g. a store that restores
+    state); stops them in reverse, one by one.  ``on_failure`` is called
+    with the Failure when a step cannot start.
+    """
 
     log = Logger()
 
+    def __init__(self, on_failure: Optional[Callable[[Any], None]] = None) -> None:
+        MultiService.__init__(self)
+        self.on_failure = on_failure
+        self.ready: Optional[Deferred] = None
+
     def startService(self) -> None:
         Service.startService(self)
+        self.ready = self._start_in_order()
+
+    @inlineCallbacks
+    def _start_in_order(self) -> Any:
         for child in list(self):
+            if not self.running:
+                return
             self.log.debug("starting {name}", name=child.name)
-            child.startService()
+            try:
+                child.startService()
+                yield getattr(child, "started", None)
+            except Exception:
+                self.log.failure("starting {name} failed", name=child.name)
+                if self.on_failure is not None:
+                    self.on_failure(Failure())
+                return
 
     @inlineCallbacks
     def stopService(self) -> Any:
         Service.stopService(self)
         for child in reversed(list(self)):
+            if not child.running:
+                continue
             self.log.info("stopping {name}", name=child.name)
             try:
                 yield maybeDeferred(child.stopService)

@@ -21,7 +21,7 @@ from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Protocol, Set, Tuple
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -29,6 +29,10 @@ from vmqtw.types import Message, SubscriberId
 
 #: The largest MQTT packet identifier; ids run 1..65535.
 MAX_PACKET_ID = 65535
+
+#: Stored messages read back from the message store at a time, when a
+#: restored offline queue is delivered (payloads are read lazily).
+LOAD_BATCH = 100
 
 # In-flight entry states.
 AWAIT_ACK = 0   # PUBLISH sent, PUBACK (QoS 1) or PUBREC (QoS 2) awaited
@@ -69,6 +73,7 @@ class QueueCounters:
     dropped_offline: int = 0
     dropped_qos0_offline: int = 0
     retried: int = 0
+    expired_sessions: int = 0
 
 
 class SubscriberQueue:
@@ -78,7 +83,7 @@ class SubscriberQueue:
 
     __slots__ = ("subscriber_id", "clean_session", "limits", "clock", "store",
                  "counters", "pending", "inflight", "awaiting_rel", "outlet",
-                 "_next_packet_id", "_retry_call", "_window")
+                 "_next_packet_id", "_retry_call", "_window", "_qos_for", "_loading")
 
     def __init__(self, subscriber_id: SubscriberId, clean_session: bool,
                  limits: QueueLimits, clock: IReactorTime,
@@ -91,8 +96,9 @@ class SubscriberQueue:
         #: An IMessageStore for persistent sessions, or None.
         self.store = None if clean_session else store
         self.counters = counters if counters is not None else QueueCounters()
-        #: Messages not yet sent: ``(message, qos)``.
-        self.pending: Deque[Tuple[Message, int]] = deque()
+        #: Messages not yet sent: ``(message, qos)``; after a restart the
+        #: message is only its ref (``bytes``) until it is read back.
+        self.pending: Deque[Tuple[Any, int]] = deque()
         #: packet id -> [message, qos, state, sent_at], in send order.
         self.inflight: Dict[int, List[Any]] = {}
         #: Ids of incoming QoS 2 PUBLISHes answered with PUBREC, awaiting PUBREL.
@@ -100,6 +106,9 @@ class SubscriberQueue:
         self.outlet: Optional[Outlet] = None
         self._next_packet_id = 1
         self._retry_call: Any = None
+        #: Decides the QoS of a restored message once it is read back.
+        self._qos_for: Any = None
+        self._loading = False
         window = limits.max_inflight_messages
         self._window = MAX_PACKET_ID if window <= 0 else min(window, MAX_PACKET_ID)
 
@@ -145,7 +154,7 @@ class SubscriberQueue:
         """
         self.detach()
         if self.store is not None:
-            refs = [m.ref for m, q in self.pending if q > 0]
+            refs = [m if m.__class__ is bytes else m.ref for m, q in self.pending if q > 0]
             refs.extend(e[0].ref for e in self.inflight.values()
                         if e[1] > 0 and e[2] == AWAIT_ACK)
             for ref in refs:
@@ -209,7 +218,8 @@ class SubscriberQueue:
             return False
         message, qos = self.pending.popleft()
         if qos > 0 and self.store is not None:
-            self.store.delete(self.subscriber_id, message.ref)
+            self.store.delete(self.subscriber_id,
+                              message if message.__class__ is bytes else message.ref)
         return True
 
     def pump(self) -> None:
@@ -218,6 +228,9 @@ class SubscriberQueue:
         pending = self.pending
         while outlet is not None and pending:
             message, qos = pending[0]
+            if message.__class__ is bytes:
+                self._load()
+                break
             if qos == 0:
                 pending.popleft()
                 outlet.send_publish(message, 0, None, False)
@@ -227,6 +240,57 @@ class SubscriberQueue:
             else:
                 break
             outlet = self.outlet
+
+    # -- restored queues -------------------------------------------------------
+
+    def restore(self, refs: List[bytes], qos_for: Any) -> None:
+        """
+        Queue messages found in the message store at start.  Only refs are
+        kept; payloads are read in batches when the subscriber is back, and
+        ``qos_for(message)`` then gives the QoS to deliver it at.
+        """
+        self._qos_for = qos_for
+        # QoS 1 is a placeholder: stored messages are always QoS 1 or 2.
+        self.pending.extend((ref, 1) for ref in refs)
+
+    def _load(self) -> None:
+        if self._loading or self.store is None:
+            return
+        refs = []
+        for message, _qos in self.pending:
+            if message.__class__ is bytes:
+                refs.append(message)
+                if len(refs) >= LOAD_BATCH:
+                    break
+        self._loading = True
+        reads = gatherResults([self.store.read(self.subscriber_id, ref) for ref in refs],
+                              consumeErrors=True)
+        reads.addCallback(self._loaded, refs)
+        reads.addErrback(self._load_failed)
+
+    def _loaded(self, messages: List[Optional[Message]], refs: List[bytes]) -> None:
+        self._loading = False
+        found = dict(zip(refs, messages))
+        restored: Deque[Tuple[Any, int]] = deque()
+        for message, qos in self.pending:
+            if message.__class__ is bytes and message in found:
+                stored = found[message]
+                if stored is None:
+                    continue  # gone from the store meanwhile
+                qos = self._qos_for(stored) if self._qos_for is not None else stored.qos
+                if qos == 0:
+                    # Downgraded by the subscription: QoS 0 copies are never
+                    # kept, so this one leaves the store now.
+                    self.store.delete(self.subscriber_id, message)  # type: ignore[union-attr]
+                message = stored
+            restored.append((message, qos))
+        self.pending = restored
+        self.pump()
+
+    def _load_failed(self, failure: Any) -> None:
+        self._loading = False
+        self.log.failure("reading stored messages of {subscriber_id} failed", failure,
+                         subscriber_id=self.subscriber_id)
 
     def _send_new(self, outlet: Outlet, message: Message, qos: int) -> None:
         packet_id = self._allocate_packet_id()

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional,
                     Tuple)
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -59,8 +59,12 @@ class Registry:
     log = Logger()
 
     def __init__(self, node: str, metadata: IMetadataStore, clock: IReactorTime,
-                 limits: QueueLimits = QueueLimits(), store: Any = None) -> None:
+                 limits: QueueLimits = QueueLimits(), store: Any = None,
+                 session_expiration: Optional[float] = None) -> None:
         self.node = node
+        #: ``persistent_client_expiration`` in seconds; None = never.
+        self.session_expiration = session_expiration
+        self._expiry_calls: Dict[SubscriberId, Any] = {}
         self.metadata = metadata
         self.clock = clock
         self.limits = limits
@@ -95,6 +99,79 @@ class Registry:
         self._unsubscribe_events = []
         for queue in self.queues.values():
             queue.detach()
+        for call in self._expiry_calls.values():
+            if call.active():
+                call.cancel()
+        self._expiry_calls.clear()
+
+    @inlineCallbacks
+    def restore(self) -> Any:
+        """
+        Bring back, after a restart, what this node's persistent sessions
+        had: an offline queue for every subscriber recorded on this node with
+        ``clean_session = 0``, holding the refs its messages have in the
+        message store (payloads are read when the client is back).  Clean
+        sessions recorded on this node died with the old process and are
+        removed, as are stored messages nobody can claim any more.
+        """
+        persistent = []
+        stale = []
+        for key, record in list(self.metadata.items(SUBSCRIBER_PREFIX)):
+            clean = record_clean_session(record, self.node)
+            if clean is False:
+                persistent.append(SubscriberId(*key))
+            elif clean is True:
+                stale.append(SubscriberId(*key))
+        for subscriber_id in stale:
+            self._write_record(subscriber_id, True, {})
+        stored = set()
+        if self.store is not None:
+            stored = set((yield self.store.subscribers()))
+        restored_messages = 0
+        for subscriber_id in persistent:
+            queue = self._new_queue(subscriber_id, False)
+            if subscriber_id in stored:
+                refs = yield self.store.find(subscriber_id)
+                queue.restore(refs, self._qos_resolver(subscriber_id))
+                restored_messages += len(refs)
+            self._schedule_expiry(subscriber_id)
+        for subscriber_id in stored.difference(persistent):
+            for ref in (yield self.store.find(subscriber_id)):
+                yield self.store.delete(subscriber_id, ref)
+        self.log.info("restored {sessions} offline sessions holding {messages} messages",
+                      sessions=len(persistent), messages=restored_messages)
+
+    def _qos_resolver(self, subscriber_id: SubscriberId) -> Callable[[Message], int]:
+        def qos_for(message: Message) -> int:
+            granted = self.trie.match(message.topic).get(subscriber_id, message.qos)
+            return granted if granted < message.qos else message.qos
+        return qos_for
+
+    def _schedule_expiry(self, subscriber_id: SubscriberId) -> None:
+        """``persistent_client_expiration`` starts when a session goes offline."""
+        if self.session_expiration is None:
+            return
+        self._cancel_expiry(subscriber_id)
+        self._expiry_calls[subscriber_id] = self.clock.callLater(
+            self.session_expiration, self._expire, subscriber_id)
+
+    def _cancel_expiry(self, subscriber_id: SubscriberId) -> None:
+        call = self._expiry_calls.pop(subscriber_id, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def _expire(self, subscriber_id: SubscriberId) -> None:
+        """An offline persistent session expired: remove it and all it holds."""
+        self._expiry_calls.pop(subscriber_id, None)
+        if subscriber_id in self.sessions:
+            return
+        queue = self.queues.pop(subscriber_id, None)
+        if queue is not None:
+            queue.discard()
+        if self.metadata.get(SUBSCRIBER_PREFIX, subscriber_id.as_key()) is not None:
+            self.metadata.delete(SUBSCRIBER_PREFIX, subscriber_id.as_key())
+        self.counters.expired_sessions += 1
+        self.log.info("session {client_id} expired", client_id=subscriber_id.client_id)
 
     def _on_subscriber_change(self, prefix: Any, key: Any, old: Any, new: Any) -> None:
         subscriber_id = SubscriberId(*key)
@@ -129,6 +206,7 @@ class Registry:
         previous = self.sessions.pop(subscriber_id, None)
         if previous is not None:
             previous.take_over()
+        self._cancel_expiry(subscriber_id)
         queue = self.queues.get(subscriber_id)
         key = subscriber_id.as_key()
         record = self.metadata.get(SUBSCRIBER_PREFIX, key)
@@ -179,6 +257,7 @@ class Registry:
                 self.metadata.delete(SUBSCRIBER_PREFIX, subscriber_id.as_key())
         else:
             queue.detach()
+            self._schedule_expiry(subscriber_id)
 
     # -- subscriptions --------------------------------------------------------
 
