@@ -249,6 +249,25 @@ def test_oversized_rejected_on_length_bytes_alone():
     assert err.reason == "packet too large"
 
 
+def test_connect_longer_than_any_valid_connect_rejected_early():
+    """
+    Without max_packet_size, a CONNECT declaring more than the largest
+    well-formed CONNECT (5 fields of 2 + 65,535 bytes after a 12-byte
+    header) raises on its length bytes alone: an unauthenticated peer can
+    not make the broker buffer up to 256 MB (CVE-2017-7651, bad-input case 3).
+    """
+    largest = mb.connect("c" * 0xFFFF, protocol_name="MQIsdp", level=3,
+                         will_topic="w" * 0xFFFF, will_message=b"m" * 0xFFFF,
+                         username="u" * 0xFFFF, password=b"p" * 0xFFFF)
+    assert largest[1:4] == mb.varint(12 + 5 * (2 + 0xFFFF))
+    assert one(largest).client_id == "c" * 0xFFFF
+    err = malformed(b"\x10" + mb.varint(12 + 5 * (2 + 0xFFFF) + 1))
+    assert "CONNECT" in err.reason
+    malformed(b"\x10" + mb.varint(MAX_REMAINING_LENGTH), connect_first=True)
+    # Other packet types keep the full range without a configured limit.
+    assert Decoder().feed(b"\x30" + mb.varint(MAX_REMAINING_LENGTH)) == []
+
+
 def test_max_packet_size_counts_fixed_header():
     """The limit bounds the whole packet, fixed header included."""
     raw = mb.publish("t", b"x" * 95)  # 2 + 3 + 95 = 100 bytes

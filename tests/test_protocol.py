@@ -504,3 +504,22 @@ def test_other_clients_unaffected_by_a_protocol_error():
     good = broker.connect("good")
     good.send(B.publish("t", b"still"))
     assert [p.payload for p in subscriber.publishes()] == [b"still"]
+
+
+def test_unlimited_online_queue():
+    """max_online_messages = -1: nothing is dropped behind a full in-flight window."""
+    broker = Broker(limits=QueueLimits(max_inflight_messages=1, max_online_messages=-1))
+    subscriber = broker.subscriber("s", ("t", 1))
+    publisher = broker.connect("p")
+    for i in range(1, 2001):
+        publisher.send(B.publish("t", b"%d" % i, qos=1, packet_id=i))
+    received = []
+    while True:
+        publishes = subscriber.publishes()
+        if not publishes:
+            break
+        for publish in publishes:
+            received.append(publish.payload)
+            subscriber.send(B.puback(publish.packet_id))
+    assert received == [b"%d" % i for i in range(1, 2001)]
+    assert broker.registry.counters.dropped_online == 0

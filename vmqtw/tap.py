@@ -9,6 +9,7 @@ Start order: metadata store → message store → registry → listeners; the
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any, Optional
 
@@ -17,14 +18,16 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate, Logger,
                             globalLogPublisher)
 from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
 
 from vmqtw import __version__
+from vmqtw.broker.auth import BrokerAuthenticator
 from vmqtw.broker.queue import QueueLimits
 from vmqtw.broker.registry import Registry
 from vmqtw.config import Config, ConfigError, load_config
-from vmqtw.metadata.local import LocalMetadataStore
+from vmqtw.metadata.store import ReplicatedMetadataStore
 from vmqtw.mqtt.protocol import MQTTFactory
-from vmqtw.mqtt.session import AnonymousGate, SessionSettings
+from vmqtw.mqtt.session import SessionSettings
 from vmqtw.service import CallbackService, ListenerService, OrderedMultiService
 
 log = Logger()
@@ -74,11 +77,29 @@ def build_node(config: Config, reactor: Any) -> OrderedMultiService:
     """The whole service tree of one node, not yet started."""
     from vmqtw.store.registry import find_store_factory
 
+    # Password checks get their own small pool, so a connect storm cannot
+    # starve the reactor's default pool (DNS lookups) or the reactor thread.
+    pool = (ThreadPool(0, max(2, os.cpu_count() or 2), "vmqtw-passwd")
+            if config.plugins_vmq_passwd else None)
+    authenticator = BrokerAuthenticator.from_config(config, reactor, pool)
+    # Read the auth files first: a missing one stops the node before it
+    # opens a store or listens (ConfigError).
+    authenticator.load()
+
     os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
     os.chmod(config.data_dir, 0o700)
 
-    top = OrderedMultiService()
-    metadata = LocalMetadataStore()
+    def fatal(failure: Any) -> None:
+        log.critical("node cannot start: {error}", error=failure.getErrorMessage())
+        if reactor.running:
+            reactor.stop()
+
+    top = OrderedMultiService(on_failure=fatal)
+    # Subscriptions and retained messages, kept in LevelDB so that
+    # persistent sessions and retained messages survive a restart.
+    metadata = ReplicatedMetadataStore(config.nodename, reactor,
+                                       data_dir=os.path.join(config.data_dir, "metadata"))
+    top.addService(CallbackService("metadata-store", lambda: None, metadata.close))
     store = find_store_factory(config.message_store).build(config, reactor)
     top.addService(CallbackService("message-store", store.open, store.close))
 
@@ -89,8 +110,14 @@ def build_node(config: Config, reactor: Any) -> OrderedMultiService:
         queue_type=config.queue_type,
         retry_interval=config.retry_interval,
     )
-    registry = Registry(config.nodename, metadata, reactor, limits, store)
-    top.addService(CallbackService("registry", registry.start, registry.stop))
+    registry = Registry(config.nodename, metadata, reactor, limits, store,
+                        session_expiration=config.persistent_client_expiration)
+
+    def start_registry() -> Any:
+        registry.start()
+        return registry.restore()
+
+    top.addService(CallbackService("registry", start_registry, registry.stop))
 
     settings = SessionSettings(
         max_client_id_size=config.max_client_id_size,
@@ -98,11 +125,9 @@ def build_node(config: Config, reactor: Any) -> OrderedMultiService:
         max_keepalive=int(config.max_keepalive),
         max_subscriptions_per_client=config.max_subscriptions_per_client,
     )
-    authenticator = AnonymousGate(config.allow_anonymous)
-
-    def cannot_listen(failure: Any) -> None:
-        if reactor.running:
-            reactor.stop()
+    if pool is not None:
+        top.addService(CallbackService("passwd-pool", pool.start, pool.stop))
+    top.addService(CallbackService("auth", authenticator.start, authenticator.stop))
 
     for name, (host, port) in sorted(config.tcp_listeners.items()):
         factory = MQTTFactory(registry, settings, authenticator, reactor,
@@ -110,9 +135,25 @@ def build_node(config: Config, reactor: Any) -> OrderedMultiService:
                               connect_timeout=config.connect_timeout,
                               max_connections=config.listener_max_connections)
         top.addService(ListenerService("listener.tcp." + name, _endpoint(reactor, host, port),
-                                       factory, on_failure=cannot_listen))
+                                       factory, on_failure=fatal))
     top.registry = registry  # type: ignore[attr-defined]
+    top.authenticator = authenticator  # type: ignore[attr-defined]
     return top
+
+
+def _reload_on_sighup(reactor: Any, reload: Any) -> None:
+    """
+    ``kill -HUP`` re-reads the password and ACL files.  The handler only
+    hands the work to the reactor thread; it is installed once the reactor
+    runs and the previous handler is put back at shutdown.
+    """
+    def install() -> None:
+        previous = signal.signal(signal.SIGHUP,
+                                 lambda signum, frame: reactor.callFromThread(reload))
+        reactor.addSystemEventTrigger("after", "shutdown", signal.signal, signal.SIGHUP,
+                                      previous)
+
+    reactor.addSystemEventTrigger("after", "startup", install)
 
 
 def makeService(options: Options) -> IService:
@@ -120,7 +161,11 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     config: Config = options["loaded"]
-    node = build_node(config, reactor)
+    try:
+        node = build_node(config, reactor)
+    except ConfigError as error:
+        raise SystemExit("vmqtw: " + str(error)) from None
+    _reload_on_sighup(reactor, node.authenticator.reload)  # type: ignore[attr-defined]
     reactor.callWhenRunning(_log_level_filter, config.log_console_level)
     log.info("vmqtw {version} node {node} starting (config {config})",
              version=__version__, node=config.nodename, config=config.source)

@@ -23,7 +23,8 @@ MetadataPrefix = Tuple[str, str]
 SUBSCRIBER_PREFIX: MetadataPrefix = ("vmq", "subscriber")
 
 #: Where retained messages live in ``IMetadataStore``: key ``(mountpoint,
-#: topic)``; value ``(payload, qos, timestamp)``.
+#: topic)``; value ``(payload, qos, timestamp, author)`` where author is
+#: ``(client_id, username)`` or None.
 RETAIN_PREFIX: MetadataPrefix = ("vmq", "retain")
 
 

@@ -18,7 +18,7 @@ survive a reconnect of a persistent session [MQTT-4.4.0-1], [MQTT-4.3.3-2].
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Protocol, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Protocol, Set, Tuple
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults
@@ -72,6 +72,8 @@ class QueueCounters:
     dropped_online: int = 0
     dropped_offline: int = 0
     dropped_qos0_offline: int = 0
+    #: Messages the subscriber may no longer read (ACL changed).
+    dropped_unauthorized: int = 0
     retried: int = 0
     expired_sessions: int = 0
 
@@ -83,7 +85,8 @@ class SubscriberQueue:
 
     __slots__ = ("subscriber_id", "clean_session", "limits", "clock", "store",
                  "counters", "pending", "inflight", "awaiting_rel", "outlet",
-                 "_next_packet_id", "_retry_call", "_window", "_qos_for", "_loading")
+                 "_next_packet_id", "_retry_call", "_window", "_qos_for", "_loading",
+                 "_readable")
 
     def __init__(self, subscriber_id: SubscriberId, clean_session: bool,
                  limits: QueueLimits, clock: IReactorTime,
@@ -104,6 +107,10 @@ class SubscriberQueue:
         #: Ids of incoming QoS 2 PUBLISHes answered with PUBREC, awaiting PUBREL.
         self.awaiting_rel: Set[int] = set()
         self.outlet: Optional[Outlet] = None
+        #: The connected client's read permission, or None (no ACL): checked
+        #: when a message is about to be sent, because an ACL reload may
+        #: narrow subscriptions granted earlier.
+        self._readable: Optional[Callable[[Message], bool]] = None
         self._next_packet_id = 1
         self._retry_call: Any = None
         #: Decides the QoS of a restored message once it is read back.
@@ -122,17 +129,23 @@ class SubscriberQueue:
         """Messages held: waiting plus unacknowledged."""
         return len(self.pending) + len(self.inflight)
 
-    def attach(self, outlet: Outlet) -> None:
+    def attach(self, outlet: Outlet,
+               readable: Optional[Callable[[Message], bool]] = None) -> None:
         """
         A connection took this session: resend what was in flight with DUP
         (or PUBREL where PUBREC had arrived) [MQTT-4.4.0-1], then deliver
-        what waited.
+        what waited.  ``readable(message)``, when given, says whether this
+        client may still receive a message.
         """
         self.outlet = outlet
+        self._readable = readable
         now = self.clock.seconds()
         for packet_id, entry in list(self.inflight.items()):
             entry[3] = now
             if entry[2] == AWAIT_ACK:
+                if readable is not None and not readable(entry[0]):
+                    self._forget_inflight(packet_id)
+                    continue
                 outlet.send_publish(entry[0], entry[1], packet_id, True)
             else:
                 outlet.send_pubrel(packet_id)
@@ -143,6 +156,7 @@ class SubscriberQueue:
     def detach(self) -> None:
         """The connection went; keep everything for a reconnect."""
         self.outlet = None
+        self._readable = None
         if self._retry_call is not None and self._retry_call.active():
             self._retry_call.cancel()
         self._retry_call = None
@@ -175,6 +189,9 @@ class SubscriberQueue:
         """
         outlet = self.outlet
         if outlet is not None:
+            if self._readable is not None and not self._readable(message):
+                self.counters.dropped_unauthorized += 1
+                return None
             if not self.pending:
                 if qos == 0:
                     outlet.send_publish(message, 0, None, False)
@@ -184,7 +201,7 @@ class SubscriberQueue:
                         self.store.write(self.subscriber_id, message)
                     self._send_new(outlet, message, qos)
                     return None
-            if len(self.pending) >= self.limits.max_online_messages:
+            if 0 <= self.limits.max_online_messages <= len(self.pending):
                 if not self._make_room():
                     self.counters.dropped_online += 1
                     return None
@@ -231,6 +248,12 @@ class SubscriberQueue:
             if message.__class__ is bytes:
                 self._load()
                 break
+            if self._readable is not None and not self._readable(message):
+                pending.popleft()
+                self.counters.dropped_unauthorized += 1
+                if qos > 0 and self.store is not None:
+                    self.store.delete(self.subscriber_id, message.ref)
+                continue
             if qos == 0:
                 pending.popleft()
                 outlet.send_publish(message, 0, None, False)
@@ -307,6 +330,13 @@ class SubscriberQueue:
         self._next_packet_id = packet_id % MAX_PACKET_ID + 1
         return packet_id
 
+    def _forget_inflight(self, packet_id: int) -> None:
+        """Drop an unsent-again in-flight message the client may not read."""
+        entry = self.inflight.pop(packet_id)
+        self.counters.dropped_unauthorized += 1
+        if self.store is not None:
+            self.store.delete(self.subscriber_id, entry[0].ref)
+
     # -- acknowledgements from the subscriber --------------------------------
 
     def puback(self, packet_id: int) -> None:
@@ -365,9 +395,14 @@ class SubscriberQueue:
             if entry[3] > due:
                 continue
             entry[3] = now
-            self.counters.retried += 1
             if entry[2] == AWAIT_ACK:
+                if self._readable is not None and not self._readable(entry[0]):
+                    self._forget_inflight(packet_id)
+                    continue
+                self.counters.retried += 1
                 outlet.send_publish(entry[0], entry[1], packet_id, True)
             else:
+                self.counters.retried += 1
                 outlet.send_pubrel(packet_id)
         self._schedule_retry()
+        self.pump()

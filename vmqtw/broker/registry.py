@@ -303,7 +303,8 @@ class Registry:
 
     # -- publishing -----------------------------------------------------------
 
-    def publish(self, message: Message) -> Optional[Deferred]:
+    def publish(self, message: Message,
+                author: Optional[Tuple[str, Optional[str]]] = None) -> Optional[Deferred]:
         """
         Route ``message`` to every matching subscriber, at
         ``min(published, granted)`` QoS, one copy per subscriber however many
@@ -311,11 +312,13 @@ class Registry:
 
         Returns None when every copy is where it must be before the publisher
         may be acknowledged, else a Deferred firing when it is (the message
-        store wrote the copies for offline persistent sessions).
+        store wrote the copies for offline persistent sessions).  ``author``
+        (client id, user name) is kept with a retained message, so that it
+        can be withheld once its author may no longer publish it.
         """
         self.published += 1
         if message.retain:
-            self._retain(message)
+            self._retain(message, author)
             # Established subscriptions get RETAIN=0 [MQTT-3.3.1-9].
             message = Message(message.ref, message.topic, message.payload,
                               message.qos, False, False, message.timestamp,
@@ -339,16 +342,22 @@ class Registry:
             return None
         return gatherResults(waits, consumeErrors=True)
 
-    def _retain(self, message: Message) -> None:
+    def _retain(self, message: Message, author: Optional[Tuple[str, Optional[str]]]) -> None:
         """A zero-byte retained message clears the topic [MQTT-3.3.1-10/11]."""
         key = (message.mountpoint, message.topic)
         if message.payload:
             self.metadata.put(RETAIN_PREFIX, key,
-                              (message.payload, message.qos, message.timestamp))
+                              (message.payload, message.qos, message.timestamp, author))
         elif self.metadata.get(RETAIN_PREFIX, key) is not None:
             self.metadata.delete(RETAIN_PREFIX, key)
 
-    def retained_matching(self, flt: str) -> Iterator[Message]:
-        """Retained messages for a new subscription to ``flt``, RETAIN=1."""
-        for topic, (payload, qos, timestamp) in self.retained.match(flt):
-            yield Message(new_message_ref(), topic, payload, qos, True, False, timestamp)
+    def retained_matching(self, flt: str) -> Iterator[Tuple[Message, Any]]:
+        """
+        Retained messages for a new subscription to ``flt``, RETAIN=1, each
+        with its author ``(client_id, username)`` or None.
+        """
+        for topic, value in self.retained.match(flt):
+            payload, qos, timestamp = value[0], value[1], value[2]
+            author = value[3] if len(value) > 3 else None
+            yield (Message(new_message_ref(), topic, payload, qos, True, False, timestamp),
+                   author)

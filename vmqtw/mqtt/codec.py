@@ -24,10 +24,18 @@ from vmqtw.mqtt.packets import (
     PubRec, PubRel, Publish, SubAck, Subscribe, UnsubAck, Unsubscribe, Will)
 
 __all__ = ["ProtocolError", "UnacceptableProtocolLevel", "Decoder", "encode",
-           "encode_publish", "MAX_REMAINING_LENGTH"]
+           "encode_publish", "MAX_REMAINING_LENGTH", "MAX_CONNECT_REMAINING_LENGTH"]
 
 #: The largest remaining length four varint bytes can carry (section 2.2.3).
 MAX_REMAINING_LENGTH = 268_435_455
+
+#: The longest CONNECT remaining length that can be well-formed: "MQIsdp"
+#: (8 bytes) + level, flags, keepalive (4) + five length-prefixed fields
+#: (client id, will topic, will message, user name, password) of at most
+#: 2 + 65,535 bytes each.  A longer CONNECT is refused as soon as its length
+#: is read, so an unauthenticated peer can never make us buffer more than
+#: this, whatever ``max_message_size`` says (CVE-2017-7651).
+MAX_CONNECT_REMAINING_LENGTH = 12 + 5 * (2 + 0xFFFF)
 
 _H = Struct("!H")
 _BBH = Struct("!BBH")
@@ -409,6 +417,8 @@ class Decoder:
                 end = start + rl
                 if end - pos > limit:
                     raise ProtocolError("packet too large")
+                if rl > MAX_CONNECT_REMAINING_LENGTH and b0 >> 4 == CONNECT:
+                    raise ProtocolError("CONNECT longer than any valid CONNECT")
                 if end > n:
                     break
                 if b0 & 0xF0 == 0x30:

@@ -89,6 +89,10 @@ class Authenticator(Protocol):
 
     def can_subscribe(self, client_id: str, username: Optional[str], flt: str) -> bool: ...
 
+    #: Optional: ``can_read(client_id, username, topic) -> bool`` checked for
+    #: every delivery, or None when reads are not restricted (no ACL).
+    can_read: Optional[Callable[[str, Optional[str], str], bool]]
+
 
 @attrs.define(slots=True)
 class AnonymousGate:
@@ -100,6 +104,7 @@ class AnonymousGate:
     """
 
     allow_anonymous: bool = False
+    can_read = None
 
     def authenticate(self, info: ConnectInfo) -> int:
         return P.CONNACK_ACCEPTED if self.allow_anonymous else P.CONNACK_NOT_AUTHORIZED
@@ -239,12 +244,24 @@ class Session:
         self.io.write(encode(P.ConnAck(P.CONNACK_ACCEPTED, present)))
         if self.on_connected is not None:
             self.on_connected(self)
-        queue.attach(self)
+        queue.attach(self, self._read_check())
         buffered, self._buffered = self._buffered, []
         for packet in buffered:
             if self.state != CONNECTED:
                 break
             self.handle(packet, now)
+
+    def _read_check(self) -> Optional[Callable[[Message], bool]]:
+        """
+        The ACL's delivery-time check for this client, or None when reads
+        are not restricted: a reload may narrow what was granted at
+        SUBSCRIBE time (bad-input case 34).
+        """
+        can_read = getattr(self.authenticator, "can_read", None)
+        if can_read is None:
+            return None
+        client_id, username = self.client_id, self.username
+        return lambda message: can_read(client_id, username, message.topic)
 
     def _refuse(self, return_code: int) -> None:
         """CONNACK with an error code, then close [MQTT-3.2.2-5]."""
@@ -315,7 +332,7 @@ class Session:
         if allowed:
             waiting = self.registry.publish(Message(
                 new_message_ref(), topic, publish.payload, qos, publish.retain, False, now,
-                self.settings.mountpoint))
+                self.settings.mountpoint), (self.client_id, self.username))
         # A denied QoS 1/2 message is still acknowledged, as VerneMQ and the
         # ACL plugins do, so the client does not resend it forever.
         if qos == 1:
@@ -396,8 +413,13 @@ class Session:
             self.registry.subscribe(subscriber_id, self.clean_session, granted)
         self.io.write(encode(P.SubAck(subscribe.packet_id, codes)))
         queue = self.queue
+        can_publish = self.authenticator.can_publish
         for flt, qos in granted:
-            for message in self.registry.retained_matching(flt):
+            for message, author in self.registry.retained_matching(flt):
+                # The author may have lost the right to publish it since
+                # (CVE-2018-12546): such a retained message is not served.
+                if author is not None and not can_publish(author[0], author[1], message.topic):
+                    continue
                 queue.enqueue(message, qos if qos < message.qos else message.qos)
 
     def _on_unsubscribe(self, unsubscribe: P.Unsubscribe, now: float) -> None:

@@ -1,0 +1,1 @@
+"""Load generators and micro-benchmarks (measurements, not tests)."""
