@@ -126,3 +126,14 @@ def test_unserialisable_message_fails_at_cast():
     clock, net, a, b, got = pair()
     with pytest.raises(TypeError):
         a.cast("b", "ch", ("x", object()))
+
+
+def test_extension_types_are_refused_like_on_tcp():
+    """The TCP wire refuses msgpack extension types; so does this one, so
+    a simulation catches payloads a real cluster would drop."""
+    import msgpack
+    clock, net, a, b, got = pair()
+    a.cast("b", "ch", ("x", msgpack.ExtType(1, b"")))
+    a.cast("b", "ch", ("fine",))
+    clock.advance(0)
+    assert [m for _, m in got["b"]] == [("fine",)]

@@ -149,13 +149,13 @@ def test_t7_retained_overwritten_on_both_sides():
     c.advance(3.0)
     for s in c.stores():
         raw = s.raw(R, key)
-        assert sorted(v[0] for v in dvvset.values(raw)) == ["v2", "v3"]
+        assert sorted(v[0] for v in dvvset.values(raw)) == [("v2",), ("v3",)]
         assert dvvset.join(raw) == (("A", 2), ("B", 1))
     assert c.agree()
     assert c["C"].store.get(R, key) == "v3"
     c.advance(3.0)
     for s in c.stores():
-        assert [v[0] for v in dvvset.values(s.raw(R, key))] == ["v3"]
+        assert [v[0] for v in dvvset.values(s.raw(R, key))] == [("v3",)]
         assert s.get(R, key) == "v3"
     assert c.agree()
     c.close()
@@ -296,7 +296,7 @@ def test_t8_union_resolver_broadcasts_the_merged_value():
     c.network.drop(spy)
     assert c["C"].store.get(P, s_key, resolver=union) == ("t1", "t2", "t3")
     c.settle()
-    assert pushed and pushed[0] == ((("t1", "t2", "t3"), 6.0, "C"),)
+    assert pushed and pushed[0] == (((("t1", "t2", "t3"),), 6.0, "C"),)
     assert [s.get(P, s_key) for s in c.stores()] == [("t1", "t2", "t3")] * 3
     assert all(dvvset.size(s.raw(P, s_key)) == 1 for s in c.stores())
     c.close()

@@ -135,10 +135,11 @@ def test_siblings_resolved_lww_and_written_back():
     a.subscribe(P, lambda *e: events.append(e))
     sent.clear()
     assert a.merge_object(P, "k", b.raw(P, "k"))
-    assert sorted(v[0] for v in dvvset.values(a.raw(P, "k"))) == ["v2", "v3"]
+    assert sorted(v[0] for v in dvvset.values(a.raw(P, "k"))) == \
+        [("v2",), ("v3",)]
     assert events == [(P, "k", "v2", "v3")]
     assert a.get(P, "k") == "v3"
-    assert dvvset.values(a.raw(P, "k")) == (("v3", 5.0, "b"),)
+    assert dvvset.values(a.raw(P, "k")) == ((("v3",), 5.0, "b"),)
     assert dvvset.join(a.raw(P, "k")) == (("a", 1), ("b", 1))
     assert dvvset.less(b.raw(P, "k"), a.raw(P, "k"))
     assert len(sent) == 1 and sent[0][1] == a.raw(P, "k")

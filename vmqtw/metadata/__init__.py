@@ -8,7 +8,7 @@ one, built in layers so that each can be tested alone:
 pure (no I/O, no clock reads)
     ``codec``       canonical msgpack of keys and objects (no pickle)
     ``dvvset``      dotted version vector sets over immutable tuples
-    ``mdobject``    a DVV set of ``(value, ts, node)``: write, LWW
+    ``mdobject``    a DVV set of ``(boxed, ts, node)``: write, LWW
                     resolution (deterministic, history kept), merge, hash
     ``hashtree``    Merkle trees per prefix (1024 segments, 32 buckets)
     ``orswot``      add-wins observed-remove set of member names

@@ -52,9 +52,14 @@ def _encode(message: Any) -> bytes:
     return msgpack.packb(message, use_bin_type=True)
 
 
+def _no_ext(code: int, data: bytes) -> Any:
+    """Like the TCP wire: extension types are not plain data."""
+    raise ValueError("msgpack extension type %d on the wire" % (code,))
+
+
 def _decode(data: bytes) -> Any:
     return msgpack.unpackb(data, use_list=False, raw=False,
-                           strict_map_key=False)
+                           strict_map_key=False, ext_hook=_no_ext)
 
 
 def _kind(message: Any) -> Any:
@@ -227,8 +232,8 @@ class InMemoryNetwork:
                     or not self.linked(src, target.node)):
                 self.dropped[key] += 1
                 continue
-            message = _decode(data) if self.serialize else data
             try:
+                message = _decode(data) if self.serialize else data
                 deliver(target, src, message)
             except Exception:
                 log.failure("in-memory delivery to {node} failed",
