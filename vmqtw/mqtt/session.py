@@ -15,6 +15,7 @@ message store; while too many wait, reading from the socket pauses
 from __future__ import annotations
 
 import os
+import struct
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Protocol
 
@@ -31,6 +32,11 @@ NEW, CONNECTING, CONNECTED, CLOSED = range(4)
 
 #: Pre-encoded packets that never change.
 _PINGRESP = encode(P.PingResp())
+
+# Acknowledgements are built for every QoS 1/2 message: fixed header bytes
+# plus the packet id, without a packet object.
+_PUBACK = struct.Struct(">BBH").pack
+_PUBACK_BYTE, _PUBREC_BYTE, _PUBREL_BYTE, _PUBCOMP_BYTE = 0x40, 0x50, 0x62, 0x70
 
 #: Stop reading from a publisher once this many acknowledgements wait for
 #: storage; resume when half of them are written.
@@ -63,6 +69,9 @@ class SessionSettings:
     max_keepalive: int = 0
     max_subscriptions_per_client: int = 0
     mountpoint: str = ""
+    #: TLS listeners with ``use_identity_as_username``: the verified client
+    #: certificate's CN replaces the CONNECT user name.
+    use_identity_as_username: bool = False
 
 
 @attrs.define(frozen=True, slots=True)
@@ -74,6 +83,10 @@ class ConnectInfo:
     password: Optional[bytes]
     peer: Any
     clean_session: bool
+    #: The CN of a verified TLS client certificate when it is the user
+    #: name (``use_identity_as_username``); the certificate is the proof,
+    #: so no password is checked.
+    identity: Optional[str] = None
 
 
 class Authenticator(Protocol):
@@ -130,6 +143,9 @@ class Session:
         self.authenticator = authenticator
         self.peer = peer
         self.on_connected = on_connected
+        #: Set by the protocol for TLS connections: the verified client
+        #: certificate's common name, or None.
+        self.peer_identity: Optional[str] = None
         self.state = NEW
         self.client_id: str = ""
         self.subscriber_id: Optional[SubscriberId] = None
@@ -204,9 +220,18 @@ class Session:
         if will is not None and not validate_topic(will.topic, settings.topic_max_depth):
             self.violation("invalid will topic")
             return
+        username = connect.username
+        password = connect.password
+        identity = None
+        if settings.use_identity_as_username:
+            if self.peer_identity is None:
+                self._refuse(P.CONNACK_NOT_AUTHORIZED)
+                return
+            identity = username = self.peer_identity
+            password = None
         self.client_id = client_id
         self.subscriber_id = SubscriberId(settings.mountpoint, client_id)
-        self.username = connect.username
+        self.username = username
         self.clean_session = connect.clean_session
         keepalive = connect.keepalive
         if settings.max_keepalive and (keepalive == 0 or keepalive > settings.max_keepalive):
@@ -214,8 +239,8 @@ class Session:
         self.keepalive = keepalive
         self.will = will
         self.state = CONNECTING
-        info = ConnectInfo(client_id, connect.username, connect.password, self.peer,
-                           connect.clean_session)
+        info = ConnectInfo(client_id, username, password, self.peer, connect.clean_session,
+                           identity)
         result = maybeDeferred(self.authenticator.authenticate, info)
         result.addCallbacks(self._authenticated, self._authentication_failed,
                             callbackArgs=(now,))
@@ -310,7 +335,7 @@ class Session:
                                      dup, packet_id))
 
     def send_pubrel(self, packet_id: int) -> None:
-        self.io.write(encode(P.PubRel(packet_id)))
+        self.io.write(_PUBACK(_PUBREL_BYTE, 2, packet_id))
 
     # -- packets after CONNECT ---------------------------------------------------
 
@@ -324,7 +349,7 @@ class Session:
         if qos == 2 and publish.packet_id in self.queue.awaiting_rel:
             # A resend of a QoS 2 message already routed: answer, do not
             # route it again (exactly once) [MQTT-4.3.3-2].
-            self._acknowledge(None, encode(P.PubRec(publish.packet_id)))
+            self._acknowledge(None, _PUBACK(_PUBREC_BYTE, 2, publish.packet_id))
             return
         allowed = not topic.startswith("$") and self.authenticator.can_publish(
             self.client_id, self.username, topic)
@@ -336,10 +361,10 @@ class Session:
         # A denied QoS 1/2 message is still acknowledged, as VerneMQ and the
         # ACL plugins do, so the client does not resend it forever.
         if qos == 1:
-            self._acknowledge(waiting, encode(P.PubAck(publish.packet_id)))
+            self._acknowledge(waiting, _PUBACK(_PUBACK_BYTE, 2, publish.packet_id))
         elif qos == 2:
             self.queue.awaiting_rel.add(publish.packet_id)
-            self._acknowledge(waiting, encode(P.PubRec(publish.packet_id)))
+            self._acknowledge(waiting, _PUBACK(_PUBREC_BYTE, 2, publish.packet_id))
 
     def _acknowledge(self, waiting: Optional[Deferred], ack: bytes) -> None:
         """Write ``ack`` once ``waiting`` fired and every earlier ack is out."""
@@ -390,7 +415,7 @@ class Session:
     def _on_pubrel(self, packet: P.PubRel, now: float) -> None:
         """Release a QoS 2 id; PUBCOMP even for an unknown id [MQTT-4.3.3-2]."""
         self.queue.awaiting_rel.discard(packet.packet_id)
-        self._acknowledge(None, encode(P.PubComp(packet.packet_id)))
+        self._acknowledge(None, _PUBACK(_PUBCOMP_BYTE, 2, packet.packet_id))
 
     def _on_subscribe(self, subscribe: P.Subscribe, now: float) -> None:
         settings = self.settings
