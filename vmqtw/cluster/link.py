@@ -44,6 +44,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vmqtw.cluster import auth, wire
+from vmqtw.errors import CallTimeout, PeerUnreachable, RemoteCallError
 from vmqtw.interfaces import IClusterTransport
 
 __all__ = ["TcpTransport", "PeerUnreachable", "RemoteCallError",
@@ -52,18 +53,6 @@ __all__ = ["TcpTransport", "PeerUnreachable", "RemoteCallError",
 log = Logger(namespace="vmqtw.cluster.link")
 
 Address = Tuple[str, int]
-
-
-class PeerUnreachable(Exception):
-    """No authenticated link to the peer, or it went down during a call."""
-
-
-class RemoteCallError(Exception):
-    """The remote call handler failed; the message is ``"Type: text"``."""
-
-
-class CallTimeout(defer.TimeoutError):
-    """No reply to a ``call`` within its timeout."""
 
 
 @attrs.define(slots=True)

@@ -30,6 +30,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from vmqtw.errors import PeerUnreachable, RemoteCallError
 from vmqtw.interfaces import IClusterTransport
 
 __all__ = ["InMemoryNetwork", "InMemoryTransport", "PeerUnreachable",
@@ -38,14 +39,6 @@ __all__ = ["InMemoryNetwork", "InMemoryTransport", "PeerUnreachable",
 log = Logger()
 
 DropPredicate = Callable[[str, str, str, Any], bool]
-
-
-class PeerUnreachable(Exception):
-    """No link to the peer (not connected, partitioned, or stopped)."""
-
-
-class RemoteCallError(Exception):
-    """The peer's call handler raised; the message is its description."""
 
 
 def _encode(message: Any) -> bytes:

@@ -1,0 +1,21 @@
+"""
+Exceptions shared across layers, so that code written against an interface
+(e.g. ``IClusterTransport``) can catch them whatever the implementation.
+"""
+from __future__ import annotations
+
+from twisted.internet import defer
+
+__all__ = ["PeerUnreachable", "RemoteCallError", "CallTimeout"]
+
+
+class PeerUnreachable(Exception):
+    """No authenticated link to the peer, or it went down during a call."""
+
+
+class RemoteCallError(Exception):
+    """The peer's call handler failed; the message is ``"Type: text"``."""
+
+
+class CallTimeout(defer.TimeoutError):
+    """No reply to a ``call`` within its timeout."""
