@@ -4,7 +4,9 @@ paho-mqtt clients (raw sockets where paho would not misbehave on purpose).
 """
 from __future__ import annotations
 
+import os
 import socket
+import stat
 import subprocess
 import time
 
@@ -177,3 +179,10 @@ def test_bad_config_refused_with_file_line_key(tmp_path):
     assert "%s:2: max_inflight_messages:" % config in output
     assert "allowed:" in output
     assert "Traceback" not in output
+
+
+def test_data_directory_is_owner_only(nodes):
+    """platform_data_dir is created with owner-only permissions (0700)."""
+    node = nodes.node()
+    mode = stat.S_IMODE(os.stat(os.path.join(node.directory, "data")).st_mode)
+    assert mode == 0o700
