@@ -39,6 +39,7 @@ setup(
     entry_points={
         "console_scripts": [
             "vmqtw-passwd = vmqtw.auth.passwd_cli:main",
+            "vmqtw-admin = vmqtw.admin.cli:main",
         ],
     },
 )

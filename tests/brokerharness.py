@@ -74,12 +74,18 @@ class Broker:
                  settings: SessionSettings = SessionSettings(),
                  authenticator: Any = None, connect_timeout: float = 10.0,
                  max_packet_size: int = 0, store: Any = None,
-                 session_expiration: Optional[float] = None) -> None:
-        self.clock = Clock()
-        self.clock.advance(1_700_000_000)
-        self.metadata = LocalMetadataStore()
-        self.registry = Registry("vmqtw@127.0.0.1", self.metadata, self.clock, limits, store,
-                                 session_expiration=session_expiration)
+                 session_expiration: Optional[float] = None,
+                 clock: Optional[Clock] = None, metadata: Any = None,
+                 node: str = "vmqtw@127.0.0.1", cluster: Any = None,
+                 ready: Any = None) -> None:
+        if clock is None:
+            clock = Clock()
+            clock.advance(1_700_000_000)
+        self.clock = clock
+        self.metadata = metadata if metadata is not None else LocalMetadataStore()
+        self.registry = Registry(node, self.metadata, self.clock, limits, store,
+                                 session_expiration=session_expiration, cluster=cluster,
+                                 ready=ready)
         self.registry.start()
         self.factory = MQTTFactory(self.registry, settings,
                                    authenticator or AnonymousGate(True), self.clock,
@@ -118,3 +124,48 @@ def only(packets: List[Any], kind: type) -> Optional[Any]:
     found = [p for p in packets if isinstance(p, kind)]
     assert len(found) == 1, packets
     return found[0]
+
+
+class Cluster:
+    """
+    Several in-process brokers joined by the in-memory transport on one
+    Clock: replicated metadata and the data plane, deterministic.
+    """
+
+    def __init__(self, names: Any = ("A", "B", "C"), **broker_kwargs: Any) -> None:
+        from vmqtw.metadata.memory_transport import InMemoryNetwork
+        from vmqtw.metadata.node import MetadataNode
+
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.network = InMemoryNetwork(self.clock)
+        self.names = list(names)
+        self.metadata_nodes = {}
+        self.brokers = {}
+        for name in self.names:
+            transport = self.network.transport(name)
+            md = MetadataNode(name, transport, self.clock, members=self.names,
+                              lazy_tick=0.1, exchange_tick=0.5, gc_interval=None)
+            self.metadata_nodes[name] = md
+            self.brokers[name] = Broker(clock=self.clock, metadata=md.store, node=name,
+                                        cluster=transport, **broker_kwargs)
+        for name in self.names:
+            self.metadata_nodes[name].start()
+            transport = self.network.transport(name)
+            for peer in self.names:
+                if peer != name:
+                    transport.set_peer_address(peer, (peer, 0))
+            transport.start()
+        self.settle()
+
+    def __getitem__(self, name: str) -> Broker:
+        return self.brokers[name]
+
+    def settle(self, seconds: float = 1.0, step: float = 0.05) -> None:
+        """Let replication and forwarding run for ``seconds`` of Clock time."""
+        for _ in range(int(seconds / step)):
+            self.clock.advance(step)
+
+    def stop(self) -> None:
+        for name in self.names:
+            self.metadata_nodes[name].stop()

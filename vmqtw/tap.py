@@ -3,8 +3,9 @@ Wiring: ``twistd vmqtw --config PATH`` builds a node from its configuration.
 
 This is the only module (with the twistd plugin) that touches the global
 reactor; everything it builds receives the reactor or clock it should use.
-Start order: metadata store → message store → registry → listeners; the
-:class:`~vmqtw.service.OrderedMultiService` stops them in reverse.
+Start order: replicated metadata → cluster transport → message store →
+registry (restores offline sessions) → auth → listeners; the
+:class:`~vmqtw.service.OrderedMultiService` stops them in exact reverse.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import signal
 import sys
 from typing import Any, Optional
 
+import attrs
 from twisted.application.service import IService
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate, Logger,
@@ -21,14 +23,18 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from vmqtw import __version__
+from vmqtw.admin.server import register_admin_handlers
 from vmqtw.broker.auth import BrokerAuthenticator
 from vmqtw.broker.queue import QueueLimits
 from vmqtw.broker.registry import Registry
 from vmqtw.config import Config, ConfigError, load_config
-from vmqtw.metadata.store import ReplicatedMetadataStore
+from vmqtw.cluster.link import TcpTransport
+from vmqtw.cluster.readiness import Readiness
+from vmqtw.metadata.node import MetadataNode
 from vmqtw.mqtt.protocol import MQTTFactory
 from vmqtw.mqtt.session import SessionSettings
 from vmqtw.service import CallbackService, ListenerService, OrderedMultiService
+from vmqtw.tls import TLSServerFactory, server_options_from_config
 
 log = Logger()
 
@@ -57,7 +63,8 @@ def _log_level_filter(level_name: str) -> None:
     Apply ``log.console.level`` to whatever observers twistd installed.
     twistd offers no hook for this, so its observers are wrapped in place.
     """
-    level = LogLevel.levelWithName(level_name)
+    # The schema says "warning"; Twisted names that level "warn".
+    level = LogLevel.levelWithName({"warning": "warn"}.get(level_name, level_name))
     predicate = LogLevelFilterPredicate(defaultLogLevel=level)
     observers = list(getattr(globalLogPublisher, "_observers", ()))
     for observer in observers:
@@ -67,10 +74,15 @@ def _log_level_filter(level_name: str) -> None:
         globalLogPublisher.addObserver(FilteringLogObserver(observer, [predicate]))
 
 
+#: Listen backlog: Twisted's default of 50 drops SYNs in a connect burst
+#: (each costing the client a 1 s retransmit).
+LISTEN_BACKLOG = 1024
+
+
 def _endpoint(reactor: Any, host: str, port: int) -> Any:
     if ":" in host:
-        return TCP6ServerEndpoint(reactor, port, interface=host)
-    return TCP4ServerEndpoint(reactor, port, interface=host)
+        return TCP6ServerEndpoint(reactor, port, backlog=LISTEN_BACKLOG, interface=host)
+    return TCP4ServerEndpoint(reactor, port, backlog=LISTEN_BACKLOG, interface=host)
 
 
 def build_node(config: Config, reactor: Any) -> OrderedMultiService:
@@ -85,6 +97,8 @@ def build_node(config: Config, reactor: Any) -> OrderedMultiService:
     # Read the auth files first: a missing one stops the node before it
     # opens a store or listens (ConfigError).
     authenticator.load()
+    # Likewise the TLS certificate and key: checked before anything opens.
+    tls_options = server_options_from_config(config)
 
     os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
     os.chmod(config.data_dir, 0o700)
@@ -95,11 +109,24 @@ def build_node(config: Config, reactor: Any) -> OrderedMultiService:
             reactor.stop()
 
     top = OrderedMultiService(on_failure=fatal)
-    # Subscriptions and retained messages, kept in LevelDB so that
-    # persistent sessions and retained messages survive a restart.
-    metadata = ReplicatedMetadataStore(config.nodename, reactor,
-                                       data_dir=os.path.join(config.data_dir, "metadata"))
-    top.addService(CallbackService("metadata-store", lambda: None, metadata.close))
+    # The cluster: metadata (subscriptions, retained messages, membership)
+    # replicated over the inter-node transport.  On a lone node it still
+    # keeps subscriptions and retained messages in LevelDB, so persistent
+    # sessions survive a restart.
+    clustering_host, _port = config.listener_vmq_clustering
+    transport = TcpTransport(config.nodename, config.distributed_cookie.encode("utf-8"),
+                             config.listener_vmq_clustering, reactor,
+                             source_ip=clustering_host,
+                             buffer_limit=config.outgoing_clustering_buffer_size)
+    cluster = MetadataNode(config.nodename, transport, reactor, data_dir=config.data_dir,
+                           address=config.listener_vmq_clustering,
+                           lazy_tick=config.metadata_lazy_tick,
+                           exchange_tick=config.metadata_exchange_tick,
+                           gossip_interval=config.metadata_gossip_interval)
+    metadata = cluster.store
+    top.addService(CallbackService("metadata", cluster.start, cluster.stop))
+    top.addService(CallbackService("cluster-transport", transport.start, transport.stop))
+    readiness = Readiness(cluster.peers)
     store = find_store_factory(config.message_store).build(config, reactor)
     top.addService(CallbackService("message-store", store.open, store.close))
 
@@ -111,7 +138,8 @@ def build_node(config: Config, reactor: Any) -> OrderedMultiService:
         retry_interval=config.retry_interval,
     )
     registry = Registry(config.nodename, metadata, reactor, limits, store,
-                        session_expiration=config.persistent_client_expiration)
+                        session_expiration=config.persistent_client_expiration,
+                        cluster=transport, ready=readiness)
 
     def start_registry() -> Any:
         registry.start()
@@ -124,6 +152,10 @@ def build_node(config: Config, reactor: Any) -> OrderedMultiService:
         topic_max_depth=config.topic_max_depth,
         max_keepalive=int(config.max_keepalive),
         max_subscriptions_per_client=config.max_subscriptions_per_client,
+        allow_register_during_netsplit=config.allow_register_during_netsplit,
+        allow_publish_during_netsplit=config.allow_publish_during_netsplit,
+        allow_subscribe_during_netsplit=config.allow_subscribe_during_netsplit,
+        allow_unsubscribe_during_netsplit=config.allow_unsubscribe_during_netsplit,
     )
     if pool is not None:
         top.addService(CallbackService("passwd-pool", pool.start, pool.stop))
@@ -136,8 +168,23 @@ def build_node(config: Config, reactor: Any) -> OrderedMultiService:
                               max_connections=config.listener_max_connections)
         top.addService(ListenerService("listener.tcp." + name, _endpoint(reactor, host, port),
                                        factory, on_failure=fatal))
+    tls_settings = attrs.evolve(
+        settings, use_identity_as_username=config.listener_ssl_use_identity_as_username)
+    for name, (host, port) in sorted(config.ssl_listeners.items()):
+        factory = MQTTFactory(registry, tls_settings, authenticator, reactor,
+                              max_packet_size=config.max_message_size,
+                              connect_timeout=config.connect_timeout,
+                              max_connections=config.listener_max_connections,
+                              identity_from_certificate=config.listener_ssl_cafile is not None)
+        top.addService(ListenerService("listener.ssl." + name, _endpoint(reactor, host, port),
+                                       TLSServerFactory(tls_options, factory, reactor),
+                                       on_failure=fatal))
     top.registry = registry  # type: ignore[attr-defined]
+    top.cluster = cluster  # type: ignore[attr-defined]
+    top.transport = transport  # type: ignore[attr-defined]
+    top.readiness = readiness  # type: ignore[attr-defined]
     top.authenticator = authenticator  # type: ignore[attr-defined]
+    top.admin = register_admin_handlers(transport, cluster, registry, readiness)  # type: ignore[attr-defined]
     return top
 
 

@@ -7,3 +7,5 @@ from twisted.application.service import ServiceMaker
 
 vmqtw = ServiceMaker(
     "vmqtw", "vmqtw.tap", "A clustered MQTT broker modelled on VerneMQ.", "vmqtw")
+vmqtw_admin = ServiceMaker(
+    "vmqtw-admin", "vmqtw.admin.tap", "Steer a vmqtw cluster: join, leave, show.", "vmqtw-admin")

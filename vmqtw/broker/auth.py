@@ -11,6 +11,9 @@ CONNECT (``plugins.vmq_passwd``, ``allow_anonymous``):
 * passwd on, no user name: CONNACK 5 unless ``allow_anonymous`` is on.
 * passwd off: ``allow_anonymous`` decides for everyone (0 or 5) -- with no
   plugin able to accept a client, VerneMQ answers "not authorized".
+* TLS ``use_identity_as_username``: the verified client certificate's CN
+  is the user name and the certificate the credential -- CONNACK 0 without
+  a password check, whatever the plugins; the ACL applies to the CN.
 
 PUBLISH / SUBSCRIBE / delivery (``plugins.vmq_acl``): the current
 :class:`~vmqtw.auth.acl.Acl` snapshot decides; with the plugin off everything
@@ -196,6 +199,11 @@ class BrokerAuthenticator:
 
     def authenticate(self, info: ConnectInfo) -> Any:
         """A CONNACK return code, or a Deferred of one for a password check."""
+        if info.identity is not None:
+            # use_identity_as_username: the TLS handshake verified a client
+            # certificate signed by listener.ssl.cafile; that is the proof,
+            # no password is checked.  The ACL still applies to the CN.
+            return P.CONNACK_ACCEPTED
         if info.username is None:
             if self.allow_anonymous:
                 return P.CONNACK_ACCEPTED

@@ -177,6 +177,37 @@ class SubscriberQueue:
         self.inflight.clear()
         self.awaiting_rel.clear()
 
+    def hand_over(self, send: Callable[[Message, int], Any]) -> None:
+        """
+        The session moved to another node: give every message not yet
+        acknowledged to ``send(message, qos)`` in order (reading stored
+        payloads first), then end this queue.
+        """
+        self.detach()
+        entries = [(entry[0], entry[1]) for entry in self.inflight.values()
+                   if entry[2] == AWAIT_ACK]
+        entries.extend(self.pending)
+        unloaded = [message for message, _qos in entries if message.__class__ is bytes]
+
+        def forward(loaded: List[Optional[Message]]) -> None:
+            found = dict(zip(unloaded, loaded))
+            for message, qos in entries:
+                if message.__class__ is bytes:
+                    message = found.get(message)
+                    if message is None:
+                        continue
+                    qos = self._qos_for(message) if self._qos_for is not None else message.qos
+                send(message, qos)
+            self.discard()
+
+        if unloaded and self.store is not None:
+            reads = gatherResults([self.store.read(self.subscriber_id, ref) for ref in unloaded],
+                                  consumeErrors=True)
+            reads.addCallback(forward)
+            reads.addErrback(self._load_failed)
+        else:
+            forward([])
+
     # -- delivery -----------------------------------------------------------
 
     def enqueue(self, message: Message, qos: int) -> Optional[Deferred]:

@@ -17,7 +17,7 @@ Subscriber record (VerneMQ's layout)::
 """
 from __future__ import annotations
 
-from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional,
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional, Set,
                     Tuple)
 
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
@@ -44,6 +44,47 @@ def local_filters(record: Optional[SubscriberRecord], node: str) -> Dict[str, in
     return filters
 
 
+def remote_filters(record: Optional[SubscriberRecord], node: str) -> Set[Tuple[str, str]]:
+    """``{(other_node, filter)}`` that ``record`` holds for nodes but ``node``."""
+    pairs: Set[Tuple[str, str]] = set()
+    if record:
+        for entry_node, _clean, topics in record:
+            if entry_node != node:
+                for flt, _qos in topics:
+                    pairs.add((entry_node, flt))
+    return pairs
+
+
+def all_filters(record: Optional[SubscriberRecord]) -> Dict[str, int]:
+    """Every ``{filter: qos}`` of ``record``, whichever node holds it."""
+    filters: Dict[str, int] = {}
+    if record:
+        for _node, _clean, topics in record:
+            for flt, qos in topics:
+                filters[flt] = max(qos, filters.get(flt, 0))
+    return filters
+
+
+def record_owner(record: Optional[SubscriberRecord]) -> Optional[str]:
+    """The node a session is registered on (the last entry written)."""
+    return record[-1][0] if record else None
+
+
+def encode_message(message: Message) -> tuple:
+    """A routed message as plain data for the inter-node wire."""
+    return (message.ref, message.topic, message.payload, message.qos, message.timestamp,
+            message.mountpoint)
+
+
+def decode_message(data: tuple, origin: str) -> Message:
+    ref, topic, payload, qos, timestamp, mountpoint = data
+    return Message(ref, topic, payload, qos, False, False, timestamp, mountpoint, origin)
+
+
+#: The cluster transport channel of the MQTT data plane.
+CHANNEL = "mqtt"
+
+
 def record_clean_session(record: Optional[SubscriberRecord], node: str) -> Optional[bool]:
     """The clean-session flag ``record`` holds for ``node``, if any."""
     if record:
@@ -60,8 +101,23 @@ class Registry:
 
     def __init__(self, node: str, metadata: IMetadataStore, clock: IReactorTime,
                  limits: QueueLimits = QueueLimits(), store: Any = None,
-                 session_expiration: Optional[float] = None) -> None:
+                 session_expiration: Optional[float] = None,
+                 cluster: Any = None, ready: Optional[Callable[[], bool]] = None) -> None:
         self.node = node
+        #: The IClusterTransport to other nodes, or None on a lone node.
+        self.cluster = cluster
+        #: True while every cluster member is reachable (no netsplit).
+        self.ready: Callable[[], bool] = ready if ready is not None else (lambda: True)
+        #: ``(node, filter) -> number of that node's sessions subscribed``:
+        #: the trie holds one entry per node and filter, so a publish sends
+        #: one copy per node however many of its clients match.
+        self._remote_refs: Dict[Tuple[str, str], int] = {}
+        #: True while the registry itself writes a subscriber record, so
+        #: that its change event is not taken for another node's doing.
+        self._own_write = False
+        #: Messages forwarded to and received from other nodes.
+        self.forwarded = 0
+        self.received_remote = 0
         #: ``persistent_client_expiration`` in seconds; None = never.
         self.session_expiration = session_expiration
         self._expiry_calls: Dict[SubscriberId, Any] = {}
@@ -92,6 +148,8 @@ class Registry:
             self.metadata.subscribe(SUBSCRIBER_PREFIX, self._on_subscriber_change),
             self.metadata.subscribe(RETAIN_PREFIX, self._on_retain_change),
         ]
+        if self.cluster is not None:
+            self.cluster.register_cast_handler(CHANNEL, self._on_cluster_cast)
 
     def stop(self) -> None:
         for unsubscribe in self._unsubscribe_events:
@@ -123,7 +181,7 @@ class Registry:
             elif clean is True:
                 stale.append(SubscriberId(*key))
         for subscriber_id in stale:
-            self._write_record(subscriber_id, True, {})
+            self._own_delete(subscriber_id.as_key())
         stored = set()
         if self.store is not None:
             stored = set((yield self.store.subscribers()))
@@ -169,14 +227,15 @@ class Registry:
         if queue is not None:
             queue.discard()
         if self.metadata.get(SUBSCRIBER_PREFIX, subscriber_id.as_key()) is not None:
-            self.metadata.delete(SUBSCRIBER_PREFIX, subscriber_id.as_key())
+            self._own_delete(subscriber_id.as_key())
         self.counters.expired_sessions += 1
         self.log.info("session {client_id} expired", client_id=subscriber_id.client_id)
 
     def _on_subscriber_change(self, prefix: Any, key: Any, old: Any, new: Any) -> None:
         subscriber_id = SubscriberId(*key)
-        before = local_filters(old, self.node)
-        after = local_filters(new, self.node)
+        node = self.node
+        before = local_filters(old, node)
+        after = local_filters(new, node)
         trie = self.trie
         for flt in before:
             if flt not in after:
@@ -184,6 +243,66 @@ class Registry:
         for flt, qos in after.items():
             if before.get(flt) != qos:
                 trie.add(flt, subscriber_id, qos)
+        remote_before = remote_filters(old, node)
+        remote_after = remote_filters(new, node)
+        if remote_before != remote_after:
+            refs = self._remote_refs
+            for pair in remote_before - remote_after:
+                count = refs.get(pair, 0) - 1
+                if count <= 0:
+                    refs.pop(pair, None)
+                    trie.remove(pair[1], pair[0])
+                else:
+                    refs[pair] = count
+            for pair in remote_after - remote_before:
+                count = refs.get(pair, 0) + 1
+                refs[pair] = count
+                if count == 1:
+                    # The remote node re-matches and applies its own
+                    # subscribers' QoS; forward at the published QoS.
+                    trie.add(pair[1], pair[0], 2)
+        if (not self._own_write and record_clean_session(old, node) is not None
+                and record_clean_session(new, node) is None):
+            owner = record_owner(new)
+            # A clean session elsewhere ends this one [MQTT-3.1.2-6]; a
+            # persistent one takes its messages along.
+            moved_to = owner if owner is not None and new[-1][1] is False else None
+            self._moved_away(subscriber_id, moved_to)
+
+    def _own_put(self, key: Any, record: SubscriberRecord) -> None:
+        """Write a subscriber record; its change event is ours, not a move."""
+        self._own_write = True
+        try:
+            self.metadata.put(SUBSCRIBER_PREFIX, key, record)
+        finally:
+            self._own_write = False
+
+    def _own_delete(self, key: Any) -> None:
+        self._own_write = True
+        try:
+            self.metadata.delete(SUBSCRIBER_PREFIX, key)
+        finally:
+            self._own_write = False
+
+    def _moved_away(self, subscriber_id: SubscriberId, owner: Optional[str]) -> None:
+        """
+        The session registered on another node (or ended there): close the
+        connection still open here, and hand a persistent session's waiting
+        messages to its new node.
+        """
+        session = self.sessions.pop(subscriber_id, None)
+        if session is not None:
+            session.take_over()
+        queue = self.queues.pop(subscriber_id, None)
+        if queue is None:
+            return
+        if owner is None or owner == self.node or self.cluster is None or queue.clean_session:
+            queue.discard()
+            return
+        self.log.info("moving the queue of {client_id} to {owner}",
+                      client_id=subscriber_id.client_id, owner=owner)
+        queue.hand_over(lambda message, qos: self.cluster.cast(
+            owner, CHANNEL, ("enq", subscriber_id.as_key(), encode_message(message), qos)))
 
     def _on_retain_change(self, prefix: Any, key: Any, old: Any, new: Any) -> None:
         _mountpoint, topic = key
@@ -210,24 +329,27 @@ class Registry:
         queue = self.queues.get(subscriber_id)
         key = subscriber_id.as_key()
         record = self.metadata.get(SUBSCRIBER_PREFIX, key)
+        # Every session is recorded with the node it is on, as VerneMQ
+        # does: a node that sees the record move elsewhere closes its own
+        # connection for that client id and hands a persistent queue over.
         if clean_session:
-            # [MQTT-3.1.2-6]: discard any previous session.
+            # [MQTT-3.1.2-6]: discard any previous session, wherever it was.
             if queue is not None:
                 queue.discard()
-            if record is not None:
-                self.metadata.delete(SUBSCRIBER_PREFIX, key)
             queue = self._new_queue(subscriber_id, True)
             present = False
+            mine = ((self.node, True, ()),)
         else:
-            present = (queue is not None and not queue.clean_session) or (
-                record_clean_session(record, self.node) is False)
+            present = (queue is not None and not queue.clean_session) or any(
+                clean is False for _node, clean, _topics in (record or ()))
             if queue is None or queue.clean_session:
                 if queue is not None:
                     queue.discard()
                 queue = self._new_queue(subscriber_id, False)
-            if record is not None and record_clean_session(record, self.node) is not False:
-                self._write_record(subscriber_id, False,
-                                   local_filters(record, self.node))
+            # The session's subscriptions follow it to this node.
+            mine = ((self.node, False, tuple(sorted(all_filters(record).items()))),)
+        if record is None or tuple(record) != mine:
+            self._own_put(key, mine)
         self.sessions[subscriber_id] = session
         return queue, present
 
@@ -254,7 +376,7 @@ class Registry:
             queue.discard()
             del self.queues[subscriber_id]
             if self.metadata.get(SUBSCRIBER_PREFIX, subscriber_id.as_key()) is not None:
-                self.metadata.delete(SUBSCRIBER_PREFIX, subscriber_id.as_key())
+                self._own_delete(subscriber_id.as_key())
         else:
             queue.detach()
             self._schedule_expiry(subscriber_id)
@@ -294,12 +416,8 @@ class Registry:
         key = subscriber_id.as_key()
         old = self.metadata.get(SUBSCRIBER_PREFIX, key)
         others = tuple(entry for entry in (old or ()) if entry[0] != self.node)
-        if not filters and not others and clean_session:
-            if old is not None:
-                self.metadata.delete(SUBSCRIBER_PREFIX, key)
-            return
         mine = (self.node, clean_session, tuple(sorted(filters.items())))
-        self.metadata.put(SUBSCRIBER_PREFIX, key, others + (mine,))
+        self._own_put(key, others + (mine,))
 
     # -- publishing -----------------------------------------------------------
 
@@ -329,7 +447,17 @@ class Registry:
         queues = self.queues
         published_qos = message.qos
         waits: Optional[List[Deferred]] = None
+        encoded = None
         for subscriber_id, granted in matches.items():
+            if subscriber_id.__class__ is str:
+                # Another node's subscribers: one copy per node, never
+                # forwarded again by the node that receives it.
+                if message.origin is None and self.cluster is not None:
+                    if encoded is None:
+                        encoded = ("msg", encode_message(message))
+                    self.cluster.cast(subscriber_id, CHANNEL, encoded)
+                    self.forwarded += 1
+                continue
             queue = queues.get(subscriber_id)
             if queue is None:
                 continue
@@ -341,6 +469,21 @@ class Registry:
         if waits is None:
             return None
         return gatherResults(waits, consumeErrors=True)
+
+    def _on_cluster_cast(self, peer: str, data: Any) -> None:
+        """A message from another node: route it to local subscribers only."""
+        kind = data[0]
+        try:
+            if kind == "msg":
+                self.received_remote += 1
+                self.publish(decode_message(data[1], peer))
+            elif kind == "enq":
+                _, key, encoded, qos = data
+                queue = self.queues.get(SubscriberId(*key))
+                if queue is not None:
+                    queue.enqueue(decode_message(encoded, peer), qos)
+        except Exception:
+            self.log.failure("bad data-plane message {kind!r} from {peer}", kind=kind, peer=peer)
 
     def _retain(self, message: Message, author: Optional[Tuple[str, Optional[str]]]) -> None:
         """A zero-byte retained message clears the topic [MQTT-3.3.1-10/11]."""

@@ -23,6 +23,9 @@ replies as frames of :mod:`vmqtw.cluster.wire`.  What it does and why:
   "down after ``heartbeat_timeout`` of silence" notices in seconds.
 * **Reconnect** with exponential backoff and jitter; clock and RNG are
   injected so tests can drive it.
+* **Optional mutual TLS** (``tls=``, :class:`vmqtw.tls.ClusterTLS`) under
+  the cookie handshake: certificates from one CA on both sides, the dialer
+  checking the listener's certificate against the dialed address.
 
 Delivery is at-most-once: frames written to a connection that then dies are
 lost (callers that need more use ``call`` and retry).
@@ -46,13 +49,26 @@ from zope.interface import implementer
 from vmqtw.cluster import auth, wire
 from vmqtw.errors import CallTimeout, PeerUnreachable, RemoteCallError
 from vmqtw.interfaces import IClusterTransport
+from vmqtw.tls import ClusterTLS, TLSClientFactory, TLSServerFactory
 
 __all__ = ["TcpTransport", "PeerUnreachable", "RemoteCallError",
-           "CallTimeout", "LinkCounters"]
+           "CallTimeout", "LinkCounters", "ADMIN_PREFIX", "is_admin_name"]
 
 log = Logger(namespace="vmqtw.cluster.link")
 
 Address = Tuple[str, int]
+
+#: Name prefix of ``vmqtw-admin`` clients.  They prove the cookie like a
+#: node but are not peers: their links are never announced to peer
+#: listeners (membership, plumtree, readiness would take them for a node
+#: coming up) and are forgotten when they close.  A node name cannot
+#: contain ':', so no real node is ever mistaken for one.
+ADMIN_PREFIX = "admin:"
+
+
+def is_admin_name(name: str) -> bool:
+    """True for the handshake name of an admin client."""
+    return name.startswith(ADMIN_PREFIX)
 
 
 @attrs.define(slots=True)
@@ -315,7 +331,8 @@ class TcpTransport:
                  backoff_max: float = 10.0,
                  rng: Optional[random.Random] = None,
                  nonce_source: Callable[[int], bytes] = os.urandom,
-                 limiter: Optional[auth.FailureLimiter] = None) -> None:
+                 limiter: Optional[auth.FailureLimiter] = None,
+                 tls: Optional[ClusterTLS] = None) -> None:
         if isinstance(cookie, str):
             cookie = cookie.encode("utf-8")
         self.node = node
@@ -339,6 +356,8 @@ class TcpTransport:
         self._nonce_source = nonce_source
         self.limiter = limiter if limiter is not None else \
             auth.FailureLimiter()
+        #: Mutual TLS under the cookie handshake, or None for plain TCP.
+        self.tls = tls
         self.counters = LinkCounters()
         self._peers: Dict[str, _Peer] = {}
         self._protocols: Set[ClusterProtocol] = set()
@@ -360,7 +379,11 @@ class TcpTransport:
         """
         host, port = self.listen_address
         try:
-            self._port = self._reactor.listenTCP(port, _ListenFactory(self),
+            factory: Any = _ListenFactory(self)
+            if self.tls is not None:
+                factory = TLSServerFactory(self.tls.server_options, factory,
+                                           self._reactor)
+            self._port = self._reactor.listenTCP(port, factory,
                                                  interface=host)
         except Exception:
             return defer.fail()  # e.g. CannotListenError: port in use
@@ -601,8 +624,13 @@ class TcpTransport:
             return
         host, port = p.address
         bind = (self.source_ip, 0) if self.source_ip else None
+        factory: Any = _DialFactory(self, p.name)
+        if self.tls is not None:
+            # The peer's certificate must name the address we dial.
+            factory = TLSClientFactory(self.tls.client_creator(host), factory,
+                                       self._reactor)
         p.connector = self._reactor.connectTCP(
-            host, port, _DialFactory(self, p.name),
+            host, port, factory,
             timeout=self.connect_timeout, bindAddress=bind)
 
     def _dial_connected(self, name: str, proto: ClusterProtocol) -> None:
@@ -709,6 +737,9 @@ class TcpTransport:
             log.info("cluster link to {peer} replaced by a newer one",
                      peer=name)
             old.close()
+        elif is_admin_name(name):
+            log.debug("admin client {peer} connected ({addr})", peer=name,
+                      addr=proto.remote_ip)
         else:
             log.info("cluster link to {peer} up ({addr})", peer=name,
                      addr=proto.remote_ip)
@@ -730,6 +761,10 @@ class TcpTransport:
         if p.flush_call is not None and p.flush_call.active():
             p.flush_call.cancel()
         p.flush_call = None
+        if is_admin_name(name):
+            # Never redialed, never a member: nothing to keep.
+            del self._peers[name]
+            return
         log.info("cluster link to {peer} down", peer=name)
         self._peer_down(name)
         self._schedule_dial(p)

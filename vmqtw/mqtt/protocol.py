@@ -13,15 +13,18 @@ from __future__ import annotations
 
 from typing import Any, Optional, Set
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt.codec import Decoder, ProtocolError, UnacceptableProtocolLevel, encode
 from vmqtw.mqtt.session import NEW, Authenticator, Session, SessionSettings
+from vmqtw.tls import peer_common_name
 
 
+@implementer(IHandshakeListener)
 class MQTTProtocol(Protocol):
     """One client connection."""
 
@@ -89,6 +92,15 @@ class MQTTProtocol(Protocol):
         self.log.info("closing {peer}: malformed packet: {reason}",
                       peer=session.peer, reason=error.reason)  # type: ignore[union-attr]
         self.abort()
+
+    def handshakeCompleted(self) -> None:
+        """
+        TLS listeners only: the handshake (and client certificate check) is
+        done, before any application byte arrives.  Taking the identity here
+        keeps ``dataReceived`` free of any TLS check.
+        """
+        if self.factory.identity_from_certificate and self.session is not None:
+            self.session.peer_identity = peer_common_name(self.transport)
 
     def connectionLost(self, reason: Any = None) -> None:
         self.closing = True
@@ -160,7 +172,7 @@ class MQTTFactory(Factory):
 
     def __init__(self, registry: Any, settings: SessionSettings, authenticator: Authenticator,
                  clock: IReactorTime, max_packet_size: int = 0, connect_timeout: float = 10.0,
-                 max_connections: int = 0) -> None:
+                 max_connections: int = 0, identity_from_certificate: bool = False) -> None:
         self.registry = registry
         self.settings = settings
         self.authenticator = authenticator
@@ -168,6 +180,9 @@ class MQTTFactory(Factory):
         self.max_packet_size = max_packet_size
         self.connect_timeout = connect_timeout
         self.max_connections = max_connections
+        #: TLS listener verifying client certificates: sessions learn the
+        #: certificate's CN (``Session.peer_identity``) after the handshake.
+        self.identity_from_certificate = identity_from_certificate
         self.connections: Set[MQTTProtocol] = set()
 
     def buildProtocol(self, addr: Any) -> Optional[MQTTProtocol]:

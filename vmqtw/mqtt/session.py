@@ -72,6 +72,12 @@ class SessionSettings:
     #: TLS listeners with ``use_identity_as_username``: the verified client
     #: certificate's CN replaces the CONNECT user name.
     use_identity_as_username: bool = False
+    #: What still works while the cluster is split (VerneMQ's flags; all
+    #: off = consistency first).
+    allow_register_during_netsplit: bool = False
+    allow_publish_during_netsplit: bool = False
+    allow_subscribe_during_netsplit: bool = False
+    allow_unsubscribe_during_netsplit: bool = False
 
 
 @attrs.define(frozen=True, slots=True)
@@ -220,6 +226,10 @@ class Session:
         if will is not None and not validate_topic(will.topic, settings.topic_max_depth):
             self.violation("invalid will topic")
             return
+        if not settings.allow_register_during_netsplit and not self.registry.ready():
+            # A netsplit: a client id might be connected on the other side.
+            self._refuse(P.CONNACK_SERVER_UNAVAILABLE)
+            return
         username = connect.username
         password = connect.password
         identity = None
@@ -340,6 +350,10 @@ class Session:
     # -- packets after CONNECT ---------------------------------------------------
 
     def _on_publish(self, publish: P.Publish, now: float) -> None:
+        if not self.settings.allow_publish_during_netsplit and not self.registry.ready():
+            # No acknowledgement: the client resends once the cluster heals
+            # (QoS 0 is lost), as VerneMQ does.
+            return
         topic = publish.topic
         qos = publish.qos
         max_depth = self.settings.topic_max_depth
@@ -419,6 +433,10 @@ class Session:
 
     def _on_subscribe(self, subscribe: P.Subscribe, now: float) -> None:
         settings = self.settings
+        if not settings.allow_subscribe_during_netsplit and not self.registry.ready():
+            self.io.write(encode(P.SubAck(subscribe.packet_id,
+                                          [P.SUBACK_FAILURE] * len(subscribe.topics))))
+            return
         subscriber_id = self.subscriber_id
         existing = self.registry.subscriptions(subscriber_id)
         limit = settings.max_subscriptions_per_client
@@ -448,6 +466,9 @@ class Session:
                 queue.enqueue(message, qos if qos < message.qos else message.qos)
 
     def _on_unsubscribe(self, unsubscribe: P.Unsubscribe, now: float) -> None:
+        if (not self.settings.allow_unsubscribe_during_netsplit
+                and not self.registry.ready()):
+            return  # no UNSUBACK: the client resends after the split heals
         self.registry.unsubscribe(self.subscriber_id, self.clean_session, unsubscribe.topics)
         self.io.write(encode(P.UnsubAck(unsubscribe.packet_id)))
 

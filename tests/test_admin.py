@@ -1,0 +1,272 @@
+"""
+``vmqtw-admin`` without sockets: command-line parsing, output, the node's
+admin handlers on fakes and a ``task.Clock``, and the twistd subcommand.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+from twisted.internet import defer, task
+
+from vmqtw.admin import tap
+from vmqtw.admin.client import COMMAND_ERROR, _failure_sentence
+from vmqtw.admin.commands import UsageError, parse_args, parse_node_address
+from vmqtw.admin.output import cluster_rows, render_table, render_text
+from vmqtw.admin.server import AdminCommandError, AdminHandlers
+from vmqtw.errors import PeerUnreachable
+from vmqtw.metadata.membership import NotPresent
+
+ADMIN = "admin:1-abcd"
+
+
+# -- command line ----------------------------------------------------------------
+
+def test_show_status_and_options_anywhere():
+    inv = parse_args(["cluster", "show", "--config", "x.conf", "--format=json"])
+    assert (inv.command, inv.method, inv.config, inv.format) == (
+        "cluster show", "admin.cluster.show", "x.conf", "json")
+    status = parse_args(["--config=y.conf", "cluster", "status"])
+    assert status.method == "admin.cluster.show" and status.config == "y.conf"
+    assert parse_args(["cluster", "show"]).config == "etc/vernemq.conf"
+
+
+def test_join_and_leave_arguments():
+    join = parse_args(["cluster", "join", "discovery-node=vmqtw@10.0.0.2:4405"])
+    assert join.argument("discovery-node") == "vmqtw@10.0.0.2:4405"
+    leave = parse_args(["cluster", "leave", "node=vmqtw@10.0.0.3"])
+    assert leave.method == "admin.cluster.leave" and leave.argument("node") == "vmqtw@10.0.0.3"
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    ([], "No command given; the commands are: cluster show"),
+    (["cluster", "frob"], "Unknown command 'cluster frob'; the commands are: cluster show"),
+    (["cluster", "join"], "cluster join needs discovery-node=NAME@HOST[:PORT]."),
+    (["cluster", "leave", "nod=x@y"], "cluster leave does not take 'nod'; it takes node=NAME@HOST."),
+    (["cluster", "show", "x=1"], "cluster show does not take 'x'; it takes no arguments."),
+    (["cluster", "leave", "node="], "needs a value"),
+    (["--verbose", "cluster", "show"], "Unknown option --verbose; the options are --config PATH"),
+    (["--format=xml", "cluster", "show"], "--format takes human or json"),
+    (["cluster", "show", "--config"], "The option --config needs a value."),
+])
+def test_usage_errors_are_one_sentence_naming_what_is_allowed(argv, fragment):
+    with pytest.raises(UsageError) as info:
+        parse_args(argv)
+    message = str(info.value)
+    assert fragment in message
+    assert message.endswith(".") and "\n" not in message
+
+
+def test_node_address():
+    assert parse_node_address("vmqtw@127.0.0.5") == ("vmqtw@127.0.0.5", "127.0.0.5", None)
+    assert parse_node_address("n-1@host.example:44053") == ("n-1@host.example", "host.example", 44053)
+    for bad in ("vmqtw", "@h", "a@b:0", "a@b:70000", "a b@c", "a@b:x"):
+        with pytest.raises(UsageError):
+            parse_node_address(bad)
+
+
+# -- output ----------------------------------------------------------------------
+
+def test_table_like_vernemq_and_json():
+    rows = cluster_rows([("vmqtw@127.0.0.5", True), ("vmqtw@127.0.0.66", False)])
+    assert render_table(("Node", "Running"), rows).splitlines() == [
+        "+------------------+---------+",
+        "| Node             | Running |",
+        "+------------------+---------+",
+        "| vmqtw@127.0.0.5  | true    |",
+        "| vmqtw@127.0.0.66 | false   |",
+        "+------------------+---------+",
+    ]
+    assert json.loads(render_table(("Node", "Running"), rows, "json")) == {
+        "type": "table", "table": [{"Node": "vmqtw@127.0.0.5", "Running": True},
+                                   {"Node": "vmqtw@127.0.0.66", "Running": False}]}
+    assert json.loads(render_text("Done", "json")) == {"type": "text", "text": "Done"}
+
+
+def test_failure_sentences():
+    assert _failure_sentence(COMMAND_ERROR + ": A node cannot join itself.") == \
+        "A node cannot join itself."
+    assert "older version" in _failure_sentence("UnknownMethod: 'admin.x'")
+    assert _failure_sentence("KeyError: 'x'") == "The node failed to run the command: KeyError: 'x'."
+
+
+# -- the node's handlers on fakes ---------------------------------------------------
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.handlers: Dict[str, Any] = {}
+        self.addresses: List[Tuple[str, Optional[tuple]]] = []
+        self.up: set = set()
+
+    def register_call_handler(self, method: str, handler: Any) -> None:
+        self.handlers[method] = handler
+
+    def set_peer_address(self, peer: str, address: Optional[tuple]) -> None:
+        self.addresses.append((peer, address))
+
+    def connected(self, peer: str) -> bool:
+        return peer in self.up
+
+    def connected_peers(self) -> List[str]:
+        return sorted(self.up)
+
+
+class FakePeers:
+    def __init__(self, node: str, others: Tuple[str, ...] = ()) -> None:
+        self._members = {node, *others}
+        self.node = node
+        self.joins: List[Tuple[str, tuple]] = []
+        self.join_result: Optional[defer.Deferred] = None
+
+    def members(self) -> frozenset:
+        return frozenset(self._members)
+
+    def cluster_status(self) -> List[Tuple[str, bool]]:
+        return [(n, n == self.node) for n in sorted(self._members)]
+
+    @property
+    def ready(self) -> bool:
+        return len(self._members) == 1
+
+    def leave(self, node: str) -> None:
+        if node not in self._members:
+            raise NotPresent(node)
+        self._members.discard(node)
+
+    def join(self, seed: str, address: tuple) -> defer.Deferred:
+        self.joins.append((seed, address))
+        if self.join_result is not None:
+            return self.join_result
+        self._members.add(seed)
+        return defer.succeed(frozenset(self._members))
+
+
+class FakeCluster:
+    def __init__(self, node: str, peers: FakePeers, clock: task.Clock) -> None:
+        self.node, self.peers, self.clock = node, peers, clock
+
+
+class FakeReadiness:
+    netsplits_detected = 2
+    netsplits_resolved = 1
+
+
+def handlers(others: Tuple[str, ...] = ()):
+    clock = task.Clock()
+    transport = FakeTransport()
+    peers = FakePeers("a@h", others)
+    h = AdminHandlers(transport, FakeCluster("a@h", peers, clock), clock,
+                      readiness=FakeReadiness(), connect_timeout=2.0)
+    h.register()
+    return h, transport, peers, clock
+
+
+def call(transport: FakeTransport, method: str, *args: Any, caller: str = ADMIN) -> Any:
+    return defer.maybeDeferred(transport.handlers[method], caller, *args)
+
+
+def result(d: defer.Deferred) -> Any:
+    out: List[Any] = []
+    d.addBoth(out.append)
+    assert out, "deferred has not fired"
+    return out[0]
+
+
+def test_show_and_status():
+    _, transport, _, _ = handlers(("b@h",))
+    assert result(call(transport, "admin.cluster.show")) == [("a@h", True), ("b@h", False)]
+    transport.up = {"b@h", ADMIN}
+    status = result(call(transport, "admin.node.status"))
+    assert status == {"node": "a@h", "members": ["a@h", "b@h"], "ready": False,
+                      "connected": ["b@h"], "netsplits_detected": 2, "netsplits_resolved": 1}
+
+
+def test_only_admin_clients_may_call():
+    _, transport, _, _ = handlers()
+    failure = result(call(transport, "admin.cluster.show", caller="b@h"))
+    assert failure.check(AdminCommandError)
+
+
+def test_leave_unknown_node_names_the_members():
+    _, transport, peers, _ = handlers(("b@h",))
+    failure = result(call(transport, "admin.cluster.leave", "z@h"))
+    assert failure.check(AdminCommandError)
+    assert str(failure.value) == "z@h is not a member of the cluster; the members are a@h, b@h."
+    assert result(call(transport, "admin.cluster.leave", "b@h")) == ["a@h"]
+
+
+def test_join_self_is_refused():
+    _, transport, peers, _ = handlers()
+    failure = result(call(transport, "admin.cluster.join", "a@h", "127.0.0.1", 1))
+    assert failure.check(AdminCommandError) and "cannot join itself" in str(failure.value)
+    assert peers.joins == [] and transport.addresses == []
+
+
+def test_join_waits_for_the_link_then_joins():
+    _, transport, peers, clock = handlers()
+    d = call(transport, "admin.cluster.join", "b@h", "10.0.0.2", 4405)
+    assert transport.addresses == [("b@h", ("10.0.0.2", 4405))]
+    clock.advance(0.5)
+    assert not d.called and peers.joins == []
+    transport.up.add("b@h")
+    clock.advance(0.05)
+    assert result(d) == ["a@h", "b@h"]
+    assert peers.joins == [("b@h", ("10.0.0.2", 4405))]
+
+
+def test_join_of_an_unreachable_seed_fails_and_forgets_it():
+    _, transport, peers, clock = handlers()
+    d = call(transport, "admin.cluster.join", "b@h", "10.0.0.2", 4405)
+    clock.advance(1.9)
+    assert not d.called
+    clock.advance(0.2)
+    failure = result(d)
+    assert failure.check(AdminCommandError)
+    assert str(failure.value) == ("The discovery node b@h cannot be reached at 10.0.0.2:4405 "
+                                  "(is it running, with the same distributed_cookie?).")
+    assert transport.addresses[-1] == ("b@h", None)
+    assert peers.joins == []
+
+
+def test_join_whose_state_fetch_fails_forgets_the_seed():
+    _, transport, peers, clock = handlers()
+    peers.join_result = defer.fail(PeerUnreachable("b@h went down during the call"))
+    transport.up.add("b@h")
+    failure = result(call(transport, "admin.cluster.join", "b@h", "10.0.0.2", 4405))
+    assert failure.check(AdminCommandError)
+    assert transport.addresses[-1] == ("b@h", None)
+
+
+def test_join_rejects_malformed_arguments():
+    _, transport, _, _ = handlers()
+    assert result(call(transport, "admin.cluster.join", "b@h", "h", "1")).check(AdminCommandError)
+
+
+# -- the twistd subcommand ------------------------------------------------------------
+
+def test_twistd_options_keep_every_argument_for_the_command():
+    options = tap.Options()
+    options.parseOptions(["cluster", "show", "--config", "x.conf"])
+    assert options["argv"] == ["cluster", "show", "--config", "x.conf"]
+
+
+def test_twistd_make_service_exits_with_the_status_and_one_sentence(capsys):
+    options = tap.Options()
+    options.parseOptions(["cluster", "frob"])
+    with pytest.raises(SystemExit) as info:
+        tap.makeService(options)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("twistd vmqtw-admin: Unknown command 'cluster frob'")
+    assert err.count("\n") == 1
+
+
+def test_missing_config_is_one_sentence(tmp_path, capsys):
+    options = tap.Options()
+    options.parseOptions(["--config", str(tmp_path / "nope.conf"), "cluster", "show"])
+    with pytest.raises(SystemExit) as info:
+        tap.makeService(options)
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "nope.conf does not exist" in err and err.count("\n") == 1

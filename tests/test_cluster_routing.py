@@ -1,0 +1,110 @@
+"""
+The broker across nodes, in process and deterministic: brokers joined by
+the in-memory transport on one Clock, with the real replicated metadata.
+"""
+from __future__ import annotations
+
+from tests import mqttbytes as B
+from tests.brokerharness import Broker, Cluster
+from vmqtw.mqtt import packets as P
+from vmqtw.mqtt.session import SessionSettings
+
+
+def test_publish_reaches_subscribers_on_other_nodes_one_copy_per_node():
+    cluster = Cluster()
+    first = cluster["A"].subscriber("s1", ("t/#", 1))
+    second = cluster["A"].subscriber("s2", ("t/+", 0))
+    cluster.settle()
+    publisher = cluster["C"].connect("p")
+    before = cluster.network.count("mqtt")
+    publisher.send(B.publish("t/x", b"hello", qos=1, packet_id=1))
+    assert publisher.received() == [P.PubAck(1)]
+    cluster.settle(0.2)
+    assert [(p.payload, p.qos) for p in first.publishes()] == [(b"hello", 1)]
+    assert [(p.payload, p.qos) for p in second.publishes()] == [(b"hello", 0)]
+    # One copy to node A, none to B (no subscriber there), never re-forwarded.
+    assert cluster.network.count("mqtt") - before == 1
+    assert cluster["B"].registry.received_remote == 0
+
+
+def test_unsubscribe_on_one_node_stops_forwarding():
+    cluster = Cluster()
+    subscriber = cluster["A"].subscriber("s", ("t", 0))
+    cluster.settle()
+    subscriber.send(B.unsubscribe(2, ["t"]))
+    assert subscriber.received() == [P.UnsubAck(2)]
+    cluster.settle()
+    before = cluster.network.count("mqtt")
+    cluster["B"].connect("p").send(B.publish("t", b"x"))
+    cluster.settle(0.2)
+    assert cluster.network.count("mqtt") == before
+    assert len(cluster["B"].registry.trie) == 0
+
+
+def test_retained_message_replicates():
+    cluster = Cluster()
+    cluster["A"].connect("p").send(B.publish("r/1", b"kept", qos=1, packet_id=1, retain=True))
+    cluster.settle()
+    late = cluster["B"].subscriber("late", ("r/#", 1))
+    assert [(p.payload, p.retain) for p in late.retained] == [(b"kept", True)]
+
+
+def test_same_client_id_on_another_node_takes_over():
+    cluster = Cluster()
+    old = cluster["A"].connect("dup", clean_session=False, will_topic="w", will_message=b"old")
+    cluster.settle()
+    new = cluster["B"].connect("dup", clean_session=False)
+    cluster.settle()
+    assert old.closed and not new.closed
+    old.finish_close()
+    assert cluster["A"].registry.sessions == {}
+
+
+def test_persistent_queue_follows_the_session_to_another_node():
+    cluster = Cluster()
+    subscriber = cluster["A"].subscriber("p", ("q/#", 1), clean_session=False)
+    subscriber.drop()
+    cluster.settle()
+    publisher = cluster["C"].connect("pub")
+    for i in range(1, 6):
+        publisher.send(B.publish("q/x", b"%d" % i, qos=1, packet_id=i))
+    cluster.settle()
+    back = cluster["B"].connect("p", clean_session=False)
+    assert back.connack.session_present
+    cluster.settle()
+    assert [p.payload for p in back.publishes()] == [b"%d" % i for i in range(1, 6)]
+    assert cluster["A"].registry.queues == {}
+    # Subscriptions moved with it: new messages go to B.
+    publisher.send(B.publish("q/y", b"after", qos=1, packet_id=9))
+    cluster.settle()
+    assert [p.payload for p in back.publishes()] == [b"after"]
+
+
+def test_partitioned_node_refuses_connect_publish_subscribe_unsubscribe():
+    """Case 35: during a netsplit CONNACK 3, no PUBACK, SUBACK 0x80, no UNSUBACK."""
+    split = {"ready": True}
+    broker = Broker(ready=lambda: split["ready"])
+    client = broker.connect("c")
+    split["ready"] = False
+    client.send(B.publish("t", b"x", qos=1, packet_id=1))
+    client.send(B.subscribe(2, [("a", 0), ("b", 1)]))
+    client.send(B.unsubscribe(3, ["a"]))
+    assert client.received() == [P.SubAck(2, [0x80, 0x80])]
+    newcomer = broker.client()
+    newcomer.send(B.connect("n"))
+    assert newcomer.received() == [P.ConnAck(P.CONNACK_SERVER_UNAVAILABLE, False)]
+    assert newcomer.closed
+
+
+def test_netsplit_flags_allow_operations():
+    settings = SessionSettings(allow_register_during_netsplit=True,
+                               allow_publish_during_netsplit=True,
+                               allow_subscribe_during_netsplit=True,
+                               allow_unsubscribe_during_netsplit=True)
+    broker = Broker(settings=settings, ready=lambda: False)
+    client = broker.connect("c")
+    client.send(B.subscribe(1, [("t", 1)]))
+    client.send(B.publish("t", b"x", qos=1, packet_id=2))
+    client.send(B.unsubscribe(3, ["t"]))
+    packets = client.received()
+    assert P.SubAck(1, [1]) in packets and P.PubAck(2) in packets and P.UnsubAck(3) in packets

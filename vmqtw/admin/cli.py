@@ -1,0 +1,81 @@
+"""
+``vmqtw-admin``: steer the local node of a cluster, as VerneMQ's ``vmq-admin``.
+
+    vmqtw-admin [--config etc/vernemq.conf] cluster show
+    vmqtw-admin cluster join discovery-node=vmqtw@10.0.0.2[:44053]
+    vmqtw-admin cluster leave node=vmqtw@10.0.0.3
+    vmqtw-admin --format=json cluster status
+
+The configuration file names the node (``nodename``), where it listens
+for cluster links (``listener.vmq.clustering``) and the cookie to prove.
+A result goes to stdout; an error is one sentence on stderr and exit
+status 1 (2 for a mistake on the command line).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, List, Optional, Sequence, TextIO
+
+from vmqtw.admin.client import AdminClient, AdminError
+from vmqtw.admin.commands import Invocation, UsageError, parse_args, parse_node_address, usage_text
+from vmqtw.admin.output import cluster_rows, render_table, render_text, status_rows
+
+__all__ = ["main", "run", "execute"]
+
+#: How long the client waits for a reply; above the node's own bounded
+#: waits in a join (link up, then the seed's state), so the node's answer,
+#: not ours, says what went wrong.
+CALL_TIMEOUT = 20.0
+
+
+def _call_args(invocation: Invocation, config: Any) -> tuple:
+    if invocation.command == "cluster join":
+        node, host, port = parse_node_address(invocation.argument("discovery-node") or "")
+        if port is None:
+            port = config.listener_vmq_clustering[1]
+        return (node, host, port)
+    if invocation.command == "cluster leave":
+        return (invocation.argument("node"),)
+    return ()
+
+
+def execute(invocation: Invocation, config: Any, timeout: float = CALL_TIMEOUT) -> str:
+    """Run one parsed command against the node ``config`` describes; the text to print."""
+    args = _call_args(invocation, config)
+    with AdminClient(config.listener_vmq_clustering, config.distributed_cookie.encode("utf-8"),
+                     config.nodename, timeout=timeout) as client:
+        value = client.call(invocation.method, args, timeout=timeout)
+    fmt = invocation.format
+    if invocation.method == "admin.cluster.show":
+        return render_table(("Node", "Running"), cluster_rows(value), fmt)
+    if invocation.method == "admin.node.status":
+        return render_table(("Key", "Value"), status_rows(value), fmt)
+    return render_text("Done", fmt)
+
+
+def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO, prog: str = "vmqtw-admin") -> int:
+    """The whole command: parse, load the configuration, call, print; the exit status."""
+    from vmqtw.config import ConfigError, load_config
+
+    try:
+        invocation = parse_args(argv)
+        if invocation.command == "help":
+            stdout.write(usage_text(prog))
+            return 0
+        if invocation.command == "cluster join":
+            parse_node_address(invocation.argument("discovery-node") or "")
+    except UsageError as e:
+        stderr.write("%s: %s\n" % (prog, e))
+        return 2
+    try:
+        config = load_config(invocation.config)
+        stdout.write(execute(invocation, config) + "\n")
+        return 0
+    except (ConfigError, AdminError) as e:
+        stderr.write("%s: %s\n" % (prog, e))
+        return 1
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Console script entry point."""
+    return run(sys.argv[1:] if argv is None else argv, sys.stdout, sys.stderr)

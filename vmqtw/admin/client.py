@@ -1,0 +1,209 @@
+"""
+A blocking admin client of a node's ``listener.vmq.clustering``.
+
+Plain sockets, no reactor: the command line runs once and exits, and
+``twistd vmqtw-admin`` runs it inside ``makeService`` before any reactor
+turns.  It proves ``distributed_cookie`` with the same
+:class:`~vmqtw.cluster.auth.Handshake` as a node, under a name starting
+with :data:`~vmqtw.cluster.link.ADMIN_PREFIX` so the node does not take it
+for a cluster member, then sends ``call`` frames and waits for the replies.
+While it waits it sends a ping every second: the node closes links that
+stay silent past its heartbeat timeout, and a join may take seconds.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any, Callable, Optional, Tuple
+
+from vmqtw.cluster import auth, wire
+from vmqtw.cluster.link import ADMIN_PREFIX
+
+__all__ = ["AdminError", "NodeUnreachable", "CookieMismatch", "CommandFailed", "AdminClient",
+           "admin_name", "COMMAND_ERROR"]
+
+#: Exception type name the node's admin handlers use for operator errors;
+#: the text after it is shown as is.
+COMMAND_ERROR = "AdminCommandError"
+
+Address = Tuple[str, int]
+
+
+class AdminError(Exception):
+    """Anything that stops an admin command; the message is one sentence."""
+
+
+class NodeUnreachable(AdminError):
+    """No node answers at the clustering address, or it went away."""
+
+
+class CookieMismatch(AdminError):
+    """The node refused our proof of ``distributed_cookie``."""
+
+
+class CommandFailed(AdminError):
+    """The node ran the command and said no."""
+
+
+def admin_name(pid: Optional[int] = None, rand: Callable[[int], bytes] = os.urandom) -> str:
+    """A fresh handshake name: unique, so two admins never look like one."""
+    return "%s%d-%s" % (ADMIN_PREFIX, os.getpid() if pid is None else pid, rand(4).hex())
+
+
+def _connect_host(host: str) -> str:
+    """A wildcard listener is reached on loopback."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def _where(address: Address) -> str:
+    host, port = address
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+class AdminClient:
+    """
+    ``with AdminClient(address, cookie, node) as c: c.call("admin.cluster.show")``.
+
+    ``node`` is the expected node name (``nodename``): the handshake
+    fails if someone else answers.
+    """
+
+    def __init__(self, address: Address, cookie: bytes, node: str, timeout: float = 10.0,
+                 name: Optional[str] = None, nonce_source: Callable[[int], bytes] = os.urandom,
+                 ping_interval: float = 1.0) -> None:
+        self.address = (_connect_host(address[0]), int(address[1]))
+        self.cookie = cookie.encode("utf-8") if isinstance(cookie, str) else cookie
+        self.node = node
+        self.timeout = timeout
+        self.name = name if name is not None else admin_name()
+        self.ping_interval = ping_interval
+        self._nonce_source = nonce_source
+        self._sock: Optional[socket.socket] = None
+        self._decoder = wire.FrameDecoder(wire.HANDSHAKE_MAX_FRAME_SIZE)
+        self._call_ids = 0
+
+    # -- connection ------------------------------------------------------
+    def connect(self) -> "AdminClient":
+        where = _where(self.address)
+        try:
+            self._sock = socket.create_connection(self.address, timeout=self.timeout)
+        except OSError as e:
+            raise NodeUnreachable("No node is running at %s (%s); start it or check "
+                                  "listener.vmq.clustering." % (where, e.strerror or e)) from None
+        hs = auth.Handshake(role=auth.INITIATOR, node=self.name, cookie=self.cookie,
+                            nonce=self._nonce_source(auth.NONCE_SIZE), expected_peer=self.node)
+        deadline = time.monotonic() + self.timeout
+        try:
+            self._send(hs.start())
+            while not hs.established:
+                frame = self._read_frame(deadline, "the handshake", ping=False)
+                self._send(hs.receive(frame))
+        except auth.HandshakeRefused as e:
+            self.close()
+            if e.reason == "authentication failed":
+                raise CookieMismatch("The node at %s refused: distributed_cookie does not "
+                                     "match." % (where,)) from None
+            raise AdminError("The node at %s refused the admin connection: %s." % (where, e.reason)) \
+                from None
+        except auth.HandshakeFailed as e:
+            self.close()
+            if e.reason.startswith("expected node"):
+                raise AdminError("The node at %s is not %s (%s); check nodename." % (
+                    where, self.node, e.reason)) from None
+            raise AdminError("The node at %s broke the handshake: %s." % (where, e.reason)) from None
+        except BaseException:
+            self.close()
+            raise
+        self._decoder.max_frame_size = wire.DEFAULT_MAX_FRAME_SIZE
+        return self
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+
+    def __enter__(self) -> "AdminClient":
+        return self.connect()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- calls -------------------------------------------------------------
+    def call(self, method: str, args: Tuple[Any, ...] = (), timeout: Optional[float] = None) -> Any:
+        """The reply's value; :class:`CommandFailed` when the handler failed."""
+        if self._sock is None:
+            raise AdminError("The admin client is not connected.")
+        self._call_ids += 1
+        call_id = self._call_ids
+        self._send([wire.call(call_id, method, tuple(args))])
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            frame = self._read_frame(deadline, "the reply to " + method, ping=True)
+            if frame[0] == wire.KIND_REPLY and frame[1] == call_id:
+                _, _, ok, value = frame
+                if ok:
+                    return value
+                raise CommandFailed(_failure_sentence(value))
+            # pings, casts and stray replies: nothing for us
+
+    # -- frames -------------------------------------------------------------
+    def _send(self, frames: Any) -> None:
+        if frames:
+            assert self._sock is not None
+            try:
+                self._sock.sendall(b"".join(wire.encode_frame(f) for f in frames))
+            except OSError as e:
+                raise NodeUnreachable("The node at %s closed the connection (%s)." % (
+                    _where(self.address), e.strerror or e)) from None
+
+    def _read_frame(self, deadline: float, what: str, ping: bool) -> wire.Frame:
+        assert self._sock is not None
+        where = _where(self.address)
+        while True:
+            try:
+                frame = self._decoder.next_frame()
+            except wire.ProtocolError as e:
+                raise AdminError("The node at %s sent garbage: %s." % (where, e)) from None
+            if frame is not None:
+                return frame
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise NodeUnreachable("The node at %s did not answer %s in time." % (where, what))
+            self._sock.settimeout(min(left, self.ping_interval) if ping else left)
+            try:
+                data = self._sock.recv(65536)
+            except socket.timeout:
+                if ping:
+                    self._send([wire.ping()])
+                continue
+            except OSError as e:
+                data = b""
+                reason = e.strerror or str(e)
+            else:
+                reason = "end of stream"
+            if not data:
+                if what == "the handshake":
+                    raise NodeUnreachable(
+                        "The node at %s closed the connection during the handshake (%s); after "
+                        "repeated wrong cookies it refuses this address for a while." % (where, reason))
+                raise NodeUnreachable("The node at %s closed the connection before %s (%s)." % (
+                    where, what, reason))
+            self._decoder.push(data)
+
+
+def _failure_sentence(value: Any) -> str:
+    """A handler's ``"Type: text"`` failure as the sentence to show."""
+    text = value if isinstance(value, str) else repr(value)
+    kind, sep, rest = text.partition(": ")
+    if sep and kind == COMMAND_ERROR:
+        return rest
+    if sep and kind == "UnknownMethod":
+        return "The node does not know this admin command (%s); is it an older version?" % (rest,)
+    return "The node failed to run the command: %s." % (text.rstrip("."),)

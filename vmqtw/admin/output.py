@@ -1,0 +1,52 @@
+"""
+How ``vmqtw-admin`` prints results: VerneMQ's boxed tables for people,
+``{"type": "table", "table": [...]}`` / ``{"type": "text", ...}`` JSON for
+scripts (the shape of ``vmq-admin --format=json``).  Pure functions.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, List, Mapping, Sequence
+
+__all__ = ["render_table", "render_text", "cluster_rows", "status_rows"]
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_cell(v) for v in value)
+    return str(value)
+
+
+def render_table(columns: Sequence[str], rows: Sequence[Mapping[str, Any]], fmt: str = "human") -> str:
+    """``rows`` as a boxed table (``fmt="human"``) or JSON (``"json"``)."""
+    if fmt == "json":
+        return json.dumps({"type": "table", "table": [dict(r) for r in rows]}, sort_keys=False)
+    texts: List[List[str]] = [[_cell(r[c]) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(t[i]) for t in texts]) for i, c in enumerate(columns)]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def line(cells: Sequence[str]) -> str:
+        return "|" + "|".join(" %-*s " % (w, c) for w, c in zip(widths, cells)) + "|"
+
+    out = [rule, line(columns), rule]
+    out.extend(line(t) for t in texts)
+    out.append(rule)
+    return "\n".join(out)
+
+
+def render_text(text: str, fmt: str = "human") -> str:
+    if fmt == "json":
+        return json.dumps({"type": "text", "text": text})
+    return text
+
+
+def cluster_rows(status: Sequence[Sequence[Any]]) -> List[dict]:
+    """``[(node, running)]`` from ``admin.cluster.show`` -> table rows."""
+    return [{"Node": node, "Running": bool(running)} for node, running in status]
+
+
+def status_rows(status: Mapping[str, Any]) -> List[dict]:
+    """``admin.node.status``'s mapping -> ``Key | Value`` rows, keys sorted."""
+    return [{"Key": key, "Value": status[key]} for key in sorted(status)]

@@ -1,0 +1,174 @@
+"""
+The node side of ``vmqtw-admin``: call handlers on the cluster transport.
+
+``admin.cluster.show``, ``admin.cluster.join(seed, host, port)``,
+``admin.cluster.leave(node)`` and ``admin.node.status`` answer only
+callers whose handshake name starts with ``admin:`` (the admin client):
+a cluster peer has no business steering this node.  Operator mistakes
+raise :class:`AdminCommandError`, whose text the client shows as is.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from vmqtw.cluster.link import is_admin_name
+from vmqtw.metadata.membership import NotPresent, SelfJoin
+
+__all__ = ["AdminCommandError", "AdminHandlers", "register_admin_handlers"]
+
+log = Logger()
+
+
+class AdminCommandError(Exception):
+    """An operator mistake or refusal; the message is one sentence."""
+
+
+def _where(host: str, port: int) -> str:
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+class AdminHandlers:
+    """
+    The admin commands of one node.  ``cluster`` is the
+    :class:`~vmqtw.metadata.node.MetadataNode`; ``readiness`` (optional)
+    adds the netsplit counters to ``admin.node.status``.
+    """
+
+    def __init__(self, transport: Any, cluster: Any, clock: IReactorTime,
+                 readiness: Any = None, registry: Any = None,
+                 connect_timeout: float = 5.0, poll_interval: float = 0.05) -> None:
+        self.transport = transport
+        self.cluster = cluster
+        self.clock = clock
+        self.readiness = readiness
+        self.registry = registry
+        self.connect_timeout = connect_timeout
+        self.poll_interval = poll_interval
+
+    def register(self) -> None:
+        for method, handler in (("admin.cluster.show", self.show),
+                                ("admin.cluster.join", self.join),
+                                ("admin.cluster.leave", self.leave),
+                                ("admin.node.status", self.status)):
+            self.transport.register_call_handler(method, self._guarded(handler))
+
+    def _guarded(self, handler: Any) -> Any:
+        def guarded(caller: str, *args: Any) -> Any:
+            if not is_admin_name(caller):
+                raise AdminCommandError("Admin commands are only accepted from admin clients.")
+            return handler(caller, *args)
+        return guarded
+
+    @property
+    def _peers(self) -> Any:
+        peers = self.cluster.peers
+        if peers is None:
+            raise AdminCommandError("This node has a static member list; it cannot join or leave.")
+        return peers
+
+    # -- commands -----------------------------------------------------------
+    def show(self, caller: str) -> List[Tuple[str, bool]]:
+        """``[(node, running)]`` for every member, sorted by name."""
+        return [(node, bool(running)) for node, running in self._peers.cluster_status()]
+
+    def status(self, caller: str) -> Dict[str, Any]:
+        peers = self._peers
+        status: Dict[str, Any] = {
+            "node": self.cluster.node,
+            "members": sorted(peers.members()),
+            "ready": bool(peers.ready),
+            "connected": [p for p in self.transport.connected_peers() if not is_admin_name(p)],
+        }
+        if self.readiness is not None:
+            status["netsplits_detected"] = self.readiness.netsplits_detected
+            status["netsplits_resolved"] = self.readiness.netsplits_resolved
+        return status
+
+    def leave(self, caller: str, node: Any) -> List[str]:
+        if not isinstance(node, str):
+            raise AdminCommandError("The node to leave must be a node name.")
+        peers = self._peers
+        try:
+            peers.leave(node)
+        except NotPresent:
+            raise AdminCommandError("%s is not a member of the cluster; the members are %s." % (
+                node, ", ".join(sorted(peers.members())))) from None
+        log.info("{node} removed from the cluster by {caller}", node=node, caller=caller)
+        return sorted(peers.members())
+
+    def join(self, caller: str, seed: Any, host: Any, port: Any) -> defer.Deferred:
+        """
+        Join the cluster of ``seed`` listening at ``(host, port)``.
+
+        :meth:`PeerService.join` needs a link to the seed, which the
+        transport only dials once it knows the address; so: set the
+        address, wait (bounded) for the link, then join.  A seed that never
+        answers is forgotten again, so the node does not keep dialing it.
+        """
+        if not (isinstance(seed, str) and isinstance(host, str) and type(port) is int):
+            return defer.fail(AdminCommandError("cluster join needs a node name, a host and a port."))
+        peers = self._peers
+        if seed == self.cluster.node:
+            return defer.fail(AdminCommandError("A node cannot join itself: %s is this node." % (seed,)))
+        address = (host, port)
+        already = seed in peers.members()
+        self.transport.set_peer_address(seed, address)
+        unreachable = AdminCommandError(
+            "The discovery node %s cannot be reached at %s (is it running, with the same "
+            "distributed_cookie?)." % (seed, _where(host, port)))
+
+        def joined(members: Any) -> List[str]:
+            log.info("joined the cluster of {seed} by {caller}: {members}", seed=seed,
+                     caller=caller, members=", ".join(sorted(members)))
+            return sorted(members)
+
+        def failed(failure: Any) -> Any:
+            if not already and seed not in peers.members():
+                self.transport.set_peer_address(seed, None)
+            if failure.check(AdminCommandError):
+                return failure
+            if failure.check(SelfJoin):
+                raise AdminCommandError("A node cannot join itself: %s is this node." % (seed,))
+            log.info("join of {seed} failed: {why}", seed=seed, why=failure.getErrorMessage())
+            raise unreachable
+
+        d = self._wait_connected(seed, unreachable)
+        d.addCallback(lambda _: peers.join(seed, address))
+        d.addCallbacks(joined, failed)
+        return d
+
+    def _wait_connected(self, peer: str, error: Exception) -> defer.Deferred:
+        """Fires once the link to ``peer`` is up; fails with ``error`` after the timeout."""
+        if self.transport.connected(peer):
+            return defer.succeed(None)
+        result: defer.Deferred = defer.Deferred()
+        deadline = self.clock.seconds() + self.connect_timeout
+
+        def poll() -> None:
+            if self.transport.connected(peer):
+                loop.stop()
+                result.callback(None)
+            elif self.clock.seconds() >= deadline:
+                loop.stop()
+                result.errback(error)
+
+        loop = LoopingCall(poll)
+        loop.clock = self.clock
+        loop.start(self.poll_interval, now=False)
+        return result
+
+
+def register_admin_handlers(transport: Any, cluster: Any, registry: Any = None,
+                            readiness: Any = None, clock: Optional[IReactorTime] = None,
+                            connect_timeout: float = 5.0) -> AdminHandlers:
+    """Register the admin call handlers of one node; the wiring calls this once."""
+    handlers = AdminHandlers(transport, cluster, clock if clock is not None else cluster.clock,
+                             readiness=readiness, registry=registry,
+                             connect_timeout=connect_timeout)
+    handlers.register()
+    return handlers
