@@ -111,14 +111,17 @@ async def test_wrong_cookie_is_refused_with_one_sentence_then_rate_limited(serve
 
 @pytest_twisted.ensureDeferred
 async def test_pings_keep_a_long_call_alive(served):
-    """The node closes links silent for heartbeat_timeout (1 s here)."""
+    """
+    The node closes links silent for heartbeat_timeout (1 s here) and pings
+    every 0.2 s itself: the client must ping by its own clock anyway.
+    """
     from twisted.internet import reactor
     node = served()
     node.transport.register_call_handler(
         "admin.slow", lambda caller: task.deferLater(reactor, 1.6, lambda: "slow"))
 
     def slow() -> Any:
-        with node.client(ping_interval=0.2) as c:
+        with node.client(ping_interval=0.5) as c:
             return c.call("admin.slow")
 
     assert await in_thread(slow) == "slow"

@@ -23,9 +23,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
-from twisted.internet.ssl import Certificate, CertificateOptions, KeyPair, PrivateCertificate
-from twisted.internet.ssl import TLSVersion
+from twisted.internet.ssl import Certificate, CertificateOptions, TLSVersion
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test.iosim import FakeTransport, connect
 
@@ -221,8 +221,9 @@ def identity_broker(flag: bool = True) -> Broker:
 def test_verified_client_certificate_cn_becomes_the_user_name(pki):
     """
     use_identity_as_username: after the handshake the session knows the CN,
-    and CONNECT is accepted with CN as user name, whatever CONNECT carried
-    [MQTT-3.1.3-11 user name is the client's to give; here the listener overrides it].
+    and CONNECT is accepted with the CN as user name, whatever CONNECT
+    carried (spec 5.4.1: a server may authenticate a client by its TLS
+    certificate).
     """
     broker = identity_broker()
     options = load_server_options(pki.certfile, pki.keyfile, pki.cafile, True)
@@ -318,6 +319,25 @@ def test_tls_versions_below_1_2_disabled_and_1_2_served(pki):
     link.send(B.connect("c2"))
     assert link.recorder.packets() == [P.ConnAck(0, False)]
     assert link.server.getHandle().get_protocol_version_name() == "TLSv1.2"
+
+
+def test_stalled_handshake_closed_by_the_connect_timeout(pki):
+    """
+    A TCP client that never finishes the TLS handshake is closed by the
+    CONNECT deadline like a silent plain client (slowloris on TLS): the
+    timer starts when TCP connects, not when TLS is done.
+    """
+    broker = Broker(connect_timeout=10.0)
+    tls_factory = TLSServerFactory(load_server_options(pki.certfile, pki.keyfile),
+                                   broker.factory, broker.clock)
+    server = tls_factory.buildProtocol(None)
+    transport = StringTransport()
+    server.makeConnection(transport)
+    server.dataReceived(b"\x16\x03\x01")          # the first bytes of a ClientHello
+    broker.clock.advance(9.9)
+    assert not transport.disconnecting
+    broker.clock.advance(0.2)
+    assert transport.disconnecting
 
 
 def test_full_listener_refuses_through_tls(pki):

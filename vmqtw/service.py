@@ -30,6 +30,14 @@ class OrderedMultiService(MultiService):
         MultiService.__init__(self)
         self.on_failure = on_failure
         self.ready: Optional[Deferred] = None
+        #: Called once twistd's logging is up and before anything starts
+        #: (e.g. to apply ``log.console.level`` to its observers).
+        self.before_start: Optional[Callable[[], None]] = None
+
+    def privilegedStartService(self) -> None:
+        if self.before_start is not None:
+            self.before_start()
+        MultiService.privilegedStartService(self)
 
     def startService(self) -> None:
         Service.startService(self)

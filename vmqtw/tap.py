@@ -213,7 +213,7 @@ def makeService(options: Options) -> IService:
     except ConfigError as error:
         raise SystemExit("vmqtw: " + str(error)) from None
     _reload_on_sighup(reactor, node.authenticator.reload)  # type: ignore[attr-defined]
-    reactor.callWhenRunning(_log_level_filter, config.log_console_level)
+    node.before_start = lambda: _log_level_filter(config.log_console_level)
     log.info("vmqtw {version} node {node} starting (config {config})",
              version=__version__, node=config.nodename, config=config.source)
     return node

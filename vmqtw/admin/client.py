@@ -65,6 +65,10 @@ def _where(address: Address) -> str:
     return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
 
 
+class _Closed(Exception):
+    """The node closed the connection; the message is the reason."""
+
+
 class AdminClient:
     """
     ``with AdminClient(address, cookie, node) as c: c.call("admin.cluster.show")``.
@@ -86,6 +90,7 @@ class AdminClient:
         self._sock: Optional[socket.socket] = None
         self._decoder = wire.FrameDecoder(wire.HANDSHAKE_MAX_FRAME_SIZE)
         self._call_ids = 0
+        self._last_sent = 0.0
 
     # -- connection ------------------------------------------------------
     def connect(self) -> "AdminClient":
@@ -110,6 +115,11 @@ class AdminClient:
                                      "match." % (where,)) from None
             raise AdminError("The node at %s refused the admin connection: %s." % (where, e.reason)) \
                 from None
+        except _Closed as e:
+            self.close()
+            raise NodeUnreachable(
+                "The node at %s closed the connection during the handshake (%s); after repeated "
+                "wrong cookies it refuses this address for a while." % (where, e)) from None
         except auth.HandshakeFailed as e:
             self.close()
             if e.reason.startswith("expected node"):
@@ -140,6 +150,14 @@ class AdminClient:
         """The reply's value; :class:`CommandFailed` when the handler failed."""
         if self._sock is None:
             raise AdminError("The admin client is not connected.")
+        try:
+            return self._call(method, args, timeout)
+        except _Closed as e:
+            self.close()
+            raise NodeUnreachable("The node at %s closed the connection before the reply to %s "
+                                  "(%s)." % (_where(self.address), method, e)) from None
+
+    def _call(self, method: str, args: Tuple[Any, ...], timeout: Optional[float]) -> Any:
         self._call_ids += 1
         call_id = self._call_ids
         self._send([wire.call(call_id, method, tuple(args))])
@@ -159,9 +177,9 @@ class AdminClient:
             assert self._sock is not None
             try:
                 self._sock.sendall(b"".join(wire.encode_frame(f) for f in frames))
+                self._last_sent = time.monotonic()
             except OSError as e:
-                raise NodeUnreachable("The node at %s closed the connection (%s)." % (
-                    _where(self.address), e.strerror or e)) from None
+                raise _Closed(e.strerror or str(e)) from None
 
     def _read_frame(self, deadline: float, what: str, ping: bool) -> wire.Frame:
         assert self._sock is not None
@@ -173,15 +191,22 @@ class AdminClient:
                 raise AdminError("The node at %s sent garbage: %s." % (where, e)) from None
             if frame is not None:
                 return frame
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 raise NodeUnreachable("The node at %s did not answer %s in time." % (where, what))
-            self._sock.settimeout(min(left, self.ping_interval) if ping else left)
+            if ping:
+                # By time since our last write, not by a quiet socket: the
+                # node's own pings keep our socket busy but not its timer.
+                until_ping = self._last_sent + self.ping_interval - now
+                if until_ping <= 0:
+                    self._send([wire.ping()])
+                    continue
+                left = min(left, until_ping)
+            self._sock.settimeout(left)
             try:
                 data = self._sock.recv(65536)
             except socket.timeout:
-                if ping:
-                    self._send([wire.ping()])
                 continue
             except OSError as e:
                 data = b""
@@ -189,12 +214,7 @@ class AdminClient:
             else:
                 reason = "end of stream"
             if not data:
-                if what == "the handshake":
-                    raise NodeUnreachable(
-                        "The node at %s closed the connection during the handshake (%s); after "
-                        "repeated wrong cookies it refuses this address for a while." % (where, reason))
-                raise NodeUnreachable("The node at %s closed the connection before %s (%s)." % (
-                    where, what, reason))
+                raise _Closed(reason)
             self._decoder.push(data)
 
 

@@ -24,7 +24,7 @@ import random
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 import msgpack
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -253,7 +253,11 @@ class PeerService:
             return defer.fail(SelfJoin(seed))
         self._applied[seed] = tuple(address)
         self.transport.set_peer_address(seed, tuple(address))
-        d = self.transport.call(seed, "peer_get_state", (), self.call_timeout)
+        # Over TCP the link needs a connect and a handshake first: wait for
+        # it (bounded by call_timeout) instead of failing the first call.
+        d = self._when_connected(seed, self.clock.seconds() + self.call_timeout)
+        d.addCallback(lambda _: self.transport.call(seed, "peer_get_state", (),
+                                                    self.call_timeout))
 
         def got(wire: tuple) -> FrozenSet[str]:
             state, addresses = wire
@@ -265,6 +269,14 @@ class PeerService:
             self._send_all()
             return self._members
         return d.addCallback(got)
+
+    def _when_connected(self, peer: str, deadline: float,
+                        interval: float = 0.02) -> defer.Deferred:
+        """Fires once ``peer``'s link is up, or at ``deadline`` anyway."""
+        if self.transport.connected(peer) or self.clock.seconds() >= deadline:
+            return defer.succeed(None)
+        return task.deferLater(self.clock, interval, self._when_connected, peer, deadline,
+                               interval)
 
     def leave(self, node: str) -> None:
         """

@@ -1,0 +1,152 @@
+"""
+The ``vmqtw-admin`` command line, parsed without any I/O.
+
+VerneMQ's syntax: words for the command (``cluster join``), ``key=value``
+for its arguments, ``--config`` and ``--format`` anywhere.  twistd's
+option parser stops at the first word, so both entry points (the console
+script and ``twistd vmqtw-admin``) hand their whole argument list here and
+get the same behaviour and the same one-sentence errors.
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import attrs
+
+__all__ = ["UsageError", "Invocation", "parse_args", "parse_node_address",
+           "COMMANDS", "USAGE", "DEFAULT_CONFIG"]
+
+DEFAULT_CONFIG = "etc/vernemq.conf"
+
+#: command words -> (admin call method, allowed key=value arguments, help)
+COMMANDS: Dict[str, Tuple[str, Tuple[str, ...], str]] = {
+    "cluster show": ("admin.cluster.show", (), "list the members and whether each runs"),
+    "cluster status": ("admin.cluster.show", (), "the same as cluster show"),
+    "cluster join": ("admin.cluster.join", ("discovery-node",),
+                     "join the cluster of discovery-node=NAME@HOST[:PORT]"),
+    "cluster leave": ("admin.cluster.leave", ("node",),
+                      "remove node=NAME from the cluster"),
+    "node status": ("admin.node.status", (), "this node's view: members, readiness, netsplits"),
+}
+
+_ARG_SYNTAX = {"discovery-node": "discovery-node=NAME@HOST[:PORT]", "node": "node=NAME@HOST"}
+
+USAGE = """\
+Usage: {prog} [--config PATH] [--format=human|json] COMMAND [ARG=VALUE ...]
+
+Talks to the local node over its listener.vmq.clustering address, proving
+distributed_cookie from the configuration file (default {config}).
+
+Commands:
+{commands}
+"""
+
+#: The shape of ``nodename`` in the configuration, plus an optional port.
+_NODE_RE = re.compile(r"(?P<name>[A-Za-z0-9_-]+)@(?P<host>[A-Za-z0-9_.-]+)(?::(?P<port>[0-9]{1,5}))?\Z")
+
+
+class UsageError(Exception):
+    """A mistake on the command line; the message is one sentence."""
+
+
+@attrs.frozen(slots=True)
+class Invocation:
+    """One parsed command line."""
+
+    command: str                     # "cluster join", ... ; "help" for --help
+    method: str                      # the admin call, e.g. "admin.cluster.join"
+    arguments: Tuple[Tuple[str, str], ...] = ()
+    config: str = DEFAULT_CONFIG
+    format: str = "human"
+
+    def argument(self, key: str) -> Optional[str]:
+        for k, v in self.arguments:
+            if k == key:
+                return v
+        return None
+
+
+def usage_text(prog: str) -> str:
+    width = max(len(c) for c in COMMANDS)
+    lines = ["  %-*s  %s" % (width, c, h) for c, (_, _, h) in COMMANDS.items()]
+    return USAGE.format(prog=prog, config=DEFAULT_CONFIG, commands="\n".join(lines))
+
+
+def _allowed_commands() -> str:
+    return ", ".join(COMMANDS)
+
+
+def parse_args(argv: Sequence[str]) -> Invocation:
+    """
+    ``argv`` (without the program name) -> :class:`Invocation`, or
+    :class:`UsageError` naming what is allowed.
+    """
+    config = DEFAULT_CONFIG
+    fmt = "human"
+    words: List[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg in ("-h", "--help", "help"):
+            return Invocation("help", "", (), config, fmt)
+        if arg.startswith("-"):
+            name, eq, value = arg.partition("=")
+            if name in ("--config", "-c", "--format"):
+                if not eq:
+                    if i >= len(args):
+                        raise UsageError("The option %s needs a value." % (name,))
+                    value = args[i]
+                    i += 1
+                if name == "--format":
+                    if value not in ("human", "json"):
+                        raise UsageError("The option --format takes human or json, not %r." % (value,))
+                    fmt = value
+                else:
+                    config = value
+                continue
+            raise UsageError("Unknown option %s; the options are --config PATH and "
+                             "--format=human|json." % (name,))
+        words.append(arg)
+    command_words = [w for w in words if "=" not in w]
+    pairs = [w for w in words if "=" in w]
+    if not command_words:
+        raise UsageError("No command given; the commands are: %s." % (_allowed_commands(),))
+    command = " ".join(command_words)
+    if command not in COMMANDS:
+        raise UsageError("Unknown command %r; the commands are: %s." % (command, _allowed_commands()))
+    method, allowed, _ = COMMANDS[command]
+    arguments = []
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in allowed:
+            takes = (" it takes " + " ".join(_ARG_SYNTAX[k] for k in allowed)) if allowed \
+                else " it takes no arguments"
+            raise UsageError("%s does not take %r;%s." % (command, key, takes))
+        if not value:
+            raise UsageError("The argument %s= of %s needs a value." % (key, command))
+        if any(k == key for k, _ in arguments):
+            raise UsageError("The argument %s= is given twice." % (key,))
+        arguments.append((key, value))
+    for key in allowed:
+        if not any(k == key for k, _ in arguments):
+            raise UsageError("%s needs %s." % (command, _ARG_SYNTAX[key]))
+    return Invocation(command, method, tuple(arguments), config, fmt)
+
+
+def parse_node_address(text: str) -> Tuple[str, str, Optional[int]]:
+    """
+    ``NAME@HOST[:PORT]`` -> ``(node name, host, port or None)``.  The host
+    part of a node name is where the other nodes reach it (see
+    ``nodename``), so it doubles as the address to dial.
+    """
+    m = _NODE_RE.match(text)
+    if not m:
+        raise UsageError("%r is not a node NAME@HOST[:PORT], e.g. vmqtw@10.0.0.2:44053." % (text,))
+    host = m.group("host")
+    port = m.group("port")
+    if port is not None and not 0 < int(port) <= 65535:
+        raise UsageError("The port of %r is not between 1 and 65535." % (text,))
+    return ("%s@%s" % (m.group("name"), host), host, int(port) if port is not None else None)
