@@ -26,6 +26,7 @@ setup(
         "msgpack>=1.0",
         "service-identity>=23.1",
         "pyopenssl>=23.2",
+        "cryptography>=39",
     ],
     extras_require={
         "test": [

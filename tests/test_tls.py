@@ -458,12 +458,14 @@ def test_options_from_config(pki, tmp_path):
 
 
 def test_identity_without_cafile_is_an_error(pki, tmp_path):
-    """use_identity_as_username without cafile would refuse every client: say so at start."""
-    config = _config(tmp_path, listener__ssl__default="127.0.0.1:8883",
-                     listener__ssl__certfile=pki.certfile, listener__ssl__keyfile=pki.keyfile,
-                     listener__ssl__use_identity_as_username="on")
-    with pytest.raises(ConfigError, match="use_identity_as_username.*listener.ssl.cafile"):
-        server_options_from_config(config)
+    """
+    use_identity_as_username without cafile would refuse every client: the
+    configuration is refused, naming the line of the key.
+    """
+    with pytest.raises(ConfigError, match=r":\d+: listener.ssl.use_identity_as_username: .*cafile"):
+        _config(tmp_path, listener__ssl__default="127.0.0.1:8883",
+                listener__ssl__certfile=pki.certfile, listener__ssl__keyfile=pki.keyfile,
+                listener__ssl__use_identity_as_username="on")
 
 
 # -- optional: mutual TLS between cluster nodes (real reactor, loopback aliases) --

@@ -946,6 +946,11 @@ def _cross_check(values: Mapping[str, Any], lines: Mapping[str, int],
         key = "listener.ssl.require_certificate"
         problem(lines[key], key, "client certificates cannot be checked without listener.ssl.cafile",
                 "on together with listener.ssl.cafile = <PEM file>, or off")
+    if values["listener_ssl_use_identity_as_username"] and values["listener_ssl_cafile"] is None:
+        key = "listener.ssl.use_identity_as_username"
+        problem(lines.get(key, 0), key,
+                "a certificate's name cannot be trusted without listener.ssl.cafile",
+                "on together with listener.ssl.cafile = <PEM file>, or off")
 
     addresses: list[tuple[str, tuple[str, int]]] = [
         (f"listener.tcp.{n}", a) for n, a in values["tcp_listeners"].items()]
