@@ -123,9 +123,10 @@ class Nodes:
         self.nodes: List[Node] = []
         self.clients: List[mqtt.Client] = []
 
-    def node(self, name: str = "node", start: bool = True, **settings: str) -> Node:
+    def node(self, name: str = "node", start: bool = True, host: str = "127.0.0.1",
+             **settings: str) -> Node:
         node = Node(str(self.tmp_path / name), {k.replace("__", "."): v
-                                                  for k, v in settings.items()})
+                                                  for k, v in settings.items()}, host=host)
         self.nodes.append(node)
         return node.start() if start else node
 

@@ -358,6 +358,24 @@ def test_casts_of_one_reactor_turn_are_one_write():
     assert got == [("a", (0, "m")), ("a", (1, "m")), ("a", (2, "m"))]
 
 
+def test_forgetting_a_peer_writes_what_was_queued_for_it_first():
+    """
+    set_peer_address(peer, None) closes the link gracefully after writing
+    the queued frames: the notice telling a node it left the cluster is the
+    last frame that node gets.
+    """
+    net = MemNet()
+    a, b, pipe = connected_pair(net)
+    got = []
+    b.register_cast_handler("ch", lambda peer, m: got.append(m))
+    pipe.ct.writes.clear()
+    assert a.cast("b", "ch", ("you", "left"))
+    a.set_peer_address("b", None)
+    assert decode_all(b"".join(pipe.ct.writes)) == [wire.cast("ch", ("you", "left"))]
+    pipe.pump()
+    assert got == [("you", "left")]
+
+
 def test_flush_threshold_writes_without_waiting_for_the_turn():
     net = MemNet()
     a, b, pipe = connected_pair(net, flush_threshold=1000)

@@ -582,8 +582,9 @@ class TcpTransport:
         if p is None:
             return
         self._cancel_retry(p)
-        if p.flush_call is not None and p.flush_call.active():
-            p.flush_call.cancel()
+        # Write what is queued before closing: e.g. the notice that tells a
+        # node it was removed from the cluster is the last frame it gets.
+        self._flush(p)
         if p.dialing is not None:
             p.dialing.close(abort=True)
         elif p.connector is not None:
