@@ -55,7 +55,9 @@ class Options(usage.Options):
         try:
             self["loaded"] = load_config(self["config"])
         except ConfigError as error:
-            raise usage.UsageError(str(error)) from None
+            # Not a UsageError: the command line was right, the file is not,
+            # and the operator needs the file's problems, not twistd's usage.
+            raise SystemExit("vmqtw: " + str(error)) from None
 
 
 def _log_level_filter(level_name: str) -> None:
