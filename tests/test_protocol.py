@@ -523,3 +523,27 @@ def test_unlimited_online_queue():
             subscriber.send(B.puback(publish.packet_id))
     assert received == [b"%d" % i for i in range(1, 2001)]
     assert broker.registry.counters.dropped_online == 0
+
+
+def test_reading_pauses_while_connect_is_being_authenticated():
+    """Packets pipelined behind a pending CONNECT are kept, and reading stops until it is decided."""
+    from twisted.internet.defer import Deferred
+
+    class SlowGate(AnonymousGate):
+        def __init__(self):
+            super().__init__(True)
+            self.pending = Deferred()
+
+        def authenticate(self, info):
+            return self.pending if info.client_id == "p" else 0
+
+    gate = SlowGate()
+    broker = Broker(authenticator=gate)
+    subscriber = broker.subscriber("s", ("t", 0))
+    client = broker.client()
+    client.send(B.connect("p") + B.publish("t", b"early"))
+    assert client.transport.producerState == "paused"
+    assert subscriber.publishes() == []
+    gate.pending.callback(0)
+    assert client.transport.producerState == "producing"
+    assert [p.payload for p in subscriber.publishes()] == [b"early"]

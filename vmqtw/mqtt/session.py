@@ -201,8 +201,13 @@ class Session:
             if type(packet) is P.Connect:
                 self.violation("second CONNECT")
                 return
-            # Pipelined behind a CONNECT that is still being authenticated.
+            # Pipelined behind a CONNECT that is still being authenticated:
+            # keep it, and stop reading more until the CONNECT is decided,
+            # so a client cannot make us buffer without bound meanwhile.
             self._buffered.append(packet)
+            if not self._paused:
+                self._paused = True
+                self.io.pause_reading()
 
     def violation(self, reason: str) -> None:
         """A protocol violation: close without answering; the will fires."""
@@ -285,6 +290,9 @@ class Session:
             if self.state != CONNECTED:
                 break
             self.handle(packet, now)
+        if self._paused and self.state == CONNECTED and len(self._acks) < ACK_BACKLOG_PAUSE // 2:
+            self._paused = False
+            self.io.resume_reading()
 
     def _read_check(self) -> Optional[Callable[[Message], bool]]:
         """
