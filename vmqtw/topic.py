@@ -26,6 +26,11 @@ __all__ = [
     "validate_topic",
     "validate_filter",
     "parse_shared",
+    "matches",
+    "covers",
+    "match_levels",
+    "covers_levels",
+    "is_concrete",
 ]
 
 #: The topic level separator.
@@ -160,3 +165,66 @@ def validate_filter(flt: str, max_depth: int = 0) -> bool:
     if shared is not None:
         return _valid_plain_filter(shared[1], max_depth)
     return _valid_plain_filter(flt, max_depth)
+
+
+# -- filter algebra (used by the ACL; the routing trie has its own walk) ------
+
+Levels = Tuple[str, ...]
+
+
+def is_concrete(levels: Levels) -> bool:
+    """No wildcard in any of ``levels`` (a topic name, not a filter)."""
+    return not any("+" in level or "#" in level for level in levels)
+
+
+def match_levels(filter_: Levels, topic: Levels) -> bool:
+    """Does the split filter match the split topic?  Iterative, linear."""
+    # [MQTT-4.7.2-1]: a filter starting with a wildcard never matches a topic
+    # starting with '$'.
+    if topic and topic[0].startswith("$") and filter_ and filter_[0] in ("+", "#"):
+        return False
+    for i, f in enumerate(filter_):
+        if f == "#":
+            # 'a/#' matches 'a' too [MQTT-4.7.1-2].
+            return True
+        if i >= len(topic):
+            return False
+        if f != "+" and f != topic[i]:
+            return False
+    return len(filter_) == len(topic)
+
+
+def matches(filter_: str, topic: str) -> bool:
+    """Does the concrete *topic* match *filter_*?"""
+    return match_levels(tuple(filter_.split("/")), tuple(topic.split("/")))
+
+
+def covers_levels(outer: Levels, inner: Levels) -> bool:
+    """Does every topic the split filter ``inner`` matches match ``outer``?"""
+    # Level 0: a wildcard in *inner* only reaches non-'$' topics, which any
+    # wildcard in *outer* reaches as well; a '$' literal in *inner* is reachable
+    # only by the same literal in *outer*.
+    if inner and outer and inner[0].startswith("$") and outer[0] in ("+", "#"):
+        return False
+    for i, o in enumerate(outer):
+        if o == "#":
+            return True
+        if i >= len(inner):
+            return False
+        s = inner[i]
+        if s == "#":
+            # Inner '#' at level i also matches the parent (i levels); outer can
+            # only follow with '+/#', which needs i + 1 levels.  At level 0 there
+            # is no empty parent topic, so '+/#' is as wide as '#' there.
+            return i == 0 and o == "+" and outer[1:] == ("#",)
+        if o == "+":
+            continue
+        if s == "+" or s != o:
+            return False
+    # Equal depth: covered.  Deeper inner: it reaches topics outer cannot.
+    return len(inner) == len(outer)
+
+
+def covers(outer: str, inner: str) -> bool:
+    """Does every topic matched by filter *inner* also match filter *outer*?"""
+    return covers_levels(tuple(outer.split("/")), tuple(inner.split("/")))

@@ -38,6 +38,9 @@ from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 import attrs
 from twisted.logger import Logger
 
+from vmqtw.topic import (Levels, covers, covers_levels, is_concrete, match_levels, matches,
+                         validate_filter)
+
 __all__ = ["Acl", "Rule", "topic_matches", "filter_covers", "valid_filter",
            "READ", "WRITE", "READWRITE", "DENY"]
 
@@ -49,76 +52,11 @@ READWRITE = READ | WRITE
 DENY = 4
 _ACCESS = {"read": READ, "write": WRITE, "readwrite": READWRITE, "deny": DENY}
 
-Levels = Tuple[str, ...]
+# The topic algebra lives in vmqtw.topic; these names are this module's API too.
+valid_filter = validate_filter
+topic_matches = matches
+filter_covers = covers
 
-
-def valid_filter(filter_: str) -> bool:
-    """A well-formed MQTT filter: non-empty, ``#`` only as the whole last level,
-    ``+`` only as a whole level, no NUL [MQTT-4.7.1-2], [MQTT-4.7.1-3]."""
-    if not filter_ or "\x00" in filter_:
-        return False
-    levels = filter_.split("/")
-    for i, level in enumerate(levels):
-        if "#" in level and (level != "#" or i != len(levels) - 1):
-            return False
-        if "+" in level and level != "+":
-            return False
-    return True
-
-
-def _is_topic(levels: Levels) -> bool:
-    return not any("+" in level or "#" in level for level in levels)
-
-
-def _match_levels(filter_: Levels, topic: Levels) -> bool:
-    # [MQTT-4.7.2-1]: a filter starting with a wildcard never matches a topic
-    # starting with '$'.
-    if topic and topic[0].startswith("$") and filter_ and filter_[0] in ("+", "#"):
-        return False
-    for i, f in enumerate(filter_):
-        if f == "#":
-            # 'a/#' matches 'a' too [MQTT-4.7.1-2].
-            return True
-        if i >= len(topic):
-            return False
-        if f != "+" and f != topic[i]:
-            return False
-    return len(filter_) == len(topic)
-
-
-def topic_matches(filter_: str, topic: str) -> bool:
-    """Does the concrete *topic* match *filter_*?"""
-    return _match_levels(tuple(filter_.split("/")), tuple(topic.split("/")))
-
-
-def _covers_levels(outer: Levels, inner: Levels) -> bool:
-    # Level 0: a wildcard in *inner* only reaches non-'$' topics, which any
-    # wildcard in *outer* reaches as well; a '$' literal in *inner* is reachable
-    # only by the same literal in *outer*.
-    if inner and outer and inner[0].startswith("$") and outer[0] in ("+", "#"):
-        return False
-    for i, o in enumerate(outer):
-        if o == "#":
-            return True
-        if i >= len(inner):
-            return False
-        s = inner[i]
-        if s == "#":
-            # Inner '#' at level i also matches the parent (i levels); outer can
-            # only follow with '+/#', which needs i + 1 levels.  At level 0 there
-            # is no empty parent topic, so '+/#' is as wide as '#' there.
-            return i == 0 and o == "+" and outer[1:] == ("#",)
-        if o == "+":
-            continue
-        if s == "+" or s != o:
-            return False
-    # Equal depth: covered.  Deeper inner: it reaches topics outer cannot.
-    return len(inner) == len(outer)
-
-
-def filter_covers(outer: str, inner: str) -> bool:
-    """Does every topic matched by filter *inner* also match filter *outer*?"""
-    return _covers_levels(tuple(outer.split("/")), tuple(inner.split("/")))
 
 
 _SUBST = re.compile(r"%[cu]")
@@ -240,11 +178,11 @@ class Acl:
         if not topic:
             return False
         levels = tuple(topic.split("/"))
-        if not _is_topic(levels):
+        if not is_concrete(levels):
             return False
         granted = False
         for access, rule_levels in self._rules_for(client_id, username):
-            if access & (want | DENY) and _match_levels(rule_levels, levels):
+            if access & (want | DENY) and match_levels(rule_levels, levels):
                 if access & DENY:
                     return False
                 granted = True
@@ -268,8 +206,8 @@ class Acl:
         granted = False
         for access, rule_levels in self._rules_for(client_id, username):
             if access & DENY:
-                if _covers_levels(rule_levels, levels):
+                if covers_levels(rule_levels, levels):
                     return False
-            elif access & READ and _covers_levels(rule_levels, levels):
+            elif access & READ and covers_levels(rule_levels, levels):
                 granted = True
         return granted
