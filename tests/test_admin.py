@@ -270,3 +270,20 @@ def test_missing_config_is_one_sentence(tmp_path, capsys):
     assert info.value.code == 1
     err = capsys.readouterr().err
     assert "nope.conf does not exist" in err and err.count("\n") == 1
+
+
+def test_node_status_reports_the_broker_counters():
+    from tests import mqttbytes as B
+    from tests.brokerharness import Broker
+
+    broker = Broker()
+    broker.subscriber("online", ("t/#", 1))
+    offline = broker.subscriber("offline", ("t/#", 1), clean_session=False)
+    offline.drop()
+    broker.connect("p").send(B.publish("t/x", b"m", qos=1, packet_id=1))
+    h, transport, _, _ = handlers()
+    h.registry = broker.registry
+    status = result(call(transport, "admin.node.status"))
+    assert (status["sessions_online"], status["sessions_offline"]) == (2, 1)
+    assert status["messages_queued"] == 2  # in flight online + waiting offline
+    assert status["subscriptions"] == 2 and status["messages_published"] == 1

@@ -87,6 +87,26 @@ class AdminHandlers:
         if self.readiness is not None:
             status["netsplits_detected"] = self.readiness.netsplits_detected
             status["netsplits_resolved"] = self.readiness.netsplits_resolved
+        registry = self.registry
+        if registry is not None:
+            queues = registry.queues.values()
+            counters = registry.counters
+            status.update({
+                "sessions_online": len(registry.sessions),
+                "sessions_offline": sum(1 for queue in queues if not queue.online),
+                "messages_queued": sum(queue.size() for queue in queues),
+                "subscriptions": len(registry.trie),
+                "retained": len(registry.retained),
+                "messages_published": registry.published,
+                "messages_forwarded": registry.forwarded,
+                "messages_from_other_nodes": registry.received_remote,
+                "dropped_online": counters.dropped_online,
+                "dropped_offline": counters.dropped_offline,
+                "dropped_qos0_offline": counters.dropped_qos0_offline,
+                "dropped_unauthorized": counters.dropped_unauthorized,
+                "expired_sessions": counters.expired_sessions,
+                "retried": counters.retried,
+            })
         return status
 
     def leave(self, caller: str, node: Any) -> List[str]:
