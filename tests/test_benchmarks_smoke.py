@@ -365,7 +365,10 @@ def _broker_command(kind: str, port: int, tmp: Path) -> List[str]:
     data = tmp / "data"
     data.mkdir()
     conf = tmp / "vmqtw.conf"
+    # A free clustering port too: the default 44053 may be taken by a
+    # developer's node or a parallel test.
     conf.write_text(f"listener.tcp.default = 127.0.0.1:{port}\nallow_anonymous = on\n"
+                    f"listener.vmq.clustering = 127.0.0.1:{_free_port()}\n"
                     f"platform_data_dir = {data}\n")
     # ``python -m twisted`` is ``twist``: always in the foreground, no ``-n``.
     return [sys.executable, "-m", "twisted", "--log-file", str(tmp / "broker.log"),

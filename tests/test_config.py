@@ -71,6 +71,7 @@ def test_defaults_match_the_brief() -> None:
     assert c.listener_ssl_use_identity_as_username is False
     assert c.listener_max_connections == 10000
     assert c.listener_vmq_clustering == ("127.0.0.1", 44053)
+    assert (c.cluster_tls_certfile, c.cluster_tls_keyfile, c.cluster_tls_cafile) == (None, None, None)
     assert c.platform_data_dir == "./data"
     assert c.data_dir == "/srv/vmq/data"
     assert c.allow_anonymous is False
@@ -327,6 +328,35 @@ def test_require_certificate_without_cafile_is_refused() -> None:
     [m] = errors("listener.ssl.require_certificate = on\n")
     assert m["key"] == "listener.ssl.require_certificate"
     assert "listener.ssl.cafile" in m["wrong"]
+
+
+def test_cluster_tls_with_its_three_files() -> None:
+    c = parse("cluster.tls.certfile = ./etc/node.crt\ncluster.tls.keyfile = ./etc/node.key\n"
+              "cluster.tls.cafile = /etc/ca\\#1.pem\n")
+    assert (c.cluster_tls_certfile, c.cluster_tls_keyfile, c.cluster_tls_cafile) == (
+        "./etc/node.crt", "./etc/node.key", "/etc/ca#1.pem")
+
+
+def test_cluster_tls_certfile_alone_is_refused_naming_both_missing_files() -> None:
+    ms = errors("\n\ncluster.tls.certfile = /n.crt\n")
+    assert [(m["line"], m["key"]) for m in ms] == [("3", "cluster.tls.certfile")] * 2
+    assert ms[0]["wrong"] == "TLS between nodes needs cluster.tls.keyfile, which is not set"
+    assert ms[1]["wrong"] == "TLS between nodes needs cluster.tls.cafile, which is not set"
+    assert ms[1]["allowed"] == "cluster.tls.certfile together with cluster.tls.cafile = <PEM file>"
+
+
+def test_cluster_tls_without_cafile_is_refused() -> None:
+    [m] = errors("cluster.tls.certfile = /n.crt\ncluster.tls.keyfile = /n.key\n")
+    assert (m["line"], m["key"]) == ("1", "cluster.tls.certfile")
+    assert "needs cluster.tls.cafile" in m["wrong"]
+
+
+def test_cluster_tls_key_or_ca_without_certfile_is_refused() -> None:
+    """Half a TLS setup would silently leave the links in plain text: an error, on each line."""
+    ms = errors("cluster.tls.cafile = /ca.pem\nnodename = a@b\ncluster.tls.keyfile = /n.key\n")
+    assert [(m["line"], m["key"]) for m in ms] == [("1", "cluster.tls.cafile"),
+                                                   ("3", "cluster.tls.keyfile")]
+    assert all("cluster.tls.certfile is not set" in m["wrong"] for m in ms)
 
 
 def test_fixed_keys_win_over_name_slots() -> None:

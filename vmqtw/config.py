@@ -525,6 +525,29 @@ SCHEMA: tuple[Setting, ...] = (
         "cluster, as IP:PORT.  MQTT messages between nodes travel over these "
         "links.  Other nodes must be able to reach this address, so on a real "
         "cluster it is not 127.0.0.1."),
+    Setting(
+        "cluster.tls.certfile", Path(), None,
+        "The PEM file with this node's certificate (chain) for TLS between "
+        "nodes.  TLS between nodes is on when this key is set; "
+        "cluster.tls.keyfile and cluster.tls.cafile are then required, and "
+        "every node of the cluster must use TLS.  Each node's certificate "
+        "needs a subject alternative name matching its listener.vmq.clustering "
+        "address (an IP SAN, or a DNS SAN for a host name) and must allow both "
+        "TLS server and client authentication (extended key usages serverAuth "
+        "and clientAuth): a node is the server of the links it accepts and the "
+        "client of those it dials.  Nodes still prove distributed_cookie "
+        "inside TLS.  vmqtw-admin uses the same three files to reach its node.",
+        example="./etc/node.crt"),
+    Setting(
+        "cluster.tls.keyfile", Path(), None,
+        "The PEM file with the unencrypted private key of cluster.tls.certfile.",
+        example="./etc/node.key"),
+    Setting(
+        "cluster.tls.cafile", Path(), None,
+        "The PEM file with the certificate authorities the other nodes' "
+        "certificates must chain to; a peer whose certificate they did not "
+        "sign cannot link with this node, whatever cookie it holds.",
+        example="./etc/cluster-ca.crt"),
     # -- MQTT ---------------------------------------------------------------
     Setting(
         "allow_anonymous", Flag(), False,
@@ -751,6 +774,9 @@ class Config:
     listener_ssl_use_identity_as_username: bool
     listener_max_connections: int
     listener_vmq_clustering: tuple[str, int]
+    cluster_tls_certfile: str | None
+    cluster_tls_keyfile: str | None
+    cluster_tls_cafile: str | None
     allow_anonymous: bool
     max_client_id_size: int
     max_message_size: int
@@ -951,6 +977,7 @@ def _cross_check(values: Mapping[str, Any], lines: Mapping[str, int],
         problem(lines.get(key, 0), key,
                 "a certificate's name cannot be trusted without listener.ssl.cafile",
                 "on together with listener.ssl.cafile = <PEM file>, or off")
+    _cross_check_cluster_tls(values, lines, problem)
 
     addresses: list[tuple[str, tuple[str, int]]] = [
         (f"listener.tcp.{n}", a) for n, a in values["tcp_listeners"].items()]
@@ -972,6 +999,31 @@ def _cross_check(values: Mapping[str, Any], lines: Mapping[str, int],
                     "a different IP:PORT for every listener (or port 0)")
         else:
             first[address] = key
+
+
+_CLUSTER_TLS_FILES = ("cluster.tls.keyfile", "cluster.tls.cafile")
+
+
+def _cross_check_cluster_tls(values: Mapping[str, Any], lines: Mapping[str, int],
+                             problem: Callable[[int, str, str, str], None]) -> None:
+    """
+    Cluster TLS is all three files or none.  A key or CA file without the
+    certificate is reported too: the operator meant TLS, and the node would
+    otherwise link in plain text without a word.
+    """
+    certfile_key = "cluster.tls.certfile"
+    if values[_attr_for(certfile_key)] is not None:
+        for needed in _CLUSTER_TLS_FILES:
+            if values[_attr_for(needed)] is None:
+                problem(lines[certfile_key], certfile_key,
+                        f"TLS between nodes needs {needed}, which is not set",
+                        f"{certfile_key} together with {needed} = <PEM file>")
+        return
+    for key in _CLUSTER_TLS_FILES:
+        if values[_attr_for(key)] is not None:
+            problem(lines[key], key,
+                    f"set, but TLS between nodes is off because {certfile_key} is not set",
+                    f"{key} together with {certfile_key} = <PEM file>, or neither")
 
 
 def load_config(path: str, cwd: str | None = None) -> Config:

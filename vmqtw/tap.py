@@ -34,7 +34,7 @@ from vmqtw.metadata.node import MetadataNode
 from vmqtw.mqtt.protocol import MQTTFactory
 from vmqtw.mqtt.session import SessionSettings
 from vmqtw.service import CallbackService, ListenerService, OrderedMultiService
-from vmqtw.tls import TLSServerFactory, server_options_from_config
+from vmqtw.tls import TLSServerFactory, cluster_tls_from_config, server_options_from_config
 
 log = Logger()
 
@@ -101,6 +101,7 @@ def build_node(config: Config, reactor: Any) -> OrderedMultiService:
     authenticator.load()
     # Likewise the TLS certificate and key: checked before anything opens.
     tls_options = server_options_from_config(config)
+    cluster_tls = cluster_tls_from_config(config)
 
     os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
     os.chmod(config.data_dir, 0o700)
@@ -119,7 +120,8 @@ def build_node(config: Config, reactor: Any) -> OrderedMultiService:
     transport = TcpTransport(config.nodename, config.distributed_cookie.encode("utf-8"),
                              config.listener_vmq_clustering, reactor,
                              source_ip=clustering_host,
-                             buffer_limit=config.outgoing_clustering_buffer_size)
+                             buffer_limit=config.outgoing_clustering_buffer_size,
+                             tls=cluster_tls)
     cluster = MetadataNode(config.nodename, transport, reactor, data_dir=config.data_dir,
                            address=config.listener_vmq_clustering,
                            lazy_tick=config.metadata_lazy_tick,

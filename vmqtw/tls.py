@@ -38,9 +38,10 @@ import attrs
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL, crypto
-from service_identity import VerificationError
+from service_identity import CertificateError, VerificationError
+from service_identity.cryptography import verify_certificate_ip_address
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.ssl import (Certificate, CertificateOptions, KeyPair, PrivateCertificate,
                                   TLSVersion, optionsForClientTLS, trustRootFromCertificates)
@@ -50,7 +51,8 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from vmqtw.config import Config, ConfigError
 
 __all__ = ["load_server_options", "server_options_from_config", "TLSServerFactory",
-           "peer_common_name", "ClusterTLS", "TLSClientFactory"]
+           "peer_common_name", "ClusterTLS", "TLSClientFactory", "check_node_certificate",
+           "cluster_tls_from_config"]
 
 log = Logger()
 
@@ -301,3 +303,59 @@ def peer_common_name(transport: Any) -> Optional[str]:
     if not name or "\x00" in name:
         return None
     return name
+
+
+#: Hosts that name no single address: a certificate cannot match them.
+_WILDCARD_HOSTS = ("0.0.0.0", "::")
+
+_NODE_USAGES = ((ExtendedKeyUsageOID.SERVER_AUTH, "serverAuth"),
+                (ExtendedKeyUsageOID.CLIENT_AUTH, "clientAuth"))
+
+
+def check_node_certificate(certificate: x509.Certificate, certfile: str, host: str) -> None:
+    """
+    Refuse, at startup, a node certificate the other nodes would refuse at
+    every handshake: one whose subject alternative names miss the
+    clustering address ``host`` (the address peers dial and check), or
+    whose extended key usage lacks serverAuth or clientAuth (a node is the
+    TLS server of the links it accepts and the client of those it dials).
+    Otherwise the node would start and its links would just never come up,
+    with the reason only in the peers' logs.  A wildcard ``host`` names no
+    address, so only the usages are checked then.
+    """
+    key = "cluster.tls.certfile"
+    if host not in _WILDCARD_HOSTS:
+        try:
+            verify_certificate_ip_address(certificate, host)
+        except (CertificateError, VerificationError):
+            raise ConfigError(
+                f"{key} {certfile!r} has no subject alternative name for {host}, this node's "
+                f"listener.vmq.clustering address, so the other nodes would refuse it") from None
+    try:
+        usage = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return  # no extended key usage: every usage is allowed
+    missing = [name for oid, name in _NODE_USAGES if oid not in usage]
+    if missing:
+        raise ConfigError(
+            f"{key} {certfile!r} does not allow {' and '.join(missing)} in its extended key "
+            f"usage; a node certificate needs both serverAuth and clientAuth")
+
+
+def cluster_tls_from_config(config: Config) -> Optional[ClusterTLS]:
+    """
+    The mutual TLS of the node's cluster links, or ``None`` when
+    ``cluster.tls.certfile`` is not set.  The files are read and checked
+    now, and every problem is one :class:`ConfigError` sentence.
+    """
+    certfile = config.cluster_tls_certfile
+    if certfile is None:
+        return None
+    if config.cluster_tls_keyfile is None or config.cluster_tls_cafile is None:
+        # parse_config refuses this; a Config built in code may not have been parsed.
+        raise ConfigError("TLS between nodes needs cluster.tls.keyfile and cluster.tls.cafile "
+                          "as well as cluster.tls.certfile")
+    tls = ClusterTLS.load(certfile, config.cluster_tls_keyfile, config.cluster_tls_cafile)
+    check_node_certificate(tls.identity.original.to_cryptography(), certfile,
+                           config.listener_vmq_clustering[0])
+    return tls

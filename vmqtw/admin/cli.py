@@ -7,7 +7,8 @@
     vmqtw-admin --format=json cluster status
 
 The configuration file names the node (``nodename``), where it listens
-for cluster links (``listener.vmq.clustering``) and the cookie to prove.
+for cluster links (``listener.vmq.clustering``), the cookie to prove and,
+with TLS between nodes, the certificate files (``cluster.tls.*``).
 A result goes to stdout; an error is one sentence on stderr and exit
 status 1 (2 for a mistake on the command line).
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import sys
 from typing import Any, List, Optional, Sequence, TextIO
 
-from vmqtw.admin.client import AdminClient, AdminError
+from vmqtw.admin.client import AdminClient, AdminError, tls_context
 from vmqtw.admin.commands import Invocation, UsageError, parse_args, parse_node_address, usage_text
 from vmqtw.admin.output import cluster_rows, render_table, render_text, status_rows
 
@@ -42,8 +43,12 @@ def _call_args(invocation: Invocation, config: Any) -> tuple:
 def execute(invocation: Invocation, config: Any, timeout: float = CALL_TIMEOUT) -> str:
     """Run one parsed command against the node ``config`` describes; the text to print."""
     args = _call_args(invocation, config)
+    tls = None
+    if config.cluster_tls_certfile is not None:
+        tls = tls_context(config.cluster_tls_certfile, config.cluster_tls_keyfile,
+                          config.cluster_tls_cafile, config.listener_vmq_clustering)
     with AdminClient(config.listener_vmq_clustering, config.distributed_cookie.encode("utf-8"),
-                     config.nodename, timeout=timeout) as client:
+                     config.nodename, timeout=timeout, tls=tls) as client:
         value = client.call(invocation.method, args, timeout=timeout)
     fmt = invocation.format
     if invocation.method == "admin.cluster.show":

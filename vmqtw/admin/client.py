@@ -9,11 +9,19 @@ with :data:`~vmqtw.cluster.link.ADMIN_PREFIX` so the node does not take it
 for a cluster member, then sends ``call`` frames and waits for the replies.
 While it waits it sends a ping every second: the node closes links that
 stay silent past its heartbeat timeout, and a join may take seconds.
+
+With TLS between nodes (``cluster.tls.*``) the node's clustering listener
+speaks only TLS and wants a client certificate, so the client wraps its
+socket with stdlib :mod:`ssl` (:func:`tls_context`) before the cookie
+handshake: it presents the node's own certificate and checks the node's
+against ``cluster.tls.cafile`` and the clustering address, as a peer node
+would.
 """
 from __future__ import annotations
 
 import os
 import socket
+import ssl
 import time
 from typing import Any, Callable, Optional, Tuple
 
@@ -21,7 +29,7 @@ from vmqtw.cluster import auth, wire
 from vmqtw.cluster.link import ADMIN_PREFIX
 
 __all__ = ["AdminError", "NodeUnreachable", "CookieMismatch", "CommandFailed", "AdminClient",
-           "admin_name", "COMMAND_ERROR"]
+           "admin_name", "tls_context", "COMMAND_ERROR"]
 
 #: Exception type name the node's admin handlers use for operator errors;
 #: the text after it is shown as is.
@@ -51,6 +59,54 @@ def admin_name(pid: Optional[int] = None, rand: Callable[[int], bytes] = os.uran
     return "%s%d-%s" % (ADMIN_PREFIX, os.getpid() if pid is None else pid, rand(4).hex())
 
 
+#: Listening hosts that name no single address (the client dials loopback).
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+
+def tls_context(certfile: str, keyfile: str, cafile: str, address: Address) -> ssl.SSLContext:
+    """
+    The client side of cluster TLS for reaching the node listening at
+    ``address``: the node's certificate and key as our identity, its
+    certificate checked against ``cafile`` and, unless the listener is a
+    wildcard, against the address itself (an IP SAN; Python's ``ssl``
+    matches IP addresses given as ``server_hostname``).  A wildcard
+    listener is reached on loopback, which a node certificate need not
+    name; the chain is still checked, and the cookie handshake with the
+    expected node name still proves who answers.  Unreadable or unusable
+    files raise :class:`AdminError` naming the key.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = address[0] not in WILDCARD_HOSTS
+    try:
+        context.load_verify_locations(cafile=cafile)
+    except (OSError, ValueError) as e:
+        raise AdminError("cluster.tls.cafile %r cannot be used (%s)." % (cafile, _os_reason(e))) \
+            from None
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ValueError) as e:
+        raise AdminError("cluster.tls.certfile %r with cluster.tls.keyfile %r cannot be used (%s)."
+                         % (certfile, keyfile, _os_reason(e))) from None
+    return context
+
+
+def _os_reason(error: BaseException) -> str:
+    """
+    The short reason of an OSError or SSLError: OpenSSL's verify message
+    (``IP address mismatch, ...``) or its reason code in words
+    (``tlsv13 alert certificate required``) rather than the errno and
+    source-line noise of ``str()``.
+    """
+    verify_message = getattr(error, "verify_message", None)
+    if verify_message:
+        return str(verify_message).rstrip(".")
+    reason = getattr(error, "reason", None)
+    if isinstance(error, ssl.SSLError) and reason:
+        return str(reason).replace("_", " ").lower()
+    return str(getattr(error, "strerror", None) or error)
+
+
 def _connect_host(host: str) -> str:
     """A wildcard listener is reached on loopback."""
     if host in ("", "0.0.0.0"):
@@ -69,23 +125,29 @@ class _Closed(Exception):
     """The node closed the connection; the message is the reason."""
 
 
+class _TLSFailed(_Closed):
+    """TLS ended the connection (an alert from the node, a bad record)."""
+
+
 class AdminClient:
     """
     ``with AdminClient(address, cookie, node) as c: c.call("admin.cluster.show")``.
 
     ``node`` is the expected node name (``nodename``): the handshake
-    fails if someone else answers.
+    fails if someone else answers.  ``tls`` (from :func:`tls_context`)
+    wraps the connection in TLS first, for a node with ``cluster.tls``.
     """
 
     def __init__(self, address: Address, cookie: bytes, node: str, timeout: float = 10.0,
                  name: Optional[str] = None, nonce_source: Callable[[int], bytes] = os.urandom,
-                 ping_interval: float = 1.0) -> None:
+                 ping_interval: float = 1.0, tls: Optional[ssl.SSLContext] = None) -> None:
         self.address = (_connect_host(address[0]), int(address[1]))
         self.cookie = cookie.encode("utf-8") if isinstance(cookie, str) else cookie
         self.node = node
         self.timeout = timeout
         self.name = name if name is not None else admin_name()
         self.ping_interval = ping_interval
+        self.tls = tls
         self._nonce_source = nonce_source
         self._sock: Optional[socket.socket] = None
         self._decoder = wire.FrameDecoder(wire.HANDSHAKE_MAX_FRAME_SIZE)
@@ -100,6 +162,8 @@ class AdminClient:
         except OSError as e:
             raise NodeUnreachable("No node is running at %s (%s); start it or check "
                                   "listener.vmq.clustering." % (where, e.strerror or e)) from None
+        if self.tls is not None:
+            self._start_tls(where)
         hs = auth.Handshake(role=auth.INITIATOR, node=self.name, cookie=self.cookie,
                             nonce=self._nonce_source(auth.NONCE_SIZE), expected_peer=self.node)
         deadline = time.monotonic() + self.timeout
@@ -115,8 +179,20 @@ class AdminClient:
                                      "match." % (where,)) from None
             raise AdminError("The node at %s refused the admin connection: %s." % (where, e.reason)) \
                 from None
+        except _TLSFailed as e:
+            self.close()
+            raise AdminError(
+                "The node at %s refused our TLS certificate (%s); check that its cluster.tls.cafile "
+                "signed our cluster.tls.certfile." % (where, e)) from None
         except _Closed as e:
             self.close()
+            if self.tls is not None and str(e) == "end of stream":
+                # TLS 1.3: the node checks our certificate after our side of
+                # the handshake is done, and may just hang up.
+                raise AdminError(
+                    "The node at %s closed the TLS connection during the handshake; check that "
+                    "its cluster.tls.cafile signed our cluster.tls.certfile (or, after repeated "
+                    "wrong cookies, it refuses this address for a while)." % (where,)) from None
             raise NodeUnreachable(
                 "The node at %s closed the connection during the handshake (%s); after repeated "
                 "wrong cookies it refuses this address for a while." % (where, e)) from None
@@ -131,6 +207,21 @@ class AdminClient:
             raise
         self._decoder.max_frame_size = wire.DEFAULT_MAX_FRAME_SIZE
         return self
+
+    def _start_tls(self, where: str) -> None:
+        """Wrap the connected socket in TLS, or close it and raise one sentence."""
+        assert self._sock is not None and self.tls is not None
+        try:
+            self._sock = self.tls.wrap_socket(self._sock, server_hostname=self.address[0])
+        except ssl.SSLCertVerificationError as e:
+            self.close()
+            raise AdminError("The node at %s presented a certificate this client does not trust "
+                             "(%s); check cluster.tls.cafile and the node's cluster.tls.certfile."
+                             % (where, _os_reason(e))) from None
+        except (OSError, ValueError) as e:
+            self.close()
+            raise AdminError("The TLS handshake with the node at %s failed (%s); is cluster.tls "
+                             "set the same way on the node?" % (where, _os_reason(e))) from None
 
     def close(self) -> None:
         if self._sock is not None:
@@ -178,6 +269,8 @@ class AdminClient:
             try:
                 self._sock.sendall(b"".join(wire.encode_frame(f) for f in frames))
                 self._last_sent = time.monotonic()
+            except ssl.SSLError as e:
+                raise _TLSFailed(_os_reason(e)) from None
             except OSError as e:
                 raise _Closed(e.strerror or str(e)) from None
 
@@ -208,6 +301,8 @@ class AdminClient:
                 data = self._sock.recv(65536)
             except socket.timeout:
                 continue
+            except ssl.SSLError as e:
+                raise _TLSFailed(_os_reason(e)) from None
             except OSError as e:
                 data = b""
                 reason = e.strerror or str(e)
