@@ -108,3 +108,28 @@ def test_netsplit_flags_allow_operations():
     client.send(B.unsubscribe(3, ["t"]))
     packets = client.received()
     assert P.SubAck(1, [1]) in packets and P.PubAck(2) in packets and P.UnsubAck(3) in packets
+
+
+def test_duplicate_client_from_a_netsplit_is_resolved_after_heal():
+    """
+    With registration allowed during a netsplit, the same client id can
+    connect on both sides (VerneMQ's documented duplicate clients).  Once
+    the split heals, the replicated session record converges to one owner
+    (last writer wins) and the other node closes its connection: the
+    duplicate is resolved automatically.
+    """
+    settings = SessionSettings(allow_register_during_netsplit=True)
+    cluster = Cluster(("A", "B"), settings=settings)
+    cluster.network.partition([{"A"}, {"B"}])
+    cluster.settle(0.5)
+    on_a = cluster["A"].connect("dup")
+    cluster.clock.advance(1)  # B's registration is the later one
+    on_b = cluster["B"].connect("dup")
+    cluster.settle(0.5)
+    assert not on_a.closed and not on_b.closed
+    cluster.network.heal()
+    cluster.settle(3.0)
+    assert on_a.closed and not on_b.closed
+    on_a.finish_close()
+    assert cluster["A"].registry.sessions == {}
+    assert list(cluster["B"].registry.sessions) == [on_b.protocol.session.subscriber_id]
