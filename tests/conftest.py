@@ -8,3 +8,6 @@ from hypothesis import settings
 
 settings.register_profile("vmqtw", deadline=None)
 settings.load_profile("vmqtw")
+
+#: The real-process fixtures (``nodes``) for every test module.
+pytest_plugins = ["tests.nodeharness"]

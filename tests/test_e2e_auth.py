@@ -11,7 +11,7 @@ import signal
 import subprocess
 from typing import Any
 
-from tests.nodeharness import TWISTD, nodes, wait_until  # noqa: F401 (fixture)
+from tests.nodeharness import TWISTD, wait_until
 from vmqtw.auth.passwd import hash_password
 
 USERS = {"alice": "wonderland", "bob": "builder", "+": "plus", "x": "ex"}

@@ -11,7 +11,7 @@ import subprocess
 import time
 
 from tests import mqttbytes as B
-from tests.nodeharness import TWISTD, nodes, wait_until  # noqa: F401 (fixture)
+from tests.nodeharness import TWISTD
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt.codec import Decoder
 

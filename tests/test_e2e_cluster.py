@@ -19,7 +19,7 @@ from typing import Any, List
 
 from tests import mqttbytes as B
 from tests.clusterharness import Partition, nft_available
-from tests.nodeharness import Node, nodes, wait_until  # noqa: F401  (fixture)
+from tests.nodeharness import Node, wait_until
 from vmqtw.admin.cli import execute
 from vmqtw.admin.client import AdminError
 from vmqtw.admin.commands import parse_args

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional
 import pytest
 from twisted.internet.task import Clock
 
-from tests.nodeharness import Node, nodes, wait_until  # noqa: F401  (fixture)
+from tests.nodeharness import Node, wait_until
 from tests.test_tls import Issued, issue, make_ca, write
 from vmqtw.admin.cli import execute
 from vmqtw.admin.client import AdminError

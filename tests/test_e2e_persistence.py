@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import threading
 
-from tests.nodeharness import nodes, wait_until  # noqa: F401 (fixture)
+from tests.nodeharness import wait_until
 
 
 def _persistent_subscriber(nodes, node, client_id, flt, qos):

@@ -16,7 +16,7 @@ from typing import Any, Optional, Tuple, Union
 import pytest
 
 from tests import mqttbytes as B
-from tests.nodeharness import free_port, nodes, wait_until  # noqa: F401 (fixture)
+from tests.nodeharness import free_port, wait_until
 from tests.test_tls import Pki, issue, make_ca
 
 HOST = "127.0.0.1"

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
-from typing import Any, Optional
+from typing import Any
 
 import attrs
 from twisted.application.service import IService

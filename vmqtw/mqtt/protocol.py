@@ -33,8 +33,11 @@ class MQTTProtocol(Protocol):
     def __init__(self, factory: "MQTTFactory") -> None:
         self.factory = factory
         self.clock: IReactorTime = factory.clock
-        self.session: Optional[Session] = None
-        self.decoder: Optional[Decoder] = None
+        # Built here rather than in connectionMade so that neither is ever
+        # None; the peer address is filled in once the connection exists.
+        self.decoder = Decoder(factory.max_packet_size, connect_first=True)
+        self.session = Session(self, factory.registry, factory.settings, factory.authenticator,
+                               on_connected=self._session_connected)
         self.closing = False
         self.last_seen = 0.0
         self._connect_timer: Any = None
@@ -44,11 +47,8 @@ class MQTTProtocol(Protocol):
 
     def connectionMade(self) -> None:
         factory = self.factory
-        self.decoder = Decoder(factory.max_packet_size, connect_first=True)
         peer = self.transport.getPeer()
-        self.session = Session(self, factory.registry, factory.settings, factory.authenticator,
-                               peer=(getattr(peer, "host", None), getattr(peer, "port", None)),
-                               on_connected=self._session_connected)
+        self.session.peer = (getattr(peer, "host", None), getattr(peer, "port", None))
         self.last_seen = self.clock.seconds()
         if factory.connect_timeout > 0:
             self._connect_timer = self.clock.callLater(factory.connect_timeout,
@@ -62,13 +62,13 @@ class MQTTProtocol(Protocol):
         self.last_seen = now
         error: Optional[ProtocolError] = None
         try:
-            packets = self.decoder.feed(data)  # type: ignore[union-attr]
+            packets = self.decoder.feed(data)
         except ProtocolError as malformed:
             # Act on the packets that preceded the malformed one, then close.
             error = malformed
             packets = getattr(malformed, "packets", None) or []
         session = self.session
-        handle = session.handle  # type: ignore[union-attr]
+        handle = session.handle
         try:
             for packet in packets:
                 handle(packet, now)
@@ -77,20 +77,20 @@ class MQTTProtocol(Protocol):
         except Exception:
             # A bug, never the client's fault: drop this connection only.
             self.log.failure("internal error handling a packet from {peer}",
-                             peer=session.peer)  # type: ignore[union-attr]
+                             peer=session.peer)
             self.abort()
             return
         if error is None:
             return
-        if isinstance(error, UnacceptableProtocolLevel) and session.state == NEW:  # type: ignore
+        if isinstance(error, UnacceptableProtocolLevel) and session.state == NEW:
             # [MQTT-3.1.2-2]: CONNACK 1, then close.
-            self.log.info("refusing {peer}: {reason}", peer=session.peer,  # type: ignore
+            self.log.info("refusing {peer}: {reason}", peer=session.peer,
                           reason=error.reason)
             self.write(encode(P.ConnAck(P.CONNACK_UNACCEPTABLE_PROTOCOL_VERSION, False)))
             self.close()
             return
         self.log.info("closing {peer}: malformed packet: {reason}",
-                      peer=session.peer, reason=error.reason)  # type: ignore[union-attr]
+                      peer=session.peer, reason=error.reason)
         self.abort()
 
     def handshakeCompleted(self) -> None:
@@ -99,7 +99,7 @@ class MQTTProtocol(Protocol):
         done, before any application byte arrives.  Taking the identity here
         keeps ``dataReceived`` free of any TLS check.
         """
-        if self.factory.identity_from_certificate and self.session is not None:
+        if self.factory.identity_from_certificate:
             self.session.peer_identity = peer_common_name(self.transport)
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -109,12 +109,11 @@ class MQTTProtocol(Protocol):
                 timer.cancel()
         self._connect_timer = self._keepalive_timer = None
         self.factory.connections.discard(self)
-        if self.session is not None:
-            try:
-                self.session.connection_lost()
-            except Exception:
-                self.log.failure("internal error closing the session of {peer}",
-                                 peer=self.session.peer)
+        try:
+            self.session.connection_lost()
+        except Exception:
+            self.log.failure("internal error closing the session of {peer}",
+                             peer=self.session.peer)
 
     # -- timers ---------------------------------------------------------------------
 
@@ -134,7 +133,7 @@ class MQTTProtocol(Protocol):
 
     def _keepalive_check(self) -> None:
         self._keepalive_timer = None
-        grace = self.session.keepalive * 1.5  # type: ignore[union-attr]
+        grace = self.session.keepalive * 1.5
         silent = self.clock.seconds() - self.last_seen
         if silent >= grace:
             self.log.info("closing {peer}: keepalive expired", peer=self.session.peer)

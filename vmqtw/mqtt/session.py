@@ -379,7 +379,8 @@ class Session:
         if allowed:
             waiting = self.registry.publish(Message(
                 new_message_ref(), topic, publish.payload, qos, publish.retain, False, now,
-                self.settings.mountpoint), (self.client_id, self.username))
+                self.settings.mountpoint),
+                (self.client_id, self.username) if publish.retain else None)
         # A denied QoS 1/2 message is still acknowledged, as VerneMQ and the
         # ACL plugins do, so the client does not resend it forever.
         if qos == 1:
