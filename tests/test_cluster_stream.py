@@ -12,7 +12,7 @@ from typing import Any, Deque, Dict, List, Tuple
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmqtw.cluster.stream import Inbound, Outbound
+from vmqtw.cluster.stream import APPLY, DUPLICATE, GAP, Inbound, Outbound
 
 
 def test_entries_are_numbered_and_released_by_a_cumulative_ack():
@@ -62,21 +62,44 @@ def test_the_bound_refuses_but_an_empty_stream_takes_one_large_entry():
 def test_receiver_drops_what_it_applied_and_acks_only_a_safe_prefix():
     inbound = Inbound()
     epoch = b"e" * 8
-    assert [inbound.receive(epoch, s) for s in (1, 2, 3)] == [True, True, True]
+    assert [inbound.receive(epoch, s, 0) for s in (1, 2, 3)] == [APPLY] * 3
     inbound.safe(epoch, 1)
     inbound.safe(epoch, 3)          # out of order: 2 is still being stored
     assert inbound.ack_due() == (epoch, 1)
     assert inbound.ack_due() is None
-    assert inbound.receive(epoch, 2) is False   # a resend of an applied one
+    assert inbound.receive(epoch, 2, 0) == DUPLICATE   # a resend of an applied one
     inbound.safe(epoch, 2)
     assert inbound.ack_due() == (epoch, 3)
+
+
+def test_a_straggler_of_an_old_connection_is_not_applied_before_its_predecessors():
+    inbound = Inbound()
+    epoch = b"e" * 8
+    assert inbound.receive(epoch, 1, 0) == APPLY
+    assert inbound.receive(epoch, 3, 0) == GAP      # 2 is being resent on the new link
+    assert inbound.receive(epoch, 2, 0) == APPLY
+    assert inbound.receive(epoch, 3, 0) == APPLY
+
+
+def test_a_receiver_meeting_an_epoch_mid_stream_starts_at_the_senders_base():
+    inbound = Inbound()
+    assert inbound.receive(b"e" * 8, 7, 5) == GAP   # 6 was lost with the old link
+    assert inbound.receive(b"e" * 8, 6, 5) == APPLY
+
+
+def test_forced_entries_ignore_the_bound():
+    out = Outbound(limit=10)
+    out.push("a", 10)
+    assert out.push("b", 5) is None
+    assert out.push("b", 5, force=True) is not None
+    assert out.held_bytes == 15
 
 
 def test_acks_are_batched():
     inbound = Inbound()
     epoch = b"e" * 8
     for seq in range(1, 5):
-        inbound.receive(epoch, seq)
+        inbound.receive(epoch, seq, 0)
         inbound.safe(epoch, seq)
     assert inbound.ack_due(batch=10) is None
     assert inbound.ack_due(batch=4) == (epoch, 4)
@@ -84,11 +107,11 @@ def test_acks_are_batched():
 
 def test_a_new_sender_epoch_or_a_fresh_receiver_starts_from_the_first_seen():
     inbound = Inbound()
-    assert inbound.receive(b"a" * 8, 40)
+    assert inbound.receive(b"a" * 8, 40, 39) == APPLY
     inbound.safe(b"a" * 8, 40)
     assert inbound.ack_due() == (b"a" * 8, 40)
-    assert inbound.receive(b"b" * 8, 1)       # the sender restarted
-    assert inbound.receive(b"b" * 8, 2)
+    assert inbound.receive(b"b" * 8, 1, 0) == APPLY       # the sender restarted
+    assert inbound.receive(b"b" * 8, 2, 0) == APPLY
     inbound.safe(b"a" * 8, 2)                # late safety of the old epoch: ignored
     assert inbound.ack_due() is None
 
@@ -96,7 +119,7 @@ def test_a_new_sender_epoch_or_a_fresh_receiver_starts_from_the_first_seen():
 def test_reack_repeats_the_acknowledgement_for_a_new_link():
     inbound = Inbound()
     assert inbound.reack() is None
-    inbound.receive(b"e" * 8, 1)
+    inbound.receive(b"e" * 8, 1, 0)
     inbound.safe(b"e" * 8, 1)
     assert inbound.ack_due() == (b"e" * 8, 1)
     assert inbound.reack() == (b"e" * 8, 1)
@@ -106,7 +129,7 @@ def test_reack_repeats_the_acknowledgement_for_a_new_link():
 
 STEPS = st.lists(st.sampled_from(
     ["push", "push", "push", "deliver", "deliver", "deliver", "ack", "safe",
-     "cut", "restart_receiver", "lose_acks"]), max_size=120)
+     "cut", "restart_receiver", "lose_acks", "replace", "straggle", "silent_replace"]), max_size=120)
 
 
 class Model:
@@ -115,8 +138,10 @@ class Model:
     def __init__(self) -> None:
         self.out = Outbound(limit=50)
         self.inbound = Inbound()
-        self.to_receiver: Deque[Tuple[bytes, int, int, bool]] = deque()
+        self.to_receiver: Deque[Tuple[bytes, int, int, int, bool]] = deque()
         self.to_sender: Deque[Tuple[bytes, int]] = deque()
+        #: Frames of a replaced connection that may still arrive, late.
+        self.stragglers: Deque[Tuple[bytes, int, int, int, bool]] = deque()
         #: Applied entries whose store write has not completed: seq -> body.
         self.unsafe: Dict[int, int] = {}
         self.pushed: List[int] = []
@@ -128,7 +153,8 @@ class Model:
 
     def send_unsent(self) -> None:
         for entry in self.out.unsent():
-            self.to_receiver.append((self.out.epoch, entry.seq, entry.body, entry.redelivery))
+            self.to_receiver.append((self.out.epoch, entry.seq, self.out.acked, entry.body,
+                                     entry.redelivery))
 
     def make_safe(self, seq: int) -> None:
         body = self.unsafe.pop(seq)
@@ -141,9 +167,15 @@ class Model:
                 self.pushed.append(self.counter)
                 self.counter += 1
             self.send_unsent()
-        elif action == "deliver" and self.to_receiver:
-            epoch, seq, body, redelivery = self.to_receiver.popleft()
-            if self.inbound.receive(epoch, seq):
+        elif action in ("deliver", "straggle"):
+            queue = self.to_receiver if action == "deliver" else self.stragglers
+            if not queue:
+                return
+            epoch, seq, base, body, redelivery = queue.popleft()
+            verdict = self.inbound.receive(epoch, seq, base)
+            if verdict == GAP:
+                self.to_sender.append(("hello", epoch, self.inbound.safe_upto))
+            elif verdict == APPLY:
                 applications = self.applied.setdefault(body, [])
                 if not applications:
                     self.first_order.append(body)
@@ -156,7 +188,14 @@ class Model:
             if ack is not None:
                 self.to_sender.append(ack)
             while self.to_sender:
-                self.out.acknowledge(*self.to_sender.popleft())
+                item = self.to_sender.popleft()
+                if item[0] == "hello":
+                    # The receiver saw a new link the sender did not notice.
+                    self.out.acknowledge(item[1], item[2])
+                    self.out.link_lost()
+                    self.send_unsent()
+                else:
+                    self.out.acknowledge(*item)
         elif action == "lose_acks":
             self.to_sender.clear()
         elif action == "cut":
@@ -169,7 +208,26 @@ class Model:
             if ack is not None:
                 self.out.acknowledge(*ack)
             self.send_unsent()
+        elif action == "replace":
+            # A new connection replaces the old one, whose frames may still
+            # arrive after the new one's.
+            self.stragglers.extend(self.to_receiver)
+            self.to_receiver.clear()
+            self.out.link_lost()
+            ack = self.inbound.reack()
+            if ack is not None:
+                self.out.acknowledge(*ack)
+            self.send_unsent()
+        elif action == "silent_replace":
+            # The receiver noticed the old connection die and dialed again;
+            # the sender's transport swapped links without telling it.  What
+            # was in flight is lost, the sender keeps sending new entries,
+            # and learns of the new link from the receiver's hello.
+            self.to_receiver.clear()
+            if self.inbound.epoch is not None:
+                self.to_sender.append(("hello", self.inbound.epoch, self.inbound.safe_upto))
         elif action == "restart_receiver":
+            self.stragglers.clear()
             # kill -9 of the receiver: applications not yet safe die with it
             # (never acknowledged, so the sender still holds them).
             self.receiver_restarts += 1
@@ -192,7 +250,9 @@ class Model:
         for _ in range(10000):
             if not (self.to_receiver or self.unsafe or self.to_sender or len(self.out)):
                 break
-            if self.to_receiver:
+            if self.stragglers:
+                self.step("straggle")
+            elif self.to_receiver:
                 self.step("deliver")
             elif self.unsafe:
                 self.make_safe(min(self.unsafe))
@@ -224,7 +284,8 @@ def test_no_entry_is_lost_and_duplicates_are_flagged(steps):
 
 @settings(max_examples=300)
 @given(st.lists(st.sampled_from(["push", "deliver", "deliver", "ack", "safe", "cut",
-                                 "lose_acks"]), max_size=120))
+                                 "lose_acks", "replace", "straggle", "silent_replace"]),
+                max_size=120))
 def test_without_receiver_restarts_each_entry_is_applied_exactly_once(steps):
     model = Model()
     for action in steps:

@@ -36,7 +36,13 @@ from typing import Any, Deque, Iterator, List, Optional, Tuple
 
 import attrs
 
-__all__ = ["Outbound", "OutboundEntry", "Inbound", "new_epoch", "EPOCH_SIZE"]
+__all__ = ["Outbound", "OutboundEntry", "Inbound", "new_epoch", "EPOCH_SIZE",
+           "APPLY", "DUPLICATE", "GAP"]
+
+#: What :meth:`Inbound.receive` says about an entry.
+APPLY = 1
+DUPLICATE = 0
+GAP = -1
 
 #: Bytes of randomness naming one incarnation of a sending node.
 EPOCH_SIZE = 8
@@ -93,14 +99,17 @@ class Outbound:
         return self.held_bytes + size <= self.limit or not self._entries
 
     def push(self, body: Any, size: int, token: Any = None,
-             redelivery: bool = False) -> Optional[OutboundEntry]:
+             redelivery: bool = False, force: bool = False) -> Optional[OutboundEntry]:
         """
         Number and keep ``body``; None when it does not fit.
 
         An empty stream always takes one entry, however large, so a single
-        message bigger than the bound is not refused forever.
+        message bigger than the bound is not refused forever.  ``force``
+        takes it whatever the bound: for what this node already promised
+        to keep (an outbox read back after a restart, a moved session's
+        queue), where refusing would lose it.
         """
-        if not self.has_room(size):
+        if not force and not self.has_room(size):
             return None
         entry = OutboundEntry(self.next_seq, body, size, token, redelivery)
         self.next_seq += 1
@@ -183,22 +192,32 @@ class Inbound:
     #: Sequence numbers applied but not yet safe, in order, with a flag.
     _waiting: Deque[List[Any]] = attrs.Factory(deque)
 
-    def receive(self, epoch: bytes, seq: int) -> bool:
+    def receive(self, epoch: bytes, seq: int, base: int) -> int:
         """
-        True when entry ``seq`` of ``epoch`` is new and must be applied;
-        False for one already applied (a resend after a reconnect).
+        :data:`APPLY` when entry ``seq`` of ``epoch`` is the next one and
+        must be applied; :data:`DUPLICATE` for one already applied (a resend
+        after a reconnect); :data:`GAP` for one past the next: entries before
+        it were lost with an older connection (or it is a straggler of one
+        overtaking the new connection's resend).  A gap is not applied: the
+        caller asks the sender to resend from :attr:`safe_upto`, or the
+        entries before it would later be taken for duplicates.
+
+        ``base`` is the sender's acknowledged position when it sent the entry:
+        a receiver meeting an epoch for the first time (the sender restarted,
+        or this node did and remembers nothing) starts after it, since the
+        sender keeps everything past it.
         """
         if epoch != self.epoch:
-            # A new incarnation of the sender, or a receiver that remembers
-            # nothing: start from here.
             self.epoch = epoch
-            self.applied = self.safe_upto = self.acked = seq - 1
+            self.applied = self.safe_upto = self.acked = base
             self._waiting.clear()
         if seq <= self.applied:
-            return False
+            return DUPLICATE
+        if seq != self.applied + 1:
+            return GAP
         self.applied = seq
         self._waiting.append([seq, False])
-        return True
+        return APPLY
 
     def safe(self, epoch: bytes, seq: int) -> None:
         """Entry ``seq`` (applied earlier) is now safe on this node."""
