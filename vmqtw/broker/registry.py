@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from vmqtw.broker.queue import QueueCounters, QueueLimits, SubscriberQueue
-from vmqtw.interfaces import IMetadataStore
+from vmqtw.interfaces import ChangeOrigin, IMetadataStore
 from vmqtw.trie import RetainTree, SubscriptionTrie
 from vmqtw.types import (RETAIN_PREFIX, SUBSCRIBER_PREFIX, Message,
                          SubscriberId, new_message_ref)
@@ -112,9 +112,6 @@ class Registry:
         #: the trie holds one entry per node and filter, so a publish sends
         #: one copy per node however many of its clients match.
         self._remote_refs: Dict[Tuple[str, str], int] = {}
-        #: True while the registry itself writes a subscriber record, so
-        #: that its change event is not taken for another node's doing.
-        self._own_write = False
         #: Messages forwarded to and received from other nodes.
         self.forwarded = 0
         self.received_remote = 0
@@ -141,9 +138,10 @@ class Registry:
     def start(self) -> None:
         """Build the trie and the retained tree, then follow changes."""
         for key, record in self.metadata.items(SUBSCRIBER_PREFIX):
-            self._on_subscriber_change(SUBSCRIBER_PREFIX, key, None, record)
+            self._on_subscriber_change(SUBSCRIBER_PREFIX, key, None, record,
+                                       ChangeOrigin.REMOTE)
         for key, value in self.metadata.items(RETAIN_PREFIX):
-            self._on_retain_change(RETAIN_PREFIX, key, None, value)
+            self._on_retain_change(RETAIN_PREFIX, key, None, value, ChangeOrigin.REMOTE)
         self._unsubscribe_events = [
             self.metadata.subscribe(SUBSCRIBER_PREFIX, self._on_subscriber_change),
             self.metadata.subscribe(RETAIN_PREFIX, self._on_retain_change),
@@ -231,7 +229,8 @@ class Registry:
         self.counters.expired_sessions += 1
         self.log.info("session {client_id} expired", client_id=subscriber_id.client_id)
 
-    def _on_subscriber_change(self, prefix: Any, key: Any, old: Any, new: Any) -> None:
+    def _on_subscriber_change(self, prefix: Any, key: Any, old: Any, new: Any,
+                              origin: ChangeOrigin) -> None:
         subscriber_id = SubscriberId(*key)
         node = self.node
         before = local_filters(old, node)
@@ -261,7 +260,7 @@ class Registry:
                     # The remote node re-matches and applies its own
                     # subscribers' QoS; forward at the published QoS.
                     trie.add(pair[1], pair[0], 2)
-        if (not self._own_write and record_clean_session(old, node) is not None
+        if (origin is not ChangeOrigin.LOCAL and record_clean_session(old, node) is not None
                 and record_clean_session(new, node) is None):
             owner = record_owner(new)
             # A clean session elsewhere ends this one [MQTT-3.1.2-6]; a
@@ -271,18 +270,10 @@ class Registry:
 
     def _own_put(self, key: Any, record: SubscriberRecord) -> None:
         """Write a subscriber record; its change event is ours, not a move."""
-        self._own_write = True
-        try:
-            self.metadata.put(SUBSCRIBER_PREFIX, key, record)
-        finally:
-            self._own_write = False
+        self.metadata.put(SUBSCRIBER_PREFIX, key, record)
 
     def _own_delete(self, key: Any) -> None:
-        self._own_write = True
-        try:
-            self.metadata.delete(SUBSCRIBER_PREFIX, key)
-        finally:
-            self._own_write = False
+        self.metadata.delete(SUBSCRIBER_PREFIX, key)
 
     def _moved_away(self, subscriber_id: SubscriberId, owner: Optional[str]) -> None:
         """
@@ -304,7 +295,8 @@ class Registry:
         queue.hand_over(lambda message, qos: self.cluster.cast(
             owner, CHANNEL, ("enq", subscriber_id.as_key(), encode_message(message), qos)))
 
-    def _on_retain_change(self, prefix: Any, key: Any, old: Any, new: Any) -> None:
+    def _on_retain_change(self, prefix: Any, key: Any, old: Any, new: Any,
+                          origin: ChangeOrigin) -> None:
         _mountpoint, topic = key
         if new is None:
             self.retained.delete(topic)
