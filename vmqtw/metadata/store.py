@@ -115,6 +115,7 @@ class ReplicatedMetadataStore:
             self.actor = actor_factory(node)
 
     def _load(self) -> None:
+        assert self._db is not None, "only called with a data directory"
         for kenc, oenc in self._db.iterator():
             if kenc.startswith(b"\x00"):
                 continue
@@ -212,7 +213,7 @@ class ReplicatedMetadataStore:
 
     def subscribe(self, prefix: Prefix, callback: MetadataCallback
                   ) -> Callable[[], None]:
-        callbacks = self._subscribers.setdefault(tuple(prefix), [])
+        callbacks = self._subscribers.setdefault((prefix[0], prefix[1]), [])
         callbacks.append(callback)
 
         def unsubscribe() -> None:
@@ -401,7 +402,7 @@ class ReplicatedMetadataStore:
         prefix = tuple(prefix)  # type: ignore[assignment]
         table = self._data.get(prefix)
         obj = self._lookup(prefix, key)
-        if obj is None or dvvset.join(obj) != tuple(ctx) \
+        if table is None or obj is None or dvvset.join(obj) != tuple(ctx) \
                 or not mdobject.is_tombstone(obj):
             return False
         del table[key]
