@@ -25,7 +25,7 @@ def test_random_faults_converge(seed):
     for name, node in c.nodes.items():
         table = tables[name] = {}
 
-        def on_event(prefix, key, old, new, table=table):
+        def on_event(prefix, key, old, new, origin, table=table):
             if new is None:
                 table.pop(key, None)
             else:

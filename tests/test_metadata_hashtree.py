@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 
+from vmqtw.interfaces import ChangeOrigin
 from vmqtw.metadata.codec import encode_pkey
 from vmqtw.metadata.hashtree import HashTree
 from vmqtw.metadata.simulation import SimCluster
@@ -135,6 +136,7 @@ def test_aae_repairs_both_directions_and_fires_events():
     assert c["A"].store.get(P, "both") == c["B"].store.get(P, "both") == "b"
     assert c["A"].store.get(R, "only-b") == 1
     assert len([e for e in events if e[2] is None]) == 40
+    assert {e[4] for e in events} == {ChangeOrigin.REMOTE}, "a repair is another node's write"
 
 
 def test_exchange_starts_soon_after_peer_up():

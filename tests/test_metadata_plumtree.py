@@ -169,7 +169,7 @@ def test_t8_subscribe_and_unsubscribe_across_split():
     for name, node in c.nodes.items():
         table = tables[name] = {}
 
-        def on_event(prefix, key, old, new, table=table):
+        def on_event(prefix, key, old, new, origin, table=table):
             if new is None:
                 table.pop(key, None)
             else:

@@ -15,11 +15,8 @@ from vmqtw.types import SubscriberId
 
 def _restarted(broker: Broker, **kwargs) -> Broker:
     """A new broker process on the old one's metadata and store."""
-    again = Broker(store=broker.registry.store, **kwargs)
-    again.registry.stop()
-    again.metadata = broker.metadata
-    again.registry.metadata = broker.metadata
-    again.registry.start()
+    broker.registry.stop()
+    again = Broker(store=broker.registry.store, metadata=broker.metadata, **kwargs)
     done = again.registry.restore()
     assert done.called
     return again

@@ -9,16 +9,39 @@ implementation, so a third party can prove their plugin with the same tests.
 """
 from __future__ import annotations
 
+import enum
 from typing import Any, Callable, Tuple
 
 from zope.interface import Attribute, Interface
 
-__all__ = ["IMessageStore", "IMessageStoreFactory", "IMetadataStore",
+__all__ = ["ChangeOrigin", "IMessageStore", "IMessageStoreFactory", "IMetadataStore",
            "MetadataCallback"]
 
-#: ``callback(prefix, key, old_value, new_value)``; ``new_value`` is ``None``
-#: when the key was deleted and ``old_value`` is ``None`` when it is new.
-MetadataCallback = Callable[[Tuple[str, str], Any, Any, Any], None]
+
+class ChangeOrigin(enum.Enum):
+    """
+    Who made a metadata change, as :meth:`IMetadataStore.subscribe`
+    callbacks are told.
+
+    A subscriber that writes keys itself must tell the echo of its own write
+    from another node's doing: the registry, for one, closes a connection
+    when another node takes its session over, but not when it rewrote the
+    record itself.  It is the *process* that matters, not the node name: a
+    record this node wrote before a restart comes back from a peer as
+    ``REMOTE``.
+    """
+
+    #: ``put`` or ``delete`` called on this store object, in this process.
+    LOCAL = "local"
+    #: Merged from another node: a replicated write (broadcast), an
+    #: anti-entropy repair, or the settling of concurrent writes.
+    REMOTE = "remote"
+
+
+#: ``callback(prefix, key, old_value, new_value, origin)``; ``new_value`` is
+#: ``None`` when the key was deleted and ``old_value`` is ``None`` when it is
+#: new; ``origin`` is a :class:`ChangeOrigin`.
+MetadataCallback = Callable[[Tuple[str, str], Any, Any, Any, ChangeOrigin], None]
 
 
 class IMessageStore(Interface):
@@ -109,7 +132,8 @@ class IMetadataStore(Interface):
 
     ``subscribe`` callbacks fire for every change of a key whatever caused it
     -- a local write, a replicated write from another node, or a repair after
-    a netsplit -- synchronously once the change is committed.
+    a netsplit -- synchronously once the change is committed, and are told
+    which it was (:class:`ChangeOrigin`).
     """
 
     def put(prefix, key, value):
@@ -134,8 +158,11 @@ class IMetadataStore(Interface):
 
     def subscribe(prefix, callback):
         """
-        Call ``callback(prefix, key, old, new)`` on every change in
-        ``prefix``.  Returns a zero-argument callable that unsubscribes.
+        Call ``callback(prefix, key, old, new, origin)`` on every change in
+        ``prefix`` (see :data:`MetadataCallback`): ``origin`` is
+        ``ChangeOrigin.LOCAL`` for a ``put``/``delete`` made on this store
+        object, ``ChangeOrigin.REMOTE`` for a change merged from another
+        node.  Returns a zero-argument callable that unsubscribes.
         """
 
 

@@ -26,7 +26,10 @@ from vmqtw.admin.server import register_admin_handlers
 from vmqtw.broker.auth import BrokerAuthenticator
 from vmqtw.broker.queue import QueueLimits
 from vmqtw.broker.registry import Registry
+from vmqtw.broker.retain import RetainStore
+from vmqtw.broker.subscriptions import Subscriptions
 from vmqtw.config import Config, ConfigError, load_config
+from vmqtw.cluster.dataplane import DataPlane
 from vmqtw.cluster.link import TcpTransport
 from vmqtw.cluster.readiness import Readiness
 from vmqtw.metadata.node import MetadataNode
@@ -142,7 +145,10 @@ def build_node(config: Config, reactor: Any) -> OrderedMultiService:
     )
     registry = Registry(config.nodename, metadata, reactor, limits, store,
                         session_expiration=config.persistent_client_expiration,
-                        cluster=transport, ready=readiness)
+                        ready=readiness,
+                        subscriptions=Subscriptions(config.nodename, metadata),
+                        retain=RetainStore(metadata),
+                        dataplane=DataPlane(config.nodename, transport))
 
     def start_registry() -> Any:
         registry.start()

@@ -137,7 +137,7 @@ class BrokerAuthenticator:
         self.acl = snapshot
 
     def _files(self) -> List[tuple]:
-        files = []
+        files: List[tuple] = []
         if self.password_file is not None:
             files.append(("vmq_passwd.password_file", "plugins.vmq_passwd",
                           self.password_file, self._load_passwords, self._set_passwords))

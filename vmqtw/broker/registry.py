@@ -1,160 +1,94 @@
 """
-The registry: who is connected, who subscribes to what, and where a
-published message goes.
+The registry: who is connected to this node, and what becomes of a session
+when its connection goes, another connection takes it over, it expires, or
+the node restarts.
 
-Subscriptions live in :class:`~vmqtw.interfaces.IMetadataStore` under
-:data:`~vmqtw.types.SUBSCRIBER_PREFIX`, retained messages under
-:data:`~vmqtw.types.RETAIN_PREFIX`.  The routing trie and the retained-topic
-tree are caches built from a fold of the store plus its change events, so a
-change arriving from another node (or a repair after a netsplit) updates
-routing exactly as a local SUBSCRIBE does -- and routing never scans all
-subscriptions.
-
-Subscriber record (VerneMQ's layout)::
-
-    key   = (mountpoint, client_id)
-    value = ((node, clean_session, ((filter, qos), ...)), ...)
+It owns the sessions and queues of this node.  What it builds on has its own
+module: the subscriber records and routing trie
+(:mod:`vmqtw.broker.subscriptions`), retained messages
+(:mod:`vmqtw.broker.retain`), routing a published message
+(:mod:`vmqtw.broker.router`) and the messages between nodes
+(:mod:`vmqtw.cluster.dataplane`).  The session (:mod:`vmqtw.mqtt.session`)
+still talks to the registry alone; the methods that only pass its calls on
+are grouped at the end.
 """
 from __future__ import annotations
 
-from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional, Set,
-                    Tuple)
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Set, Tuple
 
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from vmqtw.broker.queue import QueueCounters, QueueLimits, SubscriberQueue
-from vmqtw.interfaces import IMetadataStore
+from vmqtw.broker.retain import Author, RetainStore
+from vmqtw.broker.router import Router
+from vmqtw.broker.subscriptions import Subscriptions
+from vmqtw.cluster.dataplane import DataPlane
+from vmqtw.interfaces import IClusterTransport, IMessageStore, IMetadataStore
 from vmqtw.trie import RetainTree, SubscriptionTrie
-from vmqtw.types import (RETAIN_PREFIX, SUBSCRIBER_PREFIX, Message,
-                         SubscriberId, new_message_ref)
+from vmqtw.types import Message, SubscriberId
 
-SubscriberRecord = Tuple[Tuple[str, bool, Tuple[Tuple[str, int], ...]], ...]
-
-
-def local_filters(record: Optional[SubscriberRecord], node: str) -> Dict[str, int]:
-    """The ``{filter: qos}`` that ``record`` holds for ``node``."""
-    filters: Dict[str, int] = {}
-    if record:
-        for entry_node, _clean, topics in record:
-            if entry_node == node:
-                for flt, qos in topics:
-                    filters[flt] = qos
-    return filters
-
-
-def remote_filters(record: Optional[SubscriberRecord], node: str) -> Set[Tuple[str, str]]:
-    """``{(other_node, filter)}`` that ``record`` holds for nodes but ``node``."""
-    pairs: Set[Tuple[str, str]] = set()
-    if record:
-        for entry_node, _clean, topics in record:
-            if entry_node != node:
-                for flt, _qos in topics:
-                    pairs.add((entry_node, flt))
-    return pairs
-
-
-def all_filters(record: Optional[SubscriberRecord]) -> Dict[str, int]:
-    """Every ``{filter: qos}`` of ``record``, whichever node holds it."""
-    filters: Dict[str, int] = {}
-    if record:
-        for _node, _clean, topics in record:
-            for flt, qos in topics:
-                filters[flt] = max(qos, filters.get(flt, 0))
-    return filters
-
-
-def record_owner(record: Optional[SubscriberRecord]) -> Optional[str]:
-    """The node a session is registered on (the last entry written)."""
-    return record[-1][0] if record else None
-
-
-def encode_message(message: Message) -> tuple:
-    """A routed message as plain data for the inter-node wire."""
-    return (message.ref, message.topic, message.payload, message.qos, message.timestamp,
-            message.mountpoint)
-
-
-def decode_message(data: tuple, origin: str) -> Message:
-    ref, topic, payload, qos, timestamp, mountpoint = data
-    return Message(ref, topic, payload, qos, False, False, timestamp, mountpoint, origin)
-
-
-#: The cluster transport channel of the MQTT data plane.
-CHANNEL = "mqtt"
-
-
-def record_clean_session(record: Optional[SubscriberRecord], node: str) -> Optional[bool]:
-    """The clean-session flag ``record`` holds for ``node``, if any."""
-    if record:
-        for entry_node, clean, _topics in record:
-            if entry_node == node:
-                return clean
-    return None
+__all__ = ["Registry"]
 
 
 class Registry:
-    """Sessions, subscriptions, retained messages and routing of one node."""
+    """
+    Sessions and queues of one node: register, take over, unregister,
+    expire, restore.
+
+    ``subscriptions``, ``retain`` and ``dataplane`` are built from
+    ``metadata`` and ``cluster`` (the cluster transport, None on a lone
+    node) unless given.
+    """
 
     log = Logger()
 
     def __init__(self, node: str, metadata: IMetadataStore, clock: IReactorTime,
-                 limits: QueueLimits = QueueLimits(), store: Any = None,
+                 limits: QueueLimits = QueueLimits(), store: Optional[IMessageStore] = None,
                  session_expiration: Optional[float] = None,
-                 cluster: Any = None, ready: Optional[Callable[[], bool]] = None) -> None:
+                 cluster: Optional[IClusterTransport] = None,
+                 ready: Optional[Callable[[], bool]] = None, *,
+                 subscriptions: Optional[Subscriptions] = None,
+                 retain: Optional[RetainStore] = None,
+                 dataplane: Optional[DataPlane] = None) -> None:
         self.node = node
-        #: The IClusterTransport to other nodes, or None on a lone node.
-        self.cluster = cluster
         #: True while every cluster member is reachable (no netsplit).
         self.ready: Callable[[], bool] = ready if ready is not None else (lambda: True)
-        #: ``(node, filter) -> number of that node's sessions subscribed``:
-        #: the trie holds one entry per node and filter, so a publish sends
-        #: one copy per node however many of its clients match.
-        self._remote_refs: Dict[Tuple[str, str], int] = {}
-        #: True while the registry itself writes a subscriber record, so
-        #: that its change event is not taken for another node's doing.
-        self._own_write = False
-        #: Messages forwarded to and received from other nodes.
-        self.forwarded = 0
-        self.received_remote = 0
         #: ``persistent_client_expiration`` in seconds; None = never.
         self.session_expiration = session_expiration
-        self._expiry_calls: Dict[SubscriberId, Any] = {}
+        self._expiry_calls: Dict[SubscriberId, IDelayedCall] = {}
         self.metadata = metadata
         self.clock = clock
         self.limits = limits
         #: An IMessageStore, or None for a node that keeps nothing on disk.
         self.store = store
         self.counters = QueueCounters()
-        self.trie = SubscriptionTrie()
-        self.retained = RetainTree()
         self.queues: Dict[SubscriberId, SubscriberQueue] = {}
         #: Connected sessions by subscriber id (for takeover).
         self.sessions: Dict[SubscriberId, Any] = {}
-        self._unsubscribe_events: List[Callable[[], None]] = []
-        #: Messages routed and retained counts, read by metrics.
-        self.published = 0
+        self.subscription_table = (subscriptions if subscriptions is not None
+                                   else Subscriptions(node, metadata))
+        self.subscription_table.on_moved = self._moved_away
+        self.retain = retain if retain is not None else RetainStore(metadata)
+        if dataplane is None and cluster is not None:
+            dataplane = DataPlane(node, cluster)
+        #: Messages to and from other nodes; None on a lone node.
+        self.dataplane = dataplane
+        self.router = Router(self.subscription_table, self.retain, self.queues.get, dataplane)
 
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
         """Build the trie and the retained tree, then follow changes."""
-        for key, record in self.metadata.items(SUBSCRIBER_PREFIX):
-            self._on_subscriber_change(SUBSCRIBER_PREFIX, key, None, record)
-        for key, value in self.metadata.items(RETAIN_PREFIX):
-            self._on_retain_change(RETAIN_PREFIX, key, None, value)
-        self._unsubscribe_events = [
-            self.metadata.subscribe(SUBSCRIBER_PREFIX, self._on_subscriber_change),
-            self.metadata.subscribe(RETAIN_PREFIX, self._on_retain_change),
-        ]
-        if self.cluster is not None:
-            self.cluster.register_cast_handler(CHANNEL, self._on_cluster_cast)
+        self.subscription_table.start()
+        self.retain.start()
+        if self.dataplane is not None:
+            self.dataplane.start(self.router.route_remote, self._handed_over)
 
     def stop(self) -> None:
-        for unsubscribe in self._unsubscribe_events:
-            unsubscribe()
-        self._unsubscribe_events = []
+        self.subscription_table.stop()
+        self.retain.stop()
         for queue in self.queues.values():
             queue.detach()
         for call in self._expiry_calls.values():
@@ -172,38 +106,36 @@ class Registry:
         sessions recorded on this node died with the old process and are
         removed, as are stored messages nobody can claim any more.
         """
-        persistent = []
-        stale = []
-        for key, record in list(self.metadata.items(SUBSCRIBER_PREFIX)):
-            clean = record_clean_session(record, self.node)
-            if clean is False:
-                persistent.append(SubscriberId(*key))
-            elif clean is True:
-                stale.append(SubscriberId(*key))
+        persistent, stale = self.subscription_table.sessions_on_this_node()
         for subscriber_id in stale:
-            self._own_delete(subscriber_id.as_key())
-        stored = set()
-        if self.store is not None:
-            stored = set((yield self.store.subscribers()))
+            self.subscription_table.remove(subscriber_id)
+        store = self.store
+        stored: Set[SubscriberId] = set()
+        if store is not None:
+            stored = set((yield store.subscribers()))
         restored_messages = 0
         for subscriber_id in persistent:
             queue = self._new_queue(subscriber_id, False)
-            if subscriber_id in stored:
-                refs = yield self.store.find(subscriber_id)
+            if store is not None and subscriber_id in stored:
+                refs = yield store.find(subscriber_id)
                 queue.restore(refs, self._qos_resolver(subscriber_id))
                 restored_messages += len(refs)
             self._schedule_expiry(subscriber_id)
-        for subscriber_id in stored.difference(persistent):
-            for ref in (yield self.store.find(subscriber_id)):
-                yield self.store.delete(subscriber_id, ref)
+        if store is not None:
+            for subscriber_id in stored.difference(persistent):
+                for ref in (yield store.find(subscriber_id)):
+                    yield store.delete(subscriber_id, ref)
         self.log.info("restored {sessions} offline sessions holding {messages} messages",
                       sessions=len(persistent), messages=restored_messages)
 
     def _qos_resolver(self, subscriber_id: SubscriberId) -> Callable[[Message], int]:
+        granted_qos = self.subscription_table.granted_qos
+
         def qos_for(message: Message) -> int:
-            granted = self.trie.match(message.topic).get(subscriber_id, message.qos)
-            return granted if granted < message.qos else message.qos
+            return granted_qos(subscriber_id, message.topic, message.qos)
         return qos_for
+
+    # -- expiry ---------------------------------------------------------------
 
     def _schedule_expiry(self, subscriber_id: SubscriberId) -> None:
         """``persistent_client_expiration`` starts when a session goes offline."""
@@ -226,90 +158,9 @@ class Registry:
         queue = self.queues.pop(subscriber_id, None)
         if queue is not None:
             queue.discard()
-        if self.metadata.get(SUBSCRIBER_PREFIX, subscriber_id.as_key()) is not None:
-            self._own_delete(subscriber_id.as_key())
+        self.subscription_table.remove(subscriber_id)
         self.counters.expired_sessions += 1
         self.log.info("session {client_id} expired", client_id=subscriber_id.client_id)
-
-    def _on_subscriber_change(self, prefix: Any, key: Any, old: Any, new: Any) -> None:
-        subscriber_id = SubscriberId(*key)
-        node = self.node
-        before = local_filters(old, node)
-        after = local_filters(new, node)
-        trie = self.trie
-        for flt in before:
-            if flt not in after:
-                trie.remove(flt, subscriber_id)
-        for flt, qos in after.items():
-            if before.get(flt) != qos:
-                trie.add(flt, subscriber_id, qos)
-        remote_before = remote_filters(old, node)
-        remote_after = remote_filters(new, node)
-        if remote_before != remote_after:
-            refs = self._remote_refs
-            for pair in remote_before - remote_after:
-                count = refs.get(pair, 0) - 1
-                if count <= 0:
-                    refs.pop(pair, None)
-                    trie.remove(pair[1], pair[0])
-                else:
-                    refs[pair] = count
-            for pair in remote_after - remote_before:
-                count = refs.get(pair, 0) + 1
-                refs[pair] = count
-                if count == 1:
-                    # The remote node re-matches and applies its own
-                    # subscribers' QoS; forward at the published QoS.
-                    trie.add(pair[1], pair[0], 2)
-        if (not self._own_write and record_clean_session(old, node) is not None
-                and record_clean_session(new, node) is None):
-            owner = record_owner(new)
-            # A clean session elsewhere ends this one [MQTT-3.1.2-6]; a
-            # persistent one takes its messages along.
-            moved_to = owner if owner is not None and new[-1][1] is False else None
-            self._moved_away(subscriber_id, moved_to)
-
-    def _own_put(self, key: Any, record: SubscriberRecord) -> None:
-        """Write a subscriber record; its change event is ours, not a move."""
-        self._own_write = True
-        try:
-            self.metadata.put(SUBSCRIBER_PREFIX, key, record)
-        finally:
-            self._own_write = False
-
-    def _own_delete(self, key: Any) -> None:
-        self._own_write = True
-        try:
-            self.metadata.delete(SUBSCRIBER_PREFIX, key)
-        finally:
-            self._own_write = False
-
-    def _moved_away(self, subscriber_id: SubscriberId, owner: Optional[str]) -> None:
-        """
-        The session registered on another node (or ended there): close the
-        connection still open here, and hand a persistent session's waiting
-        messages to its new node.
-        """
-        session = self.sessions.pop(subscriber_id, None)
-        if session is not None:
-            session.take_over()
-        queue = self.queues.pop(subscriber_id, None)
-        if queue is None:
-            return
-        if owner is None or owner == self.node or self.cluster is None or queue.clean_session:
-            queue.discard()
-            return
-        self.log.info("moving the queue of {client_id} to {owner}",
-                      client_id=subscriber_id.client_id, owner=owner)
-        queue.hand_over(lambda message, qos: self.cluster.cast(
-            owner, CHANNEL, ("enq", subscriber_id.as_key(), encode_message(message), qos)))
-
-    def _on_retain_change(self, prefix: Any, key: Any, old: Any, new: Any) -> None:
-        _mountpoint, topic = key
-        if new is None:
-            self.retained.delete(topic)
-        else:
-            self.retained.set(topic, new)
 
     # -- sessions -------------------------------------------------------------
 
@@ -327,29 +178,22 @@ class Registry:
             previous.take_over()
         self._cancel_expiry(subscriber_id)
         queue = self.queues.get(subscriber_id)
-        key = subscriber_id.as_key()
-        record = self.metadata.get(SUBSCRIBER_PREFIX, key)
-        # Every session is recorded with the node it is on, as VerneMQ
-        # does: a node that sees the record move elsewhere closes its own
-        # connection for that client id and hands a persistent queue over.
         if clean_session:
             # [MQTT-3.1.2-6]: discard any previous session, wherever it was.
             if queue is not None:
                 queue.discard()
             queue = self._new_queue(subscriber_id, True)
-            present = False
-            mine = ((self.node, True, ()),)
+            present_here = False
         else:
-            present = (queue is not None and not queue.clean_session) or any(
-                clean is False for _node, clean, _topics in (record or ()))
+            present_here = queue is not None and not queue.clean_session
             if queue is None or queue.clean_session:
                 if queue is not None:
                     queue.discard()
                 queue = self._new_queue(subscriber_id, False)
-            # The session's subscriptions follow it to this node.
-            mine = ((self.node, False, tuple(sorted(all_filters(record).items()))),)
-        if record is None or tuple(record) != mine:
-            self._own_put(key, mine)
+        # Recorded with this node, so that a node where the session was
+        # closes its connection and hands a persistent queue over.
+        held_persistent = self.subscription_table.claim(subscriber_id, clean_session)
+        present = not clean_session and (present_here or held_persistent)
         self.sessions[subscriber_id] = session
         return queue, present
 
@@ -375,132 +219,80 @@ class Registry:
         if clean_session:
             queue.discard()
             del self.queues[subscriber_id]
-            if self.metadata.get(SUBSCRIBER_PREFIX, subscriber_id.as_key()) is not None:
-                self._own_delete(subscriber_id.as_key())
+            self.subscription_table.remove(subscriber_id)
         else:
             queue.detach()
             self._schedule_expiry(subscriber_id)
 
-    # -- subscriptions --------------------------------------------------------
+    def _moved_away(self, subscriber_id: SubscriberId, owner: Optional[str]) -> None:
+        """
+        The session registered on another node (or ended there): close the
+        connection still open here, and hand a persistent session's waiting
+        messages to its new node.
+        """
+        session = self.sessions.pop(subscriber_id, None)
+        if session is not None:
+            session.take_over()
+        queue = self.queues.pop(subscriber_id, None)
+        if queue is None:
+            return
+        dataplane = self.dataplane
+        if owner is None or owner == self.node or dataplane is None or queue.clean_session:
+            queue.discard()
+            return
+        self.log.info("moving the queue of {client_id} to {owner}",
+                      client_id=subscriber_id.client_id, owner=owner)
+        new_node: str = owner
+        queue.hand_over(lambda message, qos: dataplane.hand_over(
+            new_node, subscriber_id, message, qos))
+
+    def _handed_over(self, subscriber_id: SubscriberId, message: Message, qos: int) -> None:
+        """A message of a session that moved here, from its old node."""
+        queue = self.queues.get(subscriber_id)
+        if queue is not None:
+            queue.enqueue(message, qos)
+
+    # -- what the session calls (passed on) -----------------------------------
 
     def subscriptions(self, subscriber_id: SubscriberId) -> Dict[str, int]:
         """This node's ``{filter: qos}`` for ``subscriber_id``."""
-        record = self.metadata.get(SUBSCRIBER_PREFIX, subscriber_id.as_key())
-        return local_filters(record, self.node)
+        return self.subscription_table.local(subscriber_id)
 
     def subscribe(self, subscriber_id: SubscriberId, clean_session: bool,
                   topics: Iterable[Tuple[str, int]]) -> None:
-        """
-        Add or replace subscriptions; a repeated filter replaces the old
-        one's QoS [MQTT-3.8.4-3].  The trie is updated (through the store's
-        change event) before this returns, so a SUBACK sent afterwards never
-        precedes routing.
-        """
-        filters = self.subscriptions(subscriber_id)
-        for flt, qos in topics:
-            filters[flt] = qos
-        self._write_record(subscriber_id, clean_session, filters)
+        """See :meth:`Subscriptions.subscribe`: routing is updated on return."""
+        self.subscription_table.subscribe(subscriber_id, clean_session, topics)
 
     def unsubscribe(self, subscriber_id: SubscriberId, clean_session: bool,
                     topics: Iterable[str]) -> None:
-        filters = self.subscriptions(subscriber_id)
-        changed = False
-        for flt in topics:
-            if filters.pop(flt, None) is not None:
-                changed = True
-        if changed:
-            self._write_record(subscriber_id, clean_session, filters)
+        self.subscription_table.unsubscribe(subscriber_id, clean_session, topics)
 
-    def _write_record(self, subscriber_id: SubscriberId, clean_session: bool,
-                      filters: Dict[str, int]) -> None:
-        key = subscriber_id.as_key()
-        old = self.metadata.get(SUBSCRIBER_PREFIX, key)
-        others = tuple(entry for entry in (old or ()) if entry[0] != self.node)
-        mine = (self.node, clean_session, tuple(sorted(filters.items())))
-        self._own_put(key, others + (mine,))
+    def publish(self, message: Message, author: Optional[Author] = None) -> Optional[Deferred]:
+        """See :meth:`Router.publish`."""
+        return self.router.publish(message, author)
 
-    # -- publishing -----------------------------------------------------------
+    def retained_matching(self, flt: str) -> Iterator[Tuple[Message, Optional[Author]]]:
+        """See :meth:`RetainStore.matching`."""
+        return self.retain.matching(flt)
 
-    def publish(self, message: Message,
-                author: Optional[Tuple[str, Optional[str]]] = None) -> Optional[Deferred]:
-        """
-        Route ``message`` to every matching subscriber, at
-        ``min(published, granted)`` QoS, one copy per subscriber however many
-        of its filters match [MQTT-3.3.5-1].
+    # -- what the admin reads -------------------------------------------------
 
-        Returns None when every copy is where it must be before the publisher
-        may be acknowledged, else a Deferred firing when it is (the message
-        store wrote the copies for offline persistent sessions).  ``author``
-        (client id, user name) is kept with a retained message, so that it
-        can be withheld once its author may no longer publish it.
-        """
-        self.published += 1
-        if message.retain:
-            self._retain(message, author)
-            # Established subscriptions get RETAIN=0 [MQTT-3.3.1-9].
-            message = Message(message.ref, message.topic, message.payload,
-                              message.qos, False, False, message.timestamp,
-                              message.mountpoint, message.origin)
-        matches = self.trie.match(message.topic)
-        if not matches:
-            return None
-        queues = self.queues
-        published_qos = message.qos
-        waits: Optional[List[Deferred]] = None
-        encoded = None
-        for subscriber_id, granted in matches.items():
-            if subscriber_id.__class__ is str:
-                # Another node's subscribers: one copy per node, never
-                # forwarded again by the node that receives it.
-                if message.origin is None and self.cluster is not None:
-                    if encoded is None:
-                        encoded = ("msg", encode_message(message))
-                    self.cluster.cast(subscriber_id, CHANNEL, encoded)
-                    self.forwarded += 1
-                continue
-            queue = queues.get(subscriber_id)
-            if queue is None:
-                continue
-            waiting = queue.enqueue(message, granted if granted < published_qos else published_qos)
-            if waiting is not None:
-                if waits is None:
-                    waits = []
-                waits.append(waiting)
-        if waits is None:
-            return None
-        return gatherResults(waits, consumeErrors=True)
+    @property
+    def trie(self) -> SubscriptionTrie:
+        return self.subscription_table.trie
 
-    def _on_cluster_cast(self, peer: str, data: Any) -> None:
-        """A message from another node: route it to local subscribers only."""
-        kind = data[0]
-        try:
-            if kind == "msg":
-                self.received_remote += 1
-                self.publish(decode_message(data[1], peer))
-            elif kind == "enq":
-                _, key, encoded, qos = data
-                queue = self.queues.get(SubscriberId(*key))
-                if queue is not None:
-                    queue.enqueue(decode_message(encoded, peer), qos)
-        except Exception:
-            self.log.failure("bad data-plane message {kind!r} from {peer}", kind=kind, peer=peer)
+    @property
+    def retained(self) -> RetainTree:
+        return self.retain.retained
 
-    def _retain(self, message: Message, author: Optional[Tuple[str, Optional[str]]]) -> None:
-        """A zero-byte retained message clears the topic [MQTT-3.3.1-10/11]."""
-        key = (message.mountpoint, message.topic)
-        if message.payload:
-            self.metadata.put(RETAIN_PREFIX, key,
-                              (message.payload, message.qos, message.timestamp, author))
-        elif self.metadata.get(RETAIN_PREFIX, key) is not None:
-            self.metadata.delete(RETAIN_PREFIX, key)
+    @property
+    def published(self) -> int:
+        return self.router.published
 
-    def retained_matching(self, flt: str) -> Iterator[Tuple[Message, Any]]:
-        """
-        Retained messages for a new subscription to ``flt``, RETAIN=1, each
-        with its author ``(client_id, username)`` or None.
-        """
-        for topic, value in self.retained.match(flt):
-            payload, qos, timestamp = value[0], value[1], value[2]
-            author = value[3] if len(value) > 3 else None
-            yield (Message(new_message_ref(), topic, payload, qos, True, False, timestamp),
-                   author)
+    @property
+    def forwarded(self) -> int:
+        return self.dataplane.forwarded if self.dataplane is not None else 0
+
+    @property
+    def received_remote(self) -> int:
+        return self.dataplane.received_remote if self.dataplane is not None else 0

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from vmqtw.interfaces import IMetadataStore, MetadataCallback
+from vmqtw.interfaces import ChangeOrigin, IMetadataStore, MetadataCallback
 
 Prefix = Tuple[str, str]
 
@@ -66,7 +66,8 @@ class LocalMetadataStore:
     def _notify(self, prefix: Prefix, key: Any, old: Any, new: Any) -> None:
         for callback in list(self._subscribers.get(prefix, ())):
             try:
-                callback(prefix, key, old, new)
+                # Nothing replicates into this store: every change is local.
+                callback(prefix, key, old, new, ChangeOrigin.LOCAL)
             except Exception:
                 # One faulty subscriber must not stop the others from seeing
                 # the change, nor undo a write that is already committed.

@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from vmqtw.interfaces import IMetadataStore
+from vmqtw.interfaces import ChangeOrigin, IMetadataStore, MetadataCallback
 from vmqtw.metadata import dvvset, mdobject
 from vmqtw.metadata.codec import decode, encode, encode_pkey
 from vmqtw.metadata.hashtree import HashTree
@@ -84,7 +84,7 @@ class ReplicatedMetadataStore:
         #: because a decoded object is a dozen small Python objects (~1 KB
         #: per key); decoding one on access costs about a microsecond.
         self._data: Dict[Prefix, Dict[Any, bytes]] = {}
-        self._subscribers: Dict[Prefix, List[Callable]] = {}
+        self._subscribers: Dict[Prefix, List[MetadataCallback]] = {}
         self._tombstones: Dict[Tuple[Prefix, Any], None] = {}
         #: ``(prefix, key) -> (context, expires_at)`` of collected
         #: tombstones; stale copies of them are refused until expiry.
@@ -115,6 +115,7 @@ class ReplicatedMetadataStore:
             self.actor = actor_factory(node)
 
     def _load(self) -> None:
+        assert self._db is not None, "only called with a data directory"
         for kenc, oenc in self._db.iterator():
             if kenc.startswith(b"\x00"):
                 continue
@@ -210,9 +211,9 @@ class ReplicatedMetadataStore:
             accumulator = function(item, accumulator)
         return accumulator
 
-    def subscribe(self, prefix: Prefix, callback: Callable
+    def subscribe(self, prefix: Prefix, callback: MetadataCallback
                   ) -> Callable[[], None]:
-        callbacks = self._subscribers.setdefault(tuple(prefix), [])
+        callbacks = self._subscribers.setdefault((prefix[0], prefix[1]), [])
         callbacks.append(callback)
 
         def unsubscribe() -> None:
@@ -276,7 +277,7 @@ class ReplicatedMetadataStore:
                 base = (tuple((i, n, ()) for i, n in gone[0]), ())
         new = mdobject.modify(base, boxed, self.actor, self.clock.seconds(),
                               self.node, self._next_dot(base))
-        self._commit(prefix, key, old, new)
+        self._commit(prefix, key, old, new, ChangeOrigin.LOCAL)
         if self._broadcast is not None:
             self._broadcast(HANDLER, *self.broadcast_data((prefix, key, new)))
         return new
@@ -284,13 +285,15 @@ class ReplicatedMetadataStore:
     def _resolve(self, prefix: Prefix, key: Any, obj: MDObject) -> MDObject:
         """Write the LWW winner back (same history) and broadcast it."""
         new = mdobject.resolve(obj)
-        self._commit(prefix, key, obj, new)
+        # The visible value does not change (the winner was already shown),
+        # so no event fires; were one to, the value is another write's.
+        self._commit(prefix, key, obj, new, ChangeOrigin.REMOTE)
         if self._broadcast is not None:
             self._broadcast(HANDLER, *self.broadcast_data((prefix, key, new)))
         return new
 
     def _commit(self, prefix: Prefix, key: Any, old: Optional[MDObject],
-                new: MDObject) -> None:
+                new: MDObject, origin: ChangeOrigin) -> None:
         table = self._data.get(prefix)
         if table is None:
             table = self._data[prefix] = {}
@@ -307,10 +310,10 @@ class ReplicatedMetadataStore:
             del self._tombstones[tkey]
         if self._collected:
             self._collected.pop(tkey, None)
-        self._notify(prefix, key, old, new)
+        self._notify(prefix, key, old, new, origin)
 
     def _notify(self, prefix: Prefix, key: Any, old: Optional[MDObject],
-                new: Optional[MDObject]) -> None:
+                new: Optional[MDObject], origin: ChangeOrigin) -> None:
         callbacks = self._subscribers.get(prefix)
         if not callbacks:
             return
@@ -323,7 +326,7 @@ class ReplicatedMetadataStore:
         after = None if after is _ABSENT else after
         for callback in list(callbacks):
             try:
-                callback(prefix, key, before, after)
+                callback(prefix, key, before, after, origin)
             except Exception:
                 log.failure("metadata subscriber failed on {prefix} {key}",
                             prefix=prefix, key=key)
@@ -346,7 +349,7 @@ class ReplicatedMetadataStore:
                 return False
         changed, new = mdobject.merge(local, remote)
         if changed:
-            self._commit(prefix, key, local, new)
+            self._commit(prefix, key, local, new, ChangeOrigin.REMOTE)
         return changed
 
     # -- plumtree handler --------------------------------------------------------
@@ -399,7 +402,7 @@ class ReplicatedMetadataStore:
         prefix = tuple(prefix)  # type: ignore[assignment]
         table = self._data.get(prefix)
         obj = self._lookup(prefix, key)
-        if obj is None or dvvset.join(obj) != tuple(ctx) \
+        if table is None or obj is None or dvvset.join(obj) != tuple(ctx) \
                 or not mdobject.is_tombstone(obj):
             return False
         del table[key]

@@ -10,19 +10,26 @@ empty store whose value timestamps come from ``clock`` (a ``task.Clock``)::
         def make_store(self, clock):
             return MyStore(clock)
 
+A store that replicates also runs :class:`ReplicatedMetadataStoreConformance`,
+whose extra hook ``write_from_peer(store, prefix, key, value)`` makes a write
+arrive in ``store`` the way another node's would (broadcast or repair).
+
 Only behaviour the interface promises is checked, so a store that fires
 extra events for no-op writes or skips them both pass.
 """
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Tuple
 
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from vmqtw.interfaces import IMetadataStore
+from vmqtw.interfaces import ChangeOrigin, IMetadataStore
 
-__all__ = ["MetadataStoreConformance"]
+__all__ = ["MetadataStoreConformance", "ReplicatedMetadataStoreConformance"]
+
+LOCAL = ChangeOrigin.LOCAL
+REMOTE = ChangeOrigin.REMOTE
 
 P = ("vmq", "subscriber")
 Q = ("vmq", "retain")
@@ -41,7 +48,7 @@ class MetadataStoreConformance:
         self.clock.advance(1000)
         return self.make_store(self.clock)
 
-    def _recorder(self, store: Any, prefix=P) -> List[tuple]:
+    def _recorder(self, store: Any, prefix: Tuple[str, str] = P) -> List[tuple]:
         events: List[tuple] = []
         store.subscribe(prefix, lambda *a: events.append(a))
         return events
@@ -125,13 +132,13 @@ class MetadataStoreConformance:
         store = self._store()
         events = self._recorder(store)
         store.put(P, SUB_KEY, "one")
-        assert events == [(P, SUB_KEY, None, "one")]
+        assert events == [(P, SUB_KEY, None, "one", LOCAL)]
         self.clock.advance(1)
         store.put(P, SUB_KEY, "two")
-        assert events[-1] == (P, SUB_KEY, "one", "two")
+        assert events[-1] == (P, SUB_KEY, "one", "two", LOCAL)
         self.clock.advance(1)
         store.delete(P, SUB_KEY)
-        assert events[-1] == (P, SUB_KEY, "two", None)
+        assert events[-1] == (P, SUB_KEY, "two", None, LOCAL)
         assert len(events) == 3
 
     def test_events_only_for_subscribed_prefix(self) -> None:
@@ -140,7 +147,7 @@ class MetadataStoreConformance:
         store.put(P, "k", 1)
         assert events == []
         store.put(Q, "k", 1)
-        assert events == [(Q, "k", None, 1)]
+        assert events == [(Q, "k", None, 1, LOCAL)]
 
     def test_unsubscribe(self) -> None:
         store = self._store()
@@ -152,5 +159,49 @@ class MetadataStoreConformance:
         unsubscribe()
         self.clock.advance(1)
         store.put(P, "k", 2)
-        assert events == [(P, "k", None, 1)]
-        assert other[-1] == (P, "k", 1, 2)
+        assert events == [(P, "k", None, 1, LOCAL)]
+        assert other[-1] == (P, "k", 1, 2, LOCAL)
+
+    def test_local_writes_have_local_origin(self) -> None:
+        """
+        A put and a delete on the store are announced as this process's own
+        doing, so a subscriber can tell its echo from another node's write.
+        """
+        store = self._store()
+        events = self._recorder(store)
+        store.put(P, SUB_KEY, SUB_VALUE)
+        self.clock.advance(1)
+        store.delete(P, SUB_KEY)
+        assert [event[4] for event in events] == [LOCAL, LOCAL]
+        assert all(event[4] is ChangeOrigin.LOCAL for event in events)
+
+
+class ReplicatedMetadataStoreConformance(MetadataStoreConformance):
+    """
+    The kit for a store that replicates: subclasses also provide
+    :meth:`write_from_peer`.
+    """
+
+    def write_from_peer(self, store: Any, prefix: Tuple[str, str], key: Any,
+                        value: Any) -> None:  # pragma: no cover - hook
+        """Make ``value`` arrive in ``store`` as another node's write."""
+        raise NotImplementedError
+
+    def test_replicated_write_has_remote_origin(self) -> None:
+        """
+        A write another node made is announced as remote, also where it
+        overwrites a value this process wrote; a later local write is local
+        again.
+        """
+        store = self._store()
+        events = self._recorder(store)
+        self.write_from_peer(store, P, ("", "from-peer"), "theirs")
+        assert events == [(P, ("", "from-peer"), None, "theirs", REMOTE)]
+        store.put(P, SUB_KEY, "mine")
+        self.clock.advance(1)
+        self.write_from_peer(store, P, SUB_KEY, "overwritten")
+        assert store.get(P, SUB_KEY) == "overwritten"
+        assert events[-1] == (P, SUB_KEY, "mine", "overwritten", REMOTE)
+        self.clock.advance(1)
+        store.put(P, SUB_KEY, "mine again")
+        assert events[-1] == (P, SUB_KEY, "overwritten", "mine again", LOCAL)

@@ -1,0 +1,94 @@
+"""Routing a published message: queues on this node, one copy per other
+node, and messages from other nodes never forwarded again."""
+from __future__ import annotations
+
+from typing import Any, List, Optional, Tuple
+
+from twisted.internet.defer import Deferred
+
+from vmqtw.broker.retain import RetainStore
+from vmqtw.broker.router import Router
+from vmqtw.broker.subscriptions import Subscriptions
+from vmqtw.metadata.local import LocalMetadataStore
+from vmqtw.types import SUBSCRIBER_PREFIX, Message, SubscriberId
+
+C1, C2 = SubscriberId("", "c1"), SubscriberId("", "c2")
+
+
+class FakeQueue:
+    def __init__(self, waiting: Optional[Deferred] = None) -> None:
+        self.got: List[Tuple[Message, int]] = []
+        self.waiting = waiting
+
+    def enqueue(self, message: Message, qos: int) -> Optional[Deferred]:
+        self.got.append((message, qos))
+        return self.waiting
+
+
+class FakeDataPlane:
+    def __init__(self) -> None:
+        self.forwards: List[Tuple[List[str], Message]] = []
+
+    def forward(self, nodes: Any, message: Message) -> None:
+        self.forwards.append((list(nodes), message))
+
+
+def message(topic: str = "t/1", qos: int = 2, retain: bool = False,
+            origin: Optional[str] = None) -> Message:
+    return Message(b"ref", topic, b"payload", qos, retain, False, 1.0, "", origin)
+
+
+def _router(queues: Any):
+    metadata = LocalMetadataStore()
+    subscriptions = Subscriptions("A", metadata)
+    subscriptions.start()
+    retain = RetainStore(metadata)
+    retain.start()
+    plane = FakeDataPlane()
+    router = Router(subscriptions, retain, queues.get, plane)  # type: ignore[arg-type]
+    subscriptions.subscribe(C1, False, [("t/#", 1)])
+    subscriptions.subscribe(C2, False, [("t/+", 2), ("t/1", 0)])
+    for client, node in (("b1", "B"), ("b2", "B"), ("c1", "C")):
+        metadata.put(SUBSCRIBER_PREFIX, ("", client + "-remote"), ((node, False, (("t/#", 0),)),))
+    return router, retain, plane
+
+
+def test_local_queues_get_min_qos_and_each_other_node_one_copy():
+    queues = {C1: FakeQueue(), C2: FakeQueue()}
+    router, _retain, plane = _router(queues)
+    assert router.publish(message()) is None
+    assert [q for _m, q in queues[C1].got] == [1]
+    assert [q for _m, q in queues[C2].got] == [2], "one copy, the highest grant [MQTT-3.3.5-1]"
+    [(nodes, _m)] = plane.forwards
+    assert sorted(nodes) == ["B", "C"]
+    assert router.published == 1
+
+
+def test_messages_from_other_nodes_are_routed_locally_only():
+    queues = {C1: FakeQueue()}
+    router, _retain, plane = _router(queues)
+    router.route_remote(message(origin="B"))
+    router.publish(message(origin="B"))
+    assert len(queues[C1].got) == 2 and plane.forwards == []
+    assert router.published == 2
+
+
+def test_retained_publish_is_kept_and_routed_with_retain_cleared():
+    """[MQTT-3.3.1-9]: established subscriptions get RETAIN=0."""
+    queues = {C1: FakeQueue()}
+    router, retain, plane = _router(queues)
+    router.publish(message(retain=True), author=("p", None))
+    [(routed, _qos)] = queues[C1].got
+    assert routed.retain is False and plane.forwards[0][1].retain is False
+    [(kept, author)] = list(retain.matching("t/1"))
+    assert kept.retain is True and author == ("p", None)
+
+
+def test_waits_for_the_queues_that_store():
+    stored = Deferred()
+    queues = {C1: FakeQueue(stored), C2: FakeQueue()}
+    router, _retain, _plane = _router(queues)
+    done = router.publish(message())
+    assert done is not None and not done.called
+    stored.callback(None)
+    assert done.called

@@ -1,0 +1,102 @@
+"""
+Local routing: where a published message goes.
+
+The trie (kept by :class:`~vmqtw.broker.subscriptions.Subscriptions`) gives
+this node's subscribers and the other nodes with subscribers; the former get
+the message in their queues, the latter one copy per node through the
+:class:`~vmqtw.cluster.dataplane.DataPlane`.  A message that came from
+another node is routed to local subscribers only, never forwarded again.
+
+It is its own module, not part of the registry, because it is the hot path
+and the seam the next data-plane work changes (when the publisher may be
+acknowledged), while the registry's business -- who is connected, takeover,
+expiry, restore -- does not take part in routing at all.
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional, cast
+
+from twisted.internet.defer import Deferred, gatherResults
+
+from vmqtw.broker.queue import SubscriberQueue
+from vmqtw.broker.retain import Author, RetainStore
+from vmqtw.broker.subscriptions import Subscriptions
+from vmqtw.cluster.dataplane import DataPlane
+from vmqtw.types import Message, SubscriberId
+
+__all__ = ["Router"]
+
+
+class Router:
+    """Routes published messages to queues and other nodes."""
+
+    def __init__(self, subscriptions: Subscriptions, retain: RetainStore,
+                 queue_for: Callable[[SubscriberId], Optional[SubscriberQueue]],
+                 dataplane: Optional[DataPlane] = None) -> None:
+        self.subscriptions = subscriptions
+        self.retain = retain
+        #: The queue of a subscriber connected or parked on this node.
+        self.queue_for = queue_for
+        #: None on a node without a cluster transport: nothing is forwarded.
+        self.dataplane = dataplane
+        #: Messages routed (published here or received from other nodes).
+        self.published = 0
+
+    def publish(self, message: Message,
+                author: Optional[Author] = None) -> Optional[Deferred]:
+        """
+        Route ``message`` to every matching subscriber, at
+        ``min(published, granted)`` QoS, one copy per subscriber however many
+        of its filters match [MQTT-3.3.5-1], and one copy per other node
+        with matching subscribers.
+
+        Returns None when every copy is where it must be before the publisher
+        may be acknowledged, else a Deferred firing when it is (the message
+        store wrote the copies for offline persistent sessions).  ``author``
+        (client id, user name) is kept with a retained message, so that it
+        can be withheld once its author may no longer publish it.
+        """
+        self.published += 1
+        if message.retain:
+            self.retain.retain(message, author)
+            # Established subscriptions get RETAIN=0 [MQTT-3.3.1-9].
+            message = Message(message.ref, message.topic, message.payload,
+                              message.qos, False, False, message.timestamp,
+                              message.mountpoint, message.origin)
+        return self._route(message, message.origin is None)
+
+    def route_remote(self, message: Message) -> Optional[Deferred]:
+        """A message another node forwarded: local subscribers only."""
+        self.published += 1
+        return self._route(message, False)
+
+    def _route(self, message: Message, forward: bool) -> Optional[Deferred]:
+        matches = self.subscriptions.trie.match(message.topic)
+        if not matches:
+            return None
+        queue_for = self.queue_for
+        published_qos = message.qos
+        waits: Optional[List[Deferred]] = None
+        nodes: Optional[List[str]] = None
+        for subscriber, granted in matches.items():
+            if isinstance(subscriber, str):
+                # Another node's subscribers: one copy per node, never
+                # forwarded again by the node that receives it.
+                if forward:
+                    if nodes is None:
+                        nodes = []
+                    nodes.append(subscriber)
+                continue
+            queue = queue_for(cast(SubscriberId, subscriber))
+            if queue is None:
+                continue
+            waiting = queue.enqueue(message, granted if granted < published_qos else published_qos)
+            if waiting is not None:
+                if waits is None:
+                    waits = []
+                waits.append(waiting)
+        if nodes is not None and self.dataplane is not None:
+            self.dataplane.forward(nodes, message)
+        if waits is None:
+            return None
+        return gatherResults(waits, consumeErrors=True)
