@@ -87,6 +87,7 @@ class Broker:
                                  session_expiration=session_expiration, cluster=cluster,
                                  ready=ready)
         self.registry.start()
+        self.registry.receive_from_peers()
         self.factory = MQTTFactory(self.registry, settings,
                                    authenticator or AnonymousGate(True), self.clock,
                                    max_packet_size=max_packet_size,

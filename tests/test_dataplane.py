@@ -1,94 +1,342 @@
 """
-The cross-node data plane: the wire form of forwarded and handed-over
-messages, one copy per node, and the receive side.
+The cross-node data plane (vmqtw.cluster.dataplane) between two nodes on the
+in-memory transport and a Clock: frames lost before a cut is detected,
+silently replaced links, restarts of either side, a full backlog and stores
+that fail -- nothing accepted is lost, and what is applied twice is flagged.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, List, Optional, Tuple
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
 
 import msgpack
-import pytest
 
-from vmqtw.cluster.dataplane import (CHANNEL, DataPlane, Forwarded, HandedOver, decode,
-                                     encode_forward, encode_hand_over)
+from vmqtw.cluster.dataplane import (CHANNEL, BacklogFull, DataPlane, decode_message,
+                                     encode_message, outbox_id)
+from vmqtw.metadata.memory_transport import InMemoryNetwork
+from vmqtw.store.leveldb import LevelDBMessageStore
 from vmqtw.types import Message, SubscriberId
 
-MESSAGE = Message(b"ref-1", "a/b", b"\x00payload", 2, True, True, 1234.5, "mp", None)
+A, B = "a@127.0.0.1", "b@127.0.0.1"
 
 
-class FakeTransport:
-    """Records casts; delivers what a test hands to ``receive``."""
-
-    def __init__(self) -> None:
-        self.casts: List[Tuple[str, str, Any]] = []
-        self.handlers: Dict[str, Callable[[str, Any], None]] = {}
-
-    def cast(self, peer: str, channel: str, message: Any) -> bool:
-        self.casts.append((peer, channel, message))
-        return True
-
-    def register_cast_handler(self, channel: str, handler: Callable[[str, Any], None]) -> None:
-        self.handlers[channel] = handler
-
-    def receive(self, peer: str, message: Any) -> None:
-        self.handlers[CHANNEL](peer, message)
+def msg(n: int, qos: int = 1, size: int = 10) -> Message:
+    return Message(b"ref-%08d" % n, "t/%d" % n, b"x" * size, qos, timestamp=float(n))
 
 
-def over_the_wire(data: Any) -> Any:
-    """What the TCP transport makes of plain data (msgpack, lists as tuples)."""
-    return msgpack.unpackb(msgpack.packb(data), use_list=False)
+class Side:
+    """One node: its transport, data plane and what it routed."""
+
+    def __init__(self, net: InMemoryNetwork, clock: Clock, name: str,
+                 store: Any = None, limit: int = 1 << 20,
+                 route_result: Any = None) -> None:
+        self.name = name
+        self.routed: List[Message] = []
+        self.handed: List[Tuple[SubscriberId, Message, int]] = []
+        self.route_result = route_result
+        self.transport = net.transport(name)
+        self.plane = DataPlane(name, self.transport, clock, store, limit, resend_interval=5.0)
+        self.started = self.plane.start(self.route, self.hand_over_sink)
+        self.transport.start()
+
+    def route(self, message: Message) -> Optional[defer.Deferred]:
+        self.routed.append(message)
+        return self.route_result() if callable(self.route_result) else None
+
+    def hand_over_sink(self, sid: SubscriberId, message: Message, qos: int) -> None:
+        self.handed.append((sid, message, qos))
+
+    def topics(self) -> List[str]:
+        return [m.topic for m in self.routed]
+
+    def crash(self) -> None:
+        self.plane.stop()
+        self.transport.stop()
 
 
-def test_forward_round_trip_marks_the_origin_and_drops_retain_and_dup():
-    item = decode(over_the_wire(encode_forward(MESSAGE)), "B")
-    assert item == Forwarded(Message(b"ref-1", "a/b", b"\x00payload", 2, False, False,
-                                     1234.5, "mp", "B"))
+@pytest.fixture
+def world():
+    clock = Clock()
+    net = InMemoryNetwork(clock)
+    return clock, net
 
 
-def test_hand_over_round_trip_keeps_subscriber_and_qos():
-    sid = SubscriberId("mp", "client")
-    item = decode(over_the_wire(encode_hand_over(sid, MESSAGE, 1)), "A")
-    assert isinstance(item, HandedOver)
-    assert (item.subscriber_id, item.qos, item.message.ref, item.message.origin) == \
-        (sid, 1, b"ref-1", "A")
+@pytest.fixture
+def stores(tmp_path):
+    """Open LevelDB stores on a path; every one is closed after the test."""
+    opened: List[LevelDBMessageStore] = []
+
+    def open_store(clock: Clock, name: str = "a") -> LevelDBMessageStore:
+        store = LevelDBMessageStore(str(tmp_path / name), clock)
+        store.open()
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        store.close()
 
 
-def test_unknown_kind_is_an_error():
-    with pytest.raises(ValueError):
-        decode(("nope", ()), "A")
+def connect(a: Side, b: Side) -> None:
+    a.transport.set_peer_address(b.name, ("127.0.0.1", 1))
 
 
-def test_forward_sends_one_copy_per_node_and_counts():
-    transport = FakeTransport()
-    plane = DataPlane("A", transport)
-    plane.forward(["B", "C"], MESSAGE)
-    assert [(peer, channel) for peer, channel, _ in transport.casts] == \
-        [("B", CHANNEL), ("C", CHANNEL)]
-    assert transport.casts[0][2] is transport.casts[1][2], "encoded once"
-    assert plane.forwarded == 2
-    plane.forward([], MESSAGE)
-    assert plane.forwarded == 2
+def settle(clock: Clock, seconds: float = 1.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        clock.advance(0.01)
 
 
-def test_receive_routes_forwarded_and_hands_over_queued_messages():
-    transport = FakeTransport()
-    plane = DataPlane("B", transport)
-    routed: List[Message] = []
-    queued: List[Tuple[SubscriberId, Message, int]] = []
-    plane.start(routed.append, lambda s, m, q: queued.append((s, m, q)))
-    sid = SubscriberId("", "c")
-    transport.receive("A", over_the_wire(encode_forward(MESSAGE)))
-    transport.receive("A", over_the_wire(encode_hand_over(sid, MESSAGE, 1)))
-    assert [m.origin for m in routed] == ["A"] and plane.received_remote == 1
-    assert [(s, q, m.origin) for s, m, q in queued] == [(sid, 1, "A")]
+def test_the_wire_form_marks_the_origin_and_drops_retain_and_dup():
+    message = Message(b"ref-1", "a/b", b"\x00payload", 2, True, True, 1234.5, "mp", None)
+    wire = msgpack.unpackb(msgpack.packb(encode_message(message)), use_list=False)
+    assert decode_message(wire, "B") == Message(b"ref-1", "a/b", b"\x00payload", 2, False,
+                                                False, 1234.5, "mp", "B")
 
 
-def test_a_bad_message_is_logged_not_raised():
-    transport = FakeTransport()
-    plane = DataPlane("B", transport)
-    routed: List[Message] = []
-    plane.start(routed.append, lambda s, m, q: None)
-    transport.receive("A", ("msg", ("too", "short")))
-    transport.receive("A", ("what", 1))
-    transport.receive("A", over_the_wire(encode_forward(MESSAGE)))
-    assert len(routed) == 1
+def test_one_copy_per_node_encoded_once_for_qos0(world):
+    clock, net = world
+    a, b, c = Side(net, clock, A), Side(net, clock, B), Side(net, clock, "c@127.0.0.1")
+    connect(a, b)
+    connect(a, c)
+    a.plane.forward([B, c.name], msg(0, qos=0))
+    a.plane.forward([B, c.name], msg(1, qos=1))
+    settle(clock)
+    assert b.topics() == c.topics() == ["t/0", "t/1"]
+    assert a.plane.forwarded == 4 and b.plane.received_remote == 2
+
+
+def test_a_bad_frame_is_logged_not_raised(world):
+    clock, net = world
+    a, b = Side(net, clock, A), Side(net, clock, B)
+    connect(a, b)
+    a.transport.cast(B, CHANNEL, ("m", b"e" * 8, 1))
+    a.transport.cast(B, CHANNEL, ("what", 1))
+    a.plane.forward([B], msg(0))
+    settle(clock)
+    assert b.topics() == ["t/0"]
+
+
+def test_a_forwarded_message_is_routed_once_and_released_after_the_ack(world):
+    clock, net = world
+    a, b = Side(net, clock, A), Side(net, clock, B)
+    connect(a, b)
+    for n in range(5):
+        a.plane.forward([B], msg(n))
+    settle(clock)
+    assert b.topics() == ["t/%d" % n for n in range(5)]
+    assert [m.dup for m in b.routed] == [False] * 5
+    assert a.plane.backlog() == {}
+    assert b.routed[0].origin == A
+
+
+def test_frames_lost_before_the_cut_is_detected_are_resent_after_the_heal(world):
+    clock, net = world
+    a, b = Side(net, clock, A), Side(net, clock, B)
+    connect(a, b)
+    a.plane.forward([B], msg(0))
+    settle(clock)
+    # The window of uncertainty: the link still looks up, frames vanish.
+    undo = net.drop(lambda src, dst, channel, m: channel == CHANNEL and src == A)
+    for n in range(1, 4):
+        a.plane.forward([B], msg(n))
+    settle(clock)
+    assert b.topics() == ["t/0"]
+    net.partition([[A], [B]])       # detected
+    a.plane.forward([B], msg(4))      # accepted during the split
+    undo()
+    net.heal()
+    settle(clock)
+    assert b.topics() == ["t/%d" % n for n in range(5)]
+    assert [m.dup for m in b.routed] == [False, True, True, True, False]
+    assert a.plane.backlog() == {}
+
+
+def test_a_link_replaced_without_notice_is_noticed_by_the_retransmission_check(world):
+    clock, net = world
+    a, b = Side(net, clock, A), Side(net, clock, B)
+    connect(a, b)
+    undo = net.drop(lambda src, dst, channel, m: channel == CHANNEL and src == A)
+    a.plane.forward([B], msg(0))
+    settle(clock)
+    undo()
+    assert b.routed == []
+    settle(clock, 11)              # two checks: the first sees no progress
+    assert b.topics() == ["t/0"]
+    assert b.routed[0].dup
+    assert a.plane.counters.resent == 1
+
+
+def test_a_gap_makes_the_receiver_ask_for_the_rest(world):
+    clock, net = world
+    a, b = Side(net, clock, A), Side(net, clock, B)
+    connect(a, b)
+    dropped = []
+
+    def drop_first(src, dst, channel, m):
+        if channel == CHANNEL and m[0] == "m" and not dropped:
+            dropped.append(m)
+            return True
+        return False
+
+    undo = net.drop(drop_first)
+    a.plane.forward([B], msg(0))      # lost on the wire
+    a.plane.forward([B], msg(1))      # arrives: a gap
+    settle(clock)
+    undo()
+    settle(clock)
+    assert b.topics() == ["t/0", "t/1"]
+    assert clock.seconds() < 5      # not the retransmission check
+
+
+def test_the_receiver_acknowledges_only_once_the_copy_is_safe(world):
+    clock, net = world
+    pending: List[defer.Deferred] = []
+
+    def slow_store() -> defer.Deferred:
+        d = defer.Deferred()
+        pending.append(d)
+        return d
+
+    a = Side(net, clock, A)
+    b = Side(net, clock, B, route_result=slow_store)
+    connect(a, b)
+    a.plane.forward([B], msg(0))
+    a.plane.forward([B], msg(1))
+    settle(clock)
+    assert a.plane.backlog() == {B: (2, a.plane.backlog()[B][1])}
+    pending[1].callback(None)
+    settle(clock)
+    assert a.plane.backlog()[B][0] == 2     # 0 is not safe yet: no ack past it
+    pending[0].callback(None)
+    settle(clock)
+    assert a.plane.backlog() == {}
+
+
+def test_a_copy_that_could_not_be_stored_is_applied_again_from_the_resend(world):
+    clock, net = world
+    results = [lambda: defer.fail(IOError("disk full")), lambda: None]
+
+    a = Side(net, clock, A)
+    b = Side(net, clock, B, route_result=lambda: results.pop(0)())
+    connect(a, b)
+    a.plane.forward([B], msg(0))
+    settle(clock)
+    assert len(b.routed) == 1 and a.plane.backlog()
+    settle(clock, 11)
+    assert len(b.routed) == 2 and b.routed[1].dup
+    assert a.plane.backlog() == {}
+
+
+def test_a_restarted_receiver_gets_what_it_had_not_acknowledged_flagged(world):
+    clock, net = world
+    pending: List[defer.Deferred] = []
+    a = Side(net, clock, A)
+    b = Side(net, clock, B, route_result=lambda: pending.append(defer.Deferred()) or pending[-1])
+    connect(a, b)
+    a.plane.forward([B], msg(0))
+    settle(clock)
+    b.crash()                        # applied, never safe, never acknowledged
+    settle(clock)
+    b2 = Side(net, clock, B)
+    connect(a, b2)
+    settle(clock)
+    assert b2.topics() == ["t/0"] and b2.routed[0].dup
+    assert a.plane.backlog() == {}
+
+
+def test_the_outbox_survives_a_crash_of_the_sender(world, stores):
+    clock, net = world
+    store = stores(clock)
+    a = Side(net, clock, A, store=store)
+    b = Side(net, clock, B)
+    connect(a, b)
+    undo = net.drop(lambda src, dst, channel, m: channel == CHANNEL and src == A)
+    written = [a.plane.forward([B], msg(n)) for n in range(3)]
+    settle(clock)
+    assert all(d.called for d in written)      # the PUBACK could go out
+    a.crash()                                  # kill -9: only the store remains
+    store.close()
+    undo()
+    store2 = stores(clock)
+    a2 = Side(net, clock, A, store=store2)
+    connect(a2, b)
+    settle(clock)
+    assert b.topics() == ["t/0", "t/1", "t/2"]
+    assert all(m.dup for m in b.routed)
+    assert a2.plane.counters.restored == 3
+    settle(clock)
+    assert store2.find(outbox_id(B)).result == []
+
+
+def test_acknowledged_entries_leave_the_outbox(world, stores):
+    clock, net = world
+    store = stores(clock)
+    a, b = Side(net, clock, A, store=store), Side(net, clock, B)
+    connect(a, b)
+    a.plane.forward([B], msg(0))
+    a.plane.forward([B], msg(1, qos=0))          # QoS 0 is never kept
+    settle(clock)
+    assert store.find(outbox_id(B)).result == []
+    assert b.topics() == ["t/0", "t/1"]
+
+
+def test_a_full_backlog_refuses_qos1_and_drops_qos0_and_counts_both(world):
+    clock, net = world
+    a = Side(net, clock, A, limit=400)     # two entries of ~170 bytes
+    b = Side(net, clock, B)
+    connect(a, b)
+    net.partition([[A], [B]])
+    a.plane.forward([B], msg(0, size=100))
+    a.plane.forward([B], msg(1, size=100))
+    assert not a.plane.admits([B], msg(2, size=100))
+    with pytest.raises(BacklogFull):
+        a.plane.forward([B], msg(2, size=100))
+    a.plane.forward([B], msg(3, qos=0))           # no link: dropped
+    assert a.plane.counters.refused_backlog_full == 1
+    assert a.plane.counters.dropped_qos0 == 1
+    net.heal()
+    settle(clock)
+    assert b.topics() == ["t/0", "t/1"]
+    assert a.plane.admits([B], msg(2, size=100))
+
+
+def test_a_moved_sessions_messages_reach_its_new_queue(world):
+    clock, net = world
+    a, b = Side(net, clock, A, limit=10), Side(net, clock, B)
+    connect(a, b)
+    sid = SubscriberId("", "c1")
+    for n in range(3):                          # never refused, even past the bound
+        a.plane.hand_over(B, sid, msg(n, size=50), 1)
+    settle(clock)
+    assert [(s, m.topic, q) for s, m, q in b.handed] == [(sid, "t/%d" % n, 1) for n in range(3)]
+    assert a.plane.backlog() == {}
+
+
+def test_repeated_cuts_lose_nothing(world):
+    clock, net = world
+    a, b = Side(net, clock, A), Side(net, clock, B)
+    connect(a, b)
+    sent = 0
+    for round_ in range(5):
+        undo = net.drop(lambda src, dst, channel, m: channel == CHANNEL)
+        for _ in range(10):
+            a.plane.forward([B], msg(sent))
+            b.plane.forward([A], msg(1000 + sent))
+            sent += 1
+            clock.advance(0.01)
+        net.partition([[A], [B]])
+        undo()
+        clock.advance(1)
+        net.heal()
+        for _ in range(10):
+            a.plane.forward([B], msg(sent))
+            b.plane.forward([A], msg(1000 + sent))
+            sent += 1
+            clock.advance(0.01)
+    settle(clock)
+    assert b.topics() == ["t/%d" % n for n in range(sent)]
+    assert a.topics() == ["t/%d" % (1000 + n) for n in range(sent)]
+    assert a.plane.backlog() == {} and b.plane.backlog() == {}

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any, List, Optional, Tuple
 
+import pytest
 from twisted.internet.defer import Deferred
+
+from vmqtw.cluster.dataplane import BacklogFull
 
 from vmqtw.broker.retain import RetainStore
 from vmqtw.broker.router import Router
@@ -28,9 +31,19 @@ class FakeQueue:
 class FakeDataPlane:
     def __init__(self) -> None:
         self.forwards: List[Tuple[List[str], Message]] = []
+        self.room = True
+        self.stored: Optional[Deferred] = None
+        self.refusals: List[Message] = []
 
-    def forward(self, nodes: Any, message: Message) -> None:
+    def admits(self, nodes: Any, message: Message) -> bool:
+        return self.room
+
+    def refused(self, message: Message) -> None:
+        self.refusals.append(message)
+
+    def forward(self, nodes: Any, message: Message) -> Optional[Deferred]:
         self.forwards.append((list(nodes), message))
+        return self.stored
 
 
 def message(topic: str = "t/1", qos: int = 2, retain: bool = False,
@@ -92,3 +105,35 @@ def test_waits_for_the_queues_that_store():
     assert done is not None and not done.called
     stored.callback(None)
     assert done.called
+
+
+def test_waits_for_the_outbox_of_other_nodes_too():
+    queues = {C1: FakeQueue()}
+    router, _retain, plane = _router(queues)
+    plane.stored = Deferred()
+    done = router.publish(message())
+    assert done is not None and not done.called
+    plane.stored.callback(None)
+    assert done.called
+
+
+def test_a_full_backlog_refuses_a_qos1_publish_whole():
+    queues = {C1: FakeQueue()}
+    router, _retain, plane = _router(queues)
+    plane.room = False
+    done = router.publish(message(qos=1))
+    assert done is not None
+    with pytest.raises(BacklogFull):
+        done.result.raiseException()
+    done.addErrback(lambda failure: None)
+    assert queues[C1].got == [] and plane.forwards == [], "routed nowhere"
+    assert len(plane.refusals) == 1
+
+
+def test_a_full_backlog_drops_only_the_remote_copies_of_qos0():
+    queues = {C1: FakeQueue()}
+    router, _retain, plane = _router(queues)
+    plane.room = False
+    assert router.publish(message(qos=0)) is None
+    assert len(queues[C1].got) == 1 and plane.forwards == []
+    assert len(plane.refusals) == 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
-__all__ = ["PeerUnreachable", "RemoteCallError", "CallTimeout"]
+__all__ = ["PeerUnreachable", "RemoteCallError", "CallTimeout", "BacklogFull"]
 
 
 class PeerUnreachable(Exception):
@@ -19,3 +19,10 @@ class RemoteCallError(Exception):
 
 class CallTimeout(defer.TimeoutError):
     """No reply to a ``call`` within its timeout."""
+
+
+class BacklogFull(Exception):
+    """
+    Another node's unacknowledged backlog has no room for a message: the
+    publish is routed nowhere and not acknowledged (the client resends).
+    """

@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 from twisted.application.service import IService
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate, Logger,
                             globalLogPublisher)
@@ -148,11 +149,14 @@ def build_node(config: Config, reactor: Any) -> OrderedMultiService:
                         ready=readiness,
                         subscriptions=Subscriptions(config.nodename, metadata),
                         retain=RetainStore(metadata),
-                        dataplane=DataPlane(config.nodename, transport))
+                        dataplane=DataPlane(config.nodename, transport, reactor, store,
+                                            config.outgoing_clustering_buffer_size))
 
+    @inlineCallbacks
     def start_registry() -> Any:
         registry.start()
-        return registry.restore()
+        yield registry.restore()
+        yield registry.receive_from_peers()
 
     top.addService(CallbackService("registry", start_registry, registry.stop))
 

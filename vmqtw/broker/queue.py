@@ -215,8 +215,7 @@ class SubscriberQueue:
         Deliver ``message`` at ``qos`` (already ``min(published, granted)``).
 
         Returns a Deferred when the publisher's acknowledgement must wait for
-        the message store (QoS 1/2 for an offline persistent session), else
-        None.
+        the message store (QoS 1/2 for a persistent session), else None.
         """
         outlet = self.outlet
         if outlet is not None:
@@ -228,10 +227,14 @@ class SubscriberQueue:
                     outlet.send_publish(message, 0, None, False)
                     return None
                 if len(self.inflight) < self._window:
+                    stored = None
                     if self.store is not None:
-                        self.store.write(self.subscriber_id, message)
+                        # A persistent session's copy is stored even while
+                        # it is online, and the publisher is acknowledged
+                        # only then: a kill -9 of this node must not lose it.
+                        stored = self.store.write(self.subscriber_id, message)
                     self._send_new(outlet, message, qos)
-                    return None
+                    return stored
             if 0 <= self.limits.max_online_messages <= len(self.pending):
                 if not self._make_room():
                     self.counters.dropped_online += 1
@@ -239,7 +242,7 @@ class SubscriberQueue:
                 self.counters.dropped_online += 1
             self.pending.append((message, qos))
             if qos > 0 and self.store is not None:
-                self.store.write(self.subscriber_id, message)
+                return self.store.write(self.subscriber_id, message)
             return None
         # Offline: only persistent sessions have a queue without an outlet.
         if qos == 0:
@@ -349,7 +352,9 @@ class SubscriberQueue:
     def _send_new(self, outlet: Outlet, message: Message, qos: int) -> None:
         packet_id = self._allocate_packet_id()
         self.inflight[packet_id] = [message, qos, AWAIT_ACK, self.clock.seconds()]
-        outlet.send_publish(message, qos, packet_id, False)
+        # DUP on a first send: a copy another node sent again after a lost
+        # link, which this node may have delivered before a crash.
+        outlet.send_publish(message, qos, packet_id, message.dup)
         if self._retry_call is None:
             self._schedule_retry()
 

@@ -24,7 +24,7 @@ from vmqtw.broker.queue import QueueCounters, QueueLimits, SubscriberQueue
 from vmqtw.broker.retain import Author, RetainStore
 from vmqtw.broker.router import Router
 from vmqtw.broker.subscriptions import Subscriptions
-from vmqtw.cluster.dataplane import DataPlane
+from vmqtw.cluster.dataplane import OUTBOX_MOUNTPOINT, DataPlane
 from vmqtw.interfaces import IClusterTransport, IMessageStore, IMetadataStore
 from vmqtw.trie import RetainTree, SubscriptionTrie
 from vmqtw.types import Message, SubscriberId
@@ -72,7 +72,7 @@ class Registry:
         self.subscription_table.on_moved = self._moved_away
         self.retain = retain if retain is not None else RetainStore(metadata)
         if dataplane is None and cluster is not None:
-            dataplane = DataPlane(node, cluster)
+            dataplane = DataPlane(node, cluster, clock, store)
         #: Messages to and from other nodes; None on a lone node.
         self.dataplane = dataplane
         self.router = Router(self.subscription_table, self.retain, self.queues.get, dataplane)
@@ -83,8 +83,18 @@ class Registry:
         """Build the trie and the retained tree, then follow changes."""
         self.subscription_table.start()
         self.retain.start()
+
+    def receive_from_peers(self) -> Optional[Deferred]:
+        """
+        Take messages from other nodes from now on -- only once
+        :meth:`restore` brought back the offline queues, or a message for a
+        restored session would find no queue, be taken as delivered and be
+        acknowledged to its sender.  Returns a Deferred firing once the data
+        plane has read back its outbox (None on a lone node).
+        """
         if self.dataplane is not None:
-            self.dataplane.start(self.router.route_remote, self._handed_over)
+            return self.dataplane.start(self.router.route_remote, self._handed_over)
+        return None
 
     def stop(self) -> None:
         self.subscription_table.stop()
@@ -123,6 +133,8 @@ class Registry:
             self._schedule_expiry(subscriber_id)
         if store is not None:
             for subscriber_id in stored.difference(persistent):
+                if subscriber_id.mountpoint == OUTBOX_MOUNTPOINT:
+                    continue   # the data plane's, read back by it
                 for ref in (yield store.find(subscriber_id)):
                     yield store.delete(subscriber_id, ref)
         self.log.info("restored {sessions} offline sessions holding {messages} messages",
@@ -246,11 +258,13 @@ class Registry:
         queue.hand_over(lambda message, qos: dataplane.hand_over(
             new_node, subscriber_id, message, qos))
 
-    def _handed_over(self, subscriber_id: SubscriberId, message: Message, qos: int) -> None:
+    def _handed_over(self, subscriber_id: SubscriberId, message: Message,
+                     qos: int) -> Optional[Deferred]:
         """A message of a session that moved here, from its old node."""
         queue = self.queues.get(subscriber_id)
         if queue is not None:
-            queue.enqueue(message, qos)
+            return queue.enqueue(message, qos)
+        return None
 
     # -- what the session calls (passed on) -----------------------------------
 

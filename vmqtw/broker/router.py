@@ -14,14 +14,14 @@ expiry, restore -- does not take part in routing at all.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, cast
+from typing import Callable, List, Optional, Tuple, cast
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, fail, gatherResults
 
 from vmqtw.broker.queue import SubscriberQueue
 from vmqtw.broker.retain import Author, RetainStore
 from vmqtw.broker.subscriptions import Subscriptions
-from vmqtw.cluster.dataplane import DataPlane
+from vmqtw.cluster.dataplane import BacklogFull, DataPlane
 from vmqtw.types import Message, SubscriberId
 
 __all__ = ["Router"]
@@ -52,7 +52,9 @@ class Router:
 
         Returns None when every copy is where it must be before the publisher
         may be acknowledged, else a Deferred firing when it is (the message
-        store wrote the copies for offline persistent sessions).  ``author``
+        store wrote the copies for persistent sessions and the outboxes of
+        other nodes), or failing with :class:`BacklogFull` when another
+        node's backlog has no room (the publisher must not be acknowledged).  ``author``
         (client id, user name) is kept with a retained message, so that it
         can be withheld once its author may no longer publish it.
         """
@@ -76,7 +78,7 @@ class Router:
             return None
         queue_for = self.queue_for
         published_qos = message.qos
-        waits: Optional[List[Deferred]] = None
+        targets: List[Tuple[SubscriberQueue, int]] = []
         nodes: Optional[List[str]] = None
         for subscriber, granted in matches.items():
             if isinstance(subscriber, str):
@@ -88,15 +90,32 @@ class Router:
                     nodes.append(subscriber)
                 continue
             queue = queue_for(cast(SubscriberId, subscriber))
-            if queue is None:
-                continue
-            waiting = queue.enqueue(message, granted if granted < published_qos else published_qos)
+            if queue is not None:
+                targets.append((queue, granted if granted < published_qos else published_qos))
+        dataplane = self.dataplane
+        if nodes is not None and dataplane is not None and not dataplane.admits(nodes, message):
+            # A peer's backlog is full.  A QoS 1/2 publish is refused whole
+            # (routed nowhere, not acknowledged: the client resends it); a
+            # QoS 0 one still reaches this node's subscribers.
+            dataplane.refused(message)
+            if published_qos:
+                return fail(BacklogFull(nodes))
+            nodes = None
+        waits: Optional[List[Deferred]] = None
+        for queue, qos in targets:
+            waiting = queue.enqueue(message, qos)
             if waiting is not None:
                 if waits is None:
                     waits = []
                 waits.append(waiting)
-        if nodes is not None and self.dataplane is not None:
-            self.dataplane.forward(nodes, message)
+        if nodes is not None and dataplane is not None:
+            stored = dataplane.forward(nodes, message)
+            if stored is not None:
+                if waits is None:
+                    waits = []
+                waits.append(stored)
         if waits is None:
             return None
+        if len(waits) == 1:
+            return waits[0]
         return gatherResults(waits, consumeErrors=True)

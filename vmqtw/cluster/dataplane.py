@@ -1,149 +1,479 @@
 """
 The cross-node MQTT data plane: published messages forwarded to the nodes
 whose sessions subscribe, and persistent sessions' queued messages handed
-over to the node a session moved to.
+over to the node a session moved to -- acknowledged, so that a PUBACK on one
+node means "delivered" to subscribers on the others.
 
-This module alone knows the wire vocabulary (on the transport's ``mqtt``
-channel, plain data as :class:`~vmqtw.interfaces.IClusterTransport`
-carries it)::
+This module alone knows the wire vocabulary (the tags below, on the
+transport's ``mqtt`` channel); the broker sees :meth:`DataPlane.admits`,
+:meth:`DataPlane.forward`, :meth:`DataPlane.hand_over` and the two receivers
+it passes to :meth:`DataPlane.start`.
 
-    ("msg", message)                       route to local subscribers only
-    ("enq", (mountpoint, client_id), message, qos)
-                                           enqueue into that session's queue
-    message = (ref, topic, payload, qos, timestamp, mountpoint)
+A message for subscribers on another node travels one copy per node on a
+numbered stream (:mod:`vmqtw.cluster.stream`) over the cluster transport:
 
-The broker side sees :meth:`DataPlane.forward`, :meth:`DataPlane.hand_over`
-and the two receivers it passes to :meth:`DataPlane.start`.  Today a cast is
-fire and forget; numbering, acknowledging and resending per peer will land
-here without the broker noticing.
+* **Kept until acknowledged.**  The sender holds every QoS 1/2 entry until
+  the peer says it is safe there (routed, and stored where its subscriber's
+  session demands it), resends what is unacknowledged on every new link, and
+  the receiver drops sequence numbers it already applied.  Frames lost
+  between a cut and its detection are therefore sent again after the heal.
+* **Safe across a crash of the sender.**  A QoS 1/2 message is also written
+  to this node's message store, in a per-peer *outbox*, before the publisher
+  is acknowledged, and deleted when the peer acknowledges it; a node that is
+  killed and restarted sends its outbox again.  Chosen over "PUBACK after
+  the peer stored it" because it keeps the publisher's latency free of a
+  cluster round trip, and because a node allowed to accept publishes during
+  a netsplit (``allow_publish_during_netsplit``) can then acknowledge them
+  and deliver them after the heal.
+* **Bounded, never silent.**  Unacknowledged bytes per peer are bounded by
+  ``outgoing_clustering_buffer_size``.  :meth:`DataPlane.admits` tells the
+  router, before anything is routed, whether the peers a message needs have
+  room: a QoS 1/2 publish that does not fit is not acknowledged (the client
+  resends it), a QoS 0 copy is dropped; both are counted.
+* QoS 0 copies are not numbered: sent while the link is up, else dropped and
+  counted -- at most once, as the client asked.
+
+Redelivered entries reach subscribers with DUP set, so the one case that
+can apply an entry twice (the receiver was killed after applying and before
+acknowledging) is visible to clients as MQTT allows.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import attrs
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from vmqtw.interfaces import IClusterTransport
+from vmqtw.cluster.stream import APPLY, GAP, Inbound, Outbound, OutboundEntry
+from vmqtw.errors import BacklogFull
+from vmqtw.interfaces import IClusterTransport, IMessageStore
 from vmqtw.types import Message, SubscriberId
 
-__all__ = ["CHANNEL", "DataPlane", "Forwarded", "HandedOver", "decode", "decode_message",
-           "encode_forward", "encode_hand_over", "encode_message"]
+__all__ = ["DataPlane", "DataPlaneCounters", "BacklogFull", "CHANNEL",
+           "OUTBOX_MOUNTPOINT", "outbox_id", "encode_message", "decode_message",
+           "MessageReceiver", "HandOverReceiver"]
+
+log = Logger(namespace="vmqtw.cluster.dataplane")
 
 #: The cluster transport channel of the MQTT data plane.
 CHANNEL = "mqtt"
 
-_FORWARD = "msg"
-_HAND_OVER = "enq"
+#: Mountpoint of the message-store queues holding forwarded messages until
+#: the peer acknowledges them.  MQTT strings cannot contain U+0000, so no
+#: client's session can ever be confused with an outbox.
+OUTBOX_MOUNTPOINT = "\x00outbox"
 
-#: A message as plain data on the wire.
-WireMessage = Tuple[bytes, str, bytes, int, float, str]
+#: Frame tags on :data:`CHANNEL`.
+NUMBERED = "m"      # ("m", epoch, seq, base, redelivery, message)
+HANDOVER = "e"      # ("e", epoch, seq, base, redelivery, subscriber key, message, qos)
+UNNUMBERED = "m0"   # ("m0", message): QoS 0, at most once
+ACK = "a"           # ("a", epoch, upto)
+#: ("h", epoch or None, upto, gap): "your stream is safe here up to
+#: ``upto``; send the rest again" -- on every new link, and (``gap`` true)
+#: when a gap shows that entries were lost with an older connection.
+HELLO = "h"
+
+#: Bytes counted per entry on top of topic and payload.
+ENTRY_OVERHEAD = 64
 
 
-def encode_message(message: Message) -> WireMessage:
-    """A routed message as plain data.  RETAIN and DUP are not carried:
-    a forwarded message is routed to established subscriptions, which get
-    RETAIN=0 [MQTT-3.3.1-9]."""
+def outbox_id(peer: str) -> SubscriberId:
+    """The message-store queue of what waits for ``peer``'s acknowledgement."""
+    return SubscriberId(OUTBOX_MOUNTPOINT, peer)
+
+
+def encode_message(message: Message) -> tuple:
+    """A routed message as plain data for the inter-node wire."""
     return (message.ref, message.topic, message.payload, message.qos, message.timestamp,
             message.mountpoint)
 
 
-def decode_message(data: Any, origin: str) -> Message:
-    """The message ``origin`` sent; ``origin`` marks it as not to be
-    forwarded again."""
+def decode_message(data: tuple, origin: str, dup: bool = False) -> Message:
     ref, topic, payload, qos, timestamp, mountpoint = data
-    return Message(ref, topic, payload, qos, False, False, timestamp, mountpoint, origin)
+    return Message(ref, topic, payload, qos, False, dup, timestamp, mountpoint, origin)
 
 
-@attrs.define(frozen=True, slots=True)
-class Forwarded:
-    """A message published on another node, for this node's subscribers."""
-
-    message: Message
+def entry_size(message: Message) -> int:
+    return len(message.payload) + len(message.topic) + ENTRY_OVERHEAD
 
 
-@attrs.define(frozen=True, slots=True)
-class HandedOver:
-    """A queued message of a persistent session that moved to this node."""
+@attrs.define(slots=True)
+class DataPlaneCounters:
+    """What the data plane did, for ``node status`` and metrics."""
 
-    subscriber_id: SubscriberId
-    message: Message
-    qos: int
-
-
-def encode_forward(message: Message) -> Tuple[str, WireMessage]:
-    return (_FORWARD, encode_message(message))
-
-
-def encode_hand_over(subscriber_id: SubscriberId, message: Message,
-                     qos: int) -> Tuple[str, Tuple[str, str], WireMessage, int]:
-    return (_HAND_OVER, subscriber_id.as_key(), encode_message(message), qos)
-
-
-def decode(data: Any, peer: str) -> Union[Forwarded, HandedOver]:
-    """A data-plane cast from ``peer``; ValueError (or a TypeError from
-    malformed fields) when it is none."""
-    kind = data[0]
-    if kind == _FORWARD:
-        _, message = data
-        return Forwarded(decode_message(message, peer))
-    if kind == _HAND_OVER:
-        _, key, message, qos = data
-        return HandedOver(SubscriberId(*key), decode_message(message, peer), qos)
-    raise ValueError("unknown data-plane message kind %r" % (kind,))
+    forwarded: int = 0
+    received_remote: int = 0
+    #: QoS 1/2 publishes not acknowledged because a peer's backlog was full.
+    refused_backlog_full: int = 0
+    #: QoS 0 copies dropped (backlog full, or no link to the peer).
+    dropped_qos0: int = 0
+    #: Entries sent again after a link was lost or replaced.
+    resent: int = 0
+    #: Entries received twice and dropped.
+    duplicates_dropped: int = 0
+    #: Entries read back from the outbox after a restart.
+    restored: int = 0
 
 
-#: ``on_message(message)``: route a forwarded message to local subscribers.
-MessageReceiver = Callable[[Message], Any]
+@attrs.define(slots=True, eq=False)
+class _Peer:
+    name: str
+    outbound: Outbound
+    inbound: Inbound = attrs.Factory(Inbound)
+    ack_call: Optional[IDelayedCall] = None
+    #: ``outbound.acked`` at the last retransmission check.
+    acked_at_check: int = -1
+    #: This node saw the link come up and resent already; the peer's hello
+    #: on that link needs no second resend.
+    fresh_link: bool = False
+    #: A hello was sent for a gap and nothing was applied since.
+    gap_reported: bool = False
+
+
+#: ``on_message(message)``: route a forwarded message to local subscribers
+#: only; None when every copy is safe, else a Deferred firing when it is.
+MessageReceiver = Callable[[Message], Optional[Deferred]]
 #: ``on_hand_over(subscriber_id, message, qos)``: enqueue a handed-over one.
-HandOverReceiver = Callable[[SubscriberId, Message, int], Any]
+HandOverReceiver = Callable[[SubscriberId, Message, int], Optional[Deferred]]
+
+
+def _nothing(*args: Any) -> None:
+    return None
 
 
 class DataPlane:
-    """Forwarding and hand-over of MQTT messages between nodes."""
+    """
+    One node's end of every peer's stream; see the module docstring.
 
-    log = Logger()
+    ``store`` keeps the outbox when it is durable (a store that does not
+    survive the process would only cost); ``limit`` is the per-peer bound
+    on unacknowledged bytes.
+    """
 
-    def __init__(self, node: str, transport: IClusterTransport) -> None:
+    def __init__(self, node: str, transport: IClusterTransport, clock: IReactorTime,
+                 store: Optional[IMessageStore] = None, limit: int = 64 * 1024 * 1024, *,
+                 ack_batch: int = 256, ack_delay: float = 0.005,
+                 resend_interval: float = 5.0) -> None:
         self.node = node
         self.transport = transport
-        #: Messages forwarded to other nodes (one per node and message).
-        self.forwarded = 0
-        #: Forwarded messages received from other nodes.
-        self.received_remote = 0
-        self._on_message: Optional[MessageReceiver] = None
-        self._on_hand_over: Optional[HandOverReceiver] = None
+        self.clock = clock
+        self.store = store if store is not None and getattr(store, "durable", False) else None
+        self.limit = limit
+        self.route: MessageReceiver = _nothing
+        self.deliver_handed_over: HandOverReceiver = _nothing
+        self.ack_batch = ack_batch
+        self.ack_delay = ack_delay
+        self.resend_interval = resend_interval
+        self.counters = DataPlaneCounters()
+        self._peers: Dict[str, _Peer] = {}
+        self._resend_call: Optional[IDelayedCall] = None
+        self._running = False
 
-    def start(self, on_message: MessageReceiver, on_hand_over: HandOverReceiver) -> None:
-        """Receive from peers from now on."""
-        self._on_message = on_message
-        self._on_hand_over = on_hand_over
+    # -- life cycle --------------------------------------------------------
+
+    @property
+    def forwarded(self) -> int:
+        return self.counters.forwarded
+
+    @property
+    def received_remote(self) -> int:
+        return self.counters.received_remote
+
+    def start(self, on_message: MessageReceiver, on_hand_over: HandOverReceiver) -> Deferred:
+        """
+        Receive from peers from now on, giving forwarded messages to
+        ``on_message`` and handed-over ones to ``on_hand_over``; then send
+        again what the outbox kept from before a restart.  Returns a
+        Deferred firing once the outbox is read.
+        """
+        self.route = on_message
+        self.deliver_handed_over = on_hand_over
         self.transport.register_cast_handler(CHANNEL, self._received)
+        self.transport.add_peer_listener(self._link_up, self._link_down)
+        self._running = True
+        self._resend_call = self.clock.callLater(self.resend_interval, self._check_stalled)
+        if self.store is None:
+            return succeed(None)
+        return self._restore_outbox()
 
-    def forward(self, nodes: Iterable[str], message: Message) -> None:
-        """One copy of ``message`` to each of ``nodes``, encoded once."""
-        encoded = None
-        for node in nodes:
-            if encoded is None:
-                encoded = encode_forward(message)
-            self.transport.cast(node, CHANNEL, encoded)
-            self.forwarded += 1
+    def stop(self) -> None:
+        self._running = False
+        if self._resend_call is not None and self._resend_call.active():
+            self._resend_call.cancel()
+        self._resend_call = None
+        for peer in self._peers.values():
+            if peer.ack_call is not None and peer.ack_call.active():
+                peer.ack_call.cancel()
+            peer.ack_call = None
+
+    def _restore_outbox(self) -> Deferred:
+        store = self.store
+        assert store is not None
+
+        def restore(subscribers: List[SubscriberId]) -> Deferred:
+            reads = []
+            for sid in subscribers:
+                if sid.mountpoint == OUTBOX_MOUNTPOINT:
+                    reads.append(store.find(sid).addCallback(self._read_outbox, sid))
+            return gatherResults(reads, consumeErrors=True)
+
+        return store.subscribers().addCallback(restore)
+
+    def _read_outbox(self, refs: List[bytes], sid: SubscriberId) -> Deferred:
+        store = self.store
+        assert store is not None
+
+        def requeue(messages: List[Optional[Message]]) -> None:
+            peer = self._peer(sid.client_id)
+            for message in messages:
+                if message is None:
+                    continue
+                # Sent before the restart, maybe received: a redelivery.
+                peer.outbound.push(message, entry_size(message), message.ref,
+                                   redelivery=True, force=True)
+                self.counters.restored += 1
+            if messages:
+                log.info("{count} messages for {peer} kept from before the restart",
+                         count=len(messages), peer=sid.client_id)
+            self._send(peer)
+
+        return gatherResults([store.read(sid, ref) for ref in refs],
+                             consumeErrors=True).addCallback(requeue)
+
+    def _peer(self, name: str) -> _Peer:
+        peer = self._peers.get(name)
+        if peer is None:
+            peer = self._peers[name] = _Peer(name, Outbound(self.limit))
+        return peer
+
+    # -- sending -------------------------------------------------------------
+
+    def admits(self, nodes: Iterable[str], message: Message) -> bool:
+        """Whether every peer in ``nodes`` has room for ``message``'s copy."""
+        size = entry_size(message)
+        peers = self._peers
+        for name in nodes:
+            peer = peers.get(name)
+            if peer is not None and not peer.outbound.has_room(size):
+                return False
+        return True
+
+    def refused(self, message: Message) -> None:
+        """Count a publish refused because a backlog was full."""
+        if message.qos:
+            self.counters.refused_backlog_full += 1
+        else:
+            self.counters.dropped_qos0 += 1
+
+    def forward(self, nodes: Iterable[str], message: Message) -> Optional[Deferred]:
+        """
+        One copy of ``message`` to each of ``nodes``' subscribers.  Returns
+        None, or for a QoS 1/2 message a Deferred firing once the outboxes
+        hold it (the publisher's acknowledgement waits for it).  Raises
+        :class:`BacklogFull` when a peer's backlog has no room: ask
+        :meth:`admits` first, so that nothing is routed anywhere then.
+        """
+        if not message.qos:
+            encoded = None
+            for node in nodes:
+                self.counters.forwarded += 1
+                if self.transport.connected(node):
+                    if encoded is None:
+                        encoded = (UNNUMBERED, encode_message(message))
+                    self.transport.cast(node, CHANNEL, encoded)
+                else:
+                    self.counters.dropped_qos0 += 1
+            return None
+        waits = [stored for stored in (self._forward_one(node, message) for node in nodes)
+                 if stored is not None]
+        if not waits:
+            return None
+        return waits[0] if len(waits) == 1 else gatherResults(waits, consumeErrors=True)
+
+    def _forward_one(self, node: str, message: Message) -> Optional[Deferred]:
+        self.counters.forwarded += 1
+        peer = self._peer(node)
+        if peer.outbound.push(message, entry_size(message), message.ref) is None:
+            self.counters.refused_backlog_full += 1
+            raise BacklogFull(node)
+        stored = None
+        if self.store is not None:
+            stored = self.store.write(outbox_id(node), message)
+        self._send(peer)
+        return stored
 
     def hand_over(self, node: str, subscriber_id: SubscriberId, message: Message,
                   qos: int) -> None:
-        """Put ``message`` into ``subscriber_id``'s queue on ``node``."""
-        self.transport.cast(node, CHANNEL, encode_hand_over(subscriber_id, message, qos))
+        """
+        Give a message of a session that moved to ``node`` to its new queue,
+        on the same numbered stream (kept until acknowledged, never refused:
+        the session's old queue held it already).
+        """
+        peer = self._peer(node)
+        peer.outbound.push((subscriber_id, message, qos), entry_size(message), force=True)
+        self._send(peer)
 
-    def _received(self, peer: str, data: Any) -> None:
+    def _send(self, peer: _Peer) -> None:
+        if not self._running or not self.transport.connected(peer.name):
+            return
+        outbound = peer.outbound
+        epoch = outbound.epoch
+        cast = self.transport.cast
+        name = peer.name
+        base = outbound.acked
+        for entry in outbound.unsent():
+            if entry.redelivery:
+                self.counters.resent += 1
+            body = entry.body
+            if body.__class__ is tuple:
+                subscriber_id, message, qos = body
+                frame: tuple = (HANDOVER, epoch, entry.seq, base, entry.redelivery,
+                                subscriber_id.as_key(), encode_message(message), qos)
+            else:
+                frame = (NUMBERED, epoch, entry.seq, base, entry.redelivery,
+                         encode_message(body))
+            if not cast(name, CHANNEL, frame):
+                # The transport's own buffer refused it: everything from
+                # here goes again on the next check.
+                outbound.link_lost()
+                return
+
+    def _released(self, peer: _Peer, entries: List[OutboundEntry]) -> None:
+        store = self.store
+        if store is None:
+            return
+        sid = outbox_id(peer.name)
+        for entry in entries:
+            if entry.token is not None:
+                store.delete(sid, entry.token)
+
+    # -- links -----------------------------------------------------------------
+
+    def _link_up(self, name: str) -> None:
+        """
+        A new link: tell the peer how far its stream got here (it resends
+        the rest), and resend ours from our last acknowledgement.
+        """
+        if not self._running:
+            return
+        peer = self._peer(name)
+        inbound = peer.inbound
+        self.transport.cast(name, CHANNEL, (HELLO, inbound.epoch, inbound.safe_upto, False))
+        inbound.acked = inbound.safe_upto
+        peer.outbound.link_lost()
+        peer.fresh_link = True
+        self._send(peer)
+
+    def _link_down(self, name: str) -> None:
+        peer = self._peers.get(name)
+        if peer is not None:
+            peer.outbound.link_lost()
+
+    def _check_stalled(self) -> None:
+        """
+        A safety net for links replaced without this node noticing: an
+        outbound stream that made no progress for a whole interval while
+        holding entries sends them again (the receiver drops duplicates).
+        """
+        self._resend_call = self.clock.callLater(self.resend_interval, self._check_stalled)
+        for peer in self._peers.values():
+            outbound = peer.outbound
+            if len(outbound) and outbound.acked == peer.acked_at_check:
+                outbound.link_lost()
+                self._send(peer)
+            peer.acked_at_check = outbound.acked
+
+    # -- receiving ---------------------------------------------------------------
+
+    def _received(self, name: str, frame: Any) -> None:
+        tag = frame[0]
         try:
-            item = decode(data, peer)
-            if isinstance(item, Forwarded):
-                self.received_remote += 1
-                if self._on_message is not None:
-                    self._on_message(item.message)
-            elif self._on_hand_over is not None:
-                self._on_hand_over(item.subscriber_id, item.message, item.qos)
+            if tag == NUMBERED or tag == HANDOVER:
+                self._numbered(name, frame)
+            elif tag == ACK:
+                peer = self._peer(name)
+                self._released(peer, peer.outbound.acknowledge(frame[1], frame[2]))
+            elif tag == UNNUMBERED:
+                self.counters.received_remote += 1
+                self.route(decode_message(frame[1], name))
+            elif tag == HELLO:
+                peer = self._peer(name)
+                _, epoch, upto, gap = frame
+                if epoch is not None:
+                    self._released(peer, peer.outbound.acknowledge(epoch, upto))
+                if peer.fresh_link and not gap:
+                    peer.fresh_link = False   # resent from our side already
+                else:
+                    peer.outbound.link_lost()
+                    self._send(peer)
+            else:
+                log.warn("unknown data-plane frame {tag!r} from {peer}", tag=tag, peer=name)
         except Exception:
-            kind = data[0] if isinstance(data, tuple) and data else None
-            self.log.failure("bad data-plane message {kind!r} from {peer}", kind=kind,
-                             peer=peer)
+            log.failure("bad data-plane frame {tag!r} from {peer}", tag=tag, peer=name)
+
+    def _numbered(self, name: str, frame: tuple) -> None:
+        peer = self._peer(name)
+        inbound = peer.inbound
+        epoch, seq, base, redelivery = frame[1], frame[2], frame[3], frame[4]
+        verdict = inbound.receive(epoch, seq, base)
+        if verdict != APPLY:
+            if verdict == GAP:
+                if not peer.gap_reported:
+                    peer.gap_reported = True
+                    self.transport.cast(name, CHANNEL, (HELLO, epoch, inbound.safe_upto, True))
+            else:
+                self.counters.duplicates_dropped += 1
+                self._schedule_ack(peer)
+            return
+        peer.gap_reported = False
+        self.counters.received_remote += 1
+        if frame[0] == NUMBERED:
+            waiting = self.route(decode_message(frame[5], name, redelivery))
+        else:
+            key, encoded, qos = frame[5], frame[6], frame[7]
+            waiting = self.deliver_handed_over(SubscriberId(*key),
+                                               decode_message(encoded, name, redelivery), qos)
+        if waiting is None:
+            inbound.safe(epoch, seq)
+            self._schedule_ack(peer)
+        else:
+            waiting.addCallbacks(self._safe, self._not_stored,
+                                 callbackArgs=(peer, epoch, seq), errbackArgs=(peer, epoch))
+
+    def _safe(self, _: Any, peer: _Peer, epoch: bytes, seq: int) -> None:
+        peer.inbound.safe(epoch, seq)
+        self._schedule_ack(peer)
+
+    def _not_stored(self, failure: Any, peer: _Peer, epoch: bytes) -> None:
+        """
+        A copy could not be stored: never acknowledge it.  Forgetting the
+        stream makes this node apply the sender's resend again.
+        """
+        log.failure("storing a message from {peer} failed; it will be resent", failure,
+                    peer=peer.name)
+        if peer.inbound.epoch == epoch:
+            peer.inbound = Inbound()
+
+    def _schedule_ack(self, peer: _Peer) -> None:
+        inbound = peer.inbound
+        if inbound.safe_upto - inbound.acked >= self.ack_batch:
+            self._send_ack(peer)
+        elif peer.ack_call is None and inbound.safe_upto > inbound.acked:
+            peer.ack_call = self.clock.callLater(self.ack_delay, self._send_ack, peer)
+
+    def _send_ack(self, peer: _Peer) -> None:
+        if peer.ack_call is not None and peer.ack_call.active():
+            peer.ack_call.cancel()
+        peer.ack_call = None
+        ack = peer.inbound.ack_due()
+        if ack is not None:
+            self.transport.cast(peer.name, CHANNEL, (ACK, ack[0], ack[1]))
+
+    # -- inspection ------------------------------------------------------------------
+
+    def backlog(self) -> Dict[str, Tuple[int, int]]:
+        """``peer -> (entries, bytes)`` waiting for the peer's acknowledgement."""
+        return {name: (len(p.outbound), p.outbound.held_bytes)
+                for name, p in self._peers.items() if len(p.outbound)}

@@ -22,7 +22,9 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Protocol
 import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from vmqtw.errors import BacklogFull
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt.codec import encode, encode_publish
 from vmqtw.topic import parse_shared, validate_filter, validate_topic
@@ -387,6 +389,8 @@ class Session:
             self._acknowledge(waiting, _PUBACK(_PUBACK_BYTE, 2, publish.packet_id))
         elif qos == 2:
             self.queue.awaiting_rel.add(publish.packet_id)
+            if waiting is not None:
+                waiting.addErrback(self._not_routed, publish.packet_id)
             self._acknowledge(waiting, _PUBACK(_PUBREC_BYTE, 2, publish.packet_id))
 
     def _acknowledge(self, waiting: Optional[Deferred], ack: bytes) -> None:
@@ -408,10 +412,20 @@ class Session:
         entry[0] = True
         self._flush_acks()
 
-    def _ack_failed(self, failure: Any, entry: List[Any]) -> None:
+    def _not_routed(self, failure: Failure, packet_id: int) -> Failure:
+        """
+        A QoS 2 message that was not stored gets no PUBREC; its id must not
+        stay "awaiting PUBREL", or the client's resend would be answered
+        without being routed.
+        """
+        self.queue.awaiting_rel.discard(packet_id)
+        return failure
+
+    def _ack_failed(self, failure: Failure, entry: List[Any]) -> None:
         # Never acknowledge what was not stored: the client resends it.
-        self.log.failure("storing a message from {client_id} failed; not acknowledged",
-                         failure, client_id=self.client_id)
+        if not failure.check(BacklogFull):   # counted by the data plane
+            self.log.failure("storing a message from {client_id} failed; not acknowledged",
+                             failure, client_id=self.client_id)
         entry[0] = True
         entry[1] = b""
         self._flush_acks()
