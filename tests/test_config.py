@@ -608,6 +608,12 @@ def test_rendered_template_documents_every_key() -> None:
         assert s.doc.split()[0] in block, key
 
 
+def test_every_name_templated_key_is_an_address() -> None:
+    """parse_config keeps ``<name>`` keys as ``{name: (host, port)}``; only listeners may be templated."""
+    templated = [s for s in SCHEMA if s.templated]
+    assert templated and all(isinstance(s.type, cfg.Address) for s in templated)
+
+
 def test_render_refuses_overrides_for_unknown_keys() -> None:
     with pytest.raises(ValueError):
         render_default_config({"no_such_key": "1"})

@@ -932,6 +932,9 @@ def parse_config(text: str, filename: str, cwd: str | None = None) -> Config:
             continue
         lines[key] = number
         if setting.templated:
+            # Only listeners are ``<name>`` keys, and they all parse to an
+            # address (a test holds every templated setting to that).
+            assert isinstance(parsed, tuple), setting.key
             named[setting.attr][name] = parsed
         else:
             values[setting.attr] = parsed
@@ -1097,8 +1100,10 @@ def render_default_config(overrides: Mapping[str, str] | None = None,
             out.append(f"{key} = {overrides.pop(key)}")
         elif setting.default is None and setting.example is not None:
             out.append(f"# {key} = {setting.example}")
-        elif setting.default is None:
+        elif setting.default is None and isinstance(setting.type, Duration):
             out.append(f"{key} = {setting.type.render(None)}")
+        elif setting.default is None:
+            raise ValueError(f"{setting.key} has neither a default nor an example to show")
         else:
             out.append(f"{key} = {setting.type.render(setting.default)}")
     if overrides or notes:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Optional, Set
 
-from twisted.internet.interfaces import IHandshakeListener, IReactorTime
+from twisted.internet.interfaces import (IHandshakeListener, IPushProducer, IReactorTime,
+                                         ITCPTransport)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -24,11 +25,22 @@ from vmqtw.mqtt.session import NEW, Authenticator, Session, SessionSettings
 from vmqtw.tls import peer_common_name
 
 
+class _IConnection(ITCPTransport, IPushProducer):
+    """
+    What :class:`MQTTProtocol` uses of its transport, for the type checker
+    only: a TCP connection (plain, or TLS over TCP) that can be aborted and
+    paused.  Twisted's TCP and TLS transports have all these methods without
+    declaring this combination, so nothing checks it at run time.
+    """
+
+
 @implementer(IHandshakeListener)
 class MQTTProtocol(Protocol):
     """One client connection."""
 
     log = Logger()
+    # Set by Twisted before connectionMade; never None while we use it.
+    transport: _IConnection
 
     def __init__(self, factory: "MQTTFactory") -> None:
         self.factory = factory
