@@ -115,7 +115,9 @@ class ReplicatedMetadataStore:
             self.actor = actor_factory(node)
 
     def _load(self) -> None:
-        for kenc, oenc in self._db.iterator():
+        db = self._db
+        assert db is not None  # only called once the database is open
+        for kenc, oenc in db.iterator():
             if kenc.startswith(b"\x00"):
                 continue
             p1, p2, key = decode(kenc)
@@ -212,7 +214,7 @@ class ReplicatedMetadataStore:
 
     def subscribe(self, prefix: Prefix, callback: Callable
                   ) -> Callable[[], None]:
-        callbacks = self._subscribers.setdefault(tuple(prefix), [])
+        callbacks = self._subscribers.setdefault((prefix[0], prefix[1]), [])
         callbacks.append(callback)
 
         def unsubscribe() -> None:
@@ -265,7 +267,7 @@ class ReplicatedMetadataStore:
         return n
 
     def _write(self, prefix: Prefix, key: Any, boxed: tuple) -> MDObject:
-        prefix = tuple(prefix)  # type: ignore[assignment]
+        prefix = (prefix[0], prefix[1])
         old = self._lookup(prefix, key)
         base = old
         if old is None and self._collected:
@@ -334,7 +336,7 @@ class ReplicatedMetadataStore:
         Merge a replicated or repaired object; True when it changed ours.
         Never broadcasts (plumtree forwards, repairs are not rebroadcast).
         """
-        prefix = tuple(prefix)  # type: ignore[assignment]
+        prefix = (prefix[0], prefix[1])
         if not remote or not dvvset.values(remote):
             log.warn("ignoring an object without values for {key}", key=key)
             return False
@@ -396,10 +398,10 @@ class ReplicatedMetadataStore:
         Drop the tombstone of ``key`` if it is still exactly ``ctx``; stale
         copies are refused until ``keep_until``.  True when dropped.
         """
-        prefix = tuple(prefix)  # type: ignore[assignment]
+        prefix = (prefix[0], prefix[1])
         table = self._data.get(prefix)
         obj = self._lookup(prefix, key)
-        if obj is None or dvvset.join(obj) != tuple(ctx) \
+        if table is None or obj is None or dvvset.join(obj) != tuple(ctx) \
                 or not mdobject.is_tombstone(obj):
             return False
         del table[key]

@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt.codec import Decoder, ProtocolError, UnacceptableProtocolLevel, encode
-from vmqtw.mqtt.session import NEW, Authenticator, Session, SessionSettings
+from vmqtw.mqtt.session import NEW, Authenticator, Session, SessionRegistry, SessionSettings
 from vmqtw.tls import peer_common_name
 
 
@@ -181,7 +181,8 @@ class MQTTFactory(Factory):
 
     noisy = False
 
-    def __init__(self, registry: Any, settings: SessionSettings, authenticator: Authenticator,
+    def __init__(self, registry: SessionRegistry, settings: SessionSettings,
+                 authenticator: Authenticator,
                  clock: IReactorTime, max_packet_size: int = 0, connect_timeout: float = 10.0,
                  max_connections: int = 0, identity_from_certificate: bool = False) -> None:
         self.registry = registry
