@@ -112,7 +112,7 @@ class BrokerAuthenticator:
         self.acl: Acl = Acl()
         self.counters = AuthCounters()
         #: The delivery-time read check for sessions, or None with the ACL off
-        #: (bad-input case 34: a reload may narrow granted subscriptions).
+        #: (docs/bad-input.md, case 34: a reload may narrow granted subscriptions).
         self.can_read: Optional[Callable[[str, Optional[str], str], bool]] = (
             self._can_read if acl_file is not None else None)
         self._cache = cache if cache is not None else VerifyCache()

@@ -368,7 +368,7 @@ class Session:
         """
         The ACL's delivery-time check for this client, or None when reads
         are not restricted: a reload may narrow what was granted at
-        SUBSCRIBE time (bad-input case 34).
+        SUBSCRIBE time (docs/bad-input.md, case 34).
         """
         can_read = getattr(self.authenticator, "can_read", None)
         if can_read is None:
