@@ -27,8 +27,10 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/twistd -n vmqtw --config $(CONFIG)
 
+# Types first (a few seconds; configuration in pyproject.toml), then the suite.
 test: install
+	$(BIN)/python -m mypy vmqtw
 	$(BIN)/python -m pytest -n $(WORKERS) -q tests
 
 clean:
-	rm -rf $(VENV) build *.egg-info dropin.cache twisted/plugins/dropin.cache
+	rm -rf $(VENV) build *.egg-info dropin.cache twisted/plugins/dropin.cache .mypy_cache

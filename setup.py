@@ -35,6 +35,8 @@ setup(
             "pytest-xdist>=3.5",
             "hypothesis>=6.100",
             "paho-mqtt>=2.0",
+            "mypy>=1.10",
+            "mypy-zope>=1.0",
         ],
     },
     entry_points={

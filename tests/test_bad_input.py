@@ -1,5 +1,6 @@
 """
-Hostile input against real nodes: cases 1-34 of shared/design/bad-input.md.
+Hostile input against real nodes: cases 1-34 of docs/bad-input.md (case 35,
+the netsplit answers, is in tests/test_cluster_routing.py).
 
 Every case sends raw bytes (built by :mod:`tests.mqttbytes`, independent of
 the codec) to a real ``twistd -n vmqtw`` process over a socket and asserts

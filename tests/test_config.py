@@ -608,6 +608,12 @@ def test_rendered_template_documents_every_key() -> None:
         assert s.doc.split()[0] in block, key
 
 
+def test_every_name_templated_key_is_an_address() -> None:
+    """parse_config keeps ``<name>`` keys as ``{name: (host, port)}``; only listeners may be templated."""
+    templated = [s for s in SCHEMA if s.templated]
+    assert templated and all(isinstance(s.type, cfg.Address) for s in templated)
+
+
 def test_render_refuses_overrides_for_unknown_keys() -> None:
     with pytest.raises(ValueError):
         render_default_config({"no_such_key": "1"})
@@ -634,6 +640,51 @@ def test_shipped_file_parses_and_mentions_every_key() -> None:
     # The anonymous quick-start switch carries its warning right above it.
     before = text.split("\nallow_anonymous = on\n")[0].rsplit("##", 1)[1]
     assert "127.0.0.1" in before and "QUICK START ONLY" in before
+
+
+# Keys that config.py itself turns into other values: platform_data_dir
+# becomes Config.data_dir, trade_consistency turns on three flags.
+_CONSUMED_IN_CONFIG = {"platform_data_dir", "trade_consistency"}
+
+
+def _read_outside_config() -> set[str]:
+    """Config attributes some code outside vmqtw/config.py reads (``.attr``)."""
+    sources = [p for p in (REPO / "vmqtw").rglob("*.py") if p.name != "config.py" or p.parent.name != "vmqtw"]
+    sources += list((REPO / "twisted").rglob("*.py"))
+    text = "\n".join(p.read_text(encoding="utf-8") for p in sources)
+    return {s.attr for s in SCHEMA if re.search(rf"\.{re.escape(s.attr)}\b", text)}
+
+
+def test_every_key_is_read_by_the_code_or_marked_not_yet_in_effect() -> None:
+    """
+    Nothing promised that does not exist: a key some code reads is set in the
+    shipped file; a key nothing reads is ``pending``, documented as not yet
+    in effect and only commented out.  Once code reads a pending key, its
+    mark must go (this test fails until it does).
+    """
+    read = _read_outside_config() | _CONSUMED_IN_CONFIG
+    text = SHIPPED.read_text(encoding="utf-8")
+    blocks = text.split("\n\n")
+    for s in SCHEMA:
+        key = s.concrete_key()
+        [block] = [b for b in blocks if re.search(rf"^(# )?{re.escape(key)} = ", b, re.M)]
+        if s.pending is None:
+            assert s.attr in read, f"{s.key}: nothing reads Config.{s.attr}; mark it pending"
+            assert cfg.PENDING_NOTE.split(":")[0] not in block, s.key
+        else:
+            assert s.attr not in read, f"{s.key} is read now: drop its pending mark"
+            assert re.search(rf"^# {re.escape(key)} = ", block, re.M), s.key
+            assert not re.search(rf"^{re.escape(key)} = ", block, re.M), s.key
+            assert cfg.PENDING_NOTE.split(":")[0] in block, s.key
+
+
+def test_coordinate_registrations_is_not_shipped_as_if_it_worked() -> None:
+    """It is accepted (VerneMQ files keep loading) but shipped commented out and marked."""
+    assert one("coordinate_registrations", "off").coordinate_registrations is False
+    text = SHIPPED.read_text(encoding="utf-8")
+    assert "\ncoordinate_registrations = " not in text
+    assert "\n# coordinate_registrations = on\n" in text
+    assert "registrations are\n## not yet coordinated (issue 17)" in text
 
 
 # ---------------------------------------------------------------------------

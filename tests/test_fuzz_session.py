@@ -1,5 +1,5 @@
 """
-Fuzzing the codec and the session state machine together (bad-input, issue 5).
+Fuzzing the codec and the session state machine together (docs/bad-input.md, issue 5).
 
 Hypothesis builds packet streams from :mod:`tests.mqttbytes` (independent of
 the codec), then mutates them: bits flipped, the stream truncated, packets

@@ -6,6 +6,7 @@ at most.
 """
 from __future__ import annotations
 
+from vmqtw.interfaces import ChangeOrigin
 from vmqtw.metadata.confirm import Confirmer
 from vmqtw.metadata.simulation import SimCluster
 
@@ -27,7 +28,8 @@ def test_confirmed_once_every_peer_merged_it_even_without_plumtree():
     c, confirmers = cluster()
     seen = {name: [] for name in c.nodes}
     for name, node in c.nodes.items():
-        node.store.subscribe(P, lambda prefix, key, old, new, name=name: seen[name].append(key))
+        node.store.subscribe(P, lambda prefix, key, old, new, origin, name=name:
+                             seen[name].append((key, origin)))
     c.network.drop(lambda src, dst, channel, m: channel == "plumtree")
     c["A"].store.put(P, ("", "c1"), "v")
     done = confirmers["A"].confirm(P, ("", "c1"))
@@ -36,7 +38,7 @@ def test_confirmed_once_every_peer_merged_it_even_without_plumtree():
     c.clock.advance(0)
     assert done.called and done.result == 2
     assert c["B"].store.get(P, ("", "c1")) == "v" and c["C"].store.get(P, ("", "c1")) == "v"
-    assert seen["B"] == [("", "c1")] and seen["C"] == [("", "c1")]
+    assert seen["B"] == seen["C"] == [(("", "c1"), ChangeOrigin.REMOTE)]
 
 
 def test_a_silent_peer_delays_the_confirmation_by_the_timeout_at_most():

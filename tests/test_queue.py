@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from vmqtw.broker.queue import QueueLimits, SubscriberQueue
+from vmqtw.broker.queue import AWAIT_ACK, AWAIT_COMP, InFlight, QueueLimits, SubscriberQueue
 from vmqtw.store.memory import MemoryMessageStore
 from vmqtw.types import Message, SubscriberId
 
@@ -76,3 +76,61 @@ def test_retry_resends_with_dup_and_keeps_the_packet_id():
     clock.advance(50)
     assert len(outlet.sent) == 4 and queue.inflight == {}
     assert clock.getDelayedCalls() == []
+
+
+def test_qos2_after_pubrec_a_reconnect_resends_only_the_pubrel():
+    """
+    [MQTT-4.3.3-1], [MQTT-4.4.0-1]: once PUBREC arrived the message is the
+    subscriber's; a new connection gets PUBREL again, never the PUBLISH, and
+    the stored copy went at PUBREC.
+    """
+    queue, clock, store = persistent_queue()
+    first = Outlet()
+    queue.attach(first)
+    queue.enqueue(message(0, qos=2), 2)
+    queue.enqueue(message(1, qos=2), 2)
+    sent = queue.inflight[1]
+    assert (sent.message.payload, sent.qos, sent.state, sent.sent_at) == (b"m0", 2, AWAIT_ACK, 0.0)
+    clock.advance(1)
+    queue.pubrec(1)
+    entry = queue.inflight[1]
+    assert isinstance(entry, InFlight)
+    assert (entry.qos, entry.state, entry.sent_at) == (2, AWAIT_COMP, 1.0)
+    assert store.stored_payloads() == 1  # only message 1 is still the broker's
+    queue.detach()
+    second = Outlet()
+    queue.attach(second)
+    assert second.sent == [("PUBREL", 1), (b"m1", 2, 2, True)]
+    queue.pubcomp(1)
+    queue.pubrec(2)
+    queue.pubcomp(2)
+    assert queue.inflight == {} and store.stored_payloads() == 0
+
+
+def test_retry_resends_only_what_waited_the_full_interval():
+    """Each entry keeps its own send time: a younger one is not resent with an older one."""
+    queue, clock, _ = persistent_queue(QueueLimits(retry_interval=10))
+    outlet = Outlet()
+    queue.attach(outlet)
+    queue.enqueue(message(0), 1)
+    clock.advance(6)
+    queue.enqueue(message(1), 1)
+    clock.advance(4)
+    assert outlet.sent[2:] == [(b"m0", 1, 1, True)]
+    clock.advance(6)
+    assert outlet.sent[3:] == [(b"m1", 1, 2, True)]
+    assert [e.sent_at for e in queue.inflight.values()] == [10.0, 16.0]
+
+
+def test_restored_message_downgraded_to_qos0_is_sent_once_and_leaves_the_store():
+    """A stored message whose subscription is now QoS 0 is delivered at QoS 0 and not kept."""
+    queue, _, store = persistent_queue()
+    store.write(SID, message(0))
+    store.write(SID, message(1))
+    queue.restore([message(0).ref, message(1).ref], lambda m: 0 if m.payload == b"m0" else 1)
+    outlet = Outlet()
+    queue.attach(outlet)
+    assert outlet.sent == [(b"m0", 0, None, False), (b"m1", 1, 1, False)]
+    assert list(queue.inflight) == [1] and store.stored_payloads() == 1
+    queue.puback(1)
+    assert store.stored_payloads() == 0

@@ -44,6 +44,7 @@ __all__ = [
     "Identifier",
     "Integer",
     "NodeName",
+    "PENDING_NOTE",
     "Path",
     "Problem",
     "SCHEMA",
@@ -427,6 +428,11 @@ class Setting:
     empty mapping for a ``<name>`` key), and the template shows ``example``
     commented out instead.  ``attr`` is the ``Config`` attribute; it
     defaults to the key with dots turned into underscores.
+
+    ``pending`` marks a key that is accepted (so VerneMQ configuration files
+    keep loading) but has no effect yet; it names the issue that will give
+    it one.  The template documents it as such and leaves it commented out,
+    so the shipped file promises nothing the broker does not do.
     """
 
     key: str
@@ -436,6 +442,7 @@ class Setting:
     example: str | None = None
     default_name: str = "default"
     attr: str = attrs.field(default=attrs.Factory(lambda self: _attr_for(self.key), takes_self=True))
+    pending: str | None = None
 
     @property
     def templated(self) -> bool:
@@ -667,7 +674,8 @@ SCHEMA: tuple[Setting, ...] = (
         "When on, connects for one client identifier are serialized on one "
         "node of the cluster, so simultaneous connects on different nodes "
         "cannot leave two sessions alive.  Turning it off makes connects a "
-        "little faster and duplicates possible."),
+        "little faster and duplicates possible.",
+        pending="registrations are not yet coordinated (issue 17)"),
     Setting(
         "outgoing_clustering_buffer_size", ByteSize(), 64 * 1024**2,
         "How much data is buffered for a node that is unreachable; beyond it "
@@ -691,8 +699,8 @@ SCHEMA: tuple[Setting, ...] = (
         "The least severe log messages written to the console."),
     Setting(
         "systree_enabled", Flag(), False,
-        "When on, the broker publishes its statistics under $SYS/.  Not yet "
-        "implemented; keep it off."),
+        "When on, the broker publishes its statistics under $SYS/.",
+        pending="nothing is published under $SYS/ yet (issue 11)"),
 )
 
 _BY_KEY: dict[str, Setting] = {s.key: s for s in SCHEMA}
@@ -932,6 +940,9 @@ def parse_config(text: str, filename: str, cwd: str | None = None) -> Config:
             continue
         lines[key] = number
         if setting.templated:
+            # Only listeners are ``<name>`` keys, and they all parse to an
+            # address (a test holds every templated setting to that).
+            assert isinstance(parsed, tuple), setting.key
             named[setting.attr][name] = parsed
         else:
             values[setting.attr] = parsed
@@ -1058,8 +1069,16 @@ _HEADER = """\
 """
 
 
+#: The sentence above a ``pending`` key in the template.
+PENDING_NOTE = "NOT YET IN EFFECT: accepted for VerneMQ compatibility; "
+
+
 def _doc_block(setting: Setting) -> list[str]:
     lines = ["## " + line for line in textwrap.wrap(setting.doc, width=74)]
+    if setting.pending is not None:
+        lines.append("##")
+        lines += ["## " + line for line in textwrap.wrap(PENDING_NOTE + setting.pending + ".",
+                                                          width=74)]
     lines.append("##")
     if setting.default is None:
         never = isinstance(setting.type, Duration) and setting.type.never
@@ -1095,10 +1114,14 @@ def render_default_config(overrides: Mapping[str, str] | None = None,
             out += ["# " + line for line in textwrap.wrap(notes.pop(key), width=76)]
         if key in overrides:
             out.append(f"{key} = {overrides.pop(key)}")
+        elif setting.pending is not None:
+            out.append(f"# {key} = {setting.type.render(setting.default)}")
         elif setting.default is None and setting.example is not None:
             out.append(f"# {key} = {setting.example}")
-        elif setting.default is None:
+        elif setting.default is None and isinstance(setting.type, Duration):
             out.append(f"{key} = {setting.type.render(None)}")
+        elif setting.default is None:
+            raise ValueError(f"{setting.key} has neither a default nor an example to show")
         else:
             out.append(f"{key} = {setting.type.render(setting.default)}")
     if overrides or notes:

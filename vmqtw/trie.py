@@ -297,9 +297,10 @@ class RetainTree:
         """The value stored for ``topic``, or ``default``."""
         node = self._root
         for level in topic.split(_SEP):
-            node = node.children.get(level)
-            if node is None:
+            child = node.children.get(level)
+            if child is None:
                 return default
+            node = child
         if node.value is _NO_VALUE:
             return default
         return node.value
@@ -357,9 +358,9 @@ class RetainTree:
                         continue
                     stack.append((child, i + 1))
             else:
-                child = node.children.get(level)
-                if child is not None:
-                    stack.append((child, i + 1))
+                exact = node.children.get(level)
+                if exact is not None:
+                    stack.append((exact, i + 1))
 
     @staticmethod
     def _subtree(start: _RetainNode,

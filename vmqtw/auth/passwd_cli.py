@@ -18,7 +18,7 @@ import getpass as _getpass
 import os
 import sys
 import tempfile
-from typing import Callable, List, Optional, Sequence, TextIO
+from typing import Callable, List, NoReturn, Optional, Sequence, TextIO
 
 from vmqtw.auth.passwd import DEFAULT_ITERATIONS, hash_password, line_username
 
@@ -30,7 +30,7 @@ class CliError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise CliError(message[:1].upper() + message[1:] + ".")
 
 

@@ -27,7 +27,7 @@ immutable and replaced whole, so a check never sees half a reload.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -53,6 +53,11 @@ DEFAULT_RELOAD_INTERVAL = 10.0
 #: gets CONNACK 3 at once, so a connect flood with user names cannot pile up
 #: minutes of PBKDF2 work (and memory) behind the pool.
 DEFAULT_MAX_PENDING_CHECKS = 1000
+
+#: A watched file: (config key, plugin switch, path, load(path), install(snapshot)).
+#: ``install`` takes what ``load`` returns; the list mixes password files and
+#: ACLs, so the snapshot type between the two is ``Any``.
+_WatchedFile = Tuple[str, str, str, Callable[[str], Any], Callable[[Any], None]]
 
 
 @attrs.define(slots=True)
@@ -107,7 +112,7 @@ class BrokerAuthenticator:
         self.acl: Acl = Acl()
         self.counters = AuthCounters()
         #: The delivery-time read check for sessions, or None with the ACL off
-        #: (bad-input case 34: a reload may narrow granted subscriptions).
+        #: (docs/bad-input.md, case 34: a reload may narrow granted subscriptions).
         self.can_read: Optional[Callable[[str, Optional[str], str], bool]] = (
             self._can_read if acl_file is not None else None)
         self._cache = cache if cache is not None else VerifyCache()
@@ -136,8 +141,8 @@ class BrokerAuthenticator:
     def _set_acl(self, snapshot: Acl) -> None:
         self.acl = snapshot
 
-    def _files(self) -> List[tuple]:
-        files: List[tuple] = []
+    def _files(self) -> List[_WatchedFile]:
+        files: List[_WatchedFile] = []
         if self.password_file is not None:
             files.append(("vmq_passwd.password_file", "plugins.vmq_passwd",
                           self.password_file, self._load_passwords, self._set_passwords))

@@ -18,13 +18,14 @@ survive a reconnect of a persistent session [MQTT-4.4.0-1], [MQTT-4.3.3-2].
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Protocol, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Protocol, Set, Tuple, Union
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from vmqtw.interfaces import IMessageStore
 from vmqtw.types import Message, SubscriberId
 
 #: The largest MQTT packet identifier; ids run 1..65535.
@@ -37,6 +38,29 @@ LOAD_BATCH = 100
 # In-flight entry states.
 AWAIT_ACK = 0   # PUBLISH sent, PUBACK (QoS 1) or PUBREC (QoS 2) awaited
 AWAIT_COMP = 1  # PUBREL sent, PUBCOMP awaited
+
+
+@attrs.define(slots=True, eq=False)
+class InFlight:
+    """
+    One QoS 1/2 message sent to the subscriber and not fully acknowledged.
+
+    Mutable, because a PUBREC moves it to ``AWAIT_COMP`` and every resend
+    restamps ``sent_at``; no validators, as one is made per delivery.
+    """
+
+    message: Message
+    #: The QoS it was delivered at (1 or 2).
+    qos: int
+    #: ``AWAIT_ACK`` or ``AWAIT_COMP``.
+    state: int
+    #: When it was last sent (clock seconds), for the retry timer.
+    sent_at: float
+
+
+#: A waiting message: the message itself, or after a restart only its store
+#: ref until it is read back; with the QoS to deliver it at.
+Waiting = Tuple[Union[Message, bytes], int]
 
 
 class Outlet(Protocol):
@@ -91,19 +115,19 @@ class SubscriberQueue:
     def __init__(self, subscriber_id: SubscriberId, clean_session: bool,
                  limits: QueueLimits, clock: IReactorTime,
                  counters: Optional[QueueCounters] = None,
-                 store: Any = None) -> None:
+                 store: Optional[IMessageStore] = None) -> None:
         self.subscriber_id = subscriber_id
         self.clean_session = clean_session
         self.limits = limits
         self.clock = clock
         #: An IMessageStore for persistent sessions, or None.
-        self.store = None if clean_session else store
+        self.store: Optional[IMessageStore] = None if clean_session else store
         self.counters = counters if counters is not None else QueueCounters()
         #: Messages not yet sent: ``(message, qos)``; after a restart the
         #: message is only its ref (``bytes``) until it is read back.
-        self.pending: Deque[Tuple[Any, int]] = deque()
-        #: packet id -> [message, qos, state, sent_at], in send order.
-        self.inflight: Dict[int, List[Any]] = {}
+        self.pending: Deque[Waiting] = deque()
+        #: packet id -> in-flight entry, in send order.
+        self.inflight: Dict[int, InFlight] = {}
         #: Ids of incoming QoS 2 PUBLISHes answered with PUBREC, awaiting PUBREL.
         self.awaiting_rel: Set[int] = set()
         self.outlet: Optional[Outlet] = None
@@ -112,9 +136,9 @@ class SubscriberQueue:
         #: narrow subscriptions granted earlier.
         self._readable: Optional[Callable[[Message], bool]] = None
         self._next_packet_id = 1
-        self._retry_call: Any = None
+        self._retry_call: Optional[IDelayedCall] = None
         #: Decides the QoS of a restored message once it is read back.
-        self._qos_for: Any = None
+        self._qos_for: Optional[Callable[[Message], int]] = None
         self._loading = False
         window = limits.max_inflight_messages
         self._window = MAX_PACKET_ID if window <= 0 else min(window, MAX_PACKET_ID)
@@ -141,12 +165,12 @@ class SubscriberQueue:
         self._readable = readable
         now = self.clock.seconds()
         for packet_id, entry in list(self.inflight.items()):
-            entry[3] = now
-            if entry[2] == AWAIT_ACK:
-                if readable is not None and not readable(entry[0]):
+            entry.sent_at = now
+            if entry.state == AWAIT_ACK:
+                if readable is not None and not readable(entry.message):
                     self._forget_inflight(packet_id)
                     continue
-                outlet.send_publish(entry[0], entry[1], packet_id, True)
+                outlet.send_publish(entry.message, entry.qos, packet_id, True)
             else:
                 outlet.send_pubrel(packet_id)
         if self.inflight:
@@ -168,9 +192,9 @@ class SubscriberQueue:
         """
         self.detach()
         if self.store is not None:
-            refs = [m if m.__class__ is bytes else m.ref for m, q in self.pending if q > 0]
-            refs.extend(e[0].ref for e in self.inflight.values()
-                        if e[1] > 0 and e[2] == AWAIT_ACK)
+            refs = [m if isinstance(m, bytes) else m.ref for m, q in self.pending if q > 0]
+            refs.extend(e.message.ref for e in self.inflight.values()
+                        if e.qos > 0 and e.state == AWAIT_ACK)
             for ref in refs:
                 self.store.delete(self.subscriber_id, ref)
         self.pending.clear()
@@ -184,19 +208,21 @@ class SubscriberQueue:
         payloads first), then end this queue.
         """
         self.detach()
-        entries = [(entry[0], entry[1]) for entry in self.inflight.values()
-                   if entry[2] == AWAIT_ACK]
+        entries: List[Waiting] = [(entry.message, entry.qos) for entry in self.inflight.values()
+                                  if entry.state == AWAIT_ACK]
         entries.extend(self.pending)
-        unloaded = [message for message, _qos in entries if message.__class__ is bytes]
+        unloaded = [message for message, _qos in entries if isinstance(message, bytes)]
 
         def forward(loaded: List[Optional[Message]]) -> None:
             found = dict(zip(unloaded, loaded))
-            for message, qos in entries:
-                if message.__class__ is bytes:
-                    message = found.get(message)
+            for waiting, qos in entries:
+                if isinstance(waiting, bytes):
+                    message = found.get(waiting)
                     if message is None:
                         continue
                     qos = self._qos_for(message) if self._qos_for is not None else message.qos
+                else:
+                    message = waiting
                 send(message, qos)
             self.discard()
 
@@ -270,7 +296,7 @@ class SubscriberQueue:
         message, qos = self.pending.popleft()
         if qos > 0 and self.store is not None:
             self.store.delete(self.subscriber_id,
-                              message if message.__class__ is bytes else message.ref)
+                              message if isinstance(message, bytes) else message.ref)
         return True
 
     def pump(self) -> None:
@@ -279,7 +305,7 @@ class SubscriberQueue:
         pending = self.pending
         while outlet is not None and pending:
             message, qos = pending[0]
-            if message.__class__ is bytes:
+            if isinstance(message, bytes):
                 self._load()
                 break
             if self._readable is not None and not self._readable(message):
@@ -300,7 +326,7 @@ class SubscriberQueue:
 
     # -- restored queues -------------------------------------------------------
 
-    def restore(self, refs: List[bytes], qos_for: Any) -> None:
+    def restore(self, refs: List[bytes], qos_for: Callable[[Message], int]) -> None:
         """
         Queue messages found in the message store at start.  Only refs are
         kept; payloads are read in batches when the subscriber is back, and
@@ -313,9 +339,9 @@ class SubscriberQueue:
     def _load(self) -> None:
         if self._loading or self.store is None:
             return
-        refs = []
+        refs: List[bytes] = []
         for message, _qos in self.pending:
-            if message.__class__ is bytes:
+            if isinstance(message, bytes):
                 refs.append(message)
                 if len(refs) >= LOAD_BATCH:
                     break
@@ -328,19 +354,21 @@ class SubscriberQueue:
     def _loaded(self, messages: List[Optional[Message]], refs: List[bytes]) -> None:
         self._loading = False
         found = dict(zip(refs, messages))
-        restored: Deque[Tuple[Any, int]] = deque()
+        store = self.store
+        restored: Deque[Waiting] = deque()
         for message, qos in self.pending:
-            if message.__class__ is bytes and message in found:
+            if isinstance(message, bytes) and message in found:
                 stored = found[message]
                 if stored is None:
                     continue  # gone from the store meanwhile
                 qos = self._qos_for(stored) if self._qos_for is not None else stored.qos
-                if qos == 0:
+                if qos == 0 and store is not None:
                     # Downgraded by the subscription: QoS 0 copies are never
                     # kept, so this one leaves the store now.
-                    self.store.delete(self.subscriber_id, message)  # type: ignore[union-attr]
-                message = stored
-            restored.append((message, qos))
+                    store.delete(self.subscriber_id, message)
+                restored.append((stored, qos))
+            else:
+                restored.append((message, qos))
         self.pending = restored
         self.pump()
 
@@ -351,7 +379,7 @@ class SubscriberQueue:
 
     def _send_new(self, outlet: Outlet, message: Message, qos: int) -> None:
         packet_id = self._allocate_packet_id()
-        self.inflight[packet_id] = [message, qos, AWAIT_ACK, self.clock.seconds()]
+        self.inflight[packet_id] = InFlight(message, qos, AWAIT_ACK, self.clock.seconds())
         # DUP on a first send: a copy another node sent again after a lost
         # link, which this node may have delivered before a crash.
         outlet.send_publish(message, qos, packet_id, message.dup)
@@ -371,18 +399,18 @@ class SubscriberQueue:
         entry = self.inflight.pop(packet_id)
         self.counters.dropped_unauthorized += 1
         if self.store is not None:
-            self.store.delete(self.subscriber_id, entry[0].ref)
+            self.store.delete(self.subscriber_id, entry.message.ref)
 
     # -- acknowledgements from the subscriber --------------------------------
 
     def puback(self, packet_id: int) -> None:
         """PUBACK: a QoS 1 delivery is done [MQTT-4.3.2-1]."""
         entry = self.inflight.get(packet_id)
-        if entry is None or entry[1] != 1:
+        if entry is None or entry.qos != 1:
             return
         del self.inflight[packet_id]
         if self.store is not None:
-            self.store.delete(self.subscriber_id, entry[0].ref)
+            self.store.delete(self.subscriber_id, entry.message.ref)
         self.pump()
 
     def pubrec(self, packet_id: int) -> None:
@@ -391,20 +419,20 @@ class SubscriberQueue:
         from now on only ever resend the PUBREL [MQTT-4.3.3-1].
         """
         entry = self.inflight.get(packet_id)
-        if entry is None or entry[1] != 2:
+        if entry is None or entry.qos != 2:
             return
-        if entry[2] == AWAIT_ACK:
-            entry[2] = AWAIT_COMP
+        if entry.state == AWAIT_ACK:
+            entry.state = AWAIT_COMP
             if self.store is not None:
-                self.store.delete(self.subscriber_id, entry[0].ref)
-        entry[3] = self.clock.seconds()
+                self.store.delete(self.subscriber_id, entry.message.ref)
+        entry.sent_at = self.clock.seconds()
         if self.outlet is not None:
             self.outlet.send_pubrel(packet_id)
 
     def pubcomp(self, packet_id: int) -> None:
         """PUBCOMP: the QoS 2 exchange is over; the id may be reused."""
         entry = self.inflight.get(packet_id)
-        if entry is None or entry[2] != AWAIT_COMP:
+        if entry is None or entry.state != AWAIT_COMP:
             return
         del self.inflight[packet_id]
         self.pump()
@@ -415,7 +443,7 @@ class SubscriberQueue:
         if self.outlet is None or not self.inflight:
             self._retry_call = None
             return
-        oldest = min(entry[3] for entry in self.inflight.values())
+        oldest = min(entry.sent_at for entry in self.inflight.values())
         delay = max(0.0, oldest + self.limits.retry_interval - self.clock.seconds())
         self._retry_call = self.clock.callLater(delay, self._retry)
 
@@ -428,15 +456,15 @@ class SubscriberQueue:
         now = self.clock.seconds()
         due = now - self.limits.retry_interval
         for packet_id, entry in list(self.inflight.items()):
-            if entry[3] > due:
+            if entry.sent_at > due:
                 continue
-            entry[3] = now
-            if entry[2] == AWAIT_ACK:
-                if self._readable is not None and not self._readable(entry[0]):
+            entry.sent_at = now
+            if entry.state == AWAIT_ACK:
+                if self._readable is not None and not self._readable(entry.message):
                     self._forget_inflight(packet_id)
                     continue
                 self.counters.retried += 1
-                outlet.send_publish(entry[0], entry[1], packet_id, True)
+                outlet.send_publish(entry.message, entry.qos, packet_id, True)
             else:
                 self.counters.retried += 1
                 outlet.send_pubrel(packet_id)

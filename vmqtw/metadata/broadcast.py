@@ -91,7 +91,7 @@ class PlumtreeBroadcast:
                  lazy_tick: float = 1.0, exchange_tick: float = 10.0,
                  outstanding_limit: int = 250_000,
                  exchange_limit: int = 1,
-                 exchange_on_up_delay: float = 1.0) -> None:
+                 exchange_on_up_delay: Optional[float] = 1.0) -> None:
         self.node = node
         self.transport = transport
         self.clock = clock

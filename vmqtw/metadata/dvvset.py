@@ -24,7 +24,7 @@ safe to share between the store, the broadcast layer and the wire.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from vmqtw.metadata.codec import encode
 
@@ -42,7 +42,7 @@ EMPTY: Clock = ((), ())
 
 def _canonical_union(a: Tuple[Any, ...], b: Tuple[Any, ...]) -> Tuple:
     """Union of two anonymous value lists, sorted by encoding, no dups."""
-    seen = {}
+    seen: Dict[bytes, Any] = {}
     for v in a + b:
         seen.setdefault(encode(v), v)
     return tuple(seen[k] for k in sorted(seen))

@@ -19,7 +19,7 @@ a write that races an exchange is at worst repaired by the next one.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Generator, List, Tuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -86,7 +86,7 @@ class AntiEntropy:
                                    self.timeout)
 
     @defer.inlineCallbacks
-    def exchange(self, peer: str):
+    def exchange(self, peer: str) -> Generator[defer.Deferred[Any], Any, int]:
         """
         One exchange with ``peer``; fires with the number of keys that
         differed (and were repaired in either direction).
@@ -109,7 +109,8 @@ class AntiEntropy:
         return differing
 
     @defer.inlineCallbacks
-    def _exchange_prefix(self, peer: str, prefix: Prefix, remote_has: bool):
+    def _exchange_prefix(self, peer: str, prefix: Prefix,
+                         remote_has: bool) -> Generator[defer.Deferred[Any], Any, int]:
         tree = self.store.tree
         p1, p2 = prefix
         remote_buckets = (yield self._call(peer, "buckets", p1, p2)) \
@@ -142,7 +143,7 @@ class AntiEntropy:
 
     @defer.inlineCallbacks
     def _repair(self, peer: str, prefix: Prefix, keys: List[bytes],
-                remote_keys: Dict[bytes, bytes]):
+                remote_keys: Dict[bytes, bytes]) -> Generator[defer.Deferred[Any], Any, None]:
         p1, p2 = prefix
         wanted = tuple(k for k in keys if k in remote_keys)
         remote_objs = (yield self._call(peer, "get", p1, p2, wanted)) \

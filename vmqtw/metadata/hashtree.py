@@ -132,7 +132,9 @@ class HashTree:
         """The root hash (call :meth:`update` first for fresh values)."""
         if self._root is None:
             self.update()
-        return self._root  # type: ignore[return-value]
+        root = self._root
+        assert root is not None  # update() always computes it
+        return root
 
     def prefixes(self) -> Tuple[Tuple[Prefix, bytes], ...]:
         """``((prefix, top), ...)`` of every non-empty prefix, updated."""

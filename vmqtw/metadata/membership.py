@@ -39,6 +39,12 @@ log = Logger()
 Address = Tuple[str, int]
 
 
+def _as_address(address: Any) -> Address:
+    """``(host, port)`` from a pair in any sequence (msgpack gives lists)."""
+    host, port = address
+    return (host, port)
+
+
 class SelfJoin(ValueError):
     """A node cannot join itself."""
 
@@ -60,7 +66,7 @@ class PeerService:
         self.transport = transport
         self.clock = clock
         self.rng = rng if rng is not None else random.Random()
-        self.address = tuple(address) if address is not None else None
+        self.address = _as_address(address) if address is not None else None
         self.gossip_interval = gossip_interval
         self.call_timeout = call_timeout
         self._path = (os.path.join(data_dir, "peer_service", "cluster_state")
@@ -116,12 +122,15 @@ class PeerService:
 
     # -- addresses ------------------------------------------------------------------
     def _set_own_address(self) -> None:
+        address = self.address
+        if address is None:
+            return  # no address of our own to announce
         current = self.addresses.get(self.node)
-        if current is None or current[1] != self.address:
+        if current is None or current[1] != address:
             ts = self.clock.seconds()
             if current is not None and ts <= current[0]:
                 ts = current[0] + 1e-6
-            self.addresses[self.node] = (ts, self.address)
+            self.addresses[self.node] = (ts, address)
 
     def _wire_addresses(self) -> tuple:
         return tuple((n, ts, a[0], a[1])
@@ -200,8 +209,8 @@ class PeerService:
             self.actor = self._new_actor()
             self.state = self._fresh()
             self._running.clear()
-            for listener in list(self._removed_listeners):
-                listener()
+            for removed_listener in list(self._removed_listeners):
+                removed_listener()
         else:
             self._save()
         members = orswot.value(self.state)
@@ -251,8 +260,8 @@ class PeerService:
         """
         if seed == self.node:
             return defer.fail(SelfJoin(seed))
-        self._applied[seed] = tuple(address)
-        self.transport.set_peer_address(seed, tuple(address))
+        self._applied[seed] = _as_address(address)
+        self.transport.set_peer_address(seed, _as_address(address))
         # Over TCP the link needs a connect and a handshake first: wait for
         # it (bounded by call_timeout) instead of failing the first call.
         d = self._when_connected(seed, self.clock.seconds() + self.call_timeout)

@@ -82,7 +82,9 @@ class MetadataNode:
     def members(self) -> FrozenSet[str]:
         if self.peers is not None:
             return self.peers.members()
-        return self._static | {self.node}  # type: ignore[operator]
+        static = self._static
+        assert static is not None  # no peer service: the member list is fixed
+        return static | {self.node}
 
     def start(self) -> None:
         """Start gossip, the plumtree ticks and (if enabled) GC."""

@@ -115,8 +115,9 @@ class ReplicatedMetadataStore:
             self.actor = actor_factory(node)
 
     def _load(self) -> None:
-        assert self._db is not None, "only called with a data directory"
-        for kenc, oenc in self._db.iterator():
+        db = self._db
+        assert db is not None  # only called once the database is open
+        for kenc, oenc in db.iterator():
             if kenc.startswith(b"\x00"):
                 continue
             p1, p2, key = decode(kenc)
@@ -266,7 +267,7 @@ class ReplicatedMetadataStore:
         return n
 
     def _write(self, prefix: Prefix, key: Any, boxed: tuple) -> MDObject:
-        prefix = tuple(prefix)  # type: ignore[assignment]
+        prefix = (prefix[0], prefix[1])
         old = self._lookup(prefix, key)
         base = old
         if old is None and self._collected:
@@ -337,7 +338,7 @@ class ReplicatedMetadataStore:
         Merge a replicated or repaired object; True when it changed ours.
         Never broadcasts (plumtree forwards, repairs are not rebroadcast).
         """
-        prefix = tuple(prefix)  # type: ignore[assignment]
+        prefix = (prefix[0], prefix[1])
         if not remote or not dvvset.values(remote):
             log.warn("ignoring an object without values for {key}", key=key)
             return False
@@ -399,7 +400,7 @@ class ReplicatedMetadataStore:
         Drop the tombstone of ``key`` if it is still exactly ``ctx``; stale
         copies are refused until ``keep_until``.  True when dropped.
         """
-        prefix = tuple(prefix)  # type: ignore[assignment]
+        prefix = (prefix[0], prefix[1])
         table = self._data.get(prefix)
         obj = self._lookup(prefix, key)
         if table is None or obj is None or dvvset.join(obj) != tuple(ctx) \

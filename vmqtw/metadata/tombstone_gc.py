@@ -26,7 +26,7 @@ current member has seen it:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, List, Optional
+from typing import Any, Callable, Generator, Iterable, List, Optional
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -93,7 +93,7 @@ class TombstoneCollector:
         return d.addBoth(done).addErrback(failed)
 
     @defer.inlineCallbacks
-    def _round(self):
+    def _round(self) -> Generator[defer.Deferred[Any], Any, int]:
         store = self.store
         now = self.clock.seconds()
         store.expire_collected(now)

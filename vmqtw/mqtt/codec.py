@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from struct import Struct
 from struct import error as struct_error
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from vmqtw.mqtt.packets import (
     CONNECT, PROTOCOL_LEVEL_31, PROTOCOL_LEVEL_311, SUBACK_FAILURE,
@@ -79,7 +79,10 @@ _ACCEPTED = {("MQIsdp", PROTOCOL_LEVEL_31), ("MQTT", PROTOCOL_LEVEL_311)}
 _KNOWN_NAMES = frozenset(name for name, _ in _ACCEPTED)
 
 
-def _publish_flag_table(strict_dup: bool) -> tuple:
+_PublishFlags = Optional[Tuple[int, bool, bool]]
+
+
+def _publish_flag_table(strict_dup: bool) -> Tuple[_PublishFlags, ...]:
     """
     Map the 4 PUBLISH flag bits to ``(qos, retain, dup)`` or ``None``.
 
@@ -87,7 +90,7 @@ def _publish_flag_table(strict_dup: bool) -> tuple:
     malformed [MQTT-3.3.1-4] and so, in 3.1.1, is DUP on QoS 0
     [MQTT-3.3.1-2].
     """
-    table = []
+    table: List[_PublishFlags] = []
     for flags in range(16):
         qos = (flags >> 1) & 3
         dup = bool(flags & 8)
@@ -312,11 +315,17 @@ def _parse_reserved(dec: "Decoder", flags: int, buf: bytearray, pos: int,
     raise ProtocolError("reserved packet type")
 
 
-_PARSERS = (
+def _parse_publish_inline(dec: "Decoder", flags: int, buf: bytearray,
+                          pos: int, end: int) -> Packet:
+    # Holds PUBLISH's slot so the table is uniformly callable.
+    raise AssertionError("PUBLISH is decoded inline in Decoder.feed")
+
+
+_PARSERS: Tuple[_Parser, ...] = (
     _parse_reserved,
     _parse_connect,
     _parse_connack,
-    None,  # PUBLISH is inlined in Decoder.feed
+    _parse_publish_inline,
     _ack_parser(PubAck, "PUBACK", 0),
     _ack_parser(PubRec, "PUBREC", 0),
     _ack_parser(PubRel, "PUBREL", 0b0010),
@@ -572,8 +581,11 @@ def _enc_publish(p: Publish) -> bytes:
                           p.packet_id)
 
 
-def _ack_encoder(b0: int) -> Callable[[Packet], bytes]:
-    def enc(p: Packet) -> bytes:
+_AckPacket = PubAck | PubRec | PubRel | PubComp | UnsubAck
+
+
+def _ack_encoder(b0: int) -> Callable[[_AckPacket], bytes]:
+    def enc(p: _AckPacket) -> bytes:
         return _BBH.pack(b0, 2, p.packet_id)
     return enc
 
@@ -604,7 +616,9 @@ def _enc_unsubscribe(p: Unsubscribe) -> bytes:
     return _frame(0xA2, b"".join(body))
 
 
-_ENCODERS = {
+# Keyed by the packet's class, so each encoder only ever sees its own type;
+# the mapping cannot say that to mypy, hence ``Any`` for the argument.
+_ENCODERS: Dict[type, Callable[[Any], bytes]] = {
     Connect: _enc_connect,
     ConnAck: _enc_connack,
     Publish: _enc_publish,

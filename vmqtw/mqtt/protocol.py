@@ -13,15 +13,25 @@ from __future__ import annotations
 
 from typing import Any, Optional, Set
 
-from twisted.internet.interfaces import IHandshakeListener, IReactorTime
+from twisted.internet.interfaces import (IHandshakeListener, IPushProducer, IReactorTime,
+                                         ITCPTransport)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt.codec import Decoder, ProtocolError, UnacceptableProtocolLevel, encode
-from vmqtw.mqtt.session import NEW, Authenticator, Session, SessionSettings
+from vmqtw.mqtt.session import NEW, Authenticator, Session, SessionRegistry, SessionSettings
 from vmqtw.tls import peer_common_name
+
+
+class _IConnection(ITCPTransport, IPushProducer):
+    """
+    What :class:`MQTTProtocol` uses of its transport, for the type checker
+    only: a TCP connection (plain, or TLS over TCP) that can be aborted and
+    paused.  Twisted's TCP and TLS transports have all these methods without
+    declaring this combination, so nothing checks it at run time.
+    """
 
 
 @implementer(IHandshakeListener)
@@ -29,6 +39,8 @@ class MQTTProtocol(Protocol):
     """One client connection."""
 
     log = Logger()
+    # Set by Twisted before connectionMade; never None while we use it.
+    transport: _IConnection
 
     def __init__(self, factory: "MQTTFactory") -> None:
         self.factory = factory
@@ -169,7 +181,8 @@ class MQTTFactory(Factory):
 
     noisy = False
 
-    def __init__(self, registry: Any, settings: SessionSettings, authenticator: Authenticator,
+    def __init__(self, registry: SessionRegistry, settings: SessionSettings,
+                 authenticator: Authenticator,
                  clock: IReactorTime, max_packet_size: int = 0, connect_timeout: float = 10.0,
                  max_connections: int = 0, identity_from_certificate: bool = False) -> None:
         self.registry = registry

@@ -17,10 +17,12 @@ from __future__ import annotations
 import os
 import struct
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Protocol
+from typing import (Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Protocol,
+                    Set, Tuple)
 
 import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -59,6 +61,72 @@ class SessionIO(Protocol):
     def pause_reading(self) -> None: ...
 
     def resume_reading(self) -> None: ...
+
+
+class SessionQueue(Protocol):
+    """
+    What the session uses of the subscriber queue the registry hands it
+    (:class:`vmqtw.broker.queue.SubscriberQueue`); described here so this
+    pure module does not import the broker.
+    """
+
+    #: Ids of incoming QoS 2 PUBLISHes answered with PUBREC, awaiting PUBREL.
+    awaiting_rel: Set[int]
+
+    @property
+    def outlet(self) -> object:
+        """The session delivering this queue's messages, or None."""
+
+    def attach(self, outlet: "Session",
+               readable: Optional[Callable[[Message], bool]] = None) -> None: ...
+
+    def detach(self) -> None: ...
+
+    def enqueue(self, message: Message, qos: int) -> Optional[Deferred]: ...
+
+    def puback(self, packet_id: int) -> None: ...
+
+    def pubrec(self, packet_id: int) -> None: ...
+
+    def pubcomp(self, packet_id: int) -> None: ...
+
+
+class SessionRegistry(Protocol):
+    """
+    What the session uses of the registry: registration, subscriptions,
+    routing and retained messages.  A protocol rather than the concrete
+    class, so the session depends on these calls only, whichever modules
+    end up implementing them, and tests can pass small fakes.
+    """
+
+    @property
+    def clock(self) -> IReactorTime:
+        """For the timestamp of a will, published without a packet's ``now``."""
+
+    def ready(self) -> bool:
+        """False during a netsplit (the ``allow_*_during_netsplit`` flags)."""
+
+    def register(self, subscriber_id: SubscriberId, clean_session: bool,
+                 session: Any) -> Tuple[SessionQueue, bool]:
+        """Take the session of ``subscriber_id``: its queue, and whether it existed."""
+
+    def unregister(self, subscriber_id: SubscriberId, session: Any,
+                   clean_session: bool) -> None: ...
+
+    def subscriptions(self, subscriber_id: SubscriberId) -> Dict[str, int]: ...
+
+    def subscribe(self, subscriber_id: SubscriberId, clean_session: bool,
+                  topics: Iterable[Tuple[str, int]]) -> None: ...
+
+    def unsubscribe(self, subscriber_id: SubscriberId, clean_session: bool,
+                    topics: Iterable[str]) -> None: ...
+
+    def publish(self, message: Message,
+                author: Optional[Tuple[str, Optional[str]]] = None) -> Optional[Deferred]:
+        """Route ``message``; a Deferred when the acknowledgement must wait for storage."""
+
+    def retained_matching(self, flt: str) -> Iterator[Tuple[Message, Any]]:
+        """Retained messages for a new subscription, each with its author or None."""
 
 
 @attrs.define(frozen=True, slots=True)
@@ -142,7 +210,7 @@ class Session:
 
     log = Logger()
 
-    def __init__(self, io: SessionIO, registry: Any, settings: SessionSettings,
+    def __init__(self, io: SessionIO, registry: SessionRegistry, settings: SessionSettings,
                  authenticator: Authenticator, peer: Any = None,
                  on_connected: Optional[Callable[["Session"], None]] = None) -> None:
         self.io = io
@@ -163,7 +231,9 @@ class Session:
         #: dropped after 1.5 times as long without a packet [MQTT-3.1.2-24].
         self.keepalive = 0
         self.will: Optional[P.Will] = None
-        self.queue: Any = None
+        #: Set while connected (from CONNACK until the connection ends or
+        #: is taken over); the packet handlers run only then.
+        self.queue: Optional[SessionQueue] = None
         self.taken_over = False
         self._disconnected = False
         self._buffered: List[Any] = []
@@ -300,7 +370,7 @@ class Session:
         """
         The ACL's delivery-time check for this client, or None when reads
         are not restricted: a reload may narrow what was granted at
-        SUBSCRIBE time (bad-input case 34).
+        SUBSCRIBE time (docs/bad-input.md, case 34).
         """
         can_read = getattr(self.authenticator, "can_read", None)
         if can_read is None:
@@ -370,7 +440,9 @@ class Session:
         if max_depth and topic.count("/") >= max_depth:
             self.violation("topic deeper than topic_max_depth")
             return
-        if qos == 2 and publish.packet_id in self.queue.awaiting_rel:
+        queue = self.queue
+        assert queue is not None  # only CONNECTED sessions handle PUBLISH
+        if qos == 2 and publish.packet_id in queue.awaiting_rel:
             # A resend of a QoS 2 message already routed: answer, do not
             # route it again (exactly once) [MQTT-4.3.3-2].
             self._acknowledge(None, _PUBACK(_PUBREC_BYTE, 2, publish.packet_id))
@@ -388,7 +460,8 @@ class Session:
         if qos == 1:
             self._acknowledge(waiting, _PUBACK(_PUBACK_BYTE, 2, publish.packet_id))
         elif qos == 2:
-            self.queue.awaiting_rel.add(publish.packet_id)
+            assert publish.packet_id is not None  # the codec refuses QoS > 0 without one
+            queue.awaiting_rel.add(publish.packet_id)
             if waiting is not None:
                 waiting.addErrback(self._not_routed, publish.packet_id)
             self._acknowledge(waiting, _PUBACK(_PUBREC_BYTE, 2, publish.packet_id))
@@ -418,7 +491,8 @@ class Session:
         stay "awaiting PUBREL", or the client's resend would be answered
         without being routed.
         """
-        self.queue.awaiting_rel.discard(packet_id)
+        if self.queue is not None:
+            self.queue.awaiting_rel.discard(packet_id)
         return failure
 
     def _ack_failed(self, failure: Failure, entry: List[Any]) -> None:
@@ -440,18 +514,28 @@ class Session:
             self._paused = False
             self.io.resume_reading()
 
+    # The handlers below run only while CONNECTED, when ``queue`` is set.
+
     def _on_puback(self, packet: P.PubAck, now: float) -> None:
-        self.queue.puback(packet.packet_id)
+        queue = self.queue
+        assert queue is not None
+        queue.puback(packet.packet_id)
 
     def _on_pubrec(self, packet: P.PubRec, now: float) -> None:
-        self.queue.pubrec(packet.packet_id)
+        queue = self.queue
+        assert queue is not None
+        queue.pubrec(packet.packet_id)
 
     def _on_pubcomp(self, packet: P.PubComp, now: float) -> None:
-        self.queue.pubcomp(packet.packet_id)
+        queue = self.queue
+        assert queue is not None
+        queue.pubcomp(packet.packet_id)
 
     def _on_pubrel(self, packet: P.PubRel, now: float) -> None:
         """Release a QoS 2 id; PUBCOMP even for an unknown id [MQTT-4.3.3-2]."""
-        self.queue.awaiting_rel.discard(packet.packet_id)
+        queue = self.queue
+        assert queue is not None
+        queue.awaiting_rel.discard(packet.packet_id)
         self._acknowledge(None, _PUBACK(_PUBCOMP_BYTE, 2, packet.packet_id))
 
     def _on_subscribe(self, subscribe: P.Subscribe, now: float) -> None:
@@ -461,9 +545,11 @@ class Session:
                                           [P.SUBACK_FAILURE] * len(subscribe.topics))))
             return
         subscriber_id = self.subscriber_id
+        queue = self.queue
+        assert subscriber_id is not None and queue is not None
         existing = self.registry.subscriptions(subscriber_id)
         limit = settings.max_subscriptions_per_client
-        granted: List[tuple] = []
+        granted: List[Tuple[str, int]] = []
         codes: List[int] = []
         for flt, qos in subscribe.topics:
             if (not validate_filter(flt, settings.topic_max_depth)
@@ -478,7 +564,6 @@ class Session:
         if granted:
             self.registry.subscribe(subscriber_id, self.clean_session, granted)
         self.io.write(encode(P.SubAck(subscribe.packet_id, codes)))
-        queue = self.queue
         can_publish = self.authenticator.can_publish
         for flt, qos in granted:
             for message, author in self.registry.retained_matching(flt):
@@ -492,6 +577,7 @@ class Session:
         if (not self.settings.allow_unsubscribe_during_netsplit
                 and not self.registry.ready()):
             return  # no UNSUBACK: the client resends after the split heals
+        assert self.subscriber_id is not None
         self.registry.unsubscribe(self.subscriber_id, self.clean_session, unsubscribe.topics)
         self.io.write(encode(P.UnsubAck(unsubscribe.packet_id)))
 
