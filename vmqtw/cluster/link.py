@@ -47,29 +47,17 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vmqtw.cluster import auth, wire
+from vmqtw.cluster.auth import is_admin_name
 from vmqtw.errors import CallTimeout, PeerUnreachable, RemoteCallError
 from vmqtw.interfaces import IClusterTransport
 from vmqtw.tls import ClusterTLS, TLSClientFactory, TLSServerFactory
 
 __all__ = ["TcpTransport", "PeerUnreachable", "RemoteCallError",
-           "CallTimeout", "LinkCounters", "ADMIN_PREFIX", "is_admin_name"]
+           "CallTimeout", "LinkCounters"]
 
 log = Logger(namespace="vmqtw.cluster.link")
 
 Address = Tuple[str, int]
-
-#: Name prefix of ``vmqtw-admin`` clients.  They prove the cookie like a
-#: node but are not peers: their links are never announced to peer
-#: listeners (membership, plumtree, readiness would take them for a node
-#: coming up) and are forgotten when they close.  A node name cannot
-#: contain ':', so no real node is ever mistaken for one.
-ADMIN_PREFIX = "admin:"
-
-
-def is_admin_name(name: str) -> bool:
-    """True for the handshake name of an admin client."""
-    return name.startswith(ADMIN_PREFIX)
-
 
 @attrs.define(slots=True)
 class LinkCounters:
