@@ -118,7 +118,7 @@ def parse_args(argv: Sequence[str]) -> Invocation:
     if command not in COMMANDS:
         raise UsageError("Unknown command %r; the commands are: %s." % (command, _allowed_commands()))
     method, allowed, _ = COMMANDS[command]
-    arguments = []
+    arguments: List[Tuple[str, str]] = []
     for pair in pairs:
         key, _, value = pair.partition("=")
         if key not in allowed:
