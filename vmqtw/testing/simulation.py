@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from twisted.internet.task import Clock
 
-from vmqtw.metadata.memory_transport import InMemoryNetwork
+from vmqtw.testing.memory_transport import InMemoryNetwork
 from vmqtw.metadata.node import MetadataNode
 from vmqtw.metadata.store import ReplicatedMetadataStore
 
