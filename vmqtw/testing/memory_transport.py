@@ -26,11 +26,11 @@ from typing import (Any, Callable, Dict, Iterable, List, Optional, Set,
 
 import msgpack
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from vmqtw.errors import PeerUnreachable, RemoteCallError
+from vmqtw.errors import CallTimeout, PeerUnreachable, RemoteCallError
 from vmqtw.interfaces import IClusterTransport
 
 __all__ = ["InMemoryNetwork", "InMemoryTransport", "PeerUnreachable",
@@ -85,7 +85,7 @@ class InMemoryNetwork:
         self._queue: List[tuple] = []
         self._seq = itertools.count()
         self._last: Dict[Tuple[str, str], float] = {}
-        self._pump_call = None
+        self._pump_call: Optional[IDelayedCall] = None
 
     # -- nodes ---------------------------------------------------------------
     def transport(self, node: str) -> "InMemoryTransport":
@@ -183,6 +183,9 @@ class InMemoryNetwork:
               key: Tuple[str, Any], message: Any, deliver: Callable,
               inspect: Any) -> bool:
         self.counters[key] += 1
+        # Encode first, as the TCP transport does: a message that is not
+        # plain data raises TypeError whether the link is up or not.
+        data = _encode(message) if self.serialize else message
         if not self.linked(src.node, dst):
             self.dropped[key] += 1
             return False
@@ -191,10 +194,7 @@ class InMemoryNetwork:
                 self.dropped[key] += 1
                 return True
         if self.serialize:
-            data = _encode(message)
             self.bytes_sent += len(data)
-        else:
-            data = message
         now = self.clock.seconds()
         link = (src.node, dst)
         at = max(now + self._delays.get(link, 0.0), self._last.get(link, 0.0))
@@ -299,18 +299,30 @@ class InMemoryTransport:
             self.network.dropped[key] += 1
             return defer.fail(PeerUnreachable(peer))
         call_id = next(self._ids)
-        d: defer.Deferred = defer.Deferred()
-        timer = self.network.clock.callLater(timeout, self._timeout, call_id)
-        self._pending[call_id] = (d, timer, peer)
+        # Sent (encoded) before it is pending: unserialisable arguments
+        # raise TypeError and leave no timer behind.  Delivery waits for
+        # the clock, so the reply cannot come before the entry exists.
         self.network._send(self, peer, "call", key,
                            (call_id, method, tuple(args)), _deliver_call,
                            (method, tuple(args)))
+        d: defer.Deferred = defer.Deferred(
+            lambda _d: self._forget(call_id))
+        timer = self.network.clock.callLater(timeout, self._timeout, call_id,
+                                             timeout)
+        self._pending[call_id] = (d, timer, peer)
         return d
 
-    def _timeout(self, call_id: int) -> None:
+    def _forget(self, call_id: int) -> None:
+        """A cancelled call: neither its timeout nor its reply fires it."""
+        entry = self._pending.pop(call_id, None)
+        if entry is not None and entry[1].active():
+            entry[1].cancel()
+
+    def _timeout(self, call_id: int, timeout: float) -> None:
         entry = self._pending.pop(call_id, None)
         if entry is not None:
-            entry[0].errback(defer.TimeoutError("call timed out"))
+            entry[0].errback(CallTimeout(
+                "no reply from %s within %ss" % (entry[2], timeout)))
 
     def _reply(self, call_id: int, ok: bool, value: Any) -> None:
         entry = self._pending.pop(call_id, None)
@@ -335,12 +347,21 @@ class InMemoryTransport:
 
     def _peer_up(self, peer: str) -> None:
         for on_up, _ in list(self._listeners):
-            on_up(peer)
+            self._notify(on_up, peer)
 
     def _peer_down(self, peer: str) -> None:
         self._fail_pending(peer, "link to %s lost" % (peer,))
         for _, on_down in list(self._listeners):
-            on_down(peer)
+            self._notify(on_down, peer)
+
+    def _notify(self, listener: Callable, peer: str) -> None:
+        """Like TCP: one failing listener neither stops the others nor
+        leaves the network half recomputed."""
+        try:
+            listener(peer)
+        except Exception:
+            log.failure("peer listener of {node} failed for {peer}",
+                        node=self.node, peer=peer)
 
 
 def _deliver_cast(target: InMemoryTransport, src: str, message: Any
@@ -359,19 +380,28 @@ def _deliver_call(target: InMemoryTransport, src: str, message: Any) -> None:
     handler = target._call_handlers.get(method)
     if handler is None:
         _answer(target, src, method, call_id, False,
-                "no handler for %s" % (method,))
+                "UnknownMethod: %r" % (method,))
         return
     d = defer.maybeDeferred(handler, src, *args)
     d.addCallbacks(
         lambda value: _answer(target, src, method, call_id, True, value),
-        lambda failure: _answer(target, src, method, call_id, False,
-                                repr(failure.value)))
+        lambda failure: _answer(target, src, method, call_id, False, "%s: %s"
+                                % (failure.type.__name__,
+                                   failure.getErrorMessage())))
+    d.addErrback(lambda f: log.failure("reply to {method} failed", f,
+                                       method=method))
 
 
 def _answer(target: InMemoryTransport, caller: str, method: str,
             call_id: int, ok: bool, value: Any) -> None:
     if target._stopped:
         return
+    if target.network.serialize:
+        try:
+            _encode(value)
+        except (TypeError, ValueError, OverflowError) as e:
+            # As over TCP: the caller learns why instead of timing out.
+            ok, value = False, "UnserialisableResult: %s" % (e,)
     target.network._send(target, caller, "reply", ("reply", method),
                          (call_id, ok, value), _deliver_reply, (method, value))
 
