@@ -36,7 +36,7 @@ def main() -> None:
                         help="persist every replica in LevelDB under /tmp")
     args = parser.parse_args()
 
-    from vmqtw.metadata.simulation import SimCluster
+    from vmqtw.testing.simulation import SimCluster
     from vmqtw.types import SUBSCRIBER_PREFIX as P
 
     root = tempfile.mkdtemp(prefix="md-scale-") if args.leveldb else None

@@ -18,7 +18,8 @@ from vmqtw.admin import cli
 from vmqtw.admin.client import AdminClient, CookieMismatch, NodeUnreachable
 from vmqtw.admin.server import register_admin_handlers
 from vmqtw.cluster import auth
-from vmqtw.cluster.link import TcpTransport, is_admin_name
+from vmqtw.cluster.auth import is_admin_name
+from vmqtw.cluster.link import TcpTransport
 from vmqtw.metadata.node import MetadataNode
 
 COOKIE = b"admin-test-cookie"

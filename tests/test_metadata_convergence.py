@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from vmqtw.metadata.simulation import SimCluster
+from vmqtw.testing.simulation import SimCluster
 
 P = ("vmq", "subscriber")
 

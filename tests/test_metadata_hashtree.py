@@ -6,7 +6,7 @@ import random
 from vmqtw.interfaces import ChangeOrigin
 from vmqtw.metadata.codec import encode_pkey
 from vmqtw.metadata.hashtree import HashTree
-from vmqtw.metadata.simulation import SimCluster
+from vmqtw.testing.simulation import SimCluster
 
 P = ("vmq", "subscriber")
 R = ("vmq", "retain")

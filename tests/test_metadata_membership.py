@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from vmqtw.metadata import orswot
 from vmqtw.metadata.broadcast import tree_peers
 from vmqtw.metadata.membership import NotPresent, SelfJoin
-from vmqtw.metadata.simulation import SimCluster
+from vmqtw.testing.simulation import SimCluster
 
 P = ("vmq", "subscriber")
 

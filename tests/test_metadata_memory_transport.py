@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from vmqtw.interfaces import IClusterTransport
-from vmqtw.metadata.memory_transport import (InMemoryNetwork,
+from vmqtw.testing.memory_transport import (InMemoryNetwork,
                                              PeerUnreachable,
                                              RemoteCallError)
 

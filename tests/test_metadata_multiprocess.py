@@ -24,7 +24,7 @@ from twisted.internet.testing import StringTransport
 
 from tests.clusterharness import (Partition, ProcessGroup, Spawned,
                                   process_group, wait_until)
-from vmqtw.metadata.memory_transport import InMemoryNetwork
+from vmqtw.testing.memory_transport import InMemoryNetwork
 from vmqtw.metadata.node import MetadataNode
 from vmqtw.metadata.process import (ControlClient, ControlServer,
                                     ReplicaProcess, digest_items, from_json,

@@ -9,7 +9,7 @@ import random
 
 from vmqtw.metadata import dvvset
 from vmqtw.metadata.broadcast import tree_peers
-from vmqtw.metadata.simulation import SimCluster
+from vmqtw.testing.simulation import SimCluster
 
 P = ("vmq", "subscriber")
 R = ("vmq", "retain")

@@ -9,7 +9,7 @@ import random
 
 from vmqtw.metadata import dvvset
 from vmqtw.metadata.mdobject import DELETED
-from vmqtw.metadata.simulation import SimCluster
+from vmqtw.testing.simulation import SimCluster
 
 P = ("vmq", "subscriber")
 

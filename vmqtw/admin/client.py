@@ -5,7 +5,7 @@ Plain sockets, no reactor: the command line runs once and exits, and
 ``twistd vmqtw-admin`` runs it inside ``makeService`` before any reactor
 turns.  It proves ``distributed_cookie`` with the same
 :class:`~vmqtw.cluster.auth.Handshake` as a node, under a name starting
-with :data:`~vmqtw.cluster.link.ADMIN_PREFIX` so the node does not take it
+with :data:`~vmqtw.cluster.auth.ADMIN_PREFIX` so the node does not take it
 for a cluster member, then sends ``call`` frames and waits for the replies.
 While it waits it sends a ping every second: the node closes links that
 stay silent past its heartbeat timeout, and a join may take seconds.
@@ -26,7 +26,7 @@ import time
 from typing import Any, Callable, Optional, Tuple
 
 from vmqtw.cluster import auth, wire
-from vmqtw.cluster.link import ADMIN_PREFIX
+from vmqtw.cluster.auth import ADMIN_PREFIX
 
 __all__ = ["AdminError", "NodeUnreachable", "CookieMismatch", "CommandFailed", "AdminClient",
            "admin_name", "tls_context", "COMMAND_ERROR"]

@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from vmqtw.cluster.link import is_admin_name
+from vmqtw.cluster.auth import is_admin_name
 from vmqtw.metadata.membership import NotPresent, SelfJoin
 
 __all__ = ["AdminCommandError", "AdminHandlers", "register_admin_handlers"]

@@ -18,6 +18,10 @@ accept the link (it might be a duplicate of an existing one) -- hence the
 separate :meth:`Handshake.accept`.
 
 Everything here is pure: nonces are passed in, time is passed in.
+
+The names that tell an admin client from a node live here too: an admin
+client proves the cookie like a node, and what it is (a node or a client)
+is part of who said hello, not of the TCP adapter.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ import attrs
 
 from vmqtw.cluster import wire
 
-__all__ = ["PROTOCOL_VERSION", "NONCE_SIZE", "INITIATOR", "RESPONDER",
+__all__ = ["ADMIN_PREFIX", "is_admin_name", "PROTOCOL_VERSION", "NONCE_SIZE", "INITIATOR", "RESPONDER",
            "HandshakeFailed", "HandshakeRefused", "Handshake", "compute_proof",
            "FailureLimiter"]
 
@@ -41,6 +45,18 @@ INITIATOR = b"I"
 RESPONDER = b"R"
 _DOMAIN = b"vmqtw-cluster-v1"
 _MAX_NAME = 255
+
+#: Name prefix of ``vmqtw-admin`` clients.  They prove the cookie like a
+#: node but are not peers: their links are never announced to peer
+#: listeners (membership, plumtree, readiness would take them for a node
+#: coming up) and are forgotten when they close.  A node name cannot
+#: contain ':', so no real node is ever mistaken for one.
+ADMIN_PREFIX = "admin:"
+
+
+def is_admin_name(name: str) -> bool:
+    """True for the handshake name of an admin client."""
+    return name.startswith(ADMIN_PREFIX)
 
 
 class HandshakeFailed(Exception):

@@ -30,11 +30,12 @@ domain (injected clock and transport)
     ``node``        :class:`MetadataNode`: all of the above for one node,
                     wired to a transport and a clock (what the broker uses)
 
-adapters and tools
-    ``memory_transport``  the in-memory :class:`IClusterTransport` with
-                    partitions, drops, delays and counters (TCP is in
-                    :mod:`vmqtw.cluster`)
-    ``simulation``  :class:`SimCluster`: N nodes on one ``task.Clock``
+test tools (in :mod:`vmqtw.testing`, not here: a node never needs them)
+    ``vmqtw.testing.memory_transport``  the in-memory
+                    :class:`IClusterTransport` with partitions, drops,
+                    delays and counters (TCP is in :mod:`vmqtw.cluster`)
+    ``vmqtw.testing.simulation``  :class:`SimCluster`: N nodes on one
+                    ``task.Clock``
 
 A local ``put`` commits (dict, LevelDB, tree, events) and hands
 ``(mid, object)`` to plumtree; receivers merge and forward along the tree;

@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from twisted.internet.task import Clock
 
-from vmqtw.metadata.memory_transport import InMemoryNetwork
+from vmqtw.testing.memory_transport import InMemoryNetwork
 from vmqtw.metadata.node import MetadataNode
 from vmqtw.metadata.store import ReplicatedMetadataStore
 
@@ -150,7 +150,10 @@ class SimCluster:
 
     def join(self, name: str, seed: str) -> Any:
         """``name`` joins ``seed``'s cluster (membership mode)."""
-        return self.nodes[name].peers.join(seed, self.address(seed))
+        peers = self.nodes[name].peers
+        if peers is None:
+            raise RuntimeError("SimCluster(membership=True) is needed to join")
+        return peers.join(seed, self.address(seed))
 
     def stores(self) -> List[ReplicatedMetadataStore]:
         return [n.store for n in self.nodes.values() if n.running]
