@@ -134,7 +134,7 @@ class Cluster:
     """
 
     def __init__(self, names: Any = ("A", "B", "C"), **broker_kwargs: Any) -> None:
-        from vmqtw.metadata.memory_transport import InMemoryNetwork
+        from vmqtw.testing.memory_transport import InMemoryNetwork
         from vmqtw.metadata.node import MetadataNode
 
         self.clock = Clock()

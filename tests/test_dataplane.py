@@ -16,7 +16,7 @@ import msgpack
 
 from vmqtw.cluster.dataplane import (CHANNEL, BacklogFull, DataPlane, decode_message,
                                      encode_message, outbox_id)
-from vmqtw.metadata.memory_transport import InMemoryNetwork
+from vmqtw.testing.memory_transport import InMemoryNetwork
 from vmqtw.store.leveldb import LevelDBMessageStore
 from vmqtw.types import Message, SubscriberId
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from vmqtw.interfaces import ChangeOrigin
 from vmqtw.metadata.confirm import Confirmer
-from vmqtw.metadata.simulation import SimCluster
+from vmqtw.testing.simulation import SimCluster
 
 P = ("vmq", "subscriber")
 

@@ -172,8 +172,8 @@ class Dispatcher:
             send(peer, call_id, True, value)
 
         def failed(f: Failure) -> None:
-            send(peer, call_id, False, "%s: %s" % (
-                f.type.__name__, f.getErrorMessage()))
+            kind = f.type.__name__ if f.type is not None else "Error"
+            send(peer, call_id, False, "%s: %s" % (kind, f.getErrorMessage()))
 
         d.addCallbacks(ok, failed)
         d.addErrback(lambda f: log.failure("reply to {method} failed",

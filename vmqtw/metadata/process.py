@@ -292,7 +292,7 @@ class ReplicaProcess:
 
     def _counters(self) -> Dict[str, Any]:
         counters = getattr(self.transport, "counters", None)
-        return attrs.asdict(counters) if attrs.has(type(counters)) else {}
+        return attrs.asdict(counters) if counters is not None and attrs.has(type(counters)) else {}
 
     def op_join(self, req: Dict[str, Any]) -> defer.Deferred:
         host, port = req["address"]
