@@ -77,7 +77,7 @@ class Broker:
                  session_expiration: Optional[float] = None,
                  clock: Optional[Clock] = None, metadata: Any = None,
                  node: str = "vmqtw@127.0.0.1", cluster: Any = None,
-                 ready: Any = None) -> None:
+                 ready: Any = None, confirm: Any = None) -> None:
         if clock is None:
             clock = Clock()
             clock.advance(1_700_000_000)
@@ -85,7 +85,7 @@ class Broker:
         self.metadata = metadata if metadata is not None else LocalMetadataStore()
         self.registry = Registry(node, self.metadata, self.clock, limits, store,
                                  session_expiration=session_expiration, cluster=cluster,
-                                 ready=ready)
+                                 ready=ready, confirm=confirm)
         self.registry.start()
         self.registry.receive_from_peers()
         self.factory = MQTTFactory(self.registry, settings,
@@ -114,7 +114,14 @@ class Broker:
         client = self.connect(client_id, **kwargs)
         client.send(B.subscribe(1, list(filters)))
         packets = client.received()
-        assert isinstance(packets[0], P.SubAck), packets
+        # In a cluster the SUBACK waits until the other nodes route the
+        # filter: let the in-memory network deliver (bounded).
+        for _ in range(100):
+            if packets:
+                break
+            self.clock.advance(0.01)
+            packets = client.received()
+        assert packets and isinstance(packets[0], P.SubAck), packets
         client.suback = packets[0]  # type: ignore[attr-defined]
         client.retained = packets[1:]  # type: ignore[attr-defined]
         return client
@@ -149,7 +156,8 @@ class Cluster:
                               lazy_tick=0.1, exchange_tick=0.5, gc_interval=None)
             self.metadata_nodes[name] = md
             self.brokers[name] = Broker(clock=self.clock, metadata=md.store, node=name,
-                                        cluster=transport, **broker_kwargs)
+                                        cluster=transport, confirm=md.confirmer.confirm,
+                                        **broker_kwargs)
         for name in self.names:
             self.metadata_nodes[name].start()
             transport = self.network.transport(name)

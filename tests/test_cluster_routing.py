@@ -138,3 +138,32 @@ def test_duplicate_client_from_a_netsplit_is_resolved_after_heal():
     on_a.finish_close()
     assert cluster["A"].registry.sessions == {}
     assert list(cluster["B"].registry.sessions) == [on_b.protocol.session.subscriber_id]
+
+
+def test_suback_waits_until_every_reachable_node_routes_the_filter():
+    """A publish on another node right after the SUBACK reaches the new
+    subscriber, even with plumtree's own messages lost."""
+    cluster = Cluster()
+    cluster.network.drop(lambda src, dst, channel, m: channel == "plumtree")
+    client = cluster["A"].connect("s")
+    client.send(B.subscribe(1, [("t", 1)]))
+    assert client.received() == [], "no SUBACK before B and C route the filter"
+    cluster.clock.advance(0)
+    cluster.clock.advance(0)
+    assert client.received() == [P.SubAck(1, [1])]
+    assert len(cluster["B"].registry.trie) == 1 and len(cluster["C"].registry.trie) == 1
+    cluster["C"].connect("p").send(B.publish("t", b"at once", qos=1, packet_id=5))
+    cluster.settle(0.2)
+    assert [p.payload for p in client.publishes()] == [b"at once"]
+
+
+def test_suback_is_not_held_by_a_node_that_does_not_answer():
+    cluster = Cluster()
+    cluster.network.drop(lambda src, dst, channel, m: dst == "C")
+    client = cluster["A"].connect("s")
+    client.send(B.subscribe(1, [("t", 1)]))
+    cluster.clock.advance(0)
+    cluster.clock.advance(0)
+    assert client.received() == []
+    cluster.settle(2.1)
+    assert client.received() == [P.SubAck(1, [1])]

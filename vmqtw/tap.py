@@ -150,7 +150,8 @@ def build_node(config: Config, reactor: Any) -> OrderedMultiService:
                         subscriptions=Subscriptions(config.nodename, metadata),
                         retain=RetainStore(metadata),
                         dataplane=DataPlane(config.nodename, transport, reactor, store,
-                                            config.outgoing_clustering_buffer_size))
+                                            config.outgoing_clustering_buffer_size),
+                        confirm=cluster.confirmer.confirm)
 
     @inlineCallbacks
     def start_registry() -> Any:

@@ -27,7 +27,7 @@ from vmqtw.broker.subscriptions import Subscriptions
 from vmqtw.cluster.dataplane import OUTBOX_MOUNTPOINT, DataPlane
 from vmqtw.interfaces import IClusterTransport, IMessageStore, IMetadataStore
 from vmqtw.trie import RetainTree, SubscriptionTrie
-from vmqtw.types import Message, SubscriberId
+from vmqtw.types import SUBSCRIBER_PREFIX, Message, SubscriberId
 
 __all__ = ["Registry"]
 
@@ -51,8 +51,12 @@ class Registry:
                  ready: Optional[Callable[[], bool]] = None, *,
                  subscriptions: Optional[Subscriptions] = None,
                  retain: Optional[RetainStore] = None,
-                 dataplane: Optional[DataPlane] = None) -> None:
+                 dataplane: Optional[DataPlane] = None,
+                 confirm: Optional[Callable[[Tuple[str, str], Any], Deferred]] = None) -> None:
         self.node = node
+        #: ``confirm(prefix, key)``: a Deferred firing once every reachable
+        #: node merged the key (see :mod:`vmqtw.metadata.confirm`).
+        self.confirm = confirm
         #: True while every cluster member is reachable (no netsplit).
         self.ready: Callable[[], bool] = ready if ready is not None else (lambda: True)
         #: ``persistent_client_expiration`` in seconds; None = never.
@@ -273,9 +277,16 @@ class Registry:
         return self.subscription_table.local(subscriber_id)
 
     def subscribe(self, subscriber_id: SubscriberId, clean_session: bool,
-                  topics: Iterable[Tuple[str, int]]) -> None:
-        """See :meth:`Subscriptions.subscribe`: routing is updated on return."""
+                  topics: Iterable[Tuple[str, int]]) -> Optional[Deferred]:
+        """
+        See :meth:`Subscriptions.subscribe`: this node routes the filters on
+        return.  The Deferred (None on a lone node) fires once every
+        reachable node routes them too, or after a bounded wait.
+        """
         self.subscription_table.subscribe(subscriber_id, clean_session, topics)
+        if self.confirm is None:
+            return None
+        return self.confirm(SUBSCRIBER_PREFIX, subscriber_id.as_key())
 
     def unsubscribe(self, subscriber_id: SubscriberId, clean_session: bool,
                     topics: Iterable[str]) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Callable, FrozenSet, Iterable, Optional, Tuple
 from twisted.internet.interfaces import IReactorTime
 
 from vmqtw.metadata.broadcast import PlumtreeBroadcast
+from vmqtw.metadata.confirm import Confirmer
 from vmqtw.metadata.exchange import AntiEntropy
 from vmqtw.metadata.membership import PeerService
 from vmqtw.metadata.store import HANDLER, ReplicatedMetadataStore, \
@@ -78,6 +79,8 @@ class MetadataNode:
         if self.peers is not None:
             self.peers.on_change(self.broadcast.update_members)
             self.peers.on_removed(self.store.wipe)
+        #: Confirmed replication of one key (SUBACK after cluster-wide routing).
+        self.confirmer = Confirmer(node, self.store, transport, self.members)
 
     def members(self) -> FrozenSet[str]:
         if self.peers is not None:
@@ -91,6 +94,7 @@ class MetadataNode:
         if self.peers is not None:
             self.peers.start()
         self.broadcast.start()
+        self.confirmer.start()
         if self.gc_interval:
             self.gc.start()
 

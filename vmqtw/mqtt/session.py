@@ -116,7 +116,7 @@ class SessionRegistry(Protocol):
     def subscriptions(self, subscriber_id: SubscriberId) -> Dict[str, int]: ...
 
     def subscribe(self, subscriber_id: SubscriberId, clean_session: bool,
-                  topics: Iterable[Tuple[str, int]]) -> None: ...
+                  topics: Iterable[Tuple[str, int]]) -> Optional[Deferred]: ...
 
     def unsubscribe(self, subscriber_id: SubscriberId, clean_session: bool,
                     topics: Iterable[str]) -> None: ...
@@ -561,9 +561,21 @@ class Session:
             existing[flt] = qos
             granted.append((flt, qos))
             codes.append(qos)
+        routed = None
         if granted:
-            self.registry.subscribe(subscriber_id, self.clean_session, granted)
-        self.io.write(encode(P.SubAck(subscribe.packet_id, codes)))
+            # Routed on this node at once; ``routed`` fires once every
+            # reachable node routes the filter too, so that a publish
+            # anywhere after the SUBACK reaches this subscriber.
+            routed = self.registry.subscribe(subscriber_id, self.clean_session, granted)
+        self._acknowledge(routed, encode(P.SubAck(subscribe.packet_id, codes)))
+        if routed is None:
+            self._send_retained(queue, granted)
+        else:
+            routed.addCallback(lambda _: self._send_retained(queue, granted))
+
+    def _send_retained(self, queue: SessionQueue, granted: List[Tuple[str, int]]) -> None:
+        if self.state != CONNECTED:
+            return
         can_publish = self.authenticator.can_publish
         for flt, qos in granted:
             for message, author in self.registry.retained_matching(flt):
