@@ -287,3 +287,21 @@ def test_node_status_reports_the_broker_counters():
     assert (status["sessions_online"], status["sessions_offline"]) == (2, 1)
     assert status["messages_queued"] == 2  # in flight online + waiting offline
     assert status["subscriptions"] == 2 and status["messages_published"] == 1
+
+
+def test_node_status_reports_the_cluster_backlog_and_refusals():
+    from tests import mqttbytes as B
+    from tests.brokerharness import Cluster
+    from vmqtw.mqtt.session import SessionSettings
+
+    cluster = Cluster(["A", "B"], settings=SessionSettings(allow_publish_during_netsplit=True))
+    cluster["B"].subscriber("s", ("t", 1))
+    cluster.settle()
+    cluster.network.partition([["A"], ["B"]])
+    cluster["A"].connect("p").send(B.publish("t", b"m", qos=1, packet_id=1))
+    cluster.settle(0.1)
+    h, transport, _, _ = handlers()
+    h.registry = cluster["A"].registry
+    status = result(call(transport, "admin.node.status"))
+    assert status["cluster_backlog"]["B"]["messages"] == 1
+    assert status["cluster_publishes_refused_backlog_full"] == 0

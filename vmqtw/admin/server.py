@@ -107,6 +107,18 @@ class AdminHandlers:
                 "expired_sessions": counters.expired_sessions,
                 "retried": counters.retried,
             })
+            dataplane = registry.dataplane
+            if dataplane is not None:
+                plane = dataplane.counters
+                status.update({
+                    "cluster_backlog": {peer: {"messages": count, "bytes": size}
+                                        for peer, (count, size) in dataplane.backlog().items()},
+                    "cluster_publishes_refused_backlog_full": plane.refused_backlog_full,
+                    "cluster_qos0_dropped": plane.dropped_qos0,
+                    "cluster_messages_resent": plane.resent,
+                    "cluster_duplicates_dropped": plane.duplicates_dropped,
+                    "cluster_messages_restored": plane.restored,
+                })
         return status
 
     def leave(self, caller: str, node: Any) -> List[str]:
