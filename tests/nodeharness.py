@@ -18,6 +18,8 @@ from typing import Any, Callable, Dict, List, Optional
 import paho.mqtt.client as mqtt
 import pytest
 
+from tests.clusterharness import Partitions, reserved_ports
+
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,17 +47,24 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0,
 class Node:
     """One ``twistd -n vmqtw`` process in its own directory."""
 
-    def __init__(self, directory: str, settings: Dict[str, str], host: str = "127.0.0.1") -> None:
+    def __init__(self, directory: str, settings: Dict[str, str], host: str = "127.0.0.1",
+                 partitions: Optional[Partitions] = None) -> None:
         self.directory = directory
         self.host = host
-        self.port = free_port(host)
-        self.settings = {
-            "listener.tcp.default": "%s:%d" % (host, self.port),
-            "listener.vmq.clustering": "%s:%d" % (host, free_port(host)),
-            "allow_anonymous": "on",
-            "platform_data_dir": "./data",
-            "log.console.level": "debug",
-        }
+        # Both ports (and the proxy of the proxy back end) from one
+        # allocation: every probe stays bound until all are chosen.
+        with reserved_ports(host, 2) as (self.port, cluster_port):
+            self.settings = {
+                "listener.tcp.default": "%s:%d" % (host, self.port),
+                "listener.vmq.clustering": "%s:%d" % (host, cluster_port),
+                "allow_anonymous": "on",
+                "platform_data_dir": "./data",
+                "log.console.level": "debug",
+            }
+            if partitions is not None:
+                advertised = partitions.front(host, (host, cluster_port))
+                if advertised != (host, cluster_port):
+                    self.settings["listener.vmq.clustering.advertise"] = "%s:%d" % advertised
         self.settings.update(settings)
         self.config_path = os.path.join(directory, "vernemq.conf")
         self.log_path = os.path.join(directory, "node.log")
@@ -118,15 +127,17 @@ class Node:
 class Nodes:
     """Fixture object: makes nodes and kills all of them at teardown."""
 
-    def __init__(self, tmp_path: Any) -> None:
+    def __init__(self, tmp_path: Any, partitions: Optional[Partitions] = None) -> None:
         self.tmp_path = tmp_path
+        self.partitions = partitions
         self.nodes: List[Node] = []
         self.clients: List[mqtt.Client] = []
 
     def node(self, name: str = "node", start: bool = True, host: str = "127.0.0.1",
              **settings: str) -> Node:
         node = Node(str(self.tmp_path / name), {k.replace("__", "."): v
-                                                  for k, v in settings.items()}, host=host)
+                                                  for k, v in settings.items()}, host=host,
+                    partitions=self.partitions)
         self.nodes.append(node)
         return node.start() if start else node
 
@@ -222,8 +233,9 @@ class PahoClient:
 
 
 @pytest.fixture
-def nodes(tmp_path: Any) -> Any:
-    group = Nodes(tmp_path)
+def nodes(tmp_path: Any, partitions: Partitions) -> Any:
+    """Nodes of one test, each fronted on the partition back end."""
+    group = Nodes(tmp_path, partitions)
     try:
         yield group
     finally:

@@ -2,7 +2,9 @@
 A real three-node cluster: ``twistd -n vmqtw`` processes on loopback aliases
 127.0.0.5 (A), .6 (B) and .7 (C), joined and steered with the admin command
 line run as a subprocess (``vmqtw-admin`` and ``twistd vmqtw-admin``), paho
-and raw-socket MQTT clients, and an nft partition for the netsplit.
+and raw-socket MQTT clients, and a partition for the netsplit on the run's
+back end (nft rules, or the proxy each node advertises as its clustering
+address, ``listener.vmq.clustering.advertise``).
 
 It is ONE test on purpose: the nft rules hit every socket of those
 addresses, so a second cluster on them in a parallel test worker would be
@@ -18,7 +20,7 @@ import sys
 from typing import Any, List
 
 from tests import mqttbytes as B
-from tests.clusterharness import Partition, nft_available
+from tests.clusterharness import Partitions
 from tests.nodeharness import Node, wait_until
 from vmqtw.admin.cli import execute
 from vmqtw.admin.client import AdminError
@@ -62,7 +64,12 @@ def name(node: Node) -> str:
 
 
 def cluster_address(node: Node) -> str:
-    return "%s:%s" % (name(node), node.settings["listener.vmq.clustering"].rsplit(":", 1)[1])
+    """``NAME@HOST:PORT`` where the other nodes dial ``node``: its advertised address."""
+    address = node.settings.get("listener.vmq.clustering.advertise",
+                                node.settings["listener.vmq.clustering"])
+    host, port = address.rsplit(":", 1)
+    assert host == node.host  # the host part of the name is where it is dialed
+    return "%s:%s" % (name(node), port)
 
 
 class Raw:
@@ -237,7 +244,7 @@ def offline_messages_follow_the_session(nodes: Any, a: Node, b: Node) -> None:
         ("e2e/pers", b"m1", 1, False), ("e2e/pers", b"m2", 1, False)]
 
 
-def netsplit_then_heal(a: Node, b: Node, c: Node) -> None:
+def netsplit_then_heal(partitions: Partitions, a: Node, b: Node, c: Node) -> None:
     """
     Partition {A} | {B, C}: once A notices, CONNECT gets CONNACK 3 (server
     unavailable), a QoS 1 PUBLISH no PUBACK and SUBSCRIBE 0x80 (VerneMQ's
@@ -246,7 +253,7 @@ def netsplit_then_heal(a: Node, b: Node, c: Node) -> None:
     inside = Raw(a, "during-split")  # connected before the split
     assert inside.connack.return_code == 0
     try:
-        with Partition([[a.host], [b.host, c.host]]):
+        with partitions.cut([[a.host], [b.host, c.host]]):
             split = [(name(a), True), (name(b), False), (name(c), False)]
             wait_until(lambda: show(a) == split, 15, interval=0.2,
                        message="A to show B and C not running")
@@ -274,8 +281,7 @@ def leave_c(a: Node, b: Node, c: Node) -> None:
                message="C to learn it left")
 
 
-def test_three_node_cluster_admin_routing_netsplit_leave(nodes):
-    assert nft_available(), "the netsplit step needs nft as root (see .ci/run)"
+def test_three_node_cluster_admin_routing_netsplit_leave(nodes, partitions):
     a, b, c = start_cluster(nodes)
     join_with_both_command_forms(a, b, c)
     admin_errors_are_one_sentence(a)
@@ -283,5 +289,5 @@ def test_three_node_cluster_admin_routing_netsplit_leave(nodes):
     retained_on_b_reaches_new_subscriber_on_c(nodes, b, c)
     takeover_across_nodes(nodes, a, b)
     offline_messages_follow_the_session(nodes, a, b)
-    netsplit_then_heal(a, b, c)
+    netsplit_then_heal(partitions, a, b, c)
     leave_c(a, b, c)
