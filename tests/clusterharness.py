@@ -33,12 +33,12 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from typing import (Any, Callable, Dict, FrozenSet, Iterable, Iterator, List,
                     Optional, Sequence, Set, Tuple)
 
 import pytest
-from twisted.internet import defer, task
+
+from tests.waiting import wait_until, wait_until_deferred
 
 __all__ = ["free_port", "free_ports", "reserved_ports", "loopback_ip", "loopback_ips", "wait_until",
            "wait_until_deferred", "nft_available", "nft_unusable_reason",
@@ -101,48 +101,6 @@ def free_ports(host: str = "127.0.0.1", count: int = 1) -> List[int]:
 def free_port(host: str = "127.0.0.1") -> int:
     """One port of :func:`free_ports`."""
     return free_ports(host, 1)[0]
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0,
-               interval: float = 0.02, what: str = "condition") -> Any:
-    """
-    Poll ``predicate`` until it returns something true; return that.
-
-    For waiting on *other processes* from plain (non-reactor) test code;
-    raises ``TimeoutError`` after ``timeout`` seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError("%s not reached within %ss" % (what, timeout))
-        time.sleep(interval)
-
-
-def wait_until_deferred(reactor: Any, predicate: Callable[[], Any],
-                        timeout: float = 10.0, interval: float = 0.01,
-                        what: str = "condition") -> defer.Deferred:
-    """
-    Like :func:`wait_until` but without blocking the reactor: a Deferred
-    that fires with the first true value of ``predicate`` or fails with
-    ``TimeoutError``.  For pytest-twisted tests on the real reactor.
-    """
-    deadline = reactor.seconds() + timeout
-
-    @defer.inlineCallbacks
-    def poll() -> Any:
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if reactor.seconds() >= deadline:
-                raise TimeoutError("%s not reached within %ss"
-                                   % (what, timeout))
-            yield task.deferLater(reactor, interval, lambda: None)
-
-    return poll()
 
 
 # -- partitions with nft -----------------------------------------------------

@@ -12,36 +12,16 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import paho.mqtt.client as mqtt
 import pytest
 
 from tests.clusterharness import Partitions, reserved_ports
+from tests.waiting import wait_until
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0,
-               interval: float = 0.02, message: str = "condition") -> Any:
-    """Poll ``predicate`` until it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, message))
-        time.sleep(interval)
 
 
 class Node:
@@ -84,7 +64,7 @@ class Node:
             cwd=self.directory, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         if wait:
-            wait_until(self.accepting, 20, message="node to accept on %d" % self.port)
+            wait_until(self.accepting, 20, what="node to accept on %d" % self.port)
         return self
 
     def accepting(self) -> bool:
@@ -192,7 +172,7 @@ class PahoClient:
         count = len(self.connacks)
         self.client.connect(self.node.host, self.node.port, self.keepalive)
         self.client.loop_start()
-        wait_until(lambda: len(self.connacks) > count, 10, message="CONNACK")
+        wait_until(lambda: len(self.connacks) > count, 10, what="CONNACK")
         return self
 
     @property
@@ -224,7 +204,7 @@ class PahoClient:
 
     def wait_for(self, count: int, timeout: float = 10.0) -> List[tuple]:
         wait_until(lambda: len(self.messages) >= count, timeout,
-                   message="%d messages (have %d)" % (count, len(self.messages)))
+                   what="%d messages (have %d)" % (count, len(self.messages)))
         return self.received()
 
     def disconnect(self) -> None:

@@ -19,7 +19,8 @@ from tests.clusterharness import (BACKEND_ENV, FaultyProxy, NFT_TABLE,
                                   describe_backend, free_port, loopback_ip,
                                   loopback_ips, nft_available,
                                   nft_unusable_reason, partition_backend,
-                                  spawn, wait_until, wait_until_deferred)
+                                  spawn)
+from tests.waiting import wait_until, wait_until_deferred
 
 
 def listener(ip: str) -> socket.socket:

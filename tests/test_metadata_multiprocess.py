@@ -24,7 +24,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from tests.clusterharness import (Partitions, ProcessGroup, Spawned,
-                                  reserved_ports, wait_until)
+                                  reserved_ports)
+from tests.waiting import wait_until
 from vmqtw.metadata.memory_transport import InMemoryNetwork
 from vmqtw.metadata.node import MetadataNode
 from vmqtw.testing.replica_process import (ControlClient, ControlServer,
