@@ -42,6 +42,7 @@ import selectors
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,7 +52,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from tests import mqttbytes as B  # noqa: E402
+from vmqtw.testing import mqttbytes as B  # noqa: E402
 from vmqtw.mqtt import packets as P  # noqa: E402
 from vmqtw.mqtt.codec import Decoder, ProtocolError  # noqa: E402
 
@@ -178,7 +179,7 @@ def reference(data: bytes) -> Tuple[List[Any], bool]:
 def run_inprocess(inputs: int, seed: int, check_every: int) -> Dict[str, Any]:
     from twisted.logger import globalLogPublisher
 
-    from tests.brokerharness import Broker
+    from vmqtw.testing.inprocess_broker import Broker
     from vmqtw.mqtt.session import SessionSettings
     from vmqtw.types import SubscriberId
 
@@ -302,15 +303,73 @@ class RawClient:
         return packets
 
 
+class LiveNode:
+    """
+    One ``twistd -n vmqtw`` on ``host`` in ``directory``, for a live run
+    that was given no port (benchmarks do not import the tests' harness).
+    """
+
+    def __init__(self, directory: str, host: str) -> None:
+        self.directory = directory
+        self.host = host
+        probes = [socket.socket() for _ in range(2)]
+        try:  # both ports chosen while both probes are bound: distinct
+            for probe in probes:
+                probe.bind((host, 0))
+            self.port, cluster_port = (p.getsockname()[1] for p in probes)
+        finally:
+            for probe in probes:
+                probe.close()
+        self.config_path = os.path.join(directory, "vernemq.conf")
+        self.log_path = os.path.join(directory, "node.log")
+        with open(self.config_path, "w") as f:
+            f.write("listener.tcp.default = %s:%d\n" % (host, self.port))
+            f.write("listener.vmq.clustering = %s:%d\n" % (host, cluster_port))
+            f.write("allow_anonymous = on\nplatform_data_dir = ./data\n"
+                    "log.console.level = error\n")
+        self.process: Optional[subprocess.Popen] = None
+
+    def start(self, timeout: float = 20.0) -> "LiveNode":
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [twistd, "-n", "--pidfile=", "vmqtw", "--config", self.config_path],
+                cwd=self.directory, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError("node exited with %s:\n%s"
+                                   % (self.process.returncode, self.log()))
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.kill9()
+                    raise RuntimeError("node did not accept within %ss" % (timeout,))
+                time.sleep(0.05)  # bounded poll for another process
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def kill9(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
 def run_live(inputs: int, seed: int, host: str, port: Optional[int], parallel: int,
              timeout: float, check_every: int) -> Dict[str, Any]:
     loopback_only(host)
     node = None
     workdir = None
     if port is None:
-        from tests.nodeharness import Node
         workdir = tempfile.TemporaryDirectory(prefix="vmqtw-fuzz-")
-        node = Node(workdir.name, {"log.console.level": "error"}, host=host).start()
+        node = LiveNode(workdir.name, host).start()
         port = node.port
     failures: List[str] = []
     counts = {"malformed": 0, "closed_by_node": 0, "closed_by_us": 0, "probes": 0}

@@ -17,8 +17,8 @@ import time
 
 from twisted.internet.testing import StringTransport
 
-from tests import mqttbytes as B
-from tests.brokerharness import Broker
+from vmqtw.testing import mqttbytes as B
+from vmqtw.testing.inprocess_broker import Broker
 from vmqtw.broker.queue import QueueLimits
 
 

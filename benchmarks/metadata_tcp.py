@@ -1,6 +1,6 @@
 """
 Metadata replication over real TCP between three replica processes
-(:mod:`vmqtw.metadata.process`) on loopback.
+(:mod:`vmqtw.testing.replica_process`) on loopback.
 
 For each size N: a fresh 3-node cluster (joined, links up, trees warmed),
 then N subscription-shaped puts on one node; reported are
@@ -32,7 +32,7 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, List
 
-from vmqtw.metadata.process import ControlClient, rss_bytes
+from vmqtw.testing.replica_process import ControlClient, rss_bytes
 
 COOKIE = "bench-cookie"
 
@@ -58,7 +58,7 @@ class Node:
         self.ready = os.path.join(d, "ready.json")
         self.log = open(os.path.join(d, "log"), "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vmqtw.metadata.process",
+            [sys.executable, "-m", "vmqtw.testing.replica_process",
              "--name", self.name, "--listen", "%s:0" % (ip,),
              "--cookie", COOKIE, "--data-dir", os.path.join(d, "data"),
              "--control", "127.0.0.1:0", "--ready-file", self.ready,

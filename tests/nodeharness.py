@@ -12,50 +12,39 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import paho.mqtt.client as mqtt
 import pytest
+
+from tests.clusterharness import Partitions, reserved_ports
+from tests.waiting import wait_until
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0,
-               interval: float = 0.02, message: str = "condition") -> Any:
-    """Poll ``predicate`` until it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, message))
-        time.sleep(interval)
-
-
 class Node:
     """One ``twistd -n vmqtw`` process in its own directory."""
 
-    def __init__(self, directory: str, settings: Dict[str, str], host: str = "127.0.0.1") -> None:
+    def __init__(self, directory: str, settings: Dict[str, str], host: str = "127.0.0.1",
+                 partitions: Optional[Partitions] = None) -> None:
         self.directory = directory
         self.host = host
-        self.port = free_port(host)
-        self.settings = {
-            "listener.tcp.default": "%s:%d" % (host, self.port),
-            "listener.vmq.clustering": "%s:%d" % (host, free_port(host)),
-            "allow_anonymous": "on",
-            "platform_data_dir": "./data",
-            "log.console.level": "debug",
-        }
+        # Both ports (and the proxy of the proxy back end) from one
+        # allocation: every probe stays bound until all are chosen.
+        with reserved_ports(host, 2) as (self.port, cluster_port):
+            self.settings = {
+                "listener.tcp.default": "%s:%d" % (host, self.port),
+                "listener.vmq.clustering": "%s:%d" % (host, cluster_port),
+                "allow_anonymous": "on",
+                "platform_data_dir": "./data",
+                "log.console.level": "debug",
+            }
+            if partitions is not None:
+                advertised = partitions.front(host, (host, cluster_port))
+                if advertised != (host, cluster_port):
+                    self.settings["listener.vmq.clustering.advertise"] = "%s:%d" % advertised
         self.settings.update(settings)
         self.config_path = os.path.join(directory, "vernemq.conf")
         self.log_path = os.path.join(directory, "node.log")
@@ -75,7 +64,7 @@ class Node:
             cwd=self.directory, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         if wait:
-            wait_until(self.accepting, 20, message="node to accept on %d" % self.port)
+            wait_until(self.accepting, 20, what="node to accept on %d" % self.port)
         return self
 
     def accepting(self) -> bool:
@@ -118,15 +107,17 @@ class Node:
 class Nodes:
     """Fixture object: makes nodes and kills all of them at teardown."""
 
-    def __init__(self, tmp_path: Any) -> None:
+    def __init__(self, tmp_path: Any, partitions: Optional[Partitions] = None) -> None:
         self.tmp_path = tmp_path
+        self.partitions = partitions
         self.nodes: List[Node] = []
         self.clients: List[mqtt.Client] = []
 
     def node(self, name: str = "node", start: bool = True, host: str = "127.0.0.1",
              **settings: str) -> Node:
         node = Node(str(self.tmp_path / name), {k.replace("__", "."): v
-                                                  for k, v in settings.items()}, host=host)
+                                                  for k, v in settings.items()}, host=host,
+                    partitions=self.partitions)
         self.nodes.append(node)
         return node.start() if start else node
 
@@ -181,7 +172,7 @@ class PahoClient:
         count = len(self.connacks)
         self.client.connect(self.node.host, self.node.port, self.keepalive)
         self.client.loop_start()
-        wait_until(lambda: len(self.connacks) > count, 10, message="CONNACK")
+        wait_until(lambda: len(self.connacks) > count, 10, what="CONNACK")
         return self
 
     @property
@@ -213,7 +204,7 @@ class PahoClient:
 
     def wait_for(self, count: int, timeout: float = 10.0) -> List[tuple]:
         wait_until(lambda: len(self.messages) >= count, timeout,
-                   message="%d messages (have %d)" % (count, len(self.messages)))
+                   what="%d messages (have %d)" % (count, len(self.messages)))
         return self.received()
 
     def disconnect(self) -> None:
@@ -222,8 +213,9 @@ class PahoClient:
 
 
 @pytest.fixture
-def nodes(tmp_path: Any) -> Any:
-    group = Nodes(tmp_path)
+def nodes(tmp_path: Any, partitions: Partitions) -> Any:
+    """Nodes of one test, each fronted on the partition back end."""
+    group = Nodes(tmp_path, partitions)
     try:
         yield group
     finally:

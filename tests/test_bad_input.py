@@ -29,7 +29,8 @@ from typing import Any, Iterator, List, Optional, Tuple
 import pytest
 
 from tests import mqttbytes as B
-from tests.nodeharness import Node, PahoClient, wait_until
+from tests.nodeharness import Node, PahoClient
+from tests.waiting import wait_until
 from vmqtw.auth.passwd import hash_password
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt.codec import Decoder
@@ -161,7 +162,7 @@ class Ctx:
                 sock.sendall(B.publish("probe/" + token, token.encode(), qos=1, packet_id=1))
                 assert read_packets(sock, 1) == [P.PubAck(1)]
                 wait_until(lambda: any(m[1] == token.encode() for m in self.watcher.received()),
-                           10, message="probe message at the long-lived subscriber")
+                           10, what="probe message at the long-lived subscriber")
             else:
                 sock.sendall(B.pingreq())
                 assert read_packets(sock, 1) == [P.PingResp()]
@@ -399,7 +400,7 @@ def test_04_non_minimal_length(default: Ctx) -> None:
         sock.sendall(B.publish("nonminimal/ok", b"1")[:1] + b"\x90\x00"
                      + B.publish("nonminimal/ok", b"1")[2:])
         wait_until(lambda: "nonminimal/ok" in default.topics_seen(), 5,
-                   message="non-minimally framed PUBLISH delivered")
+                   what="non-minimally framed PUBLISH delivered")
     finally:
         sock.close()
     default.assert_serves()
@@ -586,7 +587,7 @@ def test_18_clients_cannot_publish_dollar_topics(default: Ctx) -> None:
         assert read_packets(sock, 2) == [P.PubAck(7), P.PubAck(8)]
         # "case18" was sent last: once it arrives the $ messages would have.
         assert read_packets(dollar, 1) == [P.Publish("case18", b"real")]
-        wait_until(lambda: "case18" in default.topics_seen(), 5, message="case18 at #")
+        wait_until(lambda: "case18" in default.topics_seen(), 5, what="case18 at #")
         assert not [t for t in default.topics_seen() if t.startswith("$")]
         sock.sendall(B.pingreq())
         assert read_packets(sock, 1) == [P.PingResp()]
@@ -908,7 +909,7 @@ def test_28_keepalive_capped_and_will_on_expiry(limited: Ctx) -> None:
         sock.close()
     elapsed = time.monotonic() - started
     assert 1.5 * MAX_KEEPALIVE - 0.2 <= elapsed < 1.5 * MAX_KEEPALIVE + 2.5, elapsed
-    wait_until(lambda: "case28/will" in limited.topics_seen(), 5, message="will published")
+    wait_until(lambda: "case28/will" in limited.topics_seen(), 5, what="will published")
     limited.assert_serves()
 
 
@@ -937,7 +938,7 @@ def test_29_bad_will_topics(default: Ctx) -> None:
     try:
         expect_silent_close(old)
         wait_until(lambda: "case29/will" in default.topics_seen(), 5,
-                   message="will on takeover")
+                   what="will on takeover")
     finally:
         old.close()
         new.close()
@@ -1001,7 +1002,7 @@ def test_32_packet_above_max_message_size(limited: Ctx) -> None:
         exact = B.publish(topic, payload)
         assert len(exact) == LIMIT
         sock.sendall(exact)
-        wait_until(lambda: topic in limited.topics_seen(), 5, message="max-size publish")
+        wait_until(lambda: topic in limited.topics_seen(), 5, what="max-size publish")
         sock.sendall(B.publish("case32/big", payload + b"p"))
         expect_silent_close(sock)
     finally:
@@ -1160,7 +1161,7 @@ def test_34_acl_revocation_rechecks_subscriptions_and_retained(auth_reload: Ctx)
         # The new ACL lets alice read public/#: once it does, the reload happened.
         wait_until(lambda: subscribe_code(node, "alice-poll", "public/x", username="alice",
                                           password=b"pw-alice") == 0,
-                   10, interval=0.2, message="ACL reload")
+                   10, interval=0.2, what="ACL reload")
 
         bob.sendall(B.publish("secret/b", b"after") + B.pingreq())
         assert read_packets(bob, 1) == [P.PingResp()]

@@ -5,7 +5,7 @@ The first half runs on ``MemoryReactorClock`` with in-memory pipes between
 ``StringTransport``s: deterministic timing (backoff, heartbeat, handshake
 timeout, batching, rate limit, crossing handshakes).  The second half uses
 the real reactor on loopback aliases 127.0.0.2/.3 with bounded polls, and
-one test cuts the link with a real nft partition.
+one test cuts the link with a real partition (nft, or the proxy back end).
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from tests.clusterharness import (FaultyProxy, Partition, free_port,
-                                  nft_available, wait_until_deferred)
+from tests.clusterharness import (FaultyProxy, free_port,
+                                  wait_until_deferred)
 from vmqtw.cluster import auth, wire
 from vmqtw.cluster.link import (CallTimeout, PeerUnreachable,
                                 RemoteCallError, TcpTransport)
@@ -703,21 +703,22 @@ async def test_forgetting_a_peer_closes_its_link(transports):
 
 
 @pytest_twisted.ensureDeferred
-async def test_nft_partition_detected_by_heartbeat_then_healed(transports):
+async def test_partition_detected_by_heartbeat_then_healed(transports,
+                                                           partitions):
     """
-    An nft DROP blackholes the established connection: only the heartbeat
-    notices.  After healing the link comes back and casts made during the
-    partition are delivered in order.
+    A partition (an nft DROP, or the proxy in front of each transport)
+    blackholes the established connection: only the heartbeat notices.
+    After healing the link comes back and casts made during the partition
+    are delivered in order.
     """
-    assert nft_available(), "needs nft and root (apt-get install nftables)"
     a = transports("a@n", "127.0.0.22")
     b = transports("b@n", "127.0.0.23")
     got = []
     b.register_cast_handler("seq", lambda p, m: got.append(m))
-    a.set_peer_address("b@n", b.address)
-    b.set_peer_address("a@n", a.address)
+    a.set_peer_address("b@n", partitions.front("127.0.0.23", b.address))
+    b.set_peer_address("a@n", partitions.front("127.0.0.22", a.address))
     await until(transports, lambda: a.connected("b@n") and b.connected("a@n"))
-    with Partition([["127.0.0.22"], ["127.0.0.23"]]):
+    with partitions.cut([["127.0.0.22"], ["127.0.0.23"]]):
         await until(transports, lambda: not a.connected("b@n")
                     and not b.connected("a@n"), timeout=5.0,
                     what="partition detected")

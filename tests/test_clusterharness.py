@@ -9,34 +9,45 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Optional, Tuple
 
 import pytest
 import pytest_twisted
 
-from tests.clusterharness import (FaultyProxy, NFT_TABLE, Partition,
-                                  ProcessGroup, free_port, loopback_ip,
-                                  loopback_ips,
-                                  nft_available, process_group, spawn,
-                                  wait_until, wait_until_deferred)
-
-__all__ = ["process_group"]  # the fixture, imported to be used here
+from tests.clusterharness import (BACKEND_ENV, FaultyProxy, NFT_TABLE,
+                                  Partition, Partitions, ProcessGroup,
+                                  describe_backend, free_port, loopback_ip,
+                                  loopback_ips, nft_available,
+                                  nft_unusable_reason, partition_backend,
+                                  spawn)
+from tests.waiting import wait_until, wait_until_deferred
 
 
 def listener(ip: str) -> socket.socket:
     s = socket.create_server((ip, 0))
-    s.settimeout(2)
+    s.settimeout(0.5)
     return s
 
 
-def can_connect(src: str, dst: socket.socket, timeout: float = 0.3) -> bool:
-    """True when a TCP connect from ``src`` to ``dst`` completes."""
+def can_connect(src: str, dst: socket.socket,
+                address: Optional[Tuple[str, int]] = None,
+                timeout: float = 0.3) -> bool:
+    """
+    True when a byte sent on a TCP connection from ``src`` to ``address``
+    (default: ``dst`` itself, else a proxy in front of it) reaches the
+    listener ``dst``, and the listener sees ``src`` as the dialer.
+    """
     c = socket.socket()
     c.settimeout(timeout)
     try:
         c.bind((src, 0))
-        c.connect(dst.getsockname())
-        dst.accept()[0].close()
-        return True
+        c.connect(address or dst.getsockname())
+        c.sendall(b"x")
+        peer, where = dst.accept()
+        with peer:
+            peer.settimeout(timeout)
+            assert where[0] == src
+            return peer.recv(1) == b"x"
     except (socket.timeout, TimeoutError):
         return False
     finally:
@@ -46,6 +57,12 @@ def can_connect(src: str, dst: socket.socket, timeout: float = 0.3) -> bool:
 def table_exists() -> bool:
     return subprocess.run(["nft", "list", "table", "inet", NFT_TABLE],
                           capture_output=True).returncode == 0
+
+
+needs_nft = pytest.mark.skipif(
+    not nft_available(),
+    reason="about nft itself; nft is not usable here: %s"
+    % (nft_unusable_reason(),))
 
 
 def test_free_port_is_bindable_on_an_alias():
@@ -92,29 +109,92 @@ def test_partition_rules_cover_both_directions_between_groups():
         Partition([["127.0.0.2"]])
 
 
-def test_partition_cuts_between_groups_only_and_heals():
-    assert nft_available(), "needs nft and root (apt-get install nftables)"
-    srv3, srv4 = listener("127.0.0.13"), listener("127.0.0.14")
+def test_partition_cuts_between_groups_only_and_heals(partitions):
+    """On the run's back end: cross-group links are cut, in-group ones
+    are not, and healing (or leaving the block) restores them."""
+    servers = [listener(ip) for ip in ("127.0.0.13", "127.0.0.14")]
     try:
-        assert can_connect("127.0.0.12", srv3)
-        with Partition([["127.0.0.12"], ["127.0.0.13", "127.0.0.14"]]) as p:
-            assert table_exists()
-            assert not can_connect("127.0.0.12", srv3)
-            assert not can_connect("127.0.0.12", srv4)
-            assert can_connect("127.0.0.13", srv4)  # same group
+        srv3, srv4 = servers
+        at3 = partitions.front("127.0.0.13", srv3.getsockname())
+        at4 = partitions.front("127.0.0.14", srv4.getsockname())
+        assert can_connect("127.0.0.12", srv3, at3)
+        with partitions.cut([["127.0.0.12"], ["127.0.0.13", "127.0.0.14"]]
+                            ) as p:
+            if partitions.backend == "nft":
+                assert table_exists()
+            assert not can_connect("127.0.0.12", srv3, at3)
+            assert not can_connect("127.0.0.12", srv4, at4)
+            assert can_connect("127.0.0.13", srv4, at4)  # same group
             p.heal()
-            assert can_connect("127.0.0.12", srv3)
+            assert can_connect("127.0.0.12", srv3, at3)
             p.cut()
-            assert not can_connect("127.0.0.12", srv3)
-        assert not table_exists()
-        assert can_connect("127.0.0.12", srv3)
+            assert not can_connect("127.0.0.12", srv3, at3)
+        if partitions.backend == "nft":
+            assert not table_exists()
+        assert can_connect("127.0.0.12", srv3, at3)
     finally:
-        srv3.close()
-        srv4.close()
+        for s in servers:
+            s.close()
 
 
+def test_the_backend_is_nft_when_usable_unless_forced(monkeypatch):
+    forced = os.environ.get(BACKEND_ENV, "auto")
+    expected = "nft" if forced != "proxy" and nft_available() else "proxy"
+    assert partition_backend() == expected
+    assert describe_backend().startswith("partitions: " + expected + " (")
+    monkeypatch.setenv(BACKEND_ENV, "proxy")
+    assert partition_backend() == "proxy"
+    monkeypatch.setenv(BACKEND_ENV, "bogus")
+    with pytest.raises(pytest.UsageError):
+        partition_backend()
+
+
+def test_proxy_backend_blackholes_existing_links_and_keeps_them_dead():
+    """
+    On the proxy back end a cut silences an established connection
+    without closing it (as a DROP); a connection that lost bytes stays
+    dead after the heal, and a new one forwards.  A one-way cut blocks
+    only the earlier group's packets.
+    """
+    srv = listener("127.0.0.17")
+    made = Partitions("proxy")
+    try:
+        at = made.front("127.0.0.17", srv.getsockname())
+        assert at[0] == "127.0.0.17" and at != srv.getsockname()
+        c = socket.create_connection(at, timeout=2,
+                                     source_address=("127.0.0.16", 0))
+        peer, where = srv.accept()
+        assert where[0] == "127.0.0.16"  # the dialer's IP, not the proxy's
+        peer.settimeout(0.3)
+        try:
+            c.sendall(b"one")
+            assert peer.recv(10) == b"one"
+            with made.cut([["127.0.0.16"], ["127.0.0.17"]]):
+                c.sendall(b"lost")
+                with pytest.raises(socket.timeout):
+                    peer.recv(10)
+                assert not can_connect("127.0.0.16", srv, at)
+            c.sendall(b"after")
+            with pytest.raises(socket.timeout):
+                peer.recv(10)
+            peer.sendall(b"back")  # the other direction lost nothing
+            c.settimeout(2)
+            assert c.recv(10) == b"back"
+            assert can_connect("127.0.0.16", srv, at)
+        finally:
+            c.close()
+            peer.close()
+        with made.cut([["127.0.0.17"], ["127.0.0.16"]], one_way=True):
+            assert not can_connect("127.0.0.16", srv, at)  # no SYN-ACK
+        with made.cut([["127.0.0.18"], ["127.0.0.19"]]):
+            assert can_connect("127.0.0.16", srv, at)  # other IPs
+    finally:
+        made.close()
+        srv.close()
+
+
+@needs_nft
 def test_partition_table_removed_when_the_test_body_fails():
-    assert nft_available(), "needs nft and root (apt-get install nftables)"
     with pytest.raises(RuntimeError):
         with Partition([["127.0.0.12"], ["127.0.0.13"]]):
             assert table_exists()
@@ -122,9 +202,9 @@ def test_partition_table_removed_when_the_test_body_fails():
     assert not table_exists()
 
 
+@needs_nft
 def test_partitions_take_turns_and_a_waiting_one_leaves_the_table():
     """A second Partition waits for the first; giving up must not heal."""
-    assert nft_available(), "needs nft and root (apt-get install nftables)"
     with Partition([["127.0.0.12"], ["127.0.0.13"]]):
         with pytest.raises(TimeoutError):
             with Partition([["127.0.0.14"], ["127.0.0.15"]],
@@ -139,7 +219,7 @@ def test_partitions_take_turns_and_a_waiting_one_leaves_the_table():
 def test_faulty_proxy_forwards_blackholes_and_heals():
     srv = listener("127.0.0.3")
     try:
-        with FaultyProxy(srv.getsockname()) as proxy:
+        with FaultyProxy(srv.getsockname(), listen=("127.0.0.3", 0)) as proxy:
             c = socket.create_connection(proxy.address, timeout=2)
             peer, _ = srv.accept()
             peer.settimeout(0.2)
@@ -151,8 +231,18 @@ def test_faulty_proxy_forwards_blackholes_and_heals():
                 with pytest.raises(socket.timeout):
                     peer.recv(10)
                 proxy.heal()
-                c.sendall(b"two")
-                assert peer.recv(10) == b"two"
+                c.sendall(b"two")  # this connection lost bytes: dead
+                with pytest.raises(socket.timeout):
+                    peer.recv(10)
+            finally:
+                c.close()
+                peer.close()
+            c = socket.create_connection(proxy.address, timeout=2)
+            peer, _ = srv.accept()
+            peer.settimeout(2)
+            try:
+                c.sendall(b"new")
+                assert peer.recv(10) == b"new"
                 peer.sendall(b"back")
                 c.settimeout(2)
                 assert c.recv(10) == b"back"

@@ -302,6 +302,29 @@ def test_address_bad(text: str, wrong: str) -> None:
     assert m["allowed"].startswith("IP:PORT with an IPv4 address or a bracketed IPv6 address")
 
 
+def test_advertised_clustering_address_defaults_to_the_listener() -> None:
+    """A node behind NAT tells the others an address it does not listen on."""
+    plain = one("listener.vmq.clustering", "10.0.0.2:44053")
+    assert plain.listener_vmq_clustering_advertise is None
+    assert plain.cluster_advertised_address == ("10.0.0.2", 44053)
+    natted = parse("listener.vmq.clustering = 0.0.0.0:44053\n"
+                   "listener.vmq.clustering.advertise = 203.0.113.7:4405\n")
+    assert natted.listener_vmq_clustering == ("0.0.0.0", 44053)
+    assert natted.cluster_advertised_address == ("203.0.113.7", 4405)
+    assert one("listener.vmq.clustering.advertise", "[2001:db8::7]:44053"
+               ).cluster_advertised_address == ("2001:db8::7", 44053)
+
+
+@pytest.mark.parametrize("text, wrong", [
+    ("203.0.113.7:0", "'203.0.113.7:0' has port 0, which other nodes cannot dial"),
+    ("node1:44053", "'node1:44053' does not start with an IP address"),
+])
+def test_advertised_clustering_address_must_be_dialable(text: str, wrong: str) -> None:
+    m = error_for("listener.vmq.clustering.advertise", text)
+    assert m["wrong"] == wrong
+    assert "port from 1 to 65535" in m["allowed"]
+
+
 def test_any_number_of_named_tcp_listeners_replace_the_default() -> None:
     c = parse("listener.tcp.internal = 10.0.0.1:1883\nlistener.tcp.public = [::]:1884\n")
     assert c.tcp_listeners == {"internal": ("10.0.0.1", 1883), "public": ("::", 1884)}

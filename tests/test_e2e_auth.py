@@ -11,7 +11,8 @@ import signal
 import subprocess
 from typing import Any
 
-from tests.nodeharness import TWISTD, wait_until
+from tests.nodeharness import TWISTD
+from tests.waiting import wait_until
 from vmqtw.auth.passwd import hash_password
 
 USERS = {"alice": "wonderland", "bob": "builder", "+": "plus", "x": "ex"}
@@ -100,7 +101,7 @@ def _narrowed(publisher: Any, subscriber: Any, rounds: list) -> bool:
     publisher.publish("shared/secret", b"s%d" % n, qos=1)
     publisher.publish("shared/ok", b"m%d" % n, qos=1)
     wait_until(lambda: ("shared/ok", b"m%d" % n, 1, False) in subscriber.received(), 10,
-               message="marker %d" % n)
+               what="marker %d" % n)
     return ("shared/secret", b"s%d" % n, 1, False) not in subscriber.received()
 
 
@@ -119,7 +120,7 @@ def test_acl_file_rewritten_while_running_narrows_live_subscription(nodes):
     with open(os.path.join(node.directory, "vmq.acl"), "a") as acl:
         acl.write("topic deny shared/secret\n")
     wait_until(lambda: _narrowed(publisher, subscriber, rounds), 20, interval=0.2,
-               message="the rewritten ACL to take effect")
+               what="the rewritten ACL to take effect")
 
 
 def test_sighup_rereads_acl_at_once(nodes):
@@ -141,7 +142,7 @@ def test_sighup_rereads_acl_at_once(nodes):
     publisher = client(nodes, node, "pub", "alice", "wonderland")
     rounds: list = []
     wait_until(lambda: _narrowed(publisher, subscriber, rounds), 5, interval=0.1,
-               message="SIGHUP to reload the ACL")
+               what="SIGHUP to reload the ACL")
     assert node.process.poll() is None
 
 

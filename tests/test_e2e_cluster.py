@@ -2,7 +2,9 @@
 A real three-node cluster: ``twistd -n vmqtw`` processes on loopback aliases
 127.0.0.5 (A), .6 (B) and .7 (C), joined and steered with the admin command
 line run as a subprocess (``vmqtw-admin`` and ``twistd vmqtw-admin``), paho
-and raw-socket MQTT clients, and an nft partition for the netsplit.
+and raw-socket MQTT clients, and a partition for the netsplit on the run's
+back end (nft rules, or the proxy each node advertises as its clustering
+address, ``listener.vmq.clustering.advertise``).
 
 It is ONE test on purpose: the nft rules hit every socket of those
 addresses, so a second cluster on them in a parallel test worker would be
@@ -18,8 +20,9 @@ import sys
 from typing import Any, List
 
 from tests import mqttbytes as B
-from tests.clusterharness import Partition, nft_available
-from tests.nodeharness import Node, wait_until
+from tests.clusterharness import Partitions
+from tests.nodeharness import Node
+from tests.waiting import wait_until
 from vmqtw.admin.cli import execute
 from vmqtw.admin.client import AdminError
 from vmqtw.admin.commands import parse_args
@@ -62,7 +65,12 @@ def name(node: Node) -> str:
 
 
 def cluster_address(node: Node) -> str:
-    return "%s:%s" % (name(node), node.settings["listener.vmq.clustering"].rsplit(":", 1)[1])
+    """``NAME@HOST:PORT`` where the other nodes dial ``node``: its advertised address."""
+    address = node.settings.get("listener.vmq.clustering.advertise",
+                                node.settings["listener.vmq.clustering"])
+    host, port = address.rsplit(":", 1)
+    assert host == node.host  # the host part of the name is where it is dialed
+    return "%s:%s" % (name(node), port)
 
 
 class Raw:
@@ -122,7 +130,7 @@ def start_cluster(nodes: Any) -> List[Node]:
     for node in made:
         node.start(wait=False)
     for node in made:
-        wait_until(node.accepting, 20, message="node %s to accept" % (name(node),))
+        wait_until(node.accepting, 20, what="node %s to accept" % (name(node),))
     return made
 
 
@@ -134,7 +142,7 @@ def join_with_both_command_forms(a: Node, b: Node, c: Node) -> None:
     everyone = sorted((name(n), True) for n in (a, b, c))
     for node in (a, b, c):
         wait_until(lambda: show_or_none(node) == everyone, 15,
-                   message="%s to show 3 running" % (name(node),))
+                   what="%s to show 3 running" % (name(node),))
     table = admin(a, "cluster", "show")
     assert table.returncode == 0
     for n in (a, b, c):
@@ -167,7 +175,7 @@ def routes_qos0_and_qos1_from_c_to_a(nodes: Any, a: Node, c: Node) -> None:
     pub = nodes.client(c, "pub-c")
     # The subscription reaches C by replication: probe until it has.
     wait_until(lambda: pub.publish("e2e/route/probe", b"p", 0) or sub.messages, 10,
-               interval=0.1, message="subscription replicated to C")
+               interval=0.1, what="subscription replicated to C")
     pub.publish("e2e/route/q0", b"zero", 0)
     pub.publish("e2e/route/q1", b"one", 1)
 
@@ -175,7 +183,7 @@ def routes_qos0_and_qos1_from_c_to_a(nodes: Any, a: Node, c: Node) -> None:
         # Probes still in flight may arrive in between: leave them out.
         return [m for m in sub.received() if m[0] != "e2e/route/probe"]
 
-    wait_until(lambda: len(routed()) >= 2, 10, message="q0 and q1 on A")
+    wait_until(lambda: len(routed()) >= 2, 10, what="q0 and q1 on A")
     assert sorted(routed()) == [("e2e/route/q0", b"zero", 0, False),
                                 ("e2e/route/q1", b"one", 1, False)]
 
@@ -197,7 +205,7 @@ def retained_on_b_reaches_new_subscriber_on_c(nodes: Any, b: Node, c: Node) -> N
             sub.disconnect()
 
     assert wait_until(fresh_subscriber_gets_it, 10, interval=0.05,
-                      message="retained message on C") == [("e2e/retained", b"kept", 1, True)]
+                      what="retained message on C") == [("e2e/retained", b"kept", 1, True)]
 
 
 def takeover_across_nodes(nodes: Any, a: Node, b: Node) -> None:
@@ -224,7 +232,7 @@ def offline_messages_follow_the_session(nodes: Any, a: Node, b: Node) -> None:
         probe.publish("e2e/pers-probe", b"probe", 0)
         return bool(pers.received())
 
-    wait_until(routed_from_b, 10, interval=0.1, message="B to route to the session on A")
+    wait_until(routed_from_b, 10, interval=0.1, what="B to route to the session on A")
     pers.disconnect()
     pub = nodes.client(a, "pub-a")
     pub.publish("e2e/pers", b"m1", 1)
@@ -232,12 +240,12 @@ def offline_messages_follow_the_session(nodes: Any, a: Node, b: Node) -> None:
     back = nodes.client(b, "pers", clean_session=False)
     assert back.session_present
     wait_until(lambda: len([m for m in back.received() if m[0] == "e2e/pers"]) >= 2, 10,
-               message="the two queued messages on B")
+               what="the two queued messages on B")
     assert [m for m in back.received() if m[0] == "e2e/pers"] == [
         ("e2e/pers", b"m1", 1, False), ("e2e/pers", b"m2", 1, False)]
 
 
-def netsplit_then_heal(a: Node, b: Node, c: Node) -> None:
+def netsplit_then_heal(partitions: Partitions, a: Node, b: Node, c: Node) -> None:
     """
     Partition {A} | {B, C}: once A notices, CONNECT gets CONNACK 3 (server
     unavailable), a QoS 1 PUBLISH no PUBACK and SUBSCRIBE 0x80 (VerneMQ's
@@ -246,19 +254,19 @@ def netsplit_then_heal(a: Node, b: Node, c: Node) -> None:
     inside = Raw(a, "during-split")  # connected before the split
     assert inside.connack.return_code == 0
     try:
-        with Partition([[a.host], [b.host, c.host]]):
+        with partitions.cut([[a.host], [b.host, c.host]]):
             split = [(name(a), True), (name(b), False), (name(c), False)]
             wait_until(lambda: show(a) == split, 15, interval=0.2,
-                       message="A to show B and C not running")
+                       what="A to show B and C not running")
             assert connack_code(a, "probe-split") == 3
             inside.sock.sendall(B.publish("e2e/split", b"x", qos=1, packet_id=7))
             assert inside.until_pingresp() == []   # no PUBACK before the PINGRESP
             inside.sock.sendall(B.subscribe(8, [("e2e/split", 1)]))
             assert inside.next() == P.SubAck(8, [0x80])
         wait_until(lambda: connack_code(a, "probe-healed") == 0, 30, interval=0.2,
-                   message="CONNACK 0 on A after healing")
+                   what="CONNACK 0 on A after healing")
         everyone = sorted((name(n), True) for n in (a, b, c))
-        wait_until(lambda: show(a) == everyone, 15, message="all running after healing")
+        wait_until(lambda: show(a) == everyone, 15, what="all running after healing")
     finally:
         inside.close()
 
@@ -267,15 +275,14 @@ def leave_c(a: Node, b: Node, c: Node) -> None:
     done = admin(a, "cluster", "leave", "node=" + name(c))
     assert (done.returncode, done.stdout, done.stderr) == (0, "Done\n", "")
     rest = [(name(a), True), (name(b), True)]
-    wait_until(lambda: show(a) == rest, 10, message="A to show 2 members")
+    wait_until(lambda: show(a) == rest, 10, what="A to show 2 members")
     table = admin(a, "cluster", "show").stdout
     assert name(c) not in table and table.count("| true ") == 2
     wait_until(lambda: show_or_none(c) == [(name(c), True)], 10,
-               message="C to learn it left")
+               what="C to learn it left")
 
 
-def test_three_node_cluster_admin_routing_netsplit_leave(nodes):
-    assert nft_available(), "the netsplit step needs nft as root (see .ci/run)"
+def test_three_node_cluster_admin_routing_netsplit_leave(nodes, partitions):
     a, b, c = start_cluster(nodes)
     join_with_both_command_forms(a, b, c)
     admin_errors_are_one_sentence(a)
@@ -283,5 +290,5 @@ def test_three_node_cluster_admin_routing_netsplit_leave(nodes):
     retained_on_b_reaches_new_subscriber_on_c(nodes, b, c)
     takeover_across_nodes(nodes, a, b)
     offline_messages_follow_the_session(nodes, a, b)
-    netsplit_then_heal(a, b, c)
+    netsplit_then_heal(partitions, a, b, c)
     leave_c(a, b, c)

@@ -24,7 +24,8 @@ from typing import Any, Dict, List, Optional
 import pytest
 from twisted.internet.task import Clock
 
-from tests.nodeharness import Node, wait_until
+from tests.nodeharness import Node
+from tests.waiting import wait_until
 from tests.test_tls import Issued, issue, make_ca, write
 from vmqtw.admin.cli import execute
 from vmqtw.admin.client import AdminError
@@ -92,24 +93,24 @@ def test_two_nodes_over_cluster_tls_route_and_refuse_a_node_of_another_ca(nodes,
     for node in (a, b, rogue):
         node.start(wait=False)
     for node in (a, b, rogue):
-        wait_until(node.accepting, 20, message="%s to accept" % (node.settings["nodename"],))
+        wait_until(node.accepting, 20, what="%s to accept" % (node.settings["nodename"],))
     a_config, b_config = load_config(a.config_path), load_config(b.config_path)
 
     done = admin(b, "cluster", "join", discovery(a))
     assert (done.returncode, done.stdout, done.stderr) == (0, "Done\n", "")
     both = [("vmqtw@" + A_HOST, True), ("vmqtw@" + B_HOST, True)]
     for config in (a_config, b_config):
-        wait_until(lambda: show_or_none(config) == both, 15, message="both nodes running")
+        wait_until(lambda: show_or_none(config) == both, 15, what="both nodes running")
 
     sub = nodes.client(b, "sub-b")
     assert sub.subscribe(("tls/route/#", 1)) == [1]
     pub = nodes.client(a, "pub-a")
     # The subscription reaches A by replication: probe until it has.
     wait_until(lambda: pub.publish("tls/route/probe", b"p", 0) or sub.messages, 10,
-               interval=0.1, message="subscription replicated to A")
+               interval=0.1, what="subscription replicated to A")
     pub.publish("tls/route/q1", b"over tls", 1)
     wait_until(lambda: ("tls/route/q1", b"over tls", 1, False) in sub.received(), 10,
-               message="the QoS 1 message on B")
+               what="the QoS 1 message on B")
 
     refused = admin(rogue, "cluster", "join", discovery(a))
     assert refused.returncode != 0 and refused.stdout == ""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import threading
 
-from tests.nodeharness import wait_until
+from tests.waiting import wait_until
 
 
 def _persistent_subscriber(nodes, node, client_id, flt, qos):
@@ -41,7 +41,7 @@ def test_acknowledged_qos1_messages_survive_kill_9(nodes):
         payload_of[info.mid] = b"m%03d" % i
         if i == 120:
             # Kill the broker while publishes are still in flight.
-            wait_until(lambda: len(acked) >= 60, 10, message="60 PUBACKs")
+            wait_until(lambda: len(acked) >= 60, 10, what="60 PUBACKs")
             node.kill9()
             break
     with lock:
@@ -53,13 +53,13 @@ def test_acknowledged_qos1_messages_survive_kill_9(nodes):
     back = nodes.client(node, "offline-sub", clean_session=False)
     assert back.session_present
     wait_until(lambda: acknowledged <= {m[1] for m in back.received()}, 15,
-               message="every acknowledged message after the restart")
+               what="every acknowledged message after the restart")
     # And the same node keeps working: a full batch after the restart.
     again = nodes.client(node, "publisher-2")
     for i in range(200):
         again.publish("stream/after", b"a%03d" % i, 1)
     wait_until(lambda: sum(1 for m in back.received() if m[0] == "stream/after") == 200, 15,
-               message="200 messages after the restart")
+               what="200 messages after the restart")
 
 
 def test_qos2_exactly_once_across_restart(nodes):
@@ -127,7 +127,7 @@ def test_persistent_session_expires(nodes):
     publisher = nodes.client(node, "pub")
     publisher.publish("exp/x", b"lost", 1)
     wait_until(lambda: "session expiring expired" in node.log(), 10,
-               message="the session to expire")
+               what="the session to expire")
     back = nodes.client(node, "expiring", clean_session=False)
     assert not back.session_present
     publisher.publish("exp/y", b"not subscribed any more", 1)

@@ -16,7 +16,8 @@ from typing import Any, Optional, Tuple, Union
 import pytest
 
 from tests import mqttbytes as B
-from tests.nodeharness import free_port, wait_until
+from tests.clusterharness import free_port
+from tests.waiting import wait_until
 from tests.test_tls import Pki, issue, make_ca
 
 HOST = "127.0.0.1"
@@ -47,7 +48,7 @@ def tls_node(nodes: Any, pki: Pki, **settings: str) -> Any:
     options.update({key.replace("__", "."): value for key, value in settings.items()})
     node = nodes.node("node", **options)
     node.tls_port = tls_port
-    wait_until(lambda: _accepting(tls_port), 10, message="TLS listener")
+    wait_until(lambda: _accepting(tls_port), 10, what="TLS listener")
     return node
 
 

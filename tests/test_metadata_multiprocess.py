@@ -1,13 +1,14 @@
 """
 T15 of the metadata replication design: three real replica processes
-(:mod:`vmqtw.metadata.process`) over real TCP, a real netsplit made with
-nft rules, a real ``kill -9``; every node must end with identical state,
-and the state the last-writer-wins rules predict.
+(:mod:`vmqtw.testing.replica_process`) over real TCP, a real netsplit (on
+the run's partition back end: nft rules, or a proxy in front of each
+replica), a real ``kill -9``; every node must end with identical state, and
+the state the last-writer-wins rules predict.
 
 Loopback aliases: .32-.34 (partition test) and .35-.37 (crash test), which
 no other test uses, because nft rules hit every socket of an address.
-Every process is killed and the nft table deleted even on failure
-(``process_group`` fixture, ``Partition`` context manager).
+Every process is killed, and the nft table deleted or the proxies closed,
+even on failure (``process_group`` and ``partitions`` fixtures).
 """
 from __future__ import annotations
 
@@ -22,15 +23,14 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from tests.clusterharness import (Partition, ProcessGroup, Spawned,
-                                  process_group, wait_until)
+from tests.clusterharness import (Partitions, ProcessGroup, Spawned,
+                                  reserved_ports)
+from tests.waiting import wait_until
 from vmqtw.testing.memory_transport import InMemoryNetwork
 from vmqtw.metadata.node import MetadataNode
-from vmqtw.metadata.process import (ControlClient, ControlServer,
+from vmqtw.testing.replica_process import (ControlClient, ControlServer,
                                     ReplicaProcess, digest_items, from_json,
                                     parse_args, subscription, to_json)
-
-__all__ = ["process_group"]  # the fixture, re-exported for pytest
 
 COOKIE = "t15-cookie"
 KV = ["t15", "kv"]
@@ -43,16 +43,23 @@ TIMERS = ["--lazy-tick", "0.1", "--exchange-tick", "0.5", "--gossip", "0.5",
 
 
 class Replica:
-    """One replica process: its name, address, data dir and control client."""
+    """
+    One replica process: its name, address, data dir and control client.
+    Its clustering port is chosen once (a restart reuses it) and fronted
+    on the partition back end; the others are told ``advertised``.
+    """
 
-    def __init__(self, group: ProcessGroup, ip: str, root: Any) -> None:
+    def __init__(self, group: ProcessGroup, partitions: Partitions, ip: str,
+                 root: Any) -> None:
         self.group = group
         self.ip = ip
         self.name = "vmqtw@%s" % (ip,)
         self.data_dir = str(root / ip / "data")
         self.ready_file = str(root / ip / "ready.json")
         os.makedirs(str(root / ip), exist_ok=True)
-        self.cluster_port = 0
+        with reserved_ports(ip, 1) as [port]:
+            self.cluster_port = port
+            self.advertised = partitions.front(ip, (ip, port))
         self.proc: Optional[Spawned] = None
         self.client: Optional[ControlClient] = None
         self.boots = 0
@@ -62,9 +69,10 @@ class Replica:
             os.remove(self.ready_file)
         self.boots += 1
         self.proc = self.group.spawn(
-            [sys.executable, "-m", "vmqtw.metadata.process",
+            [sys.executable, "-m", "vmqtw.testing.replica_process",
              "--name", self.name,
              "--listen", "%s:%d" % (self.ip, self.cluster_port),
+             "--advertise", "%s:%d" % self.advertised,
              "--cookie", COOKIE, "--data-dir", self.data_dir,
              "--control", "127.0.0.1:0", "--ready-file", self.ready_file,
              *TIMERS, *extra], name="%s-%d" % (self.ip, self.boots))
@@ -78,7 +86,7 @@ class Replica:
         wait_until(ready, timeout=15, what="%s ready" % (self.name,))
         with open(self.ready_file) as f:
             info = json.load(f)
-        self.cluster_port = info["cluster"]  # a restart reuses it
+        assert info["cluster"] == self.cluster_port
         self.client = ControlClient(info["control"])
 
     def kill9(self) -> None:
@@ -102,19 +110,19 @@ class Replica:
             self.client = None
 
 
-def start_cluster(group: ProcessGroup, root: Any, ips: List[str]
-                  ) -> List[Replica]:
+def start_cluster(group: ProcessGroup, partitions: Partitions, root: Any,
+                  ips: List[str]) -> List[Replica]:
     """
     A, B, C; B joins A through the ``join`` control op, C with ``--seed``
     at start (both ways a replica joins).
     """
-    replicas = [Replica(group, ip, root) for ip in ips]
+    replicas = [Replica(group, partitions, ip, root) for ip in ips]
     a, b, c = replicas
     a.start()
     b.start()
-    assert len(b.call("join", seed=a.name, address=[a.ip, a.cluster_port])
+    assert len(b.call("join", seed=a.name, address=list(a.advertised))
                ) >= 2
-    c.start("--seed", "%s@%s:%d" % (a.name, a.ip, a.cluster_port))
+    c.start("--seed", "%s@%s:%d" % (a.name, *a.advertised))
     names = sorted(r.name for r in replicas)
     wait_until(lambda: all(
         s["members"] == names and s["ready"] and len(s["connected"]) == 2
@@ -161,6 +169,7 @@ def replicas_cleanup() -> Any:
 
 
 def test_partition_writes_both_sides_heal_converge(process_group: Any,
+                                                   partitions: Partitions,
                                                    tmp_path: Any,
                                                    replicas_cleanup: Any
                                                    ) -> None:
@@ -172,7 +181,7 @@ def test_partition_writes_both_sides_heal_converge(process_group: Any,
     timestamp predicts: the later write wins, whether it is a value or a
     delete.
     """
-    replicas = start_cluster(process_group, tmp_path,
+    replicas = start_cluster(process_group, partitions, tmp_path,
                              ["127.0.0.32", "127.0.0.33", "127.0.0.34"])
     replicas_cleanup.extend(replicas)
     a, b, c = replicas
@@ -187,7 +196,7 @@ def test_partition_writes_both_sides_heal_converge(process_group: Any,
     assert base["prefixes"]["t15/kv"]["digest"] == kv_digest(expected)
     assert base["prefixes"]["vmq/subscriber"]["keys"] == 50
 
-    with Partition([[a.ip], [b.ip, c.ip]]):
+    with partitions.cut([[a.ip], [b.ip, c.ip]]):
         wait_until(lambda: not a.status()["ready"]
                    and not b.status()["ready"] and not c.status()["ready"],
                    timeout=10, what="both sides see the netsplit")
@@ -234,6 +243,7 @@ def test_partition_writes_both_sides_heal_converge(process_group: Any,
 
 
 def test_kill9_write_restart_on_data_dir_converges(process_group: Any,
+                                                   partitions: Partitions,
                                                    tmp_path: Any,
                                                    replicas_cleanup: Any
                                                    ) -> None:
@@ -243,7 +253,7 @@ def test_kill9_write_restart_on_data_dir_converges(process_group: Any,
     LevelDB with the same identity (DVV actor) and catches up until all
     three hold the same state.
     """
-    replicas = start_cluster(process_group, tmp_path,
+    replicas = start_cluster(process_group, partitions, tmp_path,
                              ["127.0.0.35", "127.0.0.36", "127.0.0.37"])
     replicas_cleanup.extend(replicas)
     a, b, c = replicas
@@ -306,6 +316,11 @@ def test_seed_argument_splits_at_the_last_at() -> None:
                        "--seed", "vmqtw@127.0.0.3@127.0.0.3:4000"])
     assert args.seed == ("vmqtw@127.0.0.3", ("127.0.0.3", 4000))
     assert args.listen == ("127.0.0.2", 0)
+    assert args.advertise is None
+    assert parse_args(["--name", "n", "--listen", "127.0.0.2:0",
+                       "--advertise", "127.0.0.2:4001", "--cookie", "c",
+                       "--control", "127.0.0.1:0"]
+                      ).advertise == ("127.0.0.2", 4001)
 
 
 class _WaitingReplica(ReplicaProcess):

@@ -282,8 +282,11 @@ class Address:
 
     IPv6 addresses are bracketed (``[::1]:1883``) so the port separator is
     unambiguous; the host comes back without brackets.  Port 0 asks the OS
-    for a free port, which tests rely on.
+    for a free port, which tests rely on; an address others ``dial`` needs
+    a real port.
     """
+
+    dial: bool = False
 
     def parse(self, text: str) -> tuple[str, int]:
         m = _ADDRESS_RE.match(text)
@@ -299,6 +302,8 @@ class Address:
         port = int(m.group("port"))
         if port > 65535:
             raise _Invalid(f"{_quote(text)} has a port above 65535")
+        if self.dial and port == 0:
+            raise _Invalid(f"{_quote(text)} has port 0, which other nodes cannot dial")
         return (host, port)
 
     def render(self, value: tuple[str, int]) -> str:
@@ -306,6 +311,9 @@ class Address:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def describe(self) -> str:
+        if self.dial:
+            return ("IP:PORT with an IPv4 address or a bracketed IPv6 address and a port from "
+                    "1 to 65535, e.g. 203.0.113.7:44053 or [2001:db8::7]:44053")
         return ("IP:PORT with an IPv4 address or a bracketed IPv6 address and a port from "
                 "0 to 65535 (0 picks a free port), e.g. 127.0.0.1:1883 or [::1]:1883")
 
@@ -532,6 +540,17 @@ SCHEMA: tuple[Setting, ...] = (
         "cluster, as IP:PORT.  MQTT messages between nodes travel over these "
         "links.  Other nodes must be able to reach this address, so on a real "
         "cluster it is not 127.0.0.1."),
+    Setting(
+        "listener.vmq.clustering.advertise", Address(dial=True), None,
+        "The IP:PORT the other nodes of the cluster dial to reach this node, "
+        "when that is not listener.vmq.clustering itself: a node behind NAT "
+        "or port forwarding, or in a container whose published port differs "
+        "from the one it listens on.  The node tells the cluster this "
+        "address (membership gossip, cluster join); it still listens on "
+        "listener.vmq.clustering.  With TLS between nodes, its certificate "
+        "needs a subject alternative name for this IP.  When not set, the "
+        "node advertises listener.vmq.clustering.",
+        example="203.0.113.7:44053"),
     Setting(
         "cluster.tls.certfile", Path(), None,
         "The PEM file with this node's certificate (chain) for TLS between "
@@ -782,6 +801,7 @@ class Config:
     listener_ssl_use_identity_as_username: bool
     listener_max_connections: int
     listener_vmq_clustering: tuple[str, int]
+    listener_vmq_clustering_advertise: tuple[str, int] | None
     cluster_tls_certfile: str | None
     cluster_tls_keyfile: str | None
     cluster_tls_cafile: str | None
@@ -824,6 +844,13 @@ class Config:
     def default(cls, cwd: str | None = None) -> Config:
         """Every key at its default, as if read from an empty file."""
         return parse_config("", "<defaults>", cwd=cwd)
+
+    @property
+    def cluster_advertised_address(self) -> tuple[str, int]:
+        """Where the other nodes dial this one: the advertise key, else the listener."""
+        if self.listener_vmq_clustering_advertise is not None:
+            return self.listener_vmq_clustering_advertise
+        return self.listener_vmq_clustering
 
     def replace(self, **changes: Any) -> Config:
         """

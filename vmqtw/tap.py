@@ -126,7 +126,7 @@ def build_node(config: Config, reactor: Any) -> OrderedMultiService:
                              buffer_limit=config.outgoing_clustering_buffer_size,
                              tls=cluster_tls)
     cluster = MetadataNode(config.nodename, transport, reactor, data_dir=config.data_dir,
-                           address=config.listener_vmq_clustering,
+                           address=config.cluster_advertised_address,
                            lazy_tick=config.metadata_lazy_tick,
                            exchange_tick=config.metadata_exchange_tick,
                            gossip_interval=config.metadata_gossip_interval)

@@ -312,7 +312,8 @@ _NODE_USAGES = ((ExtendedKeyUsageOID.SERVER_AUTH, "serverAuth"),
                 (ExtendedKeyUsageOID.CLIENT_AUTH, "clientAuth"))
 
 
-def check_node_certificate(certificate: x509.Certificate, certfile: str, host: str) -> None:
+def check_node_certificate(certificate: x509.Certificate, certfile: str, host: str,
+                           address_key: str = "listener.vmq.clustering") -> None:
     """
     Refuse, at startup, a node certificate the other nodes would refuse at
     every handshake: one whose subject alternative names miss the
@@ -330,7 +331,7 @@ def check_node_certificate(certificate: x509.Certificate, certfile: str, host: s
         except (CertificateError, VerificationError):
             raise ConfigError(
                 f"{key} {certfile!r} has no subject alternative name for {host}, this node's "
-                f"listener.vmq.clustering address, so the other nodes would refuse it") from None
+                f"{address_key} address, so the other nodes would refuse it") from None
     try:
         usage = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
@@ -356,6 +357,10 @@ def cluster_tls_from_config(config: Config) -> Optional[ClusterTLS]:
         raise ConfigError("TLS between nodes needs cluster.tls.keyfile and cluster.tls.cafile "
                           "as well as cluster.tls.certfile")
     tls = ClusterTLS.load(certfile, config.cluster_tls_keyfile, config.cluster_tls_cafile)
+    # The other nodes check the address they dial: the advertised one.
+    address_key = ("listener.vmq.clustering.advertise"
+                   if config.listener_vmq_clustering_advertise is not None
+                   else "listener.vmq.clustering")
     check_node_certificate(tls.identity.original.to_cryptography(), certfile,
-                           config.listener_vmq_clustering[0])
+                           config.cluster_advertised_address[0], address_key)
     return tls

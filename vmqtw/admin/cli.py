@@ -32,8 +32,8 @@ CALL_TIMEOUT = 20.0
 def _call_args(invocation: Invocation, config: Any) -> tuple:
     if invocation.command == "cluster join":
         node, host, port = parse_node_address(invocation.argument("discovery-node") or "")
-        if port is None:
-            port = config.listener_vmq_clustering[1]
+        if port is None:  # nodes of one cluster usually share the port others dial
+            port = config.cluster_advertised_address[1]
         return (node, host, port)
     if invocation.command == "cluster leave":
         return (invocation.argument("node"),)

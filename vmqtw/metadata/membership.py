@@ -9,8 +9,10 @@ reads both: ``cluster_status()`` for ``vmq-admin cluster show`` and
 
 The state also carries each node's clustering address ``(host, port)``,
 written only by that node itself (last writer wins by its own clock), so a
-node that joins through one seed learns where every other member listens
-and tells its transport.
+node that joins through one seed learns where to reach every other member
+and tells its transport.  It is the address the node *advertises*
+(``listener.vmq.clustering.advertise``, by default its listener), which
+differs from where it listens behind NAT, port forwarding or a test proxy.
 
 Actors: a new ORSWOT actor per boot (the clock grows by one entry per
 boot, which is cheap), as VerneMQ's peer service does.  A node that
@@ -52,8 +54,8 @@ class SelfJoin(ValueError):
 class PeerService:
     """
     Membership of one node.  ``data_dir`` (optional) holds
-    ``peer_service/cluster_state``; ``address`` is this node's clustering
-    ``(host, port)``.
+    ``peer_service/cluster_state``; ``address`` is this node's advertised
+    clustering ``(host, port)``: where the other nodes dial it.
     """
 
     def __init__(self, node: str, transport: Any, clock: IReactorTime,

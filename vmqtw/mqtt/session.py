@@ -193,7 +193,8 @@ class AnonymousGate:
     """
 
     allow_anonymous: bool = False
-    can_read = None
+    #: No ACL: every delivery is allowed.
+    can_read: Optional[Callable[[str, Optional[str], str], bool]] = None
 
     def authenticate(self, info: ConnectInfo) -> int:
         return P.CONNACK_ACCEPTED if self.allow_anonymous else P.CONNACK_NOT_AUTHORIZED

@@ -9,8 +9,9 @@ TCP between real processes -- partitions made with a firewall, ``kill -9``,
 restarts on the same LevelDB -- and gives the TCP scale figures.  It is a
 test and benchmark tool, not the broker (the broker wires the same parts).
 
-    python -m vmqtw.metadata.process --name vmqtw@127.0.0.2 \\
-        --listen 127.0.0.2:0 --cookie C --data-dir DIR \\
+    python -m vmqtw.testing.replica_process --name vmqtw@127.0.0.2 \\
+        --listen 127.0.0.2:0 [--advertise 127.0.0.2:4000] --cookie C \\
+        --data-dir DIR \\
         --control 127.0.0.1:0 --ready-file DIR/ready.json \\
         [--seed NAME@HOST:PORT] [--lazy-tick 0.1 --exchange-tick 0.5 \\
         --gossip 0.5]
@@ -35,7 +36,10 @@ objects (dicts) are refused.  Operations:
 
 When ``--ready-file`` is given the process writes ``{"control": port,
 "cluster": port, "pid": pid}`` there (atomically) once both ports listen,
-so callers can use port 0 and never race for a free port.
+so callers can use port 0 and never race for a free port.  ``--advertise``
+is the address the other replicas are told to dial (the broker's
+``listener.vmq.clustering.advertise``): the partition tests' proxy back end
+puts a proxy there in front of ``--listen``.
 """
 from __future__ import annotations
 
@@ -61,7 +65,7 @@ __all__ = ["main", "parse_args", "from_json", "to_json", "digest_items",
            "join_when_up", "ControlProtocol",
            "ReplicaProcess"]
 
-log = Logger(namespace="vmqtw.metadata.process")
+log = Logger(namespace="vmqtw.testing.replica_process")
 
 Address = Tuple[str, int]
 
@@ -133,11 +137,13 @@ def _seed(text: str) -> Tuple[str, Address]:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m vmqtw.metadata.process",
+        prog="python -m vmqtw.testing.replica_process",
         description="A metadata replica with a JSON control port.")
     p.add_argument("--name", required=True, help="node name")
     p.add_argument("--listen", required=True, type=_address,
                    help="clustering HOST:PORT (port 0: any)")
+    p.add_argument("--advertise", type=_address, default=None,
+                   help="HOST:PORT the other nodes dial (default: --listen)")
     p.add_argument("--cookie", required=True)
     p.add_argument("--data-dir", default=None,
                    help="LevelDB + membership state (default: memory)")
@@ -442,9 +448,10 @@ def run(args: argparse.Namespace, reactor: Any) -> None:
     if failures:
         failures[0].raiseException()
     address = transport.address
+    advertised = args.advertise if args.advertise is not None else address
     node = MetadataNode(
         args.name, transport, reactor, data_dir=args.data_dir,
-        address=address, lazy_tick=args.lazy_tick,
+        address=advertised, lazy_tick=args.lazy_tick,
         exchange_tick=args.exchange_tick, gossip_interval=args.gossip,
         gc_interval=args.gc_interval or None,
         exchange_on_up_delay=args.exchange_on_up)
