@@ -31,7 +31,7 @@ from vmqtw.admin.cli import execute
 from vmqtw.admin.client import AdminError
 from vmqtw.admin.commands import parse_args
 from vmqtw.config import Config, ConfigError, load_config
-from vmqtw.tap import build_node
+from vmqtw.node import build_node
 from vmqtw.tls import cluster_tls_from_config
 
 BIN = os.path.dirname(sys.executable)

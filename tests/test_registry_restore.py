@@ -16,10 +16,8 @@ from vmqtw.types import SubscriberId
 def _restarted(broker: Broker, **kwargs) -> Broker:
     """A new broker process on the old one's metadata and store."""
     broker.registry.stop()
-    again = Broker(store=broker.registry.store, metadata=broker.metadata, **kwargs)
-    done = again.registry.restore()
-    assert done.called
-    return again
+    # Starting restores (the "registry" step); Broker checks it finished.
+    return Broker(store=broker.registry.store, metadata=broker.metadata, **kwargs)
 
 
 def _offline_subscriber(broker, client_id="s", flt=("t/#", 1)):

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union, cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IAddress, IListeningPort
 from zope.interface import implementer
 
 from vmqtw.cluster import auth, wire
@@ -47,6 +48,12 @@ def _encode(frame: wire.Frame) -> bytes:
         return wire.encode_frame(frame)
     except (TypeError, ValueError, OverflowError) as e:
         raise TypeError("cluster message is not plain data: %s" % (e,))
+
+
+def _host_port(address: IAddress) -> Address:
+    """``(host, port)`` of a TCP address (IPv4 or IPv6; both have them)."""
+    tcp = cast(Union[IPv4Address, IPv6Address], address)
+    return (tcp.host, tcp.port)
 
 
 @implementer(IClusterTransport)
@@ -139,8 +146,7 @@ class TcpTransport:
     def address(self) -> Address:
         """The address actually listened on (port 0 resolved)."""
         assert self._port is not None, "not listening"
-        h = self._port.getHost()
-        return (h.host, h.port)  # type: ignore[attr-defined]
+        return _host_port(self._port.getHost())
 
     def stop(self) -> "defer.Deferred[None]":
         """
@@ -219,8 +225,7 @@ class TcpTransport:
         if p is None or p.link is None:
             return None
         local, remote = p.link.addresses()
-        return {"local": (local.host, local.port),  # type: ignore[attr-defined]
-                "remote": (remote.host, remote.port),  # type: ignore[attr-defined]
+        return {"local": _host_port(local), "remote": _host_port(remote),
                 "dialed_by": self.node if p.link.initiator else peer}
 
     @property

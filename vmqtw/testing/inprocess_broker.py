@@ -7,20 +7,24 @@ decoder.
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from vmqtw.testing import mqttbytes as B
 from vmqtw.broker.queue import QueueLimits
-from vmqtw.broker.registry import Registry
+from vmqtw.interfaces import IClusterTransport, IMessageStore, IMetadataStore
 from vmqtw.metadata.local import LocalMetadataStore
+from vmqtw.metadata.node import MetadataNode
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt.codec import Decoder
 from vmqtw.mqtt.protocol import MQTTFactory, MQTTProtocol
 from vmqtw.mqtt.session import AnonymousGate, Authenticator, SessionSettings
+from vmqtw.node import build_broker_core
+from vmqtw.service import OrderedMultiService
 
 
 class Client:
@@ -70,31 +74,49 @@ class Client:
 
 
 class Broker:
-    """Registry + factory on a Clock, with knobs for the tests."""
+    """
+    The broker core a node runs (:func:`vmqtw.node.build_broker_core`),
+    started by its own steps on a Clock, with knobs for the tests.
+    ``replication`` (a MetadataNode) replaces ``metadata``; ``cluster`` is
+    the cluster transport, None for a lone broker.
+    """
 
     def __init__(self, limits: QueueLimits = QueueLimits(),
                  settings: SessionSettings = SessionSettings(),
                  authenticator: Any = None, connect_timeout: float = 10.0,
-                 max_packet_size: int = 0, store: Any = None,
+                 max_packet_size: int = 0, store: Optional[IMessageStore] = None,
                  session_expiration: Optional[float] = None,
-                 clock: Optional[Clock] = None, metadata: Any = None,
-                 node: str = "vmqtw@127.0.0.1", cluster: Any = None,
-                 ready: Any = None, confirm: Any = None) -> None:
+                 clock: Optional[Clock] = None, metadata: Optional[IMetadataStore] = None,
+                 node: str = "vmqtw@127.0.0.1", cluster: Optional[IClusterTransport] = None,
+                 ready: Any = None, replication: Optional[MetadataNode] = None) -> None:
         if clock is None:
             clock = Clock()
             clock.advance(1_700_000_000)
         self.clock = clock
-        self.metadata = metadata if metadata is not None else LocalMetadataStore()
-        self.registry = Registry(node, self.metadata, self.clock, limits, store,
-                                 session_expiration=session_expiration, cluster=cluster,
-                                 ready=ready, confirm=confirm)
-        self.registry.start()
-        self.registry.receive_from_peers()
+        if replication is None and metadata is None:
+            metadata = LocalMetadataStore()
+        self.core = build_broker_core(node, clock, metadata=metadata, replication=replication,
+                                      store=store, transport=cluster, limits=limits,
+                                      session_expiration=session_expiration, ready=ready)
+        self.registry = self.core.registry
+        self.metadata = self.registry.metadata
+        self.failures: List[Failure] = []
+        self.service = OrderedMultiService(on_failure=self.failures.append)
+        for step in self.core.steps():
+            self.service.addService(step.service())
+        self.service.startService()
+        # Everything in process fires at once: the broker is up, or says why not.
+        assert self.service.ready is not None and self.service.ready.called
+        assert not self.failures, self.failures
         gate: Authenticator = authenticator or AnonymousGate(True)
         self.factory = MQTTFactory(self.registry, settings, gate, self.clock,
                                    max_packet_size=max_packet_size,
                                    connect_timeout=connect_timeout)
         self._port = 40000
+
+    def stop(self) -> None:
+        """Stop the steps in reverse, as a node does."""
+        self.service.stopService()
 
     def client(self) -> Client:
         self._port += 1
@@ -144,29 +166,23 @@ class Cluster:
 
     def __init__(self, names: Any = ("A", "B", "C"), **broker_kwargs: Any) -> None:
         from vmqtw.testing.memory_transport import InMemoryNetwork
-        from vmqtw.metadata.node import MetadataNode
 
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.network = InMemoryNetwork(self.clock)
         self.names = list(names)
-        self.metadata_nodes = {}
-        self.brokers = {}
+        self.metadata_nodes: Dict[str, MetadataNode] = {}
+        self.brokers: Dict[str, Broker] = {}
         for name in self.names:
-            transport = self.network.transport(name)
-            md = MetadataNode(name, transport, self.clock, members=self.names,
-                              lazy_tick=0.1, exchange_tick=0.5, gc_interval=None)
-            self.metadata_nodes[name] = md
-            self.brokers[name] = Broker(clock=self.clock, metadata=md.store, node=name,
-                                        cluster=transport, confirm=md.confirmer.confirm,
-                                        **broker_kwargs)
-        for name in self.names:
-            self.metadata_nodes[name].start()
             transport = self.network.transport(name)
             for peer in self.names:
                 if peer != name:
                     transport.set_peer_address(peer, (peer, 0))
-            transport.start()
+            md = MetadataNode(name, transport, self.clock, members=self.names,
+                              lazy_tick=0.1, exchange_tick=0.5, gc_interval=None)
+            self.metadata_nodes[name] = md
+            self.brokers[name] = Broker(clock=self.clock, replication=md, node=name,
+                                        cluster=transport, **broker_kwargs)
         self.settle()
 
     def __getitem__(self, name: str) -> Broker:
@@ -179,4 +195,4 @@ class Cluster:
 
     def stop(self) -> None:
         for name in self.names:
-            self.metadata_nodes[name].stop()
+            self.brokers[name].stop()

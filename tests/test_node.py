@@ -1,0 +1,105 @@
+"""
+The wiring of one node (:mod:`vmqtw.node`): its parts are typed, it starts
+in the order of one table and stops in the exact reverse, and nothing a
+peer sends can arrive before the part that handles it is running.
+In process, on a ``MemoryReactorClock``: nothing listens for real.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Set, Tuple
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
+
+from tests.brokerharness import Broker, Cluster
+from vmqtw.cluster import dataplane
+from vmqtw.config import Config
+from vmqtw.metadata import broadcast
+from vmqtw.node import Node, build_node
+
+CORE = ["metadata", "message-store", "registry", "data-plane", "cluster-transport"]
+
+
+class RecordingReactor(MemoryReactorClock):
+    """Remembers, at each ``listenTCP``, which peer handlers were registered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.node: Any = None
+        self.at_listen: List[Tuple[int, Set[str], Set[str]]] = []
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50,
+                  interface: str = "") -> Any:
+        dispatch = self.node.transport._dispatch     # what a peer's frame would meet
+        self.at_listen.append((port, set(dispatch._cast_handlers),
+                               set(dispatch._call_handlers)))
+        return super().listenTCP(port, factory, backlog, interface)
+
+
+def _node(tmp_path: Any) -> Tuple[Node, RecordingReactor]:
+    reactor = RecordingReactor()
+    config = Config.default().replace(
+        platform_data_dir=str(tmp_path / "data"), message_store="memory",
+        listener_vmq_clustering=("127.0.0.1", 44053),
+        tcp_listeners={"default": ("127.0.0.1", 41883)})
+    node = build_node(config, reactor)
+    reactor.node = node
+    return node, reactor
+
+
+def test_steps_start_in_the_order_of_the_table(tmp_path):
+    node, _reactor = _node(tmp_path)
+    names = [service.name for service in node.service]
+    assert names == CORE + ["auth", "listener.tcp.default"]
+    assert node.registry.dataplane is not None
+    assert node.registry.store is node.store
+
+
+def test_every_peer_handler_is_registered_before_the_cluster_transport_listens(tmp_path):
+    """
+    A frame from a peer is dispatched by channel: a handler registered only
+    after the transport listened would miss what came first (the data
+    plane's forwarded messages for restored sessions, above all).
+    """
+    node, reactor = _node(tmp_path)
+    node.service.startService()
+    try:
+        assert node.service.ready is not None and node.service.ready.called
+        dispatch = node.transport._dispatch
+        (port, casts, calls), (mqtt_port, _, _) = reactor.at_listen
+        assert (port, mqtt_port) == (44053, 41883)   # cluster first, MQTT last
+        assert casts == set(dispatch._cast_handlers)
+        assert calls == set(dispatch._call_handlers)
+        assert {dataplane.CHANNEL, broadcast.CHANNEL} <= casts
+        assert "admin.cluster.show" in calls
+    finally:
+        node.service.stopService()
+
+
+def test_stop_is_the_exact_reverse_of_start(tmp_path):
+    node, _reactor = _node(tmp_path)
+    stopped: List[str] = []
+
+    def observer(event: Dict[str, Any]) -> None:
+        if event.get("log_format") == "stopping {name}":
+            stopped.append(event["name"])
+
+    node.service.startService()
+    globalLogPublisher.addObserver(observer)
+    try:
+        node.service.stopService()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert stopped == list(reversed([service.name for service in node.service]))
+
+
+def test_harness_runs_the_same_core_steps():
+    """The in-process brokers start by the node's own table, not by hand."""
+    assert [service.name for service in Broker().service] == ["registry"]
+    cluster = Cluster(("A", "B"))
+    try:
+        assert [service.name for service in cluster["A"].service] == [
+            "metadata", "registry", "data-plane", "cluster-transport"]
+        assert cluster.network.linked("A", "B")
+    finally:
+        cluster.stop()

@@ -1,0 +1,287 @@
+"""
+Wiring: the parts of one node, and the order they start in.
+
+:func:`build_node` builds a whole node from its configuration (twistd's
+``makeService`` returns its ``service``); :func:`build_broker_core` builds
+the broker's domain parts over a metadata store, message store, cluster
+transport and clock it is given, and is shared by :func:`build_node` and
+the in-process test harness (``tests/brokerharness.py``), so tests run the
+parts wired, and started, as a node wires and starts them.
+
+Start order is data: :meth:`BrokerCore.steps` and the table in
+:func:`build_node`.  Every handler of something a peer can send is
+registered before the cluster transport listens or dials, so nothing from
+a peer arrives before the part that handles it runs:
+
+* metadata (membership, plumtree, anti-entropy, tombstone GC) registers
+  its handlers when :class:`~vmqtw.metadata.node.MetadataNode` is built,
+  and its timers start with the ``metadata`` step;
+* the admin handlers are registered when the node is built;
+* the data plane registers its channel in the ``data-plane`` step, which
+  comes after the ``registry`` step has restored the offline queues (a
+  forwarded message for a restored session must find its queue, or it is
+  taken as delivered and acknowledged to its sender);
+* only then does ``cluster-transport`` listen and dial.
+
+Auth and the MQTT listeners come last: no client is served before the
+node can route.  :class:`~vmqtw.service.OrderedMultiService` stops the
+steps in the exact reverse order, each awaited.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, List, Optional
+
+import attrs
+from twisted.application.service import IService
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from vmqtw.admin.server import AdminHandlers, register_admin_handlers
+from vmqtw.broker.auth import BrokerAuthenticator
+from vmqtw.broker.queue import QueueLimits
+from vmqtw.broker.registry import Registry
+from vmqtw.broker.retain import RetainStore
+from vmqtw.broker.subscriptions import Subscriptions
+from vmqtw.cluster.dataplane import DataPlane
+from vmqtw.cluster.link import TcpTransport
+from vmqtw.cluster.readiness import Readiness
+from vmqtw.config import Config
+from vmqtw.interfaces import IClusterTransport, IMessageStore, IMetadataStore
+from vmqtw.metadata.node import MetadataNode
+from vmqtw.mqtt.protocol import MQTTFactory
+from vmqtw.mqtt.session import SessionSettings
+from vmqtw.service import CallbackService, ListenerService, OrderedMultiService
+from vmqtw.tls import TLSServerFactory, cluster_tls_from_config, server_options_from_config
+
+__all__ = ["BrokerCore", "Node", "Step", "build_broker_core", "build_node",
+           "queue_limits", "session_settings"]
+
+log = Logger()
+
+#: Listen backlog: Twisted's default of 50 drops SYNs in a connect burst
+#: (each costing the client a 1 s retransmit).
+LISTEN_BACKLOG = 1024
+
+
+@attrs.frozen
+class Step:
+    """One step of a node's lifecycle: started in order, stopped in reverse."""
+
+    name: str
+    start: Callable[[], Any]
+    stop: Optional[Callable[[], Any]] = None
+
+    def service(self) -> CallbackService:
+        return CallbackService(self.name, self.start, self.stop)
+
+
+@attrs.define(slots=True, eq=False)
+class BrokerCore:
+    """
+    The broker's domain parts over the storage and transport they were
+    given: ``replication`` (None where the metadata is not replicated, e.g.
+    a lone in-process test broker), ``store`` (None keeps nothing) and
+    ``transport`` (None on a lone node, then there is no data plane).
+    """
+
+    registry: Registry
+    replication: Optional[MetadataNode] = None
+    store: Optional[IMessageStore] = None
+    transport: Optional[IClusterTransport] = None
+
+    @property
+    def dataplane(self) -> Optional[DataPlane]:
+        return self.registry.dataplane
+
+    def steps(self) -> List[Step]:
+        """
+        The start order of the core, as data (see the module docstring for
+        why it is this one): metadata → message store → registry (trie,
+        retained tree, restore) → data plane → cluster transport.
+        """
+        steps: List[Step] = []
+        if self.replication is not None:
+            steps.append(Step("metadata", self.replication.start, self.replication.stop))
+        if self.store is not None:
+            steps.append(Step("message-store", self.store.open, self.store.close))
+        steps.append(Step("registry", self._start_registry, self.registry.stop))
+        dataplane = self.dataplane
+        if dataplane is not None:
+            steps.append(Step("data-plane", self.registry.receive_from_peers, dataplane.stop))
+        if self.transport is not None:
+            steps.append(Step("cluster-transport", self.transport.start, self.transport.stop))
+        return steps
+
+    @inlineCallbacks
+    def _start_registry(self) -> Any:
+        self.registry.start()
+        yield self.registry.restore()
+
+
+def build_broker_core(node: str, clock: IReactorTime, *,
+                      metadata: Optional[IMetadataStore] = None,
+                      replication: Optional[MetadataNode] = None,
+                      store: Optional[IMessageStore] = None,
+                      transport: Optional[IClusterTransport] = None,
+                      limits: QueueLimits = QueueLimits(),
+                      session_expiration: Optional[float] = None,
+                      ready: Optional[Callable[[], bool]] = None,
+                      buffer_limit: int = 64 * 1024 * 1024) -> BrokerCore:
+    """
+    The registry with its subscriptions, retained messages and (given a
+    ``transport``) data plane, over ``replication``'s store or, without
+    one, ``metadata``.  ``buffer_limit`` bounds each peer's unacknowledged
+    bytes on the data plane.
+    """
+    if replication is not None:
+        metadata = replication.store
+    if metadata is None:
+        raise TypeError("build_broker_core needs metadata or replication")
+    dataplane = (DataPlane(node, transport, clock, store, buffer_limit)
+                 if transport is not None else None)
+    registry = Registry(node, metadata, clock, limits, store,
+                        session_expiration=session_expiration, ready=ready,
+                        subscriptions=Subscriptions(node, metadata),
+                        retain=RetainStore(metadata), dataplane=dataplane,
+                        confirm=(replication.confirmer.confirm
+                                 if replication is not None else None))
+    return BrokerCore(registry, replication, store, transport)
+
+
+def queue_limits(config: Config) -> QueueLimits:
+    return QueueLimits(
+        max_inflight_messages=config.max_inflight_messages,
+        max_online_messages=config.max_online_messages,
+        max_offline_messages=config.max_offline_messages,
+        queue_type=config.queue_type,
+        retry_interval=config.retry_interval,
+    )
+
+
+def session_settings(config: Config) -> SessionSettings:
+    return SessionSettings(
+        max_client_id_size=config.max_client_id_size,
+        topic_max_depth=config.topic_max_depth,
+        max_keepalive=int(config.max_keepalive),
+        max_subscriptions_per_client=config.max_subscriptions_per_client,
+        allow_register_during_netsplit=config.allow_register_during_netsplit,
+        allow_publish_during_netsplit=config.allow_publish_during_netsplit,
+        allow_subscribe_during_netsplit=config.allow_subscribe_during_netsplit,
+        allow_unsubscribe_during_netsplit=config.allow_unsubscribe_during_netsplit,
+    )
+
+
+@attrs.define(slots=True, eq=False)
+class Node:
+    """One broker node's parts, and ``service``, the tree that runs them."""
+
+    config: Config
+    metadata: MetadataNode
+    transport: TcpTransport
+    readiness: Readiness
+    store: IMessageStore
+    registry: Registry
+    authenticator: BrokerAuthenticator
+    admin: AdminHandlers
+    service: OrderedMultiService
+
+
+def _endpoint(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
+    if ":" in host:
+        return TCP6ServerEndpoint(reactor, port, backlog=LISTEN_BACKLOG, interface=host)
+    return TCP4ServerEndpoint(reactor, port, backlog=LISTEN_BACKLOG, interface=host)
+
+
+def build_node(config: Config, reactor: Any) -> Node:
+    """
+    The whole node, not yet started.  Raises
+    :class:`~vmqtw.config.ConfigError` before anything is opened when a
+    file it names (auth, TLS) is missing or wrong.
+    """
+    from vmqtw.store.registry import find_store_factory
+
+    # Password checks get their own small pool, so a connect storm cannot
+    # starve the reactor's default pool (DNS lookups) or the reactor thread.
+    pool = (ThreadPool(0, max(2, os.cpu_count() or 2), "vmqtw-passwd")
+            if config.plugins_vmq_passwd else None)
+    authenticator = BrokerAuthenticator.from_config(config, reactor, pool)
+    # Read the auth files first: a missing one stops the node before it
+    # opens a store or listens (ConfigError).
+    authenticator.load()
+    # Likewise the TLS certificate and key: checked before anything opens.
+    tls_options = server_options_from_config(config)
+    cluster_tls = cluster_tls_from_config(config)
+
+    os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
+    os.chmod(config.data_dir, 0o700)
+
+    def fatal(failure: Failure) -> None:
+        log.critical("node cannot start: {error}", error=failure.getErrorMessage())
+        if reactor.running:
+            reactor.stop()
+
+    # The cluster: metadata (subscriptions, retained messages, membership)
+    # replicated over the inter-node transport.  On a lone node it still
+    # keeps subscriptions and retained messages in LevelDB, so persistent
+    # sessions survive a restart.
+    clustering_host, _port = config.listener_vmq_clustering
+    transport = TcpTransport(config.nodename, config.distributed_cookie.encode("utf-8"),
+                             config.listener_vmq_clustering, reactor,
+                             source_ip=clustering_host,
+                             buffer_limit=config.outgoing_clustering_buffer_size,
+                             tls=cluster_tls)
+    cluster = MetadataNode(config.nodename, transport, reactor, data_dir=config.data_dir,
+                           address=config.cluster_advertised_address,
+                           lazy_tick=config.metadata_lazy_tick,
+                           exchange_tick=config.metadata_exchange_tick,
+                           gossip_interval=config.metadata_gossip_interval)
+    readiness = Readiness(cluster.peers)
+    store = find_store_factory(config.message_store).build(config, reactor)
+    core = build_broker_core(config.nodename, reactor, replication=cluster, store=store,
+                             transport=transport, limits=queue_limits(config),
+                             session_expiration=config.persistent_client_expiration,
+                             ready=readiness,
+                             buffer_limit=config.outgoing_clustering_buffer_size)
+    registry = core.registry
+    admin = register_admin_handlers(transport, cluster, registry, readiness)
+
+    settings = session_settings(config)
+    listeners: List[IService] = []
+    for name, (host, port) in sorted(config.tcp_listeners.items()):
+        factory = MQTTFactory(registry, settings, authenticator, reactor,
+                              max_packet_size=config.max_message_size,
+                              connect_timeout=config.connect_timeout,
+                              max_connections=config.listener_max_connections)
+        listeners.append(ListenerService("listener.tcp." + name, _endpoint(reactor, host, port),
+                                         factory, on_failure=fatal))
+    tls_settings = attrs.evolve(
+        settings, use_identity_as_username=config.listener_ssl_use_identity_as_username)
+    for name, (host, port) in sorted(config.ssl_listeners.items()):
+        factory = MQTTFactory(registry, tls_settings, authenticator, reactor,
+                              max_packet_size=config.max_message_size,
+                              connect_timeout=config.connect_timeout,
+                              max_connections=config.listener_max_connections,
+                              identity_from_certificate=config.listener_ssl_cafile is not None)
+        listeners.append(ListenerService("listener.ssl." + name, _endpoint(reactor, host, port),
+                                         TLSServerFactory(tls_options, factory, reactor),
+                                         on_failure=fatal))
+
+    # The start order, as one table; stopped in exact reverse.
+    steps: List[IService] = [
+        # metadata → message-store → registry → data-plane → cluster-transport
+        *(step.service() for step in core.steps()),
+        *([Step("passwd-pool", pool.start, pool.stop).service()] if pool is not None else []),
+        Step("auth", authenticator.start, authenticator.stop).service(),
+        *listeners,
+    ]
+    top = OrderedMultiService(on_failure=fatal)
+    for step in steps:
+        top.addService(step)
+    return Node(config=config, metadata=cluster, transport=transport, readiness=readiness,
+                store=store, registry=registry, authenticator=authenticator, admin=admin,
+                service=top)
