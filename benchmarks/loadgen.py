@@ -637,7 +637,8 @@ def _run(spec: Dict[str, Any], ctrl: Any) -> Dict[str, Any]:
     errors: List[str] = []
     try:
         for i in spec["subs"]:
-            sock, left = open_client(host, port, f"vmqtwb-{spec['run_id']}-s{i}", keepalive,
+            sock, left = open_client(spec.get("sub_host") or host, spec.get("sub_port") or port,
+                                     f"vmqtwb-{spec['run_id']}-s{i}", keepalive,
                                      spec["setup_timeout"], (filter_for(scenario), qos))
             subs.append(Subscriber(sock, left, i, qos, run_id, spec["publishers"],
                                    spec["messages"], spec["latency"]))
@@ -792,6 +793,9 @@ class Settings:
     setup_timeout: float
     json: bool
     allow_remote: bool
+    #: Subscribers connect here instead (another node of a cluster).
+    sub_host: Optional[str] = None
+    sub_port: Optional[int] = None
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Settings:
@@ -801,6 +805,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Settings:
     ap.add_argument("scenario", choices=SCENARIOS)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=1883)
+    ap.add_argument("--sub-host", help="subscribers connect here (another cluster node); "
+                    "default --host")
+    ap.add_argument("--sub-port", type=int, help="subscribers' port; default --port")
     ap.add_argument("--publishers", type=int, help="publisher connections")
     ap.add_argument("--subscribers", type=int, help="subscriber connections")
     ap.add_argument("--messages", type=int, help="messages per publisher")
@@ -823,6 +830,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Settings:
     pick = lambda value, key: d[key] if value is None else value  # noqa: E731
     settings = Settings(
         scenario=ns.scenario, host=ns.host, port=ns.port,
+        sub_host=ns.sub_host, sub_port=ns.sub_port,
         publishers=pick(ns.publishers, "publishers"),
         subscribers=pick(ns.subscribers, "subscribers"),
         messages=pick(ns.messages, "messages"), qos=ns.qos, payload=ns.payload,
@@ -852,6 +860,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Settings:
 def plan(settings: Settings, run_id: str) -> List[Dict[str, Any]]:
     """Worker specs: subscriber workers first, then publisher workers."""
     base = {"run_id": run_id, "host": settings.host, "port": settings.port,
+            "sub_host": settings.sub_host, "sub_port": settings.sub_port,
             "qos": settings.qos, "scenario": settings.scenario,
             "publishers": settings.publishers, "messages": settings.messages,
             "payload": settings.payload, "window": settings.window, "rate": settings.rate,
@@ -1041,6 +1050,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings = parse_args(argv)
     try:
         check_host(settings.host, settings.port, settings.allow_remote)
+        if settings.sub_host is not None:
+            check_host(settings.sub_host, settings.sub_port or settings.port,
+                       settings.allow_remote)
     except UsageError as e:
         sys.stderr.write(f"loadgen.py: error: {e}\n")
         return EXIT_USAGE
