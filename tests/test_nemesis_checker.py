@@ -103,7 +103,7 @@ histories = st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(1, 15)
 
 def in_order(counts: Dict[str, int]) -> List[Tuple[str, int]]:
     """Every message of every publisher, publishers interleaved round robin."""
-    out = []
+    out: List[Tuple[str, int]] = []
     for i in range(max(counts.values())):
         out.extend((p, i) for p in sorted(counts) if i < counts[p])
     return out

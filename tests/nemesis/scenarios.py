@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Mapping, Optional
 import attrs
 
 from tests.nemesis.checker import Report, check
-from tests.nemesis.harness import Cluster
+from tests.nemesis.harness import FIRST_IP, Cluster
 from tests.nemesis.workload import Workload
 
 __all__ = ["Timings", "SHORT", "NORMAL", "LONG", "Context", "Scenario",
@@ -51,7 +51,7 @@ class Timings:
     subscribers_per_node: int = 1
 
 
-SHORT = Timings(rate=50.0, settle=2.0, cycles=2, on=4.0, off=3.0, down=4.0, paused=5.0,
+SHORT = Timings(rate=50.0, settle=1.5, cycles=2, on=4.0, off=2.0, down=4.0, paused=4.5,
                 rounds=30)
 NORMAL = Timings()
 LONG = Timings(cycles=10, down=10.0, paused=10.0, settle=5.0, rounds=1000,
@@ -163,11 +163,16 @@ SCENARIOS: Dict[str, Scenario] = {s.name: s for s in [
 # -- the runner ---------------------------------------------------------------
 
 def run(scenario: Scenario, timings: Timings = NORMAL, directory: Optional[str] = None,
-        size: int = 3, log: Callable[[str], None] = lambda line: None) -> Outcome:
-    """Run one scenario on a fresh cluster; everything is removed afterwards."""
+        size: int = 3, log: Callable[[str], None] = lambda line: None,
+        first_ip: int = FIRST_IP) -> Outcome:
+    """
+    Run one scenario on a fresh cluster on 127.0.0.<first_ip> and up;
+    everything is removed afterwards.
+    """
     owned = directory is None
     base = directory or tempfile.mkdtemp(prefix="vmqtw-nemesis-")
-    cluster = Cluster(os.path.join(base, scenario.name), size=size, settings=scenario.settings)
+    cluster = Cluster(os.path.join(base, scenario.name), size=size, settings=scenario.settings,
+                      first_ip=first_ip)
     workload: Optional[Workload] = None
     try:
         log("%s: starting %d nodes" % (scenario.name, size))

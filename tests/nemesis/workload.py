@@ -87,7 +87,7 @@ class _Endpoint:
 
     def _shutdown_socket(self) -> None:
         sock = self.client.socket()
-        if sock is not None:
+        if isinstance(sock, socket.socket):  # plain TCP here (paho also types websockets)
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -233,11 +233,12 @@ class Subscriber(_Endpoint):
         self.client.on_message = self._on_message
 
     def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if message.payload.startswith(PROBE):
+        payload = bytes(message.payload)
+        if payload.startswith(PROBE):
             with self.lock:
                 self.probes.add(message.topic)
             return
-        parsed = parse_tag(message.payload)
+        parsed = parse_tag(payload)
         publisher, seq = parsed if parsed is not None else ("", -1)
         receipt = Receipt(publisher, seq, bool(message.dup), message.qos)
         with self.lock:
