@@ -225,12 +225,13 @@ def _remove(path: str) -> None:
 def table(outcomes: List[Outcome]) -> str:
     """One row per scenario: the counts of the issue's table."""
     head = ("scenario", "acked", "expected", "delivered", "lost", "lost msgs",
-            "dup w/o DUP", "(after resend)", "out of order", "unexpected", "drained",
+            "dup w/o DUP", "(after resend)", "out of order", "(after resend)", "unexpected", "drained",
             "sessions lost", "seconds")
     rows = [head] + [(o.scenario, str(o.report.acknowledged), str(o.report.expected),
                       str(o.report.delivered), str(o.report.lost), str(o.report.lost_messages),
                       str(o.report.dup_without_dup), str(o.report.dup_after_resend),
-                      str(o.report.out_of_order), str(o.report.unexpected),
+                      str(o.report.out_of_order), str(o.report.out_of_order_after_resend),
+                      str(o.report.unexpected),
                       "yes" if o.drained else "NO", str(o.sessions_lost),
                       "%.1f" % o.duration) for o in outcomes]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
