@@ -1,0 +1,55 @@
+"""``python -m tests.nemesis``: the long form; see the package docstring."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from typing import List, Optional
+
+import attrs
+
+from tests.nemesis import network
+from tests.nemesis.scenarios import LONG, NORMAL, SCENARIOS, Outcome, run, table
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.nemesis", description=__doc__)
+    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS),
+                        help="run only this scenario (repeatable); default: all")
+    parser.add_argument("--long", action="store_true", help="more cycles, longer faults")
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--rate", type=float, help="messages per second per publisher")
+    parser.add_argument("--cycles", type=int, help="cut scenarios: number of cuts")
+    parser.add_argument("--on", type=float, help="cut scenarios: seconds cut")
+    parser.add_argument("--off", type=float, help="cut scenarios: seconds healed")
+    parser.add_argument("--rounds", type=int, help="subscribe-publish: rounds")
+    args = parser.parse_args(argv)
+    timings = LONG if args.long else NORMAL
+    overrides = {k: getattr(args, k) for k in ("rate", "cycles", "on", "off", "rounds")
+                 if getattr(args, k) is not None}
+    timings = attrs.evolve(timings, **overrides)
+    if not network.available():
+        print("the cut scenarios need nft as root: apt-get install -y nftables", file=sys.stderr)
+    # SIGTERM unwinds like Ctrl-C, so every node and nft rule is removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    start = time.monotonic()
+
+    def log(line: str) -> None:
+        print("[%6.1fs] %s" % (time.monotonic() - start, line), file=sys.stderr, flush=True)
+
+    outcomes: List[Outcome] = []
+    for name in args.scenario or list(SCENARIOS):
+        outcome = run(SCENARIOS[name], timings, size=args.nodes, log=log)
+        outcomes.append(outcome)
+        print("\n%s: %s" % (name, SCENARIOS[name].doc))
+        print(table([outcome]), flush=True)
+        for kind, examples in sorted(outcome.report.examples.items()):
+            print("  e.g. %s: %s" % (kind, "; ".join(examples)))
+    print("\nall scenarios (%s):" % (timings,))
+    print(table(outcomes))
+    return 0 if all(o.report.ok for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""
+Nemesis scenarios: what goes wrong, and when, while the workload runs.
+
+A scenario is a small function over a :class:`Context` (the cluster, the
+workload, the timings) registered in :data:`SCENARIOS` with the node
+settings it needs and whether the steady load runs under it.  The runner
+(:func:`run`) does the rest the same way for all of them: start and join
+the cluster, connect and subscribe, wait until subscriptions are routed
+everywhere, start the load, run the nemesis, stop the load, heal/resume/
+restart whatever is still broken, drain, check.
+
+To add one (session moves, ``cluster leave``, registration races, ...):
+write ``def my_nemesis(ctx: Context) -> None`` and add a
+:class:`Scenario` to :data:`SCENARIOS`.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Callable, Dict, List, Mapping, Optional
+
+import attrs
+
+from tests.nemesis.checker import Report, check
+from tests.nemesis.harness import FIRST_IP, Cluster
+from tests.nemesis.workload import Workload
+
+__all__ = ["Timings", "SHORT", "NORMAL", "LONG", "Context", "Scenario",
+           "Outcome", "SCENARIOS", "run"]
+
+
+@attrs.frozen(slots=True)
+class Timings:
+    """How long and how hard: one preset per form (short test, normal, long)."""
+
+    #: Messages per second per publisher.
+    rate: float = 100.0
+    #: Load before the first fault and after the last one, in seconds.
+    settle: float = 3.0
+    #: Cut scenario: cycles of ``on`` seconds cut, ``off`` seconds healed.
+    cycles: int = 3
+    on: float = 5.0
+    off: float = 5.0
+    #: Kill scenario: seconds the node stays dead.
+    down: float = 5.0
+    #: Pause scenario: seconds stopped (longer than detection, ~3 s).
+    paused: float = 6.0
+    #: Subscribe-then-publish scenario: rounds.
+    rounds: int = 100
+    subscribers_per_node: int = 1
+
+
+SHORT = Timings(rate=50.0, settle=1.5, cycles=2, on=4.0, off=2.0, down=4.0, paused=4.5,
+                rounds=30)
+NORMAL = Timings()
+LONG = Timings(cycles=10, down=10.0, paused=10.0, settle=5.0, rounds=1000,
+               subscribers_per_node=2)
+
+
+@attrs.define
+class Context:
+    """What a nemesis function works with."""
+
+    cluster: Cluster
+    workload: Workload
+    timings: Timings
+    log: Callable[[str], None]
+    #: The node the faults hit (the last one, like "node 3" in the issue).
+    target: int
+
+    def hold(self, seconds: float) -> None:
+        """Let the load run (wall-clock time is the point here, not a wait for an event)."""
+        time.sleep(seconds)
+
+
+@attrs.frozen(slots=True)
+class Scenario:
+    name: str
+    doc: str
+    nemesis: Callable[[Context], None]
+    settings: Mapping[str, str] = attrs.field(factory=dict)
+    #: Run the steady load (subscribers on ``<prefix>/#``) under the nemesis.
+    load: bool = True
+
+
+@attrs.frozen(slots=True)
+class Outcome:
+    scenario: str
+    report: Report
+    duration: float
+    drained: bool
+    sessions_lost: int
+
+
+# -- the nemeses --------------------------------------------------------------
+
+def repeated_cuts(ctx: Context) -> None:
+    """The target node cut off from all others, ``cycles`` times ``on``/``off``."""
+    t = ctx.timings
+    ctx.hold(t.settle)
+    for i in range(t.cycles):
+        ctx.log("cut %d/%d: node %d isolated" % (i + 1, t.cycles, ctx.target))
+        ctx.cluster.isolate(ctx.target)
+        ctx.hold(t.on)
+        ctx.cluster.heal()
+        ctx.hold(t.off)
+    ctx.cluster.wait_healthy()
+    ctx.hold(t.settle)
+
+
+def kill_and_restart(ctx: Context) -> None:
+    """kill -9 of the target node under load; restarted ``down`` seconds later."""
+    t = ctx.timings
+    ctx.hold(t.settle)
+    ctx.log("kill -9 node %d" % (ctx.target,))
+    ctx.cluster.kill9(ctx.target)
+    ctx.hold(t.down)
+    ctx.log("restart node %d" % (ctx.target,))
+    ctx.cluster.restart(ctx.target)
+    ctx.cluster.wait_healthy()
+    ctx.hold(t.settle)
+
+
+def pause_and_resume(ctx: Context) -> None:
+    """SIGSTOP of the target node for longer than the detection time, then SIGCONT."""
+    t = ctx.timings
+    ctx.hold(t.settle)
+    ctx.log("SIGSTOP node %d" % (ctx.target,))
+    ctx.cluster.pause(ctx.target)
+    ctx.hold(t.paused)
+    ctx.log("SIGCONT node %d" % (ctx.target,))
+    ctx.cluster.resume(ctx.target)
+    ctx.cluster.wait_healthy()
+    ctx.hold(t.settle)
+
+
+def subscribe_then_publish(ctx: Context) -> None:
+    """
+    Round k: subscriber on node k subscribes to a fresh topic; right after
+    its SUBACK the publisher on node k+1 publishes one QoS 1 message there.
+    """
+    subs, pubs = ctx.workload.subscribers, ctx.workload.publishers
+    n = len(pubs)
+    for k in range(ctx.timings.rounds):
+        topic = "%s/sp/%d" % (ctx.workload.prefix, k)
+        subs[(k % n) * ctx.timings.subscribers_per_node].subscribe(topic)
+        pubs[(k + 1) % n].publish(topic)
+
+
+SCENARIOS: Dict[str, Scenario] = {s.name: s for s in [
+    Scenario("cuts", "node 3 cut off repeatedly (defaults: no publishes during a split)",
+             repeated_cuts),
+    Scenario("cuts-allow-publish", "node 3 cut off repeatedly, allow_publish_during_netsplit = on",
+             repeated_cuts, {"allow_publish_during_netsplit": "on"}),
+    Scenario("kill9", "kill -9 of node 3 under load, then restart", kill_and_restart),
+    Scenario("pause", "node 3 SIGSTOPped past detection, then SIGCONT", pause_and_resume),
+    Scenario("subscribe-publish", "subscribe on one node, publish at once on another",
+             subscribe_then_publish, load=False),
+]}
+
+
+# -- the runner ---------------------------------------------------------------
+
+def run(scenario: Scenario, timings: Timings = NORMAL, directory: Optional[str] = None,
+        size: int = 3, log: Callable[[str], None] = lambda line: None,
+        first_ip: int = FIRST_IP) -> Outcome:
+    """
+    Run one scenario on a fresh cluster on 127.0.0.<first_ip> and up;
+    everything is removed afterwards.
+    """
+    owned = directory is None
+    base = directory or tempfile.mkdtemp(prefix="vmqtw-nemesis-")
+    cluster = Cluster(os.path.join(base, scenario.name), size=size, settings=scenario.settings,
+                      first_ip=first_ip)
+    workload: Optional[Workload] = None
+    try:
+        log("%s: starting %d nodes" % (scenario.name, size))
+        cluster.start()
+        workload = Workload(cluster.nodes, prefix="nemesis/" + scenario.name,
+                            rate=timings.rate, subscribers_per_node=timings.subscribers_per_node)
+        workload.connect()
+        if scenario.load:
+            workload.subscribe()
+            workload.wait_routed()
+        ctx = Context(cluster, workload, timings, log, target=size - 1)
+        began = time.monotonic()
+        if scenario.load:
+            workload.start()
+        try:
+            scenario.nemesis(ctx)
+        finally:
+            workload.stop_load()
+            restore(cluster)
+        drained = workload.drain()
+        duration = time.monotonic() - began
+        publishers, subscribers = workload.histories()
+        sessions_lost = sum(c.sessions_lost for c in [*workload.publishers, *workload.subscribers])
+        return Outcome(scenario.name, check(publishers, subscribers), duration, drained,
+                       sessions_lost)
+    finally:
+        if workload is not None:
+            workload.stop()
+        cluster.close()
+        if owned:
+            _remove(base)
+
+
+def restore(cluster: Cluster) -> None:
+    """Heal, resume and restart whatever a nemesis left broken; wait for health."""
+    cluster.heal()
+    for i in sorted(cluster.paused):
+        cluster.resume(i)
+    for i, node in enumerate(cluster.nodes):
+        if node.process is None:
+            cluster.restart(i)
+    cluster.wait_healthy(60)
+
+
+def _remove(path: str) -> None:
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def table(outcomes: List[Outcome]) -> str:
+    """One row per scenario: the counts of the issue's table."""
+    head = ("scenario", "acked", "expected", "delivered", "lost", "lost msgs",
+            "dup w/o DUP", "(after resend)", "out of order", "(after resend)", "unexpected", "drained",
+            "sessions lost", "seconds")
+    rows = [head] + [(o.scenario, str(o.report.acknowledged), str(o.report.expected),
+                      str(o.report.delivered), str(o.report.lost), str(o.report.lost_messages),
+                      str(o.report.dup_without_dup), str(o.report.dup_after_resend),
+                      str(o.report.out_of_order), str(o.report.out_of_order_after_resend),
+                      str(o.report.unexpected),
+                      "yes" if o.drained else "NO", str(o.sessions_lost),
+                      "%.1f" % o.duration) for o in outcomes]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    out = [line]
+    for n, row in enumerate(rows):
+        out.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+        if n == 0:
+            out.append(line)
+    out.append(line)
+    return "\n".join(out)
