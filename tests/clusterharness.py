@@ -519,8 +519,11 @@ class Partitions:
     stops every proxy.
     """
 
-    def __init__(self, backend: Optional[str] = None) -> None:
+    def __init__(self, backend: Optional[str] = None, table: str = NFT_TABLE) -> None:
         self.backend = backend or partition_backend()
+        #: The nft table (a suite with long cuts uses its own, so it never
+        #: waits for other tests' turns on the shared one).
+        self.table = table
         self.proxies: List[FaultyProxy] = []
         self._blocked: FrozenSet[Tuple[str, str]] = frozenset()
 
@@ -541,7 +544,7 @@ class Partitions:
             one_way: bool = False) -> Any:
         """A context manager that cuts on entry and heals on exit."""
         if self.backend == "nft":
-            return Partition(groups, one_way=one_way)
+            return Partition(groups, one_way=one_way, table=self.table)
         return ProxyCut(self, groups, one_way)
 
     def close(self) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from tests.nemesis import network
 from tests.nemesis.scenarios import SCENARIOS, SHORT, run, table
 
 NAMES = list(SCENARIOS)
@@ -23,8 +22,6 @@ NAMES = list(SCENARIOS)
 
 @pytest.mark.parametrize("name", NAMES)
 def test_nemesis_scenario_keeps_the_qos1_promise(name: str, tmp_path: Any) -> None:
-    if name.startswith("cuts"):
-        assert network.available(), "the cut scenarios need nft as root (see .ci/run)"
     outcome = run(SCENARIOS[name], SHORT, directory=str(tmp_path),
                   first_ip=100 + 10 * NAMES.index(name))
     report = outcome.report

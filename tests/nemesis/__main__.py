@@ -9,7 +9,6 @@ from typing import List, Optional
 
 import attrs
 
-from tests.nemesis import network
 from tests.nemesis.scenarios import LONG, NORMAL, SCENARIOS, Outcome, run, table
 
 
@@ -29,8 +28,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     overrides = {k: getattr(args, k) for k in ("rate", "cycles", "on", "off", "rounds")
                  if getattr(args, k) is not None}
     timings = attrs.evolve(timings, **overrides)
-    if not network.available():
-        print("the cut scenarios need nft as root: apt-get install -y nftables", file=sys.stderr)
     # SIGTERM unwinds like Ctrl-C, so every node and nft rule is removed.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     start = time.monotonic()

@@ -20,7 +20,8 @@ import sys
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set
 
 from tests.nemesis.network import NetworkFaults
-from tests.nodeharness import Node, wait_until
+from tests.nodeharness import Node
+from tests.waiting import wait_until
 from vmqtw.admin.cli import execute
 from vmqtw.admin.client import AdminError
 from vmqtw.admin.commands import parse_args
@@ -60,7 +61,8 @@ class Cluster:
             node_settings = dict(FAST_METADATA, nodename="vmqtw@" + host)
             node_settings.update(settings or {})
             self.nodes.append(Node(os.path.join(directory, "node%d" % (i,)),
-                                   node_settings, host=host))
+                                   node_settings, host=host,
+                                   partitions=self.network.partitions))
 
     # -- life cycle -------------------------------------------------------
 
@@ -69,7 +71,7 @@ class Cluster:
         for node in self.nodes:
             node.start(wait=False)
         for node in self.nodes:
-            wait_until(node.accepting, timeout, message="%s to accept" % (self.name(node),))
+            wait_until(node.accepting, timeout, what="%s to accept" % (self.name(node),))
         first = self.nodes[0]
         for node in self.nodes[1:]:
             done = self.admin(node, "cluster", "join", "discovery-node=" + self.cluster_address(first))
@@ -128,7 +130,7 @@ class Cluster:
         return all(n.process is not None and self.show(n) == everyone for n in self.nodes)
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
-        wait_until(self.healthy, timeout, interval=0.2, message="every node to see all running")
+        wait_until(self.healthy, timeout, interval=0.2, what="every node to see all running")
 
     # -- faults -----------------------------------------------------------
 
@@ -153,7 +155,7 @@ class Cluster:
         """Start a killed node again: same directory, data and ports."""
         node = self.nodes[index]
         node.start(wait=False)
-        wait_until(node.accepting, timeout, message="%s to accept again" % (self.name(node),))
+        wait_until(node.accepting, timeout, what="%s to accept again" % (self.name(node),))
 
     def pause(self, index: int) -> None:
         """SIGSTOP: the process holds its sockets but answers nothing."""

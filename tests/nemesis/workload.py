@@ -26,7 +26,8 @@ import paho.mqtt.client as mqtt
 from tests.nemesis.checker import (PublisherHistory, Receipt, Sent,
                                    SubscriberHistory, Subscription, parse_tag,
                                    tag)
-from tests.nodeharness import Node, wait_until
+from tests.nodeharness import Node
+from tests.waiting import wait_until
 
 __all__ = ["Publisher", "Subscriber", "Workload", "Clock"]
 
@@ -71,7 +72,7 @@ class _Endpoint:
         self.client.connect(self.node.host, self.node.port, self.keepalive)
         self.client.loop_start()
         wait_until(lambda: len(self.connacks) > count, timeout,
-                   message="CONNACK for %s" % (self.client_id,))
+                   what="CONNACK for %s" % (self.client_id,))
 
     def bounce(self) -> None:
         """
@@ -100,7 +101,7 @@ class _Endpoint:
         except Exception:
             pass
         try:
-            wait_until(lambda: not self.client.is_connected(), 2.0, message="disconnect")
+            wait_until(lambda: not self.client.is_connected(), 2.0, what="disconnect")
         except AssertionError:
             pass
         self._shutdown_socket()
@@ -318,7 +319,7 @@ class Workload:
                 pub.client.publish("%s/probe/%s" % (self.prefix, pub.name), PROBE, qos=0)
             return all(topics <= s.probe_topics() for s in self.subscribers)
 
-        wait_until(routed, timeout, interval=0.2, message="subscriptions routed on every node")
+        wait_until(routed, timeout, interval=0.2, what="subscriptions routed on every node")
 
     def start(self) -> None:
         for pub in self.publishers:

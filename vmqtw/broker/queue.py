@@ -362,6 +362,10 @@ class SubscriberQueue:
                 if stored is None:
                     continue  # gone from the store meanwhile
                 qos = self._qos_for(stored) if self._qos_for is not None else stored.qos
+                # Restored after a restart: it may have been in flight to
+                # this subscriber when the node died, so it goes out as a
+                # possible re-delivery [MQTT-3.3.1-1].
+                stored.dup = True
                 if qos == 0 and store is not None:
                     # Downgraded by the subscription: QoS 0 copies are never
                     # kept, so this one leaves the store now.
