@@ -28,6 +28,7 @@ def test_nemesis_scenario_keeps_the_qos1_promise(name: str, tmp_path: Any) -> No
     summary = "%s\n%s" % (table([outcome]), dict(report.examples))
     assert report.acknowledged > 0, summary
     assert outcome.drained, summary
+    assert outcome.queue_drops == 0, summary
     assert report.lost == 0, summary
     # A publisher's resend (after its connection broke) may be routed again
     # with DUP clear and after later messages: see checker.Report.

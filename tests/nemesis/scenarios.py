@@ -91,6 +91,8 @@ class Outcome:
     duration: float
     drained: bool
     sessions_lost: int
+    #: Dropped by queue limits on purpose (0 with the suite's unbounded queues).
+    queue_drops: int = 0
 
 
 # -- the nemeses --------------------------------------------------------------
@@ -197,7 +199,7 @@ def run(scenario: Scenario, timings: Timings = NORMAL, directory: Optional[str] 
         publishers, subscribers = workload.histories()
         sessions_lost = sum(c.sessions_lost for c in [*workload.publishers, *workload.subscribers])
         return Outcome(scenario.name, check(publishers, subscribers), duration, drained,
-                       sessions_lost)
+                       sessions_lost, cluster.queue_drops())
     finally:
         if workload is not None:
             workload.stop()
@@ -226,13 +228,13 @@ def table(outcomes: List[Outcome]) -> str:
     """One row per scenario: the counts of the issue's table."""
     head = ("scenario", "acked", "expected", "delivered", "lost", "lost msgs",
             "dup w/o DUP", "(after resend)", "out of order", "(after resend)", "unexpected", "drained",
-            "sessions lost", "seconds")
+            "sessions lost", "queue drops", "seconds")
     rows = [head] + [(o.scenario, str(o.report.acknowledged), str(o.report.expected),
                       str(o.report.delivered), str(o.report.lost), str(o.report.lost_messages),
                       str(o.report.dup_without_dup), str(o.report.dup_after_resend),
                       str(o.report.out_of_order), str(o.report.out_of_order_after_resend),
                       str(o.report.unexpected),
-                      "yes" if o.drained else "NO", str(o.sessions_lost),
+                      "yes" if o.drained else "NO", str(o.sessions_lost), str(o.queue_drops),
                       "%.1f" % o.duration) for o in outcomes]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
