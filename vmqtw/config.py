@@ -697,8 +697,11 @@ SCHEMA: tuple[Setting, ...] = (
         pending="registrations are not yet coordinated (issue 17)"),
     Setting(
         "outgoing_clustering_buffer_size", ByteSize(), 64 * 1024**2,
-        "How much data is buffered for a node that is unreachable; beyond it "
-        "messages for that node are dropped (and counted)."),
+        "How many bytes of messages for one other node may wait for its "
+        "acknowledgement (while it is slow or unreachable).  Beyond it a QoS "
+        "1/2 publish that needs that node is not acknowledged (the client "
+        "sends it again) and a QoS 0 copy is dropped; both are counted in "
+        "`vmqtw-admin node status`.  Nothing acknowledged is dropped."),
     Setting(
         "metadata.lazy_tick", Duration(unit="ms", min_seconds=0.001), 1.0,
         "How often messages that were only announced (not sent in full) to a "
