@@ -768,3 +768,16 @@ def test_any_text_gives_a_config_or_well_formed_errors(lines: list[str]) -> None
         for line in str(e).split("\n"):
             m = PROBLEM_RE.match(line)
             assert m and m["file"] == F and 1 <= int(m["line"]) <= max(1, len(lines)), line
+
+
+def test_heartbeat_settings_bound_the_detection_of_a_silent_link() -> None:
+    config = parse("cluster.heartbeat_interval = 250ms\ncluster.heartbeat_timeout = 1s\n")
+    assert (config.cluster_heartbeat_interval, config.cluster_heartbeat_timeout) == (0.25, 1.0)
+    default = parse("")
+    assert (default.cluster_heartbeat_interval, default.cluster_heartbeat_timeout) == (1.0, 3.0)
+
+
+def test_a_heartbeat_timeout_not_longer_than_the_interval_is_refused() -> None:
+    [match] = errors("cluster.heartbeat_interval = 2s\ncluster.heartbeat_timeout = 2s\n")
+    assert match.group("key") == "cluster.heartbeat_timeout"
+    assert "longer than cluster.heartbeat_interval" in match.group(0)

@@ -103,3 +103,13 @@ def test_harness_runs_the_same_core_steps():
         assert cluster.network.linked("A", "B")
     finally:
         cluster.stop()
+
+
+def test_the_heartbeat_settings_reach_the_cluster_links(tmp_path):
+    reactor = RecordingReactor()
+    config = Config.default().replace(
+        platform_data_dir=str(tmp_path / "data"), message_store="memory",
+        cluster_heartbeat_interval=0.25, cluster_heartbeat_timeout=0.8)
+    node = build_node(config, reactor)
+    settings = node.transport.links.settings
+    assert (settings.heartbeat_interval, settings.heartbeat_timeout) == (0.25, 0.8)

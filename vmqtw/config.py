@@ -715,6 +715,18 @@ SCHEMA: tuple[Setting, ...] = (
         "metadata.gossip_interval", Duration(unit="ms", min_seconds=0.001), 15.0,
         "How often cluster membership is gossiped to a random peer.  A bare "
         "number is in milliseconds."),
+    Setting(
+        "cluster.heartbeat_interval", Duration(unit="ms", min_seconds=0.01), 1.0,
+        "How often a node pings every other node over its cluster link.  A "
+        "firewall that drops packets or a frozen host leaves a connection "
+        "open and silent; the ping is what notices.  A bare number is in "
+        "milliseconds."),
+    Setting(
+        "cluster.heartbeat_timeout", Duration(unit="ms", min_seconds=0.02), 3.0,
+        "After how long without a byte from another node its link is taken "
+        "as cut and the netsplit handling starts: the time a silent cut "
+        "takes to be detected.  Must be longer than "
+        "cluster.heartbeat_interval.  A bare number is in milliseconds."),
     # -- monitoring ---------------------------------------------------------
     Setting(
         "log.console.level", Enum(("debug", "info", "warning", "error")), "info",
@@ -837,6 +849,8 @@ class Config:
     metadata_lazy_tick: float
     metadata_exchange_tick: float
     metadata_gossip_interval: float
+    cluster_heartbeat_interval: float
+    cluster_heartbeat_timeout: float
     log_console_level: str
     systree_enabled: bool
     # Not keys: where the values came from, and platform_data_dir made absolute.
@@ -1019,6 +1033,12 @@ def _cross_check(values: Mapping[str, Any], lines: Mapping[str, int],
                 "a certificate's name cannot be trusted without listener.ssl.cafile",
                 "on together with listener.ssl.cafile = <PEM file>, or off")
     _cross_check_cluster_tls(values, lines, problem)
+    if values["cluster_heartbeat_timeout"] <= values["cluster_heartbeat_interval"]:
+        key = "cluster.heartbeat_timeout"
+        problem(lines.get(key, lines.get("cluster.heartbeat_interval", 0)), key,
+                "not longer than cluster.heartbeat_interval: every link would be taken "
+                "as cut between two pings",
+                "a duration longer than cluster.heartbeat_interval (e.g. 3 pings' worth)")
 
     addresses: list[tuple[str, tuple[str, int]]] = [
         (f"listener.tcp.{n}", a) for n, a in values["tcp_listeners"].items()]

@@ -234,6 +234,8 @@ def build_node(config: Config, reactor: Any) -> Node:
                              config.listener_vmq_clustering, reactor,
                              source_ip=clustering_host,
                              buffer_limit=config.outgoing_clustering_buffer_size,
+                             heartbeat_interval=config.cluster_heartbeat_interval,
+                             heartbeat_timeout=config.cluster_heartbeat_timeout,
                              tls=cluster_tls)
     cluster = MetadataNode(config.nodename, transport, reactor, data_dir=config.data_dir,
                            address=config.cluster_advertised_address,
