@@ -410,6 +410,8 @@ class PeerLinks:
                                  "for {secs:.0f}s after repeated failures",
                                  addr=ip,
                                  secs=self.limiter.blocked_for(ip, now))
+                proto.close_after_refusal()
+                return
         proto.close()
 
     def initiator_verified(self, proto: ClusterProtocol) -> None:
@@ -439,7 +441,7 @@ class PeerLinks:
 
     def _refuse(self, proto: ClusterProtocol, reason: str) -> None:
         proto.send_frames([wire.refuse(reason)])
-        proto.close()
+        proto.close_after_refusal()
 
     def established(self, proto: ClusterProtocol) -> None:
         """``proto`` is the link to its peer from now on."""

@@ -196,6 +196,28 @@ class ClusterProtocol(Protocol):
         else:
             self.transport.loseConnection()
 
+    def close_after_refusal(self) -> None:
+        """
+        Close after a refusal frame so that the peer reads it: only our
+        writing side is shut, and the peer closes in turn (aborted after
+        ``handshake_timeout`` if it does not).  Closing both sides with
+        the peer's handshake bytes still unread makes the kernel answer
+        with a reset, which can overtake the refusal: the peer would see
+        "connection reset" instead of the reason.
+        """
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if self.closing or half_close is None:
+            self.close()
+            return
+        self.closing = True
+        self._cancel_timers()
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
+        half_close()
+        self._hs_timer = self.settings.clock.callLater(
+            self.settings.handshake_timeout, self.transport.abortConnection)
+
     def _handshake_timed_out(self) -> None:
         self._hs_timer = None
         log.info("cluster handshake with {addr} timed out",
