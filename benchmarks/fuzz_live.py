@@ -9,12 +9,12 @@ Usage (from the repository root)::
 
 ``tests/test_fuzz_session.py`` runs the same invariants with hypothesis (a few
 hundred shrinkable examples per test run); this script is the long run.  Each
-input is one connection: a packet stream built with ``tests/mqttbytes.py``
+input is one connection: a packet stream built with ``vmqtw/testing/mqttbytes.py``
 (independent of the codec), usually starting with a CONNECT, then mutated --
 bits flipped, truncated, packets reordered, illegal packets or junk spliced in.
 
 * ``inprocess``: the real registry, sessions and protocols of
-  ``tests/brokerharness.py`` over ``StringTransport`` and a ``Clock``; one broker
+  ``vmqtw/testing/inprocess_broker.py`` over ``StringTransport`` and a ``Clock``; one broker
   for the whole run and a bystander subscribed to ``#``.  Checked for every
   input: no exception escapes ``dataReceived``, nothing is logged as a
   failure, a stream the reference decoder calls malformed ends closed, nothing

@@ -2,7 +2,7 @@
 Hostile input against real nodes: cases 1-34 of docs/bad-input.md (case 35,
 the netsplit answers, is in tests/test_cluster_routing.py).
 
-Every case sends raw bytes (built by :mod:`tests.mqttbytes`, independent of
+Every case sends raw bytes (built by :mod:`vmqtw.testing.mqttbytes`, independent of
 the codec) to a real ``twistd -n vmqtw`` process over a socket and asserts
 the MQTT 3.1.1 answer the table gives (where the table names an MQTT 5 reason
 code, 3.1.1 closes the connection or answers with its own return code).
@@ -28,7 +28,7 @@ from typing import Any, Iterator, List, Optional, Tuple
 
 import pytest
 
-from tests import mqttbytes as B
+from vmqtw.testing import mqttbytes as B
 from tests.nodeharness import Node, PahoClient
 from tests.waiting import wait_until
 from vmqtw.auth.passwd import hash_password

@@ -10,7 +10,7 @@ import stat
 import subprocess
 import time
 
-from tests import mqttbytes as B
+from vmqtw.testing import mqttbytes as B
 from tests.nodeharness import TWISTD
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt.codec import Decoder

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from typing import Any, List
 
-from tests import mqttbytes as B
+from vmqtw.testing import mqttbytes as B
 from tests.clusterharness import Partitions
 from tests.nodeharness import Node
 from tests.waiting import wait_until

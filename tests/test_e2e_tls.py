@@ -15,7 +15,7 @@ from typing import Any, Optional, Tuple, Union
 
 import pytest
 
-from tests import mqttbytes as B
+from vmqtw.testing import mqttbytes as B
 from tests.clusterharness import free_port
 from tests.waiting import wait_until
 from tests.test_tls import Pki, issue, make_ca

@@ -13,7 +13,7 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from tests.clusterharness import wait_until_deferred
+from tests.waiting import wait_until_deferred
 from vmqtw.cluster.link import TcpTransport
 from vmqtw.testing.memory_transport import InMemoryNetwork, InMemoryTransport
 from vmqtw.testing.transport import TransportConformance
