@@ -651,6 +651,9 @@ def test_23_pathological_wildcards(default: Ctx) -> None:
         # Exactly one delivery per message, whatever the number of matches [MQTT-3.3.5-1]
         assert client.read(1) == [P.Publish("p/p/p/p/p/p/p/p/p/x0", b"match")]
         assert time.monotonic() - started < 1.0
+        # A second copy would come before the answer to a later PINGREQ.
+        client.send(B.pingreq())
+        assert client.read(1) == [P.PingResp()]
     finally:
         client.close()
         publisher.close()
