@@ -9,12 +9,12 @@ Usage (from the repository root)::
 
 ``tests/test_fuzz_session.py`` runs the same invariants with hypothesis (a few
 hundred shrinkable examples per test run); this script is the long run.  Each
-input is one connection: a packet stream built with ``tests/mqttbytes.py``
+input is one connection: a packet stream built with ``vmqtw/testing/mqttbytes.py``
 (independent of the codec), usually starting with a CONNECT, then mutated --
 bits flipped, truncated, packets reordered, illegal packets or junk spliced in.
 
 * ``inprocess``: the real registry, sessions and protocols of
-  ``tests/brokerharness.py`` over ``StringTransport`` and a ``Clock``; one broker
+  ``vmqtw/testing/inprocess_broker.py`` over ``StringTransport`` and a ``Clock``; one broker
   for the whole run and a bystander subscribed to ``#``.  Checked for every
   input: no exception escapes ``dataReceived``, nothing is logged as a
   failure, a stream the reference decoder calls malformed ends closed, nothing
@@ -55,6 +55,7 @@ if REPO not in sys.path:
 from vmqtw.testing import mqttbytes as B  # noqa: E402
 from vmqtw.mqtt import packets as P  # noqa: E402
 from vmqtw.mqtt.codec import Decoder, ProtocolError  # noqa: E402
+from vmqtw.testing.rawclient import ConnectRefused, PeerClosed, RawClient, ReadTimeout  # noqa: E402
 
 BYSTANDER = "fuzz-bystander"
 
@@ -277,30 +278,20 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-class RawClient:
-    """A blocking raw client used as bystander and prober."""
+def raw_client(host: str, port: int, client_id: str) -> RawClient:
+    """A blocking raw client (bystander, prober) that got CONNACK 0."""
+    try:
+        return RawClient.connect(host, port, client_id, keepalive=0)
+    except ConnectRefused as refused:
+        raise RuntimeError(str(refused)) from None
 
-    def __init__(self, host: str, port: int, client_id: str) -> None:
-        self.sock = socket.create_connection((host, port), timeout=10)
-        self.decoder = Decoder()
-        self.sock.sendall(B.connect(client_id, keepalive=0))
-        packets = self.read(1)
-        if packets[:1] != [P.ConnAck(0, False)]:
-            raise RuntimeError("CONNACK refused for %s: %r" % (client_id, packets))
 
-    def read(self, count: int, timeout: float = 10.0) -> List[Any]:
-        packets: List[Any] = []
-        deadline = time.monotonic() + timeout
-        while len(packets) < count and time.monotonic() < deadline:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
-                break
-            if not data:
-                break
-            packets.extend(self.decoder.feed(data))
-        return packets
+def read_packets(client: RawClient, count: int, timeout: float = 10.0) -> List[Any]:
+    """Up to ``count`` packets: fewer if the node closes or ``timeout`` passes first."""
+    try:
+        return client.read(count, timeout)
+    except (ReadTimeout, PeerClosed) as short:
+        return short.packets
 
 
 class LiveNode:
@@ -379,9 +370,9 @@ def run_live(inputs: int, seed: int, host: str, port: Optional[int], parallel: i
     started = time.monotonic()
     done = 0
     try:
-        bystander = RawClient(host, port, BYSTANDER)
-        bystander.sock.sendall(B.subscribe(1, [("probe/#", 0)]))
-        if bystander.read(1) != [P.SubAck(1, [0])]:
+        bystander = raw_client(host, port, BYSTANDER)
+        bystander.send(B.subscribe(1, [("probe/#", 0)]))
+        if read_packets(bystander, 1) != [P.SubAck(1, [0])]:
             raise RuntimeError("bystander SUBSCRIBE refused")
         selector = selectors.DefaultSelector()
         active: Dict[socket.socket, Tuple[float, bool, bytes]] = {}
@@ -442,13 +433,13 @@ def run_live(inputs: int, seed: int, host: str, port: Optional[int], parallel: i
                     done += 1
             if done >= next_check or done >= inputs:
                 next_check += check_every
-                prober = RawClient(host, port, "fz-prober")
+                prober = raw_client(host, port, "fz-prober")
                 token = b"%d" % done
-                prober.sock.sendall(B.publish("probe/x", token) + B.disconnect())
-                got = bystander.read(1)
+                prober.send(B.publish("probe/x", token) + B.disconnect())
+                got = read_packets(bystander, 1)
                 if got != [P.Publish("probe/x", token)]:
                     failures.append("after %d inputs the bystander got %r" % (done, got))
-                prober.sock.close()
+                prober.close()
                 counts["probes"] += 1
                 if node is not None and node.process is not None and \
                         node.process.poll() is not None:
@@ -457,7 +448,7 @@ def run_live(inputs: int, seed: int, host: str, port: Optional[int], parallel: i
         for sock in list(active):
             sock.close()
         selector.close()
-        bystander.sock.close()
+        bystander.close()
     finally:
         elapsed = time.monotonic() - started
         rss_end = rss_kib(pid) if pid and node.process.poll() is None else None

@@ -38,10 +38,10 @@ from typing import (Any, Callable, Dict, FrozenSet, Iterable, Iterator, List,
 
 import pytest
 
-from tests.waiting import wait_until, wait_until_deferred
+from tests.waiting import wait_until
 
-__all__ = ["free_port", "free_ports", "reserved_ports", "loopback_ip", "loopback_ips", "wait_until",
-           "wait_until_deferred", "nft_available", "nft_unusable_reason",
+__all__ = ["free_port", "free_ports", "reserved_ports", "loopback_ip", "loopback_ips",
+           "nft_available", "nft_unusable_reason",
            "partition_backend", "describe_backend", "Partition", "ProxyCut",
            "Partitions", "partitions", "FaultyProxy", "BACKEND_ENV",
            "Spawned", "spawn",

@@ -273,8 +273,8 @@ def test_missing_config_is_one_sentence(tmp_path, capsys):
 
 
 def test_node_status_reports_the_broker_counters():
-    from tests import mqttbytes as B
-    from tests.brokerharness import Broker
+    from vmqtw.testing import mqttbytes as B
+    from vmqtw.testing.inprocess_broker import Broker
 
     broker = Broker()
     broker.subscriber("online", ("t/#", 1))
@@ -290,8 +290,8 @@ def test_node_status_reports_the_broker_counters():
 
 
 def test_node_status_reports_the_cluster_backlog_and_refusals():
-    from tests import mqttbytes as B
-    from tests.brokerharness import Cluster
+    from vmqtw.testing import mqttbytes as B
+    from vmqtw.testing.inprocess_broker import Cluster
     from vmqtw.mqtt.session import SessionSettings
 
     cluster = Cluster(["A", "B"], settings=SessionSettings(allow_publish_during_netsplit=True))

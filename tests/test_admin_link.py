@@ -13,7 +13,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, task, threads
 
-from tests.clusterharness import free_port, wait_until_deferred
+from tests.clusterharness import free_port
+from tests.waiting import wait_until_deferred
 from vmqtw.admin import cli
 from vmqtw.admin.client import AdminClient, CookieMismatch, NodeUnreachable
 from vmqtw.admin.server import register_admin_handlers

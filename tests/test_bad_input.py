@@ -2,7 +2,7 @@
 Hostile input against real nodes: cases 1-34 of docs/bad-input.md (case 35,
 the netsplit answers, is in tests/test_cluster_routing.py).
 
-Every case sends raw bytes (built by :mod:`tests.mqttbytes`, independent of
+Every case sends raw bytes (built by :mod:`vmqtw.testing.mqttbytes`, independent of
 the codec) to a real ``twistd -n vmqtw`` process over a socket and asserts
 the MQTT 3.1.1 answer the table gives (where the table names an MQTT 5 reason
 code, 3.1.1 closes the connection or answers with its own return code).
@@ -21,99 +21,50 @@ import os
 import resource
 import selectors
 import signal
-import socket
 import time
 import uuid
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from tests import mqttbytes as B
+from vmqtw.testing import mqttbytes as B
 from tests.nodeharness import Node, PahoClient
 from tests.waiting import wait_until
 from vmqtw.auth.passwd import hash_password
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt.codec import Decoder
+from vmqtw.testing.rawclient import RawClient
 
 # --------------------------------------------------------------------------
-# socket helpers
+# raw-client helpers (the client is vmqtw.testing.rawclient.RawClient)
 
 
-def open_socket(node: Node, timeout: float = 5.0) -> socket.socket:
-    return socket.create_connection((node.host, node.port), timeout=timeout)
-
-
-def read_until_closed(sock: socket.socket, timeout: float = 5.0) -> Tuple[bytes, bool]:
-    """Everything the broker sends until it closes (True) or ``timeout`` passes (False)."""
-    data = b""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return data, False
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, BrokenPipeError):
-            return data, True
-        except socket.timeout:
-            return data, False
-        if not chunk:
-            return data, True
-        data += chunk
+def open_raw(node: Node) -> RawClient:
+    """A raw connection to the node's MQTT listener; nothing sent yet."""
+    return RawClient.open(node.host, node.port, timeout=5.0)
 
 
 def decode_all(data: bytes) -> List[Any]:
     return Decoder().feed(data)
 
 
-def send_quietly(sock: socket.socket, data: bytes) -> None:
-    """Send, ignoring a broker that already closed (it may, mid-way)."""
-    try:
-        sock.sendall(data)
-    except (ConnectionResetError, BrokenPipeError):
-        pass
-
-
-def expect_close(sock: socket.socket, timeout: float = 5.0) -> bytes:
-    """The broker closes ``sock``; returns what it sent before closing."""
-    data, closed = read_until_closed(sock, timeout)
+def expect_close(client: RawClient, timeout: float = 5.0) -> bytes:
+    """The broker closes the connection; returns what it sent before closing."""
+    data, closed = client.read_until_closed(timeout)
     assert closed, "broker did not close the connection; it sent %r" % (data,)
     return data
 
 
-def expect_silent_close(sock: socket.socket, timeout: float = 5.0) -> None:
+def expect_silent_close(client: RawClient, timeout: float = 5.0) -> None:
     """"close" in the table: closed without any reply."""
-    data = expect_close(sock, timeout)
+    data = expect_close(client, timeout)
     assert data == b"", "expected a close without reply, got %r" % (decode_all(data),)
 
 
-def read_packets(sock: socket.socket, count: int, timeout: float = 5.0,
-                 decoder: Optional[Decoder] = None) -> List[Any]:
-    """Exactly the next ``count`` packets (fails on timeout or close)."""
-    decoder = decoder or Decoder()
-    packets: List[Any] = []
-    deadline = time.monotonic() + timeout
-    while len(packets) < count:
-        left = deadline - time.monotonic()
-        assert left > 0, "timed out with %d of %d packets: %r" % (len(packets), count, packets)
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(65536)
-        except socket.timeout:
-            continue
-        assert chunk, "closed by the broker after %r" % (packets,)
-        packets.extend(decoder.feed(chunk))
-    return packets
-
-
-def connected(node: Node, client_id: Optional[str] = None, **kwargs: Any) -> socket.socket:
-    """A raw socket that sent CONNECT and got CONNACK 0."""
-    sock = open_socket(node)
-    sock.sendall(B.connect(client_id or "c-" + uuid.uuid4().hex[:12], **kwargs))
-    connack = read_packets(sock, 1)[0]
-    assert connack == P.ConnAck(0, False), connack
-    return sock
+def connected(node: Node, client_id: Optional[str] = None, **kwargs: Any) -> RawClient:
+    """A raw client that sent CONNECT and got CONNACK 0."""
+    return RawClient.connect(node.host, node.port, client_id or "c-" + uuid.uuid4().hex[:12],
+                             timeout=5.0, **kwargs)
 
 
 def rss_kib(node: Node) -> int:
@@ -156,19 +107,19 @@ class Ctx:
     def assert_serves(self) -> None:
         """Another client is still served and the log holds no traceback."""
         token = uuid.uuid4().hex
-        sock = connected(self.node, "probe-" + token[:8], **self.auth())
+        client = connected(self.node, "probe-" + token[:8], **self.auth())
         try:
             if self.watcher is not None:
-                sock.sendall(B.publish("probe/" + token, token.encode(), qos=1, packet_id=1))
-                assert read_packets(sock, 1) == [P.PubAck(1)]
+                client.send(B.publish("probe/" + token, token.encode(), qos=1, packet_id=1))
+                assert client.read(1) == [P.PubAck(1)]
                 wait_until(lambda: any(m[1] == token.encode() for m in self.watcher.received()),
                            10, what="probe message at the long-lived subscriber")
             else:
-                sock.sendall(B.pingreq())
-                assert read_packets(sock, 1) == [P.PingResp()]
-            sock.sendall(B.disconnect())
+                client.send(B.pingreq())
+                assert client.read(1) == [P.PingResp()]
+            client.send(B.disconnect())
         finally:
-            sock.close()
+            client.close()
         assert "Traceback" not in self.node.log()
 
     def topics_seen(self) -> List[str]:
@@ -296,35 +247,35 @@ def test_01_huge_non_connect_first_packet(default: Ctx) -> None:
     before = rss_kib(default.node)
     for kind in NON_CONNECT_TYPES:
         flags = 0b0010 if kind in (6, 8, 10) else 0
-        sock = open_socket(default.node)
+        client = open_raw(default.node)
         try:
-            send_quietly(sock, bytes(((kind << 4) | flags,)) + b"\xff\xff\xff\x7f")
-            send_quietly(sock, b"\x00" * 65536)
-            expect_silent_close(sock)
+            client.send_quietly(bytes(((kind << 4) | flags,)) + b"\xff\xff\xff\x7f")
+            client.send_quietly(b"\x00" * 65536)
+            expect_silent_close(client)
         finally:
-            sock.close()
+            client.close()
     assert rss_kib(default.node) - before < 25 * 1024
     default.assert_serves()
 
 
 def test_02_five_byte_remaining_length(default: Ctx) -> None:
     """Case 2, section 2.2.3: a fifth length byte is malformed, first packet or later."""
-    sock = open_socket(default.node)
+    client = open_raw(default.node)
     try:
-        sock.sendall(b"\x10\xff\xff\xff\xff\x7f")
-        expect_silent_close(sock)
+        client.send(b"\x10\xff\xff\xff\xff\x7f")
+        expect_silent_close(client)
     finally:
-        sock.close()
-    sock = connected(default.node)
+        client.close()
+    client = connected(default.node)
     try:
-        sock.sendall(b"\x30\xff\xff\xff\xff\x7f")
-        expect_silent_close(sock)
+        client.send(b"\x30\xff\xff\xff\xff\x7f")
+        expect_silent_close(client)
     finally:
-        sock.close()
+        client.close()
     default.assert_serves()
 
 
-def trickle_until_closed(sock: socket.socket, header: bytes, budget: int) -> int:
+def trickle_until_closed(client: RawClient, header: bytes, budget: int) -> int:
     """
     Send ``header`` then zero bytes in 16 KiB chunks until the broker closes;
     returns the bytes sent.  Fails if ``budget`` bytes go out first.
@@ -333,18 +284,16 @@ def trickle_until_closed(sock: socket.socket, header: bytes, budget: int) -> int
     chunk = b"\x00" * 16384
     data = header
     selector = selectors.DefaultSelector()
-    selector.register(sock, selectors.EVENT_READ)
+    selector.register(client.sock, selectors.EVENT_READ)
     try:
         while sent < budget:
-            try:
-                sock.sendall(data)
-            except (ConnectionResetError, BrokenPipeError):
+            if not client.send_quietly(data):
                 return sent
             sent += len(data)
             data = chunk
             if selector.select(0):
                 try:
-                    if not sock.recv(4096):
+                    if not client.sock.recv(4096):
                         return sent
                 except ConnectionResetError:
                     return sent
@@ -363,11 +312,11 @@ def test_03_declared_256mb_connect_trickled(default: Ctx) -> None:
     can exist (5 fields of at most 65,537 bytes), never buffered to 256 MB.
     """
     before = rss_kib(default.node)
-    sock = open_socket(default.node)
+    client = open_raw(default.node)
     try:
-        sent = trickle_until_closed(sock, b"\x10" + DECLARED_256MB, 24 * 1024 * 1024)
+        sent = trickle_until_closed(client, b"\x10" + DECLARED_256MB, 24 * 1024 * 1024)
     finally:
-        sock.close()
+        client.close()
     # What the kernel buffers on loopback comes on top of what the broker read.
     assert sent < 16 * 1024 * 1024
     assert rss_kib(default.node) - before < 25 * 1024
@@ -377,11 +326,11 @@ def test_03_declared_256mb_connect_trickled(default: Ctx) -> None:
 def test_03_declared_256mb_publish_closed_at_max_message_size(limited: Ctx) -> None:
     """Case 3/32: after CONNECT, a 256 MB PUBLISH is closed as soon as its length is read."""
     before = rss_kib(limited.node)
-    sock = connected(limited.node)
+    client = connected(limited.node)
     try:
-        sent = trickle_until_closed(sock, b"\x30" + DECLARED_256MB, 24 * 1024 * 1024)
+        sent = trickle_until_closed(client, b"\x30" + DECLARED_256MB, 24 * 1024 * 1024)
     finally:
-        sock.close()
+        client.close()
     assert sent < 16 * 1024 * 1024
     assert rss_kib(limited.node) - before < 25 * 1024
     limited.assert_serves()
@@ -393,16 +342,16 @@ def test_04_non_minimal_length(default: Ctx) -> None:
     non-minimal remaining length, so until MQTT 5 the broker reads ``C0 80 00``
     as the PINGREQ it is (the 3.1.1 answer) and keeps the connection.
     """
-    sock = connected(default.node)
+    client = connected(default.node)
     try:
-        sock.sendall(b"\xc0\x80\x00")
-        assert read_packets(sock, 1) == [P.PingResp()]
-        sock.sendall(B.publish("nonminimal/ok", b"1")[:1] + b"\x90\x00"
-                     + B.publish("nonminimal/ok", b"1")[2:])
+        client.send(b"\xc0\x80\x00")
+        assert client.read(1) == [P.PingResp()]
+        client.send(B.publish("nonminimal/ok", b"1")[:1] + b"\x90\x00"
+                    + B.publish("nonminimal/ok", b"1")[2:])
         wait_until(lambda: "nonminimal/ok" in default.topics_seen(), 5,
                    what="non-minimally framed PUBLISH delivered")
     finally:
-        sock.close()
+        client.close()
     default.assert_serves()
 
 
@@ -412,12 +361,12 @@ def test_04_non_minimal_length(default: Ctx) -> None:
 
 def test_05_second_connect(default: Ctx) -> None:
     """Case 5, [MQTT-3.1.0-2]: a second CONNECT is a protocol violation: close."""
-    sock = connected(default.node)
+    client = connected(default.node)
     try:
-        sock.sendall(B.connect("again"))
-        expect_silent_close(sock)
+        client.send(B.connect("again"))
+        expect_silent_close(client)
     finally:
-        sock.close()
+        client.close()
     default.assert_serves()
 
 
@@ -426,19 +375,19 @@ def test_06_protocol_level_and_name(default: Ctx) -> None:
     Case 6: level 6 gets CONNACK 0x01 then close [MQTT-3.1.2-2]; an unknown
     protocol name is closed without reply [MQTT-3.1.2-1].
     """
-    sock = open_socket(default.node)
+    client = open_raw(default.node)
     try:
-        sock.sendall(B.connect("lvl6", level=6))
-        assert decode_all(expect_close(sock)) == [P.ConnAck(1, False)]
+        client.send(B.connect("lvl6", level=6))
+        assert decode_all(expect_close(client)) == [P.ConnAck(1, False)]
     finally:
-        sock.close()
+        client.close()
     for name in ("MQTX", "mqtt", "", b"MQ\xffT"):
-        sock = open_socket(default.node)
+        client = open_raw(default.node)
         try:
-            sock.sendall(B.connect("badname", protocol_name=name))
-            expect_silent_close(sock)
+            client.send(B.connect("badname", protocol_name=name))
+            expect_silent_close(client)
         finally:
-            sock.close()
+            client.close()
     default.assert_serves()
 
 
@@ -452,12 +401,12 @@ def test_06_protocol_level_and_name(default: Ctx) -> None:
         "09-password-no-username"])
 def test_07_08_09_bad_connect_flags(default: Ctx, raw: bytes) -> None:
     """Cases 7-9: malformed CONNECT flags are closed without CONNACK."""
-    sock = open_socket(default.node)
+    client = open_raw(default.node)
     try:
-        sock.sendall(raw)
-        expect_silent_close(sock)
+        client.send(raw)
+        expect_silent_close(client)
     finally:
-        sock.close()
+        client.close()
     default.assert_serves()
 
 
@@ -467,33 +416,33 @@ def test_10_empty_client_id_persistent_session(default: Ctx) -> None:
     CONNACK 0x02 and the socket really closes (CVE-2025-56352); the client
     can not keep using it.
     """
-    sock = open_socket(default.node)
+    client = open_raw(default.node)
     try:
-        sock.sendall(B.connect("", clean_session=False))
-        assert decode_all(expect_close(sock)) == [P.ConnAck(2, False)]
+        client.send(B.connect("", clean_session=False))
+        assert decode_all(expect_close(client)) == [P.ConnAck(2, False)]
     finally:
-        sock.close()
+        client.close()
     # Pipelined behind the refused CONNECT: must not be acted on.
-    sock = open_socket(default.node)
+    client = open_raw(default.node)
     try:
-        sock.sendall(B.connect("", clean_session=False) + B.publish("case10/leak", b"x"))
-        assert decode_all(expect_close(sock)) == [P.ConnAck(2, False)]
+        client.send(B.connect("", clean_session=False) + B.publish("case10/leak", b"x"))
+        assert decode_all(expect_close(client)) == [P.ConnAck(2, False)]
     finally:
-        sock.close()
+        client.close()
     default.assert_serves()
     assert "case10/leak" not in default.topics_seen()
 
 
 def test_11_client_id_over_limit(default: Ctx) -> None:
     """Case 11, [MQTT-3.1.3-9]: 101 characters (limit 100) get CONNACK 0x02, then close."""
-    sock = open_socket(default.node)
+    client = open_raw(default.node)
     try:
-        sock.sendall(B.connect("x" * 101))
-        assert decode_all(expect_close(sock)) == [P.ConnAck(2, False)]
+        client.send(B.connect("x" * 101))
+        assert decode_all(expect_close(client)) == [P.ConnAck(2, False)]
     finally:
-        sock.close()
-    sock = connected(default.node, "y" * 100)  # the limit itself is fine
-    sock.close()
+        client.close()
+    client = connected(default.node, "y" * 100)  # the limit itself is fine
+    client.close()
     default.assert_serves()
 
 
@@ -510,21 +459,21 @@ def test_12_ill_formed_utf8(default: Ctx) -> None:
     """
     for raw in (B.connect(b"id" + SURROGATE), B.connect("u8", username=b"u" + SURROGATE),
                 B.connect("w8", will_topic=b"will/" + SURROGATE)):
-        sock = open_socket(default.node)
+        client = open_raw(default.node)
         try:
-            sock.sendall(raw)
-            expect_silent_close(sock)
+            client.send(raw)
+            expect_silent_close(client)
         finally:
-            sock.close()
+            client.close()
     for raw in (B.publish(b"case12/" + SURROGATE, b"bad"),
                 B.subscribe(1, [(b"case12/" + SURROGATE, 0)]),
                 B.unsubscribe(1, [b"case12/" + SURROGATE])):
-        sock = connected(default.node)
+        client = connected(default.node)
         try:
-            sock.sendall(raw)
-            expect_silent_close(sock)
+            client.send(raw)
+            expect_silent_close(client)
         finally:
-            sock.close()
+            client.close()
     default.assert_serves()
     assert not [t for t in default.topics_seen() if t.startswith("case12")]
 
@@ -533,12 +482,12 @@ def test_13_nul_in_topic_or_filter(default: Ctx) -> None:
     """Case 13, [MQTT-1.5.3-2], [MQTT-4.7.3-2]: U+0000 in a topic or filter closes."""
     for raw in (B.publish(b"case13/a\x00b", b"bad"), B.subscribe(1, [(b"case13/\x00", 0)]),
                 B.unsubscribe(1, [b"case13\x00"])):
-        sock = connected(default.node)
+        client = connected(default.node)
         try:
-            sock.sendall(raw)
-            expect_silent_close(sock)
+            client.send(raw)
+            expect_silent_close(client)
         finally:
-            sock.close()
+            client.close()
     default.assert_serves()
     assert not [t for t in default.topics_seen() if t.startswith("case13")]
 
@@ -558,12 +507,12 @@ def test_13_nul_in_topic_or_filter(default: Ctx) -> None:
         "17-id0-qos1", "17-id0-qos2", "17-truncated", "17-half-id"])
 def test_14_to_17_bad_publish(default: Ctx, raw: bytes) -> None:
     """Cases 14-17: the PUBLISH is malformed: close without PUBACK, never routed."""
-    sock = connected(default.node)
+    client = connected(default.node)
     try:
-        sock.sendall(raw)
-        expect_silent_close(sock)
+        client.send(raw)
+        expect_silent_close(client)
     finally:
-        sock.close()
+        client.close()
     default.assert_serves()
     assert not [t for t in default.topics_seen()
                 if t.startswith(("case14", "case15", "case16", "case17", "+", "#")) or t == ""]
@@ -576,23 +525,23 @@ def test_18_clients_cannot_publish_dollar_topics(default: Ctx) -> None:
     ``$foo`` subscriber get nothing, ``#`` never receives ``$`` topics.
     """
     dollar = connected(default.node)
-    sock = connected(default.node)
+    client = connected(default.node)
     try:
-        dollar.sendall(B.subscribe(1, [("$SYS/#", 0), ("$foo", 0), ("case18", 0)]))
-        assert read_packets(dollar, 1) == [P.SubAck(1, [0, 0, 0])]
-        sock.sendall(B.publish("$SYS/x", b"fake", qos=1, packet_id=7)
-                     + B.publish("$foo", b"fake", qos=1, packet_id=8)
-                     + B.publish("$SYS/x", b"fake", retain=True)
-                     + B.publish("case18", b"real"))
-        assert read_packets(sock, 2) == [P.PubAck(7), P.PubAck(8)]
+        dollar.send(B.subscribe(1, [("$SYS/#", 0), ("$foo", 0), ("case18", 0)]))
+        assert dollar.read(1) == [P.SubAck(1, [0, 0, 0])]
+        client.send(B.publish("$SYS/x", b"fake", qos=1, packet_id=7)
+                    + B.publish("$foo", b"fake", qos=1, packet_id=8)
+                    + B.publish("$SYS/x", b"fake", retain=True)
+                    + B.publish("case18", b"real"))
+        assert client.read(2) == [P.PubAck(7), P.PubAck(8)]
         # "case18" was sent last: once it arrives the $ messages would have.
-        assert read_packets(dollar, 1) == [P.Publish("case18", b"real")]
+        assert dollar.read(1) == [P.Publish("case18", b"real")]
         wait_until(lambda: "case18" in default.topics_seen(), 5, what="case18 at #")
         assert not [t for t in default.topics_seen() if t.startswith("$")]
-        sock.sendall(B.pingreq())
-        assert read_packets(sock, 1) == [P.PingResp()]
+        client.send(B.pingreq())
+        assert client.read(1) == [P.PingResp()]
     finally:
-        sock.close()
+        client.close()
         dollar.close()
     default.assert_serves()
 
@@ -617,12 +566,12 @@ def test_18_clients_cannot_publish_dollar_topics(default: Ctx) -> None:
         "20-reserved-second"])
 def test_19_20_bad_subscribe_unsubscribe(default: Ctx, raw: bytes) -> None:
     """Cases 19-20: wrong fixed-header flags, no filters, bad QoS byte: close, no SUBACK."""
-    sock = connected(default.node)
+    client = connected(default.node)
     try:
-        sock.sendall(raw)
-        expect_silent_close(sock)
+        client.send(raw)
+        expect_silent_close(client)
     finally:
-        sock.close()
+        client.close()
     default.assert_serves()
 
 
@@ -637,20 +586,20 @@ def test_21_invalid_filters_refused_never_stored(default: Ctx) -> None:
     stored, so topics those filters might match loosely are not delivered,
     and unsubscribing them is harmless.
     """
-    sock = connected(default.node)
+    client = connected(default.node)
     publisher = connected(default.node)
     try:
-        sock.sendall(B.subscribe(5, [(f, 1) for f in BAD_FILTERS] + [("case21/ok", 1)]))
-        assert read_packets(sock, 1) == [P.SubAck(5, [0x80] * len(BAD_FILTERS) + [1])]
+        client.send(B.subscribe(5, [(f, 1) for f in BAD_FILTERS] + [("case21/ok", 1)]))
+        assert client.read(1) == [P.SubAck(5, [0x80] * len(BAD_FILTERS) + [1])]
         for topic in ("case21/x/b", "case21/b", "case21/bx", "case21x/b", "ab", "t", "case21/x",
                       "x/case21", "case21/ok"):
-            publisher.sendall(B.publish(topic, topic.encode()))
+            publisher.send(B.publish(topic, topic.encode()))
         # Only the last one matches; anything before it would arrive first.
-        assert read_packets(sock, 1) == [P.Publish("case21/ok", b"case21/ok")]
-        sock.sendall(B.unsubscribe(6, BAD_FILTERS) + B.pingreq())
-        assert read_packets(sock, 2) == [P.UnsubAck(6), P.PingResp()]
+        assert client.read(1) == [P.Publish("case21/ok", b"case21/ok")]
+        client.send(B.unsubscribe(6, BAD_FILTERS) + B.pingreq())
+        assert client.read(2) == [P.UnsubAck(6), P.PingResp()]
     finally:
-        sock.close()
+        client.close()
         publisher.close()
     default.assert_serves()
 
@@ -668,14 +617,14 @@ def test_22_deep_topic_rejected(default: Ctx) -> None:
     """
     topic = deep_topic(30_000, 65_535)
     assert len(topic.encode()) == 65_535 and topic.count("/") == 29_999
-    sock = connected(default.node)
+    client = connected(default.node)
     try:
-        sock.sendall(B.subscribe(1, [(topic, 0), ("/".join(["+"] * 30_000), 0)]))
-        assert read_packets(sock, 1) == [P.SubAck(1, [0x80, 0x80])]
-        sock.sendall(B.publish(topic, b"deep"))
-        expect_silent_close(sock)
+        client.send(B.subscribe(1, [(topic, 0), ("/".join(["+"] * 30_000), 0)]))
+        assert client.read(1) == [P.SubAck(1, [0x80, 0x80])]
+        client.send(B.publish(topic, b"deep"))
+        expect_silent_close(client)
     finally:
-        sock.close()
+        client.close()
     default.assert_serves()
 
 
@@ -689,21 +638,24 @@ def test_23_pathological_wildcards(default: Ctx) -> None:
     for i in range(1000):
         levels = ["p"] + ["+" if (i >> bit) & 1 else "p" for bit in range(1, 9)]
         filters.append("/".join(levels) + ("/#" if i % 2 else "/x%d" % i))
-    sock = connected(default.node)
+    client = connected(default.node)
     publisher = connected(default.node)
     try:
         for start in range(0, 1000, 100):
-            sock.sendall(B.subscribe(start + 1, [(f, 0) for f in filters[start:start + 100]]))
-        acks = read_packets(sock, 10, timeout=10)
+            client.send(B.subscribe(start + 1, [(f, 0) for f in filters[start:start + 100]]))
+        acks = client.read(10, timeout=10)
         assert all(isinstance(a, P.SubAck) and a.return_codes == [0] * 100 for a in acks)
         started = time.monotonic()
-        publisher.sendall(B.publish("q/q/q/q/q/q/q/q/q/x", b"nomatch")
-                          + B.publish("p/p/p/p/p/p/p/p/p/x0", b"match"))
+        publisher.send(B.publish("q/q/q/q/q/q/q/q/q/x", b"nomatch")
+                       + B.publish("p/p/p/p/p/p/p/p/p/x0", b"match"))
         # Exactly one delivery per message, whatever the number of matches [MQTT-3.3.5-1]
-        assert read_packets(sock, 1) == [P.Publish("p/p/p/p/p/p/p/p/p/x0", b"match")]
+        assert client.read(1) == [P.Publish("p/p/p/p/p/p/p/p/p/x0", b"match")]
         assert time.monotonic() - started < 1.0
+        # A second copy would come before the answer to a later PINGREQ.
+        client.send(B.pingreq())
+        assert client.read(1) == [P.PingResp()]
     finally:
-        sock.close()
+        client.close()
         publisher.close()
     default.assert_serves()
 
@@ -715,26 +667,26 @@ def test_24_qos2_same_id_repeated(default: Ctx) -> None:
     released keep the node's memory bounded.
     """
     watcher = connected(default.node)
-    sock = connected(default.node)
+    client = connected(default.node)
     try:
-        watcher.sendall(B.subscribe(1, [("case24/once", 2), ("case24/end", 0)]))
-        assert read_packets(watcher, 1) == [P.SubAck(1, [2, 0])]
-        sock.sendall(B.publish("case24/once", b"once", qos=2, packet_id=42) + b"".join(
+        watcher.send(B.subscribe(1, [("case24/once", 2), ("case24/end", 0)]))
+        assert watcher.read(1) == [P.SubAck(1, [2, 0])]
+        client.send(B.publish("case24/once", b"once", qos=2, packet_id=42) + b"".join(
             B.publish("case24/once", b"once", qos=2, packet_id=42, dup=True) for _ in range(99)))
-        assert read_packets(sock, 100) == [P.PubRec(42)] * 100
+        assert client.read(100) == [P.PubRec(42)] * 100
         before = rss_kib(default.node)
-        sock.sendall(b"".join(B.publish("case24/many", b"m" * 100, qos=2, packet_id=i)
-                              for i in range(100, 2100)))
-        assert len(read_packets(sock, 2000, timeout=10)) == 2000
+        client.send(b"".join(B.publish("case24/many", b"m" * 100, qos=2, packet_id=i)
+                             for i in range(100, 2100)))
+        assert len(client.read(2000, timeout=10)) == 2000
         assert rss_kib(default.node) - before < 25 * 1024
         # "end" was published last: any second copy of "once" would precede it.
-        sock.sendall(B.publish("case24/end", b"end", qos=0))
-        got = read_packets(watcher, 2)
+        client.send(B.publish("case24/end", b"end", qos=0))
+        got = watcher.read(2)
         assert [(p.topic, p.qos) for p in got] == [("case24/once", 2), ("case24/end", 0)]
-        sock.sendall(B.pingreq())
-        assert read_packets(sock, 1)[-1] == P.PingResp()
+        client.send(B.pingreq())
+        assert client.read(1)[-1] == P.PingResp()
     finally:
-        sock.close()
+        client.close()
         watcher.close()
     default.assert_serves()
 
@@ -748,31 +700,30 @@ def test_25_inflight_window_and_unread_acks(default: Ctx) -> None:
     then gets every PUBACK in order [MQTT-4.6.0-2].
     """
     slow = connected(default.node)
-    sock = connected(default.node)
+    client = connected(default.node)
     try:
-        slow.sendall(B.subscribe(1, [("case25/slow", 1)]))
-        assert read_packets(slow, 1) == [P.SubAck(1, [1])]
-        sock.sendall(b"".join(B.publish("case25/slow", b"%d" % i, qos=1, packet_id=i + 1)
-                              for i in range(50)))
-        assert len(read_packets(sock, 50)) == 50
-        decoder = Decoder()
-        first = read_packets(slow, 20, decoder=decoder)
+        slow.send(B.subscribe(1, [("case25/slow", 1)]))
+        assert slow.read(1) == [P.SubAck(1, [1])]
+        client.send(b"".join(B.publish("case25/slow", b"%d" % i, qos=1, packet_id=i + 1)
+                             for i in range(50)))
+        assert len(client.read(50)) == 50
+        first = slow.read(20)
         assert [p.payload for p in first] == [b"%d" % i for i in range(20)]
-        data, closed = read_until_closed(slow, timeout=0.5)
+        data, closed = slow.read_until_closed(timeout=0.5)
         assert not closed and data == b"", "more than 20 in flight: %r" % (decode_all(data),)
-        slow.sendall(b"".join(B.puback(p.packet_id) for p in first))
-        second = read_packets(slow, 20, decoder=decoder)
+        slow.send(b"".join(B.puback(p.packet_id) for p in first))
+        second = slow.read(20)
         assert [p.payload for p in second] == [b"%d" % i for i in range(20, 40)]
 
         before = rss_kib(default.node)
         flood = b"".join(B.publish("case25/flood", b"f", qos=1, packet_id=(i % 65535) + 1)
                          for i in range(20_000))
-        sock.sendall(flood)
-        acks = read_packets(sock, 20_000, timeout=20)
+        client.send(flood)
+        acks = client.read(20_000, timeout=20)
         assert [a.packet_id for a in acks] == [(i % 65535) + 1 for i in range(20_000)]
         assert rss_kib(default.node) - before < 25 * 1024
     finally:
-        sock.close()
+        client.close()
         slow.close()
     default.assert_serves()
 
@@ -783,25 +734,24 @@ def test_26_subscription_cap(limited: Ctx) -> None:
     ``max_subscriptions_per_client`` (10): the rest get SUBACK 0x80 and
     are not delivered; re-subscribing an existing filter is still allowed.
     """
-    sock = connected(limited.node)
+    client = connected(limited.node)
     publisher = None
     try:
-        decoder = Decoder()
         codes: List[int] = []
         for batch in range(100):
-            sock.sendall(B.subscribe(batch + 1, [("case26/%05d" % (batch * 1000 + i), 0)
-                                                 for i in range(1000)]))
-            ack = read_packets(sock, 1, decoder=decoder)[0]
+            client.send(B.subscribe(batch + 1, [("case26/%05d" % (batch * 1000 + i), 0)
+                                                for i in range(1000)]))
+            ack = client.read(1)[0]
             assert ack.packet_id == batch + 1
             codes.extend(ack.return_codes)
         assert codes == [0] * MAX_SUBSCRIPTIONS + [0x80] * (100_000 - MAX_SUBSCRIPTIONS)
-        sock.sendall(B.subscribe(200, [("case26/00000", 1)]))
-        assert read_packets(sock, 1, decoder=decoder) == [P.SubAck(200, [1])]
+        client.send(B.subscribe(200, [("case26/00000", 1)]))
+        assert client.read(1) == [P.SubAck(200, [1])]
         publisher = connected(limited.node)  # here: keepalive is capped at 2 s
-        publisher.sendall(B.publish("case26/00010", b"capped") + B.publish("case26/00009", b"in"))
-        assert read_packets(sock, 1, decoder=decoder) == [P.Publish("case26/00009", b"in")]
+        publisher.send(B.publish("case26/00010", b"capped") + B.publish("case26/00009", b"in"))
+        assert client.read(1) == [P.Publish("case26/00009", b"in")]
     finally:
-        sock.close()
+        client.close()
         if publisher is not None:
             publisher.close()
     limited.assert_serves()
@@ -821,31 +771,30 @@ def test_27_slowloris(limited: Ctx) -> None:
     """
     node = limited.node
     live = connected(node, "case27-live")
-    live.sendall(B.subscribe(1, [("case27/lat", 0)]))
-    assert read_packets(live, 1) == [P.SubAck(1, [0])]
-    decoder = Decoder()
+    live.send(B.subscribe(1, [("case27/lat", 0)]))
+    assert live.read(1) == [P.SubAck(1, [0])]
 
     def round_trip() -> float:
         started = time.monotonic()
-        live.sendall(B.publish("case27/lat", b"t"))
-        assert read_packets(live, 1, decoder=decoder) == [P.Publish("case27/lat", b"t")]
+        live.send(B.publish("case27/lat", b"t"))
+        assert live.read(1) == [P.Publish("case27/lat", b"t")]
         return time.monotonic() - started
 
     baseline = [round_trip() for _ in range(20)]
     selector = selectors.DefaultSelector()
-    opened: dict = {}
-    tricklers: List[socket.socket] = []
+    opened: Dict[RawClient, float] = {}
+    tricklers: List[RawClient] = []
     closed_after: List[float] = []
     trickle = B.connect("slow-loris-client-id")
     latencies: List[float] = []
     try:
         for i in range(2050):
-            sock = socket.create_connection((node.host, node.port), timeout=5)
-            sock.setblocking(False)
-            opened[sock] = time.monotonic()
-            selector.register(sock, selectors.EVENT_READ)
+            silent = open_raw(node)
+            silent.sock.setblocking(False)
+            opened[silent] = time.monotonic()
+            selector.register(silent.sock, selectors.EVENT_READ, silent)
             if i >= 2000:
-                tricklers.append(sock)
+                tricklers.append(silent)
             if i % 40 == 39:
                 # Also paces the flood: the node has accepted every socket
                 # opened before this round trip when it answers, so the
@@ -859,22 +808,22 @@ def test_27_slowloris(limited: Ctx) -> None:
         while opened and time.monotonic() < deadline:
             now = time.monotonic()
             if now >= next_trickle:
-                for sock in tricklers:
-                    if sock in opened and step < len(trickle) - 1:
-                        send_quietly(sock, trickle[step:step + 1])
+                for trickler in tricklers:
+                    if trickler in opened and step < len(trickle) - 1:
+                        trickler.send_quietly(trickle[step:step + 1])
                 step += 1
                 next_trickle = now + 0.5
             for key, _ in selector.select(0.05):
-                sock = key.fileobj
+                silent = key.data
                 try:
-                    data = sock.recv(4096)
+                    data = silent.sock.recv(4096)
                 except ConnectionResetError:
                     data = b""
                 except BlockingIOError:
                     continue
                 assert data == b"", "a socket without CONNECT got %r" % (data,)
-                closed_after.append(time.monotonic() - opened.pop(sock))
-                selector.unregister(sock)
+                closed_after.append(time.monotonic() - opened.pop(silent))
+                selector.unregister(silent.sock)
             latencies.append(round_trip())
         assert not opened, "%d sockets still open %.1f s after the connect timeout" % (
             len(opened), CONNECT_TIMEOUT + 10)
@@ -886,10 +835,10 @@ def test_27_slowloris(limited: Ctx) -> None:
         assert p99 < max(0.5, 10 * max(baseline)), (p99, max(baseline))
     finally:
         for key in list(selector.get_map().values()):
-            key.fileobj.close()
+            key.data.close()
         selector.close()
-        for sock in list(opened):
-            sock.close()
+        for silent in list(opened):
+            silent.close()
         live.close()
     limited.assert_serves()
 
@@ -900,13 +849,13 @@ def test_28_keepalive_capped_and_will_on_expiry(limited: Ctx) -> None:
     ``max_keepalive`` (2 s); after 1.5 × 2 s of silence the broker closes the
     connection and publishes the will.
     """
-    sock = connected(limited.node, "case28", keepalive=65535, will_topic="case28/will",
-                     will_message=b"gone")
+    client = connected(limited.node, "case28", keepalive=65535, will_topic="case28/will",
+                       will_message=b"gone")
     started = time.monotonic()
     try:
-        expect_silent_close(sock, timeout=1.5 * MAX_KEEPALIVE + 3)
+        expect_silent_close(client, timeout=1.5 * MAX_KEEPALIVE + 3)
     finally:
-        sock.close()
+        client.close()
     elapsed = time.monotonic() - started
     assert 1.5 * MAX_KEEPALIVE - 0.2 <= elapsed < 1.5 * MAX_KEEPALIVE + 2.5, elapsed
     wait_until(lambda: "case28/will" in limited.topics_seen(), 5, what="will published")
@@ -920,18 +869,18 @@ def test_29_bad_will_topics(default: Ctx) -> None:
     never fires; a valid will still fires on a 3.1.1 takeover.
     """
     for topic in ("case29/+", "case29/#", deep_topic(12, 30)):
-        sock = open_socket(default.node)
+        client = open_raw(default.node)
         try:
-            sock.sendall(B.connect("case29", will_topic=topic, will_message=b"x"))
-            expect_silent_close(sock)
+            client.send(B.connect("case29", will_topic=topic, will_message=b"x"))
+            expect_silent_close(client)
         finally:
-            sock.close()
-    sock = open_socket(default.node)
+            client.close()
+    client = open_raw(default.node)
     try:
-        sock.sendall(B.connect("case29", will_topic="$SYS/will", will_message=b"x"))
-        assert decode_all(expect_close(sock)) == [P.ConnAck(5, False)]
+        client.send(B.connect("case29", will_topic="$SYS/will", will_message=b"x"))
+        assert decode_all(expect_close(client)) == [P.ConnAck(5, False)]
     finally:
-        sock.close()
+        client.close()
     old = connected(default.node, "case29-takeover", will_topic="case29/will",
                     will_message=b"taken over")
     new = connected(default.node, "case29-takeover")
@@ -951,12 +900,12 @@ def test_29_bad_will_topics(default: Ctx) -> None:
 ], ids=["connack", "suback", "unsuback", "pingresp"])
 def test_30_server_only_packets(default: Ctx, raw: bytes) -> None:
     """Case 30 (CVE-2021-28166): a client sending a server-only packet is closed."""
-    sock = connected(default.node)
+    client = connected(default.node)
     try:
-        sock.sendall(raw)
-        expect_silent_close(sock)
+        client.send(raw)
+        expect_silent_close(client)
     finally:
-        sock.close()
+        client.close()
     default.assert_serves()
 
 
@@ -977,13 +926,13 @@ def test_31_mqtt5_property_abuse(default: Ctx) -> None:
     for props in (b"\x11\x00\x00\x00\x0a" * 2,        # session expiry twice
                   user_property * 10_000,
                   b"\x22\x00\x00" + b"\x22\xff\xff"):  # topic alias maximum 0 and again
-        sock = open_socket(default.node)
+        client = open_raw(default.node)
         started = time.monotonic()
         try:
-            sock.sendall(v5_connect(props))
-            assert decode_all(expect_close(sock)) == [P.ConnAck(1, False)]
+            client.send(v5_connect(props))
+            assert decode_all(expect_close(client)) == [P.ConnAck(1, False)]
         finally:
-            sock.close()
+            client.close()
         assert time.monotonic() - started < 2.0
     default.assert_serves()
 
@@ -993,7 +942,7 @@ def test_32_packet_above_max_message_size(limited: Ctx) -> None:
     Case 32: a PUBLISH one byte above ``max_message_size`` closes the
     connection; one of exactly that size is delivered.
     """
-    sock = connected(limited.node)
+    client = connected(limited.node)
     try:
         topic = "case32/ok"
         header = len(B.publish(topic, b""))  # fixed header with a 1-byte length
@@ -1001,12 +950,12 @@ def test_32_packet_above_max_message_size(limited: Ctx) -> None:
         payload = b"p" * (LIMIT - header - 2)
         exact = B.publish(topic, payload)
         assert len(exact) == LIMIT
-        sock.sendall(exact)
+        client.send(exact)
         wait_until(lambda: topic in limited.topics_seen(), 5, what="max-size publish")
-        sock.sendall(B.publish("case32/big", payload + b"p"))
-        expect_silent_close(sock)
+        client.send(B.publish("case32/big", payload + b"p"))
+        expect_silent_close(client)
     finally:
-        sock.close()
+        client.close()
     limited.assert_serves()
     assert "case32/big" not in limited.topics_seen()
 
@@ -1017,16 +966,16 @@ def test_32_packet_above_max_message_size(limited: Ctx) -> None:
 
 def connack_code(node: Node, client_id: str, **kwargs: Any) -> int:
     """The CONNACK return code for this CONNECT; refusals must also close."""
-    sock = open_socket(node)
+    client = open_raw(node)
     try:
-        sock.sendall(B.connect(client_id, **kwargs))
-        connack = read_packets(sock, 1)[0]
+        client.send(B.connect(client_id, **kwargs))
+        connack = client.read(1)[0]
         assert isinstance(connack, P.ConnAck), connack
         if connack.return_code:
-            expect_close(sock)
+            expect_close(client)
         return connack.return_code
     finally:
-        sock.close()
+        client.close()
 
 
 def test_33_anonymous_and_blank_password_lines(auth_empty_acl: Ctx) -> None:
@@ -1046,19 +995,19 @@ def test_33_anonymous_and_blank_password_lines(auth_empty_acl: Ctx) -> None:
 
 def test_33_empty_acl_denies_everything(auth_empty_acl: Ctx) -> None:
     """Case 33 (CVE-2018-12550): an empty ACL file denies every subscribe and publish."""
-    sock = connected(auth_empty_acl.node, "alice-1", username="alice", password=b"pw-alice")
+    client = connected(auth_empty_acl.node, "alice-1", username="alice", password=b"pw-alice")
     other = connected(auth_empty_acl.node, "alice-2", username="alice", password=b"pw-alice")
     try:
-        sock.sendall(B.subscribe(1, [("#", 0), ("t", 0)]))
-        assert read_packets(sock, 1) == [P.SubAck(1, [0x80, 0x80])]
-        other.sendall(B.subscribe(1, [("t", 0)]))
-        assert read_packets(other, 1) == [P.SubAck(1, [0x80])]
-        sock.sendall(B.publish("t", b"denied", qos=1, packet_id=1) + B.pingreq())
-        assert read_packets(sock, 2) == [P.PubAck(1), P.PingResp()]
-        data, closed = read_until_closed(other, timeout=0.5)
+        client.send(B.subscribe(1, [("#", 0), ("t", 0)]))
+        assert client.read(1) == [P.SubAck(1, [0x80, 0x80])]
+        other.send(B.subscribe(1, [("t", 0)]))
+        assert other.read(1) == [P.SubAck(1, [0x80])]
+        client.send(B.publish("t", b"denied", qos=1, packet_id=1) + B.pingreq())
+        assert client.read(2) == [P.PubAck(1), P.PingResp()]
+        data, closed = other.read_until_closed(timeout=0.5)
         assert data == b"" and not closed
     finally:
-        sock.close()
+        client.close()
         other.close()
     auth_empty_acl.assert_serves()
 
@@ -1075,16 +1024,16 @@ def test_33_wildcard_identities_never_match_patterns(auth_pattern: Ctx) -> None:
     # "#" can not be a user name in the file (it starts a comment): a client id.
     hash_ = connected(node, "#", username="bob", password=b"pw-bob")
     try:
-        alice.sendall(B.subscribe(1, [("users/alice/#", 0), ("clients/alice-c/x", 0)]))
-        assert read_packets(alice, 1) == [P.SubAck(1, [0, 0])]
-        plus.sendall(B.subscribe(1, [("users/+/#", 0), ("clients/+/x", 0), ("users/alice/x", 0)]))
-        assert read_packets(plus, 1) == [P.SubAck(1, [0x80, 0x80, 0x80])]
-        hash_.sendall(B.subscribe(1, [("users/#", 0), ("clients/#", 0)]))
-        assert read_packets(hash_, 1) == [P.SubAck(1, [0x80, 0x80])]
-        plus.sendall(B.publish("users/alice/x", b"from-plus"))
-        hash_.sendall(B.publish("clients/alice-c/x", b"from-hash"))
-        alice.sendall(B.publish("users/alice/x", b"own"))
-        assert read_packets(alice, 1) == [P.Publish("users/alice/x", b"own")]
+        alice.send(B.subscribe(1, [("users/alice/#", 0), ("clients/alice-c/x", 0)]))
+        assert alice.read(1) == [P.SubAck(1, [0, 0])]
+        plus.send(B.subscribe(1, [("users/+/#", 0), ("clients/+/x", 0), ("users/alice/x", 0)]))
+        assert plus.read(1) == [P.SubAck(1, [0x80, 0x80, 0x80])]
+        hash_.send(B.subscribe(1, [("users/#", 0), ("clients/#", 0)]))
+        assert hash_.read(1) == [P.SubAck(1, [0x80, 0x80])]
+        plus.send(B.publish("users/alice/x", b"from-plus"))
+        hash_.send(B.publish("clients/alice-c/x", b"from-hash"))
+        alice.send(B.publish("users/alice/x", b"own"))
+        assert alice.read(1) == [P.Publish("users/alice/x", b"own")]
     finally:
         alice.close()
         plus.close()
@@ -1094,12 +1043,12 @@ def test_33_wildcard_identities_never_match_patterns(auth_pattern: Ctx) -> None:
 
 def subscribe_code(node: Node, client_id: str, flt: str, **kwargs: Any) -> int:
     """The SUBACK return code a fresh connection gets for ``flt``."""
-    sock = connected(node, client_id, **kwargs)
+    client = connected(node, client_id, **kwargs)
     try:
-        sock.sendall(B.subscribe(1, [(flt, 0)]))
-        return read_packets(sock, 1)[0].return_codes[0]
+        client.send(B.subscribe(1, [(flt, 0)]))
+        return client.read(1)[0].return_codes[0]
     finally:
-        sock.close()
+        client.close()
 
 
 RELOAD_ACL_BEFORE = """\
@@ -1146,12 +1095,12 @@ def test_34_acl_revocation_rechecks_subscriptions_and_retained(auth_reload: Ctx)
     bob = connected(node, "bob", username="bob", password=b"pw-bob")
     carol = None
     try:
-        alice.sendall(B.subscribe(1, [("secret/#", 0)]))
-        assert read_packets(alice, 1) == [P.SubAck(1, [0])]
-        bob.sendall(B.publish("secret/a", b"before") + B.publish("retained/r", b"kept",
-                                                                 retain=True, qos=1, packet_id=1))
-        assert read_packets(bob, 1) == [P.PubAck(1)]
-        assert read_packets(alice, 1) == [P.Publish("secret/a", b"before")]
+        alice.send(B.subscribe(1, [("secret/#", 0)]))
+        assert alice.read(1) == [P.SubAck(1, [0])]
+        bob.send(B.publish("secret/a", b"before") + B.publish("retained/r", b"kept",
+                                                              retain=True, qos=1, packet_id=1))
+        assert bob.read(1) == [P.PubAck(1)]
+        assert alice.read(1) == [P.Publish("secret/a", b"before")]
 
         acl_path = node.settings["vmq_acl.acl_file"]
         with open(acl_path, "w") as handle:
@@ -1163,21 +1112,20 @@ def test_34_acl_revocation_rechecks_subscriptions_and_retained(auth_reload: Ctx)
                                           password=b"pw-alice") == 0,
                    10, interval=0.2, what="ACL reload")
 
-        bob.sendall(B.publish("secret/b", b"after") + B.pingreq())
-        assert read_packets(bob, 1) == [P.PingResp()]
-        data, _ = read_until_closed(alice, timeout=1.0)
+        bob.send(B.publish("secret/b", b"after") + B.pingreq())
+        assert bob.read(1) == [P.PingResp()]
+        data, _ = alice.read_until_closed(timeout=1.0)
         assert b"after" not in data, decode_all(data)
 
         carol = connected(node, "carol", username="carol", password=b"pw-carol")
-        carol.sendall(B.subscribe(1, [("retained/#", 0)]) + B.pingreq())
-        assert read_packets(carol, 2) == [P.SubAck(1, [0]), P.PingResp()]
+        carol.send(B.subscribe(1, [("retained/#", 0)]) + B.pingreq())
+        assert carol.read(2) == [P.SubAck(1, [0]), P.PingResp()]
     finally:
         alice.close()
         bob.close()
         if carol is not None:
             carol.close()
     auth_reload.assert_serves()
-
 
 
 def test_fuzzed_streams_against_the_live_node(default: Ctx) -> None:

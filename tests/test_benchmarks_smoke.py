@@ -492,3 +492,23 @@ def test_remote_host_refused() -> None:
                           capture_output=True, timeout=30)
     assert proc.returncode == loadgen.EXIT_USAGE
     assert b"refusing non-loopback" in proc.stderr
+
+
+def test_benchmarks_never_import_tests() -> None:
+    """
+    The benchmarks run from a checkout without the test suite's helpers:
+    what they share with the tests lives in ``vmqtw.testing``.
+    """
+    import ast
+    offenders = []
+    for path in sorted((REPO / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            offenders += ["%s:%d %s" % (path.name, node.lineno, name)
+                          for name in names if name.split(".")[0] == "tests"]
+    assert offenders == []

@@ -13,8 +13,8 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from tests import mqttbytes as B
-from tests.brokerharness import Broker, only
+from vmqtw.testing import mqttbytes as B
+from vmqtw.testing.inprocess_broker import Broker, only
 from vmqtw import tap
 from vmqtw.auth.acl import Acl
 from vmqtw.auth.passwd import hash_password

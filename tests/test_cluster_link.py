@@ -23,8 +23,8 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from tests.clusterharness import (FaultyProxy, free_port,
-                                  wait_until_deferred)
+from tests.clusterharness import FaultyProxy, free_port
+from tests.waiting import wait_until_deferred
 from vmqtw.cluster import auth, wire
 from vmqtw.cluster.link import (CallTimeout, PeerUnreachable,
                                 RemoteCallError, TcpTransport)

@@ -4,8 +4,8 @@ the in-memory transport on one Clock, with the real replicated metadata.
 """
 from __future__ import annotations
 
-from tests import mqttbytes as B
-from tests.brokerharness import Broker, Cluster
+from vmqtw.testing import mqttbytes as B
+from vmqtw.testing.inprocess_broker import Broker, Cluster
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt.session import SessionSettings
 

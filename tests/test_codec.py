@@ -1,7 +1,7 @@
 """
 Tests for :mod:`vmqtw.mqtt.codec`, the MQTT 3.1/3.1.1 wire codec.
 
-Expected bytes come from :mod:`tests.mqttbytes`, a builder written from the
+Expected bytes come from :mod:`vmqtw.testing.mqttbytes`, a builder written from the
 spec independently of the codec.  Speed is measured, not asserted, by
 ``.venv/bin/python -m benchmarks.codec_bench`` (about 1M PUBLISH frames/s
 decoded on the 2-core CI box).
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests import mqttbytes as mb
+from vmqtw.testing import mqttbytes as mb
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt.codec import (MAX_REMAINING_LENGTH, Decoder, ProtocolError,
                               UnacceptableProtocolLevel, encode,

@@ -5,39 +5,16 @@ paho-mqtt clients (raw sockets where paho would not misbehave on purpose).
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import subprocess
 import time
 
-from tests import mqttbytes as B
 from tests.nodeharness import TWISTD
-from vmqtw.mqtt import packets as P
-from vmqtw.mqtt.codec import Decoder
+from vmqtw.testing.rawclient import RawClient
 
 
 def raw_connect(node, client_id, **kwargs):
-    sock = socket.create_connection((node.host, node.port), timeout=5)
-    sock.sendall(B.connect(client_id, **kwargs))
-    decoder = Decoder()
-    packets = []
-    while not packets:
-        packets = decoder.feed(sock.recv(4096))
-    assert packets[0] == P.ConnAck(0, False), packets
-    return sock
-
-
-def closed_by_peer(sock, timeout=10.0):
-    """True once the broker closed ``sock`` (bounded wait)."""
-    sock.settimeout(timeout)
-    try:
-        while True:
-            if not sock.recv(4096):
-                return True
-    except ConnectionResetError:
-        return True  # aborted: closed with RST
-    except socket.timeout:
-        return False
+    return RawClient.connect(node.host, node.port, client_id, timeout=5, **kwargs)
 
 
 def test_qos_0_1_2_between_paho_clients(nodes):
@@ -94,7 +71,7 @@ def test_keepalive_expiry_closes_and_fires_will(nodes):
     sock = raw_connect(node, "sleepy", keepalive=1, will_topic="wills/sleepy",
                        will_message=b"timeout")
     started = time.monotonic()
-    assert closed_by_peer(sock, timeout=10)
+    assert sock.closed_by_peer(timeout=10)
     assert time.monotonic() - started >= 1.4
     assert watcher.wait_for(1) == [("wills/sleepy", b"timeout", 0, False)]
 
@@ -106,7 +83,7 @@ def test_takeover_closes_the_old_connection(nodes):
     watcher.subscribe(("wills/#", 0))
     old = raw_connect(node, "same", will_topic="wills/same", will_message=b"old")
     new = nodes.client(node, "same")
-    assert closed_by_peer(old)
+    assert old.closed_by_peer(timeout=10)
     assert watcher.wait_for(1) == [("wills/same", b"old", 0, False)]
     new.subscribe(("t", 0))
     nodes.client(node, "pub").publish("t", b"to-new", 0)
@@ -147,9 +124,9 @@ def test_bad_input_closes_only_that_connection(nodes):
     node = nodes.node()
     subscriber = nodes.client(node, "sub")
     subscriber.subscribe(("t", 0))
-    bad = socket.create_connection((node.host, node.port), timeout=5)
-    bad.sendall(b"\x30\xff\xff\xff\xff\x7f")
-    assert closed_by_peer(bad)
+    bad = RawClient.open(node.host, node.port, timeout=5)
+    bad.send(b"\x30\xff\xff\xff\xff\x7f")
+    assert bad.closed_by_peer(timeout=10)
     nodes.client(node, "pub").publish("t", b"alive", 0)
     assert subscriber.wait_for(1) == [("t", b"alive", 0, False)]
     assert "Traceback" not in node.log()

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from typing import Any, List
 
-from tests import mqttbytes as B
+from vmqtw.testing import mqttbytes as B
 from tests.clusterharness import Partitions
 from tests.nodeharness import Node
 from tests.waiting import wait_until
@@ -28,7 +27,7 @@ from vmqtw.admin.client import AdminError
 from vmqtw.admin.commands import parse_args
 from vmqtw.config import load_config
 from vmqtw.mqtt import packets as P
-from vmqtw.mqtt.codec import Decoder
+from vmqtw.testing.rawclient import RawClient
 
 BIN = os.path.dirname(sys.executable)
 HOSTS = ("127.0.0.5", "127.0.0.6", "127.0.0.7")
@@ -73,55 +72,23 @@ def cluster_address(node: Node) -> str:
     return "%s:%s" % (name(node), port)
 
 
-class Raw:
+def raw(node: Node, client_id: str) -> RawClient:
     """A raw MQTT connection, for what paho hides (CONNACK codes, missing acks)."""
+    return RawClient.connect(node.host, node.port, client_id, expect=None)
 
-    def __init__(self, node: Node, client_id: str, **kw: Any) -> None:
-        self.sock = socket.create_connection((node.host, node.port), timeout=10)
-        self.decoder = Decoder()
-        self.pending: List[Any] = []
-        self.sock.sendall(B.connect(client_id, **kw))
-        self.connack = self.next()
 
-    def next(self) -> Any:
-        while not self.pending:
-            data = self.sock.recv(4096)
-            if not data:
-                raise ConnectionError("closed by the broker")
-            self.pending.extend(self.decoder.feed(data))
-        return self.pending.pop(0)
-
-    def until_pingresp(self) -> List[Any]:
-        """Everything the broker sent before answering a PINGREQ sent now."""
-        self.sock.sendall(B.pingreq())
-        seen = []
-        while True:
-            packet = self.next()
-            if isinstance(packet, P.PingResp):
-                return seen
-            seen.append(packet)
-
-    def closed_by_peer(self, timeout: float = 10.0) -> bool:
-        self.sock.settimeout(timeout)
-        try:
-            while self.sock.recv(4096):
-                pass
-            return True
-        except ConnectionResetError:
-            return True
-        except socket.timeout:
-            return False
-
-    def close(self) -> None:
-        self.sock.close()
+def until_pingresp(client: RawClient) -> List[Any]:
+    """Everything the broker sent before answering a PINGREQ sent now."""
+    client.send(B.pingreq())
+    return client.read_until(P.PingResp)[:-1]
 
 
 def connack_code(node: Node, client_id: str) -> int:
-    raw = Raw(node, client_id)
+    client = raw(node, client_id)
     try:
-        return raw.connack.return_code
+        return client.connack.return_code
     finally:
-        raw.close()
+        client.close()
 
 
 def start_cluster(nodes: Any) -> List[Node]:
@@ -210,7 +177,7 @@ def retained_on_b_reaches_new_subscriber_on_c(nodes: Any, b: Node, c: Node) -> N
 
 def takeover_across_nodes(nodes: Any, a: Node, b: Node) -> None:
     """[MQTT-3.1.4-2]: the same client id on B closes its connection on A."""
-    old = Raw(a, "same-id")
+    old = raw(a, "same-id")
     assert old.connack.return_code == 0
     try:
         new = nodes.client(b, "same-id")
@@ -251,7 +218,7 @@ def netsplit_then_heal(partitions: Partitions, a: Node, b: Node, c: Node) -> Non
     unavailable), a QoS 1 PUBLISH no PUBACK and SUBSCRIBE 0x80 (VerneMQ's
     defaults, allow_*_during_netsplit off); healed, CONNECT works again.
     """
-    inside = Raw(a, "during-split")  # connected before the split
+    inside = raw(a, "during-split")  # connected before the split
     assert inside.connack.return_code == 0
     try:
         with partitions.cut([[a.host], [b.host, c.host]]):
@@ -259,9 +226,9 @@ def netsplit_then_heal(partitions: Partitions, a: Node, b: Node, c: Node) -> Non
             wait_until(lambda: show(a) == split, 15, interval=0.2,
                        what="A to show B and C not running")
             assert connack_code(a, "probe-split") == 3
-            inside.sock.sendall(B.publish("e2e/split", b"x", qos=1, packet_id=7))
-            assert inside.until_pingresp() == []   # no PUBACK before the PINGRESP
-            inside.sock.sendall(B.subscribe(8, [("e2e/split", 1)]))
+            inside.send(B.publish("e2e/split", b"x", qos=1, packet_id=7))
+            assert until_pingresp(inside) == []   # no PUBACK before the PINGRESP
+            inside.send(B.subscribe(8, [("e2e/split", 1)]))
             assert inside.next() == P.SubAck(8, [0x80])
         wait_until(lambda: connack_code(a, "probe-healed") == 0, 30, interval=0.2,
                    what="CONNACK 0 on A after healing")

@@ -15,10 +15,11 @@ from typing import Any, Optional, Tuple, Union
 
 import pytest
 
-from tests import mqttbytes as B
+from vmqtw.testing import mqttbytes as B
 from tests.clusterharness import free_port
 from tests.waiting import wait_until
 from tests.test_tls import Pki, issue, make_ca
+from vmqtw.testing.rawclient import ConnectRefused, PeerClosed, RawClient
 
 HOST = "127.0.0.1"
 
@@ -84,13 +85,12 @@ def raw_tls_connect(port: int, pki: Pki, identity: Optional[Tuple[str, str]] = N
     with socket.create_connection((HOST, port), timeout=10) as raw:
         try:
             with context.wrap_socket(raw, server_hostname=HOST) as tls:
-                tls.sendall(B.connect(client_id))
-                data = tls.recv(4)
+                connack = RawClient(tls).handshake(client_id, expect=None)
         except (ssl.SSLError, ConnectionResetError, BrokenPipeError) as error:
             return "refused: %s" % error
-    if len(data) < 4 or data[0] != 0x20:
-        return "closed: %r" % data
-    return data[3]
+        except (PeerClosed, ConnectRefused) as error:
+            return "closed: %s" % error
+    return connack.return_code
 
 
 def no_traceback(node: Any) -> None:
@@ -117,9 +117,9 @@ def test_tls_and_tcp_listeners_side_by_side(nodes, pki):
     tcp.publish("from/tcp", b"over tcp", qos=1)
     assert tcp.wait_for(1) == [("from/tls", b"over tls", 1, False)]
     assert secure.wait_for(1) == [("from/tcp", b"over tcp", 1, False)]
-    with socket.create_connection((HOST, node.tls_port), timeout=10) as plain:
-        plain.sendall(B.connect("plain"))
-        answer = plain.recv(64)
+    with RawClient.open(HOST, node.tls_port) as plain:
+        plain.send(B.connect("plain"))
+        answer, _ = plain.read_until_closed()
     assert not answer.startswith(b"\x20")          # a TLS alert or a close, no CONNACK
     assert raw_tls_connect(node.tls_port, pki) == 0
     no_traceback(node)

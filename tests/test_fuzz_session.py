@@ -1,12 +1,12 @@
 """
 Fuzzing the codec and the session state machine together (docs/bad-input.md, issue 5).
 
-Hypothesis builds packet streams from :mod:`tests.mqttbytes` (independent of
+Hypothesis builds packet streams from :mod:`vmqtw.testing.mqttbytes` (independent of
 the codec), then mutates them: bits flipped, the stream truncated, packets
 reordered, packets that are illegal for the state (a second CONNECT,
 server-only packets) or junk spliced in.  Each stream is fed in random chunks,
 with the clock moving between chunks, to one connection of an in-process
-broker (:mod:`tests.brokerharness`: the real registry, sessions and protocols
+broker (:mod:`vmqtw.testing.inprocess_broker`: the real registry, sessions and protocols
 over ``StringTransport`` and ``task.Clock``) that also serves a bystander.
 
 The invariant: a protocol error closes *that* connection and nothing else
@@ -34,8 +34,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from twisted.logger import globalLogPublisher
 
-from tests import mqttbytes as B
-from tests.brokerharness import Broker
+from vmqtw.testing import mqttbytes as B
+from vmqtw.testing.inprocess_broker import Broker
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt.codec import Decoder, ProtocolError
 from vmqtw.mqtt.session import SessionSettings

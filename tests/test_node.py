@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Set, Tuple
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 
-from tests.brokerharness import Broker, Cluster
+from vmqtw.testing.inprocess_broker import Broker, Cluster
 from vmqtw.cluster import dataplane
 from vmqtw.config import Config
 from vmqtw.metadata import broadcast

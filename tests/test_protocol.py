@@ -5,8 +5,8 @@ raw bytes in through ``dataReceived`` over ``StringTransport``, time from a
 """
 from __future__ import annotations
 
-from tests import mqttbytes as B
-from tests.brokerharness import Broker
+from vmqtw.testing import mqttbytes as B
+from vmqtw.testing.inprocess_broker import Broker
 from vmqtw.broker.queue import QueueLimits
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt.session import AnonymousGate, SessionSettings

@@ -5,8 +5,8 @@ finds them on disk.  Deterministic (Clock, memory store).
 """
 from __future__ import annotations
 
-from tests import mqttbytes as B
-from tests.brokerharness import Broker
+from vmqtw.testing import mqttbytes as B
+from vmqtw.testing.inprocess_broker import Broker
 from vmqtw.broker.queue import LOAD_BATCH
 from vmqtw.mqtt import packets as P
 from vmqtw.store.memory import MemoryMessageStore

@@ -29,9 +29,9 @@ from twisted.internet.ssl import Certificate, CertificateOptions, TLSVersion
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test.iosim import FakeTransport, connect
 
-from tests import mqttbytes as B
-from tests.brokerharness import Broker
-from tests.clusterharness import wait_until_deferred
+from vmqtw.testing import mqttbytes as B
+from vmqtw.testing.inprocess_broker import Broker
+from tests.waiting import wait_until_deferred
 from vmqtw.broker.auth import BrokerAuthenticator
 from vmqtw.config import ConfigError, parse_config
 from vmqtw.mqtt import packets as P

@@ -13,7 +13,7 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from tests.clusterharness import wait_until_deferred
+from tests.waiting import wait_until_deferred
 from vmqtw.cluster.link import TcpTransport
 from vmqtw.testing.memory_transport import InMemoryNetwork, InMemoryTransport
 from vmqtw.testing.transport import TransportConformance
@@ -92,7 +92,8 @@ class TestTcpTransport(TransportConformance):
 
 def test_testing_imports_nothing_beyond_install_requires() -> None:
     """
-    The kit, the in-memory transport and the simulation load without
+    The kit, the in-memory transport, the simulation and the raw client, packet
+    builder and in-process broker of the benchmarks load without
     pytest, hypothesis or pytest-twisted (third-party test suites and the
     benchmarks use them with only the package installed).
     """
@@ -105,7 +106,8 @@ def test_testing_imports_nothing_beyond_install_requires() -> None:
         "            raise ImportError('test-only module ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "import vmqtw.testing.transport, vmqtw.testing.memory_transport\n"
-        "import vmqtw.testing.simulation, vmqtw.testing.metadata\n")
+        "import vmqtw.testing.simulation, vmqtw.testing.metadata\n"
+        "import vmqtw.testing.rawclient, vmqtw.testing.mqttbytes, vmqtw.testing.inprocess_broker\n")
     done = subprocess.run([sys.executable, "-c", blocker],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

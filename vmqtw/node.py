@@ -5,7 +5,7 @@ Wiring: the parts of one node, and the order they start in.
 ``makeService`` returns its ``service``); :func:`build_broker_core` builds
 the broker's domain parts over a metadata store, message store, cluster
 transport and clock it is given, and is shared by :func:`build_node` and
-the in-process test harness (``tests/brokerharness.py``), so tests run the
+the in-process test harness (``vmqtw/testing/inprocess_broker.py``), so tests run the
 parts wired, and started, as a node wires and starts them.
 
 Start order is data: :meth:`BrokerCore.steps` and the table in
