@@ -7,7 +7,7 @@ and first applications keep the sender's order.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Deque, Dict, List, Tuple
+from typing import Deque, Dict, List, Tuple
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
