@@ -183,14 +183,8 @@ class ClusterProtocol(Protocol):
         self.transport.write(data)
 
     def close(self, abort: bool = False) -> None:
-        if self.closing:
+        if not self._start_closing():
             return
-        self.closing = True
-        self._cancel_timers()
-        if self._producing:
-            # A paused streaming producer would keep loseConnection waiting.
-            self._producing = False
-            self.transport.unregisterProducer()
         if abort:
             self.transport.abortConnection()
         else:
@@ -206,17 +200,26 @@ class ClusterProtocol(Protocol):
         "connection reset" instead of the reason.
         """
         half_close = getattr(self.transport, "loseWriteConnection", None)
-        if self.closing or half_close is None:
+        if half_close is None:
             self.close()
             return
-        self.closing = True
-        self._cancel_timers()
-        if self._producing:
-            self._producing = False
-            self.transport.unregisterProducer()
+        if not self._start_closing():
+            return
         half_close()
         self._hs_timer = self.settings.clock.callLater(
             self.settings.handshake_timeout, self.transport.abortConnection)
+
+    def _start_closing(self) -> bool:
+        """Stop timers and producing; False when closing had begun already."""
+        if self.closing:
+            return False
+        self.closing = True
+        self._cancel_timers()
+        if self._producing:
+            # A paused streaming producer would keep loseConnection waiting.
+            self._producing = False
+            self.transport.unregisterProducer()
+        return True
 
     def _handshake_timed_out(self) -> None:
         self._hs_timer = None
