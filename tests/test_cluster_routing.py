@@ -167,3 +167,26 @@ def test_suback_is_not_held_by_a_node_that_does_not_answer():
     assert client.received() == []
     cluster.settle(2.1)
     assert client.received() == [P.SubAck(1, [1])]
+
+
+def test_a_qos2_publish_refused_for_a_full_backlog_is_routed_when_resent():
+    """No PUBREC for a publish the cluster could not take; the client's
+    resend must then be routed, not answered as a known QoS 2 id."""
+    cluster = Cluster(["A", "B"], settings=SessionSettings(allow_publish_during_netsplit=True))
+    subscriber = cluster["B"].subscriber("s", ("t", 2), clean_session=False)
+    cluster.settle()
+    cluster.network.partition([["A"], ["B"]])
+    cluster["A"].registry.dataplane.limit = 1      # the first entry only
+    publisher = cluster["A"].connect("p")
+    publisher.send(B.publish("t", b"first", qos=2, packet_id=1))
+    publisher.send(B.publish("t", b"second", qos=2, packet_id=2))
+    cluster.settle(0.1)
+    assert publisher.received() == [P.PubRec(1)], "the second one is not acknowledged"
+    assert cluster["A"].registry.dataplane.counters.refused_backlog_full == 1
+    cluster["A"].registry.dataplane.limit = 1 << 20
+    cluster.network.heal()
+    cluster.settle(2)
+    publisher.send(B.publish("t", b"second", qos=2, packet_id=2, dup=True))
+    cluster.settle(1)
+    assert publisher.received() == [P.PubRec(2)]
+    assert sorted(p.payload for p in subscriber.publishes()) == [b"first", b"second"]

@@ -160,7 +160,7 @@ class DataPlane:
         self.transport = transport
         self.clock = clock
         self.store = store if store is not None and getattr(store, "durable", False) else None
-        self.limit = limit
+        self._limit = limit
         self.route: MessageReceiver = _nothing
         self.deliver_handed_over: HandOverReceiver = _nothing
         self.ack_batch = ack_batch
@@ -172,6 +172,18 @@ class DataPlane:
         self._running = False
 
     # -- life cycle --------------------------------------------------------
+
+    @property
+    def limit(self) -> int:
+        """Bytes that may wait for each peer's acknowledgement."""
+        return self._limit
+
+    @limit.setter
+    def limit(self, limit: int) -> None:
+        """Change the bound for every peer, at run time too."""
+        self._limit = limit
+        for peer in self._peers.values():
+            peer.outbound.limit = limit
 
     @property
     def forwarded(self) -> int:
