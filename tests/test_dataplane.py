@@ -183,7 +183,8 @@ def test_a_gap_makes_the_receiver_ask_for_the_rest(world):
 
     undo = net.drop(drop_first)
     a.plane.forward([B], msg(0))      # lost on the wire
-    a.plane.forward([B], msg(1))      # arrives: a gap
+    clock.advance(0)
+    a.plane.forward([B], msg(1))      # arrives, in the next frame: a gap
     settle(clock)
     undo()
     settle(clock)

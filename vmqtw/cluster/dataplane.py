@@ -66,8 +66,11 @@ CHANNEL = "mqtt"
 OUTBOX_MOUNTPOINT = "\x00outbox"
 
 #: Frame tags on :data:`CHANNEL`.
-NUMBERED = "m"      # ("m", epoch, seq, base, redelivery, message)
-HANDOVER = "e"      # ("e", epoch, seq, base, redelivery, subscriber key, message, qos)
+#: ("m", epoch, base, entries): the numbered entries written in one reactor
+#: turn, each ``(seq, redelivery, message)`` for a forwarded message or
+#: ``(seq, redelivery, message, subscriber key, qos)`` for a handed-over one;
+#: ``base`` is the sender's acknowledged position (see Inbound.receive).
+NUMBERED = "m"
 UNNUMBERED = "m0"   # ("m0", message): QoS 0, at most once
 ACK = "a"           # ("a", epoch, upto)
 #: ("h", epoch or None, upto, gap): "your stream is safe here up to
@@ -77,6 +80,9 @@ HELLO = "h"
 
 #: Bytes counted per entry on top of topic and payload.
 ENTRY_OVERHEAD = 64
+#: Entries per ``NUMBERED`` frame at most (frames stay well under the
+#: transport's frame limit however many entries one turn produced).
+BATCH_ENTRIES = 256
 
 
 def outbox_id(peer: str) -> SubscriberId:
@@ -130,6 +136,10 @@ class _Peer:
     fresh_link: bool = False
     #: A hello was sent for a gap and nothing was applied since.
     gap_reported: bool = False
+    #: The write of this turn's new entries, scheduled once per turn.
+    send_call: Optional[IDelayedCall] = None
+    #: The message-store queue of the outbox for this peer.
+    outbox: Optional[SubscriberId] = None
 
 
 #: ``on_message(message)``: route a forwarded message to local subscribers
@@ -216,9 +226,10 @@ class DataPlane:
             self._resend_call.cancel()
         self._resend_call = None
         for peer in self._peers.values():
-            if peer.ack_call is not None and peer.ack_call.active():
-                peer.ack_call.cancel()
-            peer.ack_call = None
+            for call in (peer.ack_call, peer.send_call):
+                if call is not None and call.active():
+                    call.cancel()
+            peer.ack_call = peer.send_call = None
 
     def _restore_outbox(self) -> Deferred:
         store = self.store
@@ -257,7 +268,8 @@ class DataPlane:
     def _peer(self, name: str) -> _Peer:
         peer = self._peers.get(name)
         if peer is None:
-            peer = self._peers[name] = _Peer(name, Outbound(self.limit))
+            peer = self._peers[name] = _Peer(name, Outbound(self.limit),
+                                             outbox=outbox_id(name))
         return peer
 
     # -- sending -------------------------------------------------------------
@@ -291,6 +303,12 @@ class DataPlane:
             encoded = None
             for node in nodes:
                 self.counters.forwarded += 1
+                peer = self._peers.get(node)
+                if peer is not None and peer.send_call is not None:
+                    # Numbered entries of this turn go first: a publisher's
+                    # messages keep their order whatever their QoS.
+                    peer.send_call.cancel()
+                    self._flush(peer)
                 if self.transport.connected(node):
                     if encoded is None:
                         encoded = (UNNUMBERED, encode_message(message))
@@ -312,7 +330,8 @@ class DataPlane:
             raise BacklogFull(node)
         stored = None
         if self.store is not None:
-            stored = self.store.write(outbox_id(node), message)
+            assert peer.outbox is not None
+            stored = self.store.write(peer.outbox, message)
         self._send(peer)
         return stored
 
@@ -328,35 +347,49 @@ class DataPlane:
         self._send(peer)
 
     def _send(self, peer: _Peer) -> None:
+        """Write what is unsent at the end of this reactor turn, batched."""
+        if peer.send_call is None and self._running:
+            peer.send_call = self.clock.callLater(0, self._flush, peer)
+
+    def _flush(self, peer: _Peer) -> None:
+        peer.send_call = None
         if not self._running or not self.transport.connected(peer.name):
             return
         outbound = peer.outbound
         epoch = outbound.epoch
-        cast = self.transport.cast
-        name = peer.name
         base = outbound.acked
+        items: List[tuple] = []
         for entry in outbound.unsent():
             if entry.redelivery:
                 self.counters.resent += 1
             body = entry.body
             if body.__class__ is tuple:
                 subscriber_id, message, qos = body
-                frame: tuple = (HANDOVER, epoch, entry.seq, base, entry.redelivery,
-                                subscriber_id.as_key(), encode_message(message), qos)
+                items.append((entry.seq, entry.redelivery, encode_message(message),
+                              subscriber_id.as_key(), qos))
             else:
-                frame = (NUMBERED, epoch, entry.seq, base, entry.redelivery,
-                         encode_message(body))
-            if not cast(name, CHANNEL, frame):
-                # The transport's own buffer refused it: everything from
-                # here goes again on the next check.
-                outbound.link_lost()
-                return
+                items.append((entry.seq, entry.redelivery, encode_message(body)))
+            if len(items) == BATCH_ENTRIES:
+                if not self._cast_batch(peer, epoch, base, items):
+                    return
+                items = []
+        if items:
+            self._cast_batch(peer, epoch, base, items)
+
+    def _cast_batch(self, peer: _Peer, epoch: bytes, base: int, items: List[tuple]) -> bool:
+        if self.transport.cast(peer.name, CHANNEL, (NUMBERED, epoch, base, tuple(items))):
+            return True
+        # The transport's own buffer refused it: everything unacknowledged
+        # goes again on the next check.
+        peer.outbound.link_lost()
+        return False
 
     def _released(self, peer: _Peer, entries: List[OutboundEntry]) -> None:
         store = self.store
         if store is None:
             return
-        sid = outbox_id(peer.name)
+        sid = peer.outbox
+        assert sid is not None
         for entry in entries:
             if entry.token is not None:
                 store.delete(sid, entry.token)
@@ -402,8 +435,11 @@ class DataPlane:
     def _received(self, name: str, frame: Any) -> None:
         tag = frame[0]
         try:
-            if tag == NUMBERED or tag == HANDOVER:
-                self._numbered(name, frame)
+            if tag == NUMBERED:
+                peer = self._peer(name)
+                _, epoch, base, items = frame
+                for item in items:
+                    self._numbered(peer, epoch, base, item)
             elif tag == ACK:
                 peer = self._peer(name)
                 self._released(peer, peer.outbound.acknowledge(frame[1], frame[2]))
@@ -425,10 +461,10 @@ class DataPlane:
         except Exception:
             log.failure("bad data-plane frame {tag!r} from {peer}", tag=tag, peer=name)
 
-    def _numbered(self, name: str, frame: tuple) -> None:
-        peer = self._peer(name)
+    def _numbered(self, peer: _Peer, epoch: bytes, base: int, item: tuple) -> None:
+        name = peer.name
         inbound = peer.inbound
-        epoch, seq, base, redelivery = frame[1], frame[2], frame[3], frame[4]
+        seq, redelivery = item[0], item[1]
         verdict = inbound.receive(epoch, seq, base)
         if verdict != APPLY:
             if verdict == GAP:
@@ -441,10 +477,10 @@ class DataPlane:
             return
         peer.gap_reported = False
         self.counters.received_remote += 1
-        if frame[0] == NUMBERED:
-            waiting = self.route(decode_message(frame[5], name, redelivery))
+        if len(item) == 3:
+            waiting = self.route(decode_message(item[2], name, redelivery))
         else:
-            key, encoded, qos = frame[5], frame[6], frame[7]
+            encoded, key, qos = item[2], item[3], item[4]
             waiting = self.deliver_handed_over(SubscriberId(*key),
                                                decode_message(encoded, name, redelivery), qos)
         if waiting is None:
