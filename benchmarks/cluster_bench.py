@@ -11,7 +11,8 @@ same machine (the "before and after" of a change)::
     python benchmarks/cluster_bench.py throughput --qos 1 --messages 20000
     python benchmarks/cluster_bench.py throughput --bin /tmp/old/.venv/bin
     python benchmarks/cluster_bench.py suback --subscribes 500
-    python benchmarks/cluster_bench.py detection --rounds 5
+    python benchmarks/cluster_bench.py detection --rounds 5 \
+        --set cluster.heartbeat_interval=250ms --set cluster.heartbeat_timeout=1s
 
 ``throughput`` runs ``loadgen.py fanin`` with the publishers on node A and
 the subscriber on node B, so every message crosses the cluster link;
@@ -211,7 +212,7 @@ def mqtt_connect(host: str, port: int, client_id: str) -> Optional[socket.socket
     except (ConnectionError, socket.timeout):
         sock.close()
         return None
-    if connack[3] != 0:
+    if connack[0] != 0x20 or connack[2] != 0:   # header, flags, return code
         sock.close()
         return None
     return sock
@@ -220,7 +221,7 @@ def mqtt_connect(host: str, port: int, client_id: str) -> Optional[socket.socket
 # -- scenarios ---------------------------------------------------------------------
 
 def throughput(args: argparse.Namespace) -> Dict[str, Any]:
-    cluster = Cluster(args.bin, 2, {})
+    cluster = Cluster(args.bin, 2, args.settings)
     try:
         a, b = cluster.nodes
         command = [sys.executable, os.path.join(HERE, "loadgen.py"), "fanin",
@@ -239,7 +240,7 @@ def throughput(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def suback(args: argparse.Namespace) -> Dict[str, Any]:
-    cluster = Cluster(args.bin, 3, {})
+    cluster = Cluster(args.bin, 3, args.settings)
     try:
         a = cluster.nodes[0]
         sock = mqtt_connect(a.host, a.port, "suback-timer")
@@ -264,7 +265,7 @@ def suback(args: argparse.Namespace) -> Dict[str, Any]:
 def detection(args: argparse.Namespace) -> Dict[str, Any]:
     results = []
     for round_ in range(args.rounds):
-        cluster = Cluster(args.bin, 2, {})
+        cluster = Cluster(args.bin, 2, args.settings)
         try:
             a, b = cluster.nodes
             os.killpg(b.process.pid, signal.SIGSTOP)
@@ -296,7 +297,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--messages", type=int, default=20000, help="per publisher")
     ap.add_argument("--subscribes", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a configuration line for every node (repeatable), e.g. "
+                    "cluster.heartbeat_timeout=1s")
     args = ap.parse_args(argv)
+    args.settings = dict(item.split("=", 1) for item in args.set)
     report = {"throughput": throughput, "suback": suback, "detection": detection}[
         args.scenario](args)
     print(json.dumps(report, indent=1))
