@@ -12,7 +12,7 @@ installs nft, so nothing may be skipped there.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, List
+from typing import Any, Iterator
 
 import pytest
 from hypothesis import settings
@@ -34,12 +34,23 @@ def pytest_configure(config: pytest.Config) -> None:
     partition_backend()
 
 
-def pytest_report_header(config: pytest.Config) -> List[str]:
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """
+    The run's first lines name the partition back end (and whether skips
+    fail), whatever the verbosity: ``-q``, which make test uses, hides
+    pytest's header.  Printed once, by the controlling process.
+    """
+    config = session.config
+    if hasattr(config, "workerinput"):
+        return
     from tests.clusterharness import describe_backend
     lines = [describe_backend()]
     if os.environ.get(FAIL_ON_SKIP_ENV) == "1":
         lines.append("skips: fail (%s=1)" % (FAIL_ON_SKIP_ENV,))
-    return lines
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    for line in lines:
+        if reporter is not None:
+            reporter.write_line(line)
 
 
 @pytest.hookimpl(hookwrapper=True)
