@@ -30,7 +30,7 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IDelayedCall, \
     IPushProducer, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -320,7 +320,7 @@ class ClusterProtocol(Protocol):
                 timer.cancel()
         self._hs_timer = self._hb_timer = None
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closing = True
         self._cancel_timers()
         self.owner.connection_lost(self)

@@ -42,6 +42,10 @@ class Client:
         self.lost = False
         #: Packets read by a helper (e.g. behind a CONNACK) not yet returned.
         self.backlog: List[Any] = []
+        #: Set by Broker.connect / Broker.subscriber: what the broker answered.
+        self.connack: Optional[P.ConnAck] = None
+        self.suback: Optional[P.SubAck] = None
+        self.retained: List[Any] = []
 
     def send(self, data: bytes) -> None:
         self.protocol.dataReceived(data)
@@ -129,7 +133,7 @@ class Broker:
         packets = client.received()
         assert packets and isinstance(packets[0], P.ConnAck), packets
         assert packets[0].return_code == 0, packets
-        client.connack = packets[0]  # type: ignore[attr-defined]
+        client.connack = packets[0]
         client.backlog = packets[1:]
         return client
 
@@ -146,8 +150,8 @@ class Broker:
             self.clock.advance(0.01)
             packets = client.received()
         assert packets and isinstance(packets[0], P.SubAck), packets
-        client.suback = packets[0]  # type: ignore[attr-defined]
-        client.retained = packets[1:]  # type: ignore[attr-defined]
+        client.suback = packets[0]
+        client.retained = packets[1:]
         return client
 
 
