@@ -341,3 +341,32 @@ def test_repeated_cuts_lose_nothing(world):
     assert b.topics() == ["t/%d" % n for n in range(sent)]
     assert a.topics() == ["t/%d" % (1000 + n) for n in range(sent)]
     assert a.plane.backlog() == {} and b.plane.backlog() == {}
+
+
+def test_what_waits_for_a_node_that_left_is_dropped_and_counted(world, stores):
+    clock, net = world
+    store = stores(clock)
+    a, b = Side(net, clock, A, store=store), Side(net, clock, B)
+    connect(a, b)
+    a.plane.keep_peers([A, B])
+    net.partition([[A], [B]])
+    a.plane.forward([B], msg(0))
+    settle(clock)
+    assert a.plane.backlog()
+    a.plane.keep_peers([A, "c@127.0.0.1"])      # a newcomer is not a removal
+    a.plane.keep_peers([A])                     # B was removed
+    settle(clock)
+    assert a.plane.backlog() == {} and a.plane.counters.dropped_node_left == 1
+    assert store.find(outbox_id(B)).result == []
+
+
+def test_a_node_heard_from_before_it_is_a_member_is_not_dropped(world):
+    clock, net = world
+    a, b = Side(net, clock, A), Side(net, clock, B)
+    connect(a, b)
+    net.partition([[A], [B]])
+    a.plane.forward([B], msg(0))
+    a.plane.keep_peers([A])                     # B was never seen as a member
+    net.heal()
+    settle(clock)
+    assert b.topics() == ["t/0"]

@@ -144,6 +144,8 @@ def build_broker_core(node: str, clock: IReactorTime, *,
         raise TypeError("build_broker_core needs metadata or replication")
     dataplane = (DataPlane(node, transport, clock, store, buffer_limit)
                  if transport is not None else None)
+    if dataplane is not None and replication is not None and replication.peers is not None:
+        replication.peers.on_change(dataplane.keep_peers)
     registry = Registry(node, metadata, clock, limits, store,
                         session_expiration=session_expiration, ready=ready,
                         subscriptions=Subscriptions(node, metadata),

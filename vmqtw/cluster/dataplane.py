@@ -39,7 +39,7 @@ acknowledging) is visible to clients as MQTT allows.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -121,6 +121,8 @@ class DataPlaneCounters:
     duplicates_dropped: int = 0
     #: Entries read back from the outbox after a restart.
     restored: int = 0
+    #: Entries dropped because their node left the cluster for good.
+    dropped_node_left: int = 0
 
 
 @attrs.define(slots=True, eq=False)
@@ -179,6 +181,8 @@ class DataPlane:
         self.counters = DataPlaneCounters()
         self._peers: Dict[str, _Peer] = {}
         self._resend_call: Optional[IDelayedCall] = None
+        #: The members at the last :meth:`keep_peers`.
+        self._members: FrozenSet[str] = frozenset()
         self._running = False
 
     # -- life cycle --------------------------------------------------------
@@ -518,6 +522,31 @@ class DataPlane:
         ack = peer.inbound.ack_due()
         if ack is not None:
             self.transport.cast(peer.name, CHANNEL, (ACK, ack[0], ack[1]))
+
+    def keep_peers(self, members: Iterable[str]) -> None:
+        """
+        Membership changed: what waits for a node that was a member and is
+        no longer one is dropped (its subscribers left with it), and the
+        outbox forgets it, so a restart does not send it again forever.
+        Only nodes seen as members before count: a node that is joining
+        may be heard from before it shows up in the member list.
+        """
+        current = frozenset(members)
+        removed = self._members - current
+        self._members = current
+        for name in removed:
+            peer = self._peers.pop(name, None)
+            if peer is None or name == self.node:
+                continue
+            for call in (peer.ack_call, peer.send_call):
+                if call is not None and call.active():
+                    call.cancel()
+            entries = list(peer.outbound.entries())
+            if entries:
+                self.counters.dropped_node_left += len(entries)
+                log.warn("{count} messages waiting for {peer} dropped: it left the cluster",
+                         count=len(entries), peer=name)
+            self._released(peer, entries)
 
     # -- inspection ------------------------------------------------------------------
 
