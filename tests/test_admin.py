@@ -245,17 +245,20 @@ def test_join_rejects_malformed_arguments():
 
 # -- the twistd subcommand ------------------------------------------------------------
 
-def test_twistd_options_keep_every_argument_for_the_command():
+def test_twistd_options_run_the_command_with_every_argument_and_exit_with_its_status():
+    """The command runs while twistd parses options, before its pidfile check."""
+    seen: List[Any] = []
     options = tap.Options()
-    options.parseOptions(["cluster", "show", "--config", "x.conf"])
-    assert options["argv"] == ["cluster", "show", "--config", "x.conf"]
-
-
-def test_twistd_make_service_exits_with_the_status_and_one_sentence(capsys):
-    options = tap.Options()
-    options.parseOptions(["cluster", "frob"])
+    options.runner = lambda argv, out, err, prog: seen.append((list(argv), prog)) or 7
     with pytest.raises(SystemExit) as info:
-        tap.makeService(options)
+        options.parseOptions(["cluster", "show", "--config", "x.conf"])
+    assert info.value.code == 7
+    assert seen == [(["cluster", "show", "--config", "x.conf"], "twistd vmqtw-admin")]
+
+
+def test_twistd_exits_with_the_status_and_one_sentence(capsys):
+    with pytest.raises(SystemExit) as info:
+        tap.Options().parseOptions(["cluster", "frob"])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("twistd vmqtw-admin: Unknown command 'cluster frob'")
@@ -263,10 +266,8 @@ def test_twistd_make_service_exits_with_the_status_and_one_sentence(capsys):
 
 
 def test_missing_config_is_one_sentence(tmp_path, capsys):
-    options = tap.Options()
-    options.parseOptions(["--config", str(tmp_path / "nope.conf"), "cluster", "show"])
     with pytest.raises(SystemExit) as info:
-        tap.makeService(options)
+        tap.Options().parseOptions(["--config", str(tmp_path / "nope.conf"), "cluster", "show"])
     assert info.value.code == 1
     err = capsys.readouterr().err
     assert "nope.conf does not exist" in err and err.count("\n") == 1
