@@ -50,6 +50,7 @@ from vmqtw.broker.subscriptions import Subscriptions
 from vmqtw.cluster.dataplane import DataPlane
 from vmqtw.cluster.link import TcpTransport
 from vmqtw.cluster.readiness import Readiness
+from vmqtw.cluster.serving import MqttServing
 from vmqtw.config import Config
 from vmqtw.interfaces import IClusterTransport, IMessageStore, IMetadataStore
 from vmqtw.metadata.node import MetadataNode
@@ -150,6 +151,7 @@ def build_broker_core(node: str, clock: IReactorTime, *,
                         retain=RetainStore(metadata), dataplane=dataplane,
                         confirm=(replication.confirmer.confirm
                                  if replication is not None else None))
+    registry.subscription_table.on_adopted = registry.adopt
     return BrokerCore(registry, replication, store, transport)
 
 
@@ -279,7 +281,8 @@ def build_node(config: Config, reactor: Any) -> Node:
         *(step.service() for step in core.steps()),
         *([Step("passwd-pool", pool.start, pool.stop).service()] if pool is not None else []),
         Step("auth", authenticator.start, authenticator.stop).service(),
-        *listeners,
+        # closed while this node is removed from its cluster
+        MqttServing(listeners, cluster.peers),
     ]
     top = OrderedMultiService(on_failure=fatal)
     for step in steps:
