@@ -194,3 +194,21 @@ def test_the_heartbeat_settings_reach_the_cluster_links(tmp_path):
     node = build_node(config, reactor)
     settings = node.transport.links.settings
     assert (settings.heartbeat_interval, settings.heartbeat_timeout) == (0.25, 0.8)
+
+
+def test_a_removed_node_ends_every_session_it_holds():
+    """One client id, one queue: what a removed node held does not wait for a rejoin."""
+    from vmqtw.node import end_sessions_of_a_removed_node
+    from vmqtw.store.memory import MemoryMessageStore
+    from vmqtw.testing import mqttbytes as B
+
+    store = MemoryMessageStore()
+    broker = Broker(store=store)
+    broker.subscriber("offline", ("t", 1), clean_session=False).drop()
+    online = broker.subscriber("online", ("t", 1), clean_session=False)
+    broker.connect("pub").send(B.publish("t", b"m", qos=1, packet_id=1))
+    assert len(broker.registry.queues) == 3 and store.stored_payloads() == 1
+    end_sessions_of_a_removed_node(broker.registry)
+    assert broker.registry.queues == {} and broker.registry.sessions == {}
+    assert online.closed
+    assert store.stored_payloads() == 0
