@@ -66,25 +66,20 @@ def leave_text(result: Any) -> str:
         return "Done"  # a node from before the leave report: members only
     node = result["node"]
     moved = int(result.get("sessions_moved", 0))
-    sentences = []
+    lives = "lives" if moved == 1 else "live"
     if result.get("down"):
-        sentences.append(
-            "Done: %s was down when it left. %s it held now %s on the other nodes (their clients "
-            "reconnect to any node and find their subscriptions); the offline messages %s "
-            "stored are lost with the default message store." % (
-                node, _plural(moved, "persistent session"), "lives" if moved == 1 else "live",
-                node))
-        return " ".join(sentences)
+        return ("Done: %s was down when it left. %s it held now %s on the other nodes (their "
+                "clients reconnect to any node and find their subscriptions); the offline "
+                "messages %s stored are lost with the default message store." % (
+                    node, _plural(moved, "persistent session"), lives, node))
     lost = int(result.get("messages_lost", 0))
+    text = "Done"
     if lost:
-        sentences.append("Done: %s on %s of %s are lost, as --yes accepted." % (
+        text = "Done: %s on %s of %s are lost, as --yes accepted." % (
             _plural(lost, "offline message"), _plural(int(result.get("sessions_lost", 0)),
-                                                     "session"), node))
-    else:
-        sentences.append("Done")
+                                                     "session"), node)
     if moved:
-        sentences.append("%s of %s now %s on the other nodes; their clients reconnect to any "
-                         "node and find their subscriptions." % (
-                             _plural(moved, "persistent session"), node,
-                             "lives" if moved == 1 else "live"))
-    return (" " if lost else ": ").join(sentences) if len(sentences) > 1 else sentences[0]
+        text += "%s%s of %s now %s on the other nodes; their clients reconnect to any node and " \
+                "find their subscriptions." % (" " if lost else ": ",
+                                               _plural(moved, "persistent session"), node, lives)
+    return text
