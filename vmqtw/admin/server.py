@@ -20,7 +20,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from vmqtw.cluster.auth import is_admin_name
-from vmqtw.metadata.membership import NotPresent, SelfJoin
+from vmqtw.metadata.membership import SelfJoin
 
 __all__ = ["AdminCommandError", "AdminHandlers", "register_admin_handlers", "OFFLINE_COUNTS"]
 
