@@ -56,11 +56,13 @@ class Node:
             for key, value in self.settings.items():
                 handle.write("%s = %s\n" % (key, value))
 
-    def start(self, wait: bool = True) -> "Node":
+    def start(self, wait: bool = True, pidfile: bool = False) -> "Node":
+        """``pidfile``: let twistd write ``twistd.pid`` in the node's directory."""
         self.write_config()
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "vmqtw", "--config", self.config_path],
+            [TWISTD, "-n", *(() if pidfile else ("--pidfile=",)), "vmqtw",
+             "--config", self.config_path],
             cwd=self.directory, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         if wait:

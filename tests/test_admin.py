@@ -13,10 +13,11 @@ from twisted.internet import defer, task
 from vmqtw.admin import tap
 from vmqtw.admin.client import COMMAND_ERROR, _failure_sentence
 from vmqtw.admin.commands import UsageError, parse_args, parse_node_address
-from vmqtw.admin.output import cluster_rows, render_table, render_text
-from vmqtw.admin.server import AdminCommandError, AdminHandlers
+from vmqtw.admin.output import cluster_rows, leave_text, render_table, render_text
+from vmqtw.admin.server import OFFLINE_COUNTS, AdminCommandError, AdminHandlers
 from vmqtw.errors import PeerUnreachable
 from vmqtw.metadata.membership import NotPresent
+from vmqtw.types import SubscriberId
 
 ADMIN = "admin:1-abcd"
 
@@ -98,6 +99,14 @@ class FakeTransport:
         self.handlers: Dict[str, Any] = {}
         self.addresses: List[Tuple[str, Optional[tuple]]] = []
         self.up: set = set()
+        #: peer -> what its OFFLINE_COUNTS answers (an Exception fails the call)
+        self.counts: Dict[str, Any] = {}
+        self.calls: List[Tuple[str, str, tuple]] = []
+
+    def call(self, peer: str, method: str, args: tuple, timeout: float) -> defer.Deferred:
+        self.calls.append((peer, method, args))
+        answer = self.counts[peer]
+        return defer.fail(answer) if isinstance(answer, Exception) else defer.succeed(answer)
 
     def register_call_handler(self, method: str, handler: Any) -> None:
         self.handlers[method] = handler
@@ -193,7 +202,8 @@ def test_leave_unknown_node_names_the_members():
     failure = result(call(transport, "admin.cluster.leave", "z@h"))
     assert failure.check(AdminCommandError)
     assert str(failure.value) == "z@h is not a member of the cluster; the members are a@h, b@h."
-    assert result(call(transport, "admin.cluster.leave", "b@h")) == ["a@h"]
+    left = result(call(transport, "admin.cluster.leave", "b@h"))
+    assert (left["members"], left["down"]) == (["a@h"], True)
 
 
 def test_join_self_is_refused():
@@ -245,17 +255,20 @@ def test_join_rejects_malformed_arguments():
 
 # -- the twistd subcommand ------------------------------------------------------------
 
-def test_twistd_options_keep_every_argument_for_the_command():
+def test_twistd_options_run_the_command_with_every_argument_and_exit_with_its_status():
+    """The command runs while twistd parses options, before its pidfile check."""
+    seen: List[Any] = []
     options = tap.Options()
-    options.parseOptions(["cluster", "show", "--config", "x.conf"])
-    assert options["argv"] == ["cluster", "show", "--config", "x.conf"]
-
-
-def test_twistd_make_service_exits_with_the_status_and_one_sentence(capsys):
-    options = tap.Options()
-    options.parseOptions(["cluster", "frob"])
+    options.runner = lambda argv, out, err, prog: seen.append((list(argv), prog)) or 7
     with pytest.raises(SystemExit) as info:
-        tap.makeService(options)
+        options.parseOptions(["cluster", "show", "--config", "x.conf"])
+    assert info.value.code == 7
+    assert seen == [(["cluster", "show", "--config", "x.conf"], "twistd vmqtw-admin")]
+
+
+def test_twistd_exits_with_the_status_and_one_sentence(capsys):
+    with pytest.raises(SystemExit) as info:
+        tap.Options().parseOptions(["cluster", "frob"])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("twistd vmqtw-admin: Unknown command 'cluster frob'")
@@ -263,10 +276,8 @@ def test_twistd_make_service_exits_with_the_status_and_one_sentence(capsys):
 
 
 def test_missing_config_is_one_sentence(tmp_path, capsys):
-    options = tap.Options()
-    options.parseOptions(["--config", str(tmp_path / "nope.conf"), "cluster", "show"])
     with pytest.raises(SystemExit) as info:
-        tap.makeService(options)
+        tap.Options().parseOptions(["--config", str(tmp_path / "nope.conf"), "cluster", "show"])
     assert info.value.code == 1
     err = capsys.readouterr().err
     assert "nope.conf does not exist" in err and err.count("\n") == 1
@@ -305,3 +316,133 @@ def test_node_status_reports_the_cluster_backlog_and_refusals():
     status = result(call(transport, "admin.node.status"))
     assert status["cluster_backlog"]["B"]["messages"] == 1
     assert status["cluster_publishes_refused_backlog_full"] == 0
+
+
+# -- cluster leave: offline messages, dead nodes ------------------------------------------
+
+def test_leave_of_a_running_node_holding_offline_messages_is_refused_without_yes():
+    """The leaving node is asked; its offline messages would be lost: one sentence, no leave."""
+    _, transport, peers, _ = handlers(("b@h",))
+    transport.up.add("b@h")
+    transport.counts["b@h"] = (12, 3)
+    failure = result(call(transport, "admin.cluster.leave", "b@h"))
+    assert failure.check(AdminCommandError)
+    assert str(failure.value) == (
+        "b@h holds 12 offline messages for 3 sessions, which would be lost: run cluster leave "
+        "again with --yes to accept that (-k, which moves them to the other nodes, is not "
+        "available yet).")
+    assert transport.calls == [("b@h", OFFLINE_COUNTS, ())]
+    assert peers.members() == {"a@h", "b@h"}
+    left = result(call(transport, "admin.cluster.leave", "b@h", True))
+    assert peers.members() == {"a@h"}
+    assert leave_text(left) == "Done: 12 offline messages on 3 sessions of b@h are lost, as " \
+                               "--yes accepted."
+
+
+def test_leave_of_a_running_node_without_offline_messages_is_just_done():
+    _, transport, peers, _ = handlers(("b@h",))
+    transport.up.add("b@h")
+    transport.counts["b@h"] = (0, 0)
+    left = result(call(transport, "admin.cluster.leave", "b@h"))
+    assert peers.members() == {"a@h"} and leave_text(left) == "Done"
+
+
+def test_leave_of_a_running_node_that_does_not_answer_is_refused():
+    _, transport, peers, _ = handlers(("b@h",))
+    transport.up.add("b@h")
+    transport.counts["b@h"] = PeerUnreachable("b@h")
+    failure = result(call(transport, "admin.cluster.leave", "b@h"))
+    assert failure.check(AdminCommandError)
+    assert str(failure.value).startswith("b@h did not say how many offline messages it holds")
+    assert peers.members() == {"a@h", "b@h"}
+
+
+def test_a_node_counts_its_own_offline_messages():
+    """What a node answers when asked, and what it uses to leave itself."""
+    from vmqtw.testing import mqttbytes as B
+    from vmqtw.testing.inprocess_broker import Broker
+
+    broker = Broker()
+    for client_id in ("p1", "p2", "empty"):
+        broker.subscriber(client_id, ("t/" + client_id, 1), clean_session=False).drop()
+    broker.subscriber("online", ("t/#", 1))
+    publisher = broker.connect("pub")
+    for n, topic in enumerate(("t/p1", "t/p1", "t/p2"), 1):
+        publisher.send(B.publish(topic, b"m", qos=1, packet_id=n))
+    h, transport, peers, _ = handlers(("b@h",))
+    h.registry = broker.registry
+    assert result(call(transport, OFFLINE_COUNTS, caller="b@h")) == (3, 2)
+    failure = result(call(transport, "admin.cluster.leave", "a@h"))
+    assert failure.check(AdminCommandError)
+    assert str(failure.value).startswith("a@h holds 3 offline messages for 2 sessions")
+
+
+@pytest.mark.parametrize("runner", ["A", "B"])  # the new home runs the leave, or not
+def test_leave_of_a_dead_node_moves_its_persistent_sessions_to_the_survivors(runner):
+    """
+    C is down: it cannot be asked, it leaves, and its persistent session is
+    rewritten to a survivor (a stable hash of the client id), which keeps a
+    queue for it: what is published meanwhile waits, and the client,
+    reconnecting to any node, finds its subscription and its messages.
+    """
+    from vmqtw.broker.subscriptions import home_node
+    from vmqtw.mqtt import packets as P
+    from vmqtw.testing import mqttbytes as B
+    from vmqtw.testing.inprocess_broker import Cluster
+
+    cluster = Cluster(["A", "B", "C"])
+    cluster["C"].subscriber("s", ("t/#", 1), clean_session=False).drop()
+    cluster["C"].subscriber("clean", ("t/#", 1))
+    cluster.settle()
+    cluster["C"].stop()
+    cluster.settle()
+    h, transport, peers, _ = handlers()
+    peers._members = {"A", "B", "C"}
+    h.cluster.node = peers.node = runner
+    h.registry = cluster[runner].registry
+    left = result(call(transport, "admin.cluster.leave", "C"))
+    assert (left["down"], left["sessions_moved"]) == (True, 1)
+    assert leave_text(left) == (
+        "Done: C was down when it left. 1 persistent session it held now lives on the other "
+        "nodes (their clients reconnect to any node and find their subscriptions); the offline "
+        "messages C stored are lost with the default message store.")
+    cluster.settle()
+    home = home_node("s", ["A", "B"])
+    for name in ("A", "B"):
+        record = cluster[name].registry.subscription_table.record(SubscriberId("", "s"))
+        assert record == ((home, False, (("t/#", 1),)),)
+        assert cluster[name].registry.subscription_table.record(SubscriberId("", "clean")) is None
+    assert SubscriberId("", "s") in cluster[home].registry.queues
+    cluster["A"].connect("pub").send(B.publish("t/x", b"after", qos=1, packet_id=1))
+    cluster.settle()
+    other = "A" if home == "B" else "B"
+    back = cluster[other].connect("s", clean_session=False)
+    assert back.connack.session_present
+    cluster.settle()
+    assert [p.payload for p in back.publishes()] == [b"after"]
+    cluster["B"].connect("pub2").send(B.publish("t/y", b"routed", qos=1, packet_id=1))
+    cluster.settle()
+    assert [p.payload for p in back.publishes()] == [b"routed"]
+    assert not [p for p in back.received() if isinstance(p, P.Disconnect)]
+
+
+def test_leave_texts():
+    assert leave_text(["a@h"]) == "Done"   # a node from before the leave report
+    assert leave_text({"node": "c@h", "down": False, "messages_lost": 0,
+                       "sessions_moved": 2}) == (
+        "Done: 2 persistent sessions of c@h now live on the other nodes; their clients "
+        "reconnect to any node and find their subscriptions.")
+    assert leave_text({"node": "c@h", "down": False, "messages_lost": 1, "sessions_lost": 1,
+                       "sessions_moved": 1}) == (
+        "Done: 1 offline message on 1 session of c@h are lost, as --yes accepted. 1 "
+        "persistent session of c@h now lives on the other nodes; their clients reconnect to "
+        "any node and find their subscriptions.")
+
+
+def test_leave_options():
+    assert parse_args(["cluster", "leave", "node=c@h", "--yes"]).yes
+    assert not parse_args(["cluster", "leave", "node=c@h"]).yes
+    with pytest.raises(UsageError, match="-k .* is not available yet; --yes leaves"):
+        parse_args(["cluster", "leave", "node=c@h", "-k"])
+    with pytest.raises(UsageError, match="--yes is only for cluster leave"):
+        parse_args(["cluster", "show", "--yes"])

@@ -249,3 +249,39 @@ def test_stale_gossip_does_not_pull_a_reset_node_back():
     assert c["C"].peers.members() == {"C"}
     c["C"].peers._on_gossip("B", stale)
     assert c["C"].peers.members() == {"C"}
+
+
+def test_a_node_removed_while_down_knows_it_as_soon_as_a_link_is_up(tmp_path):
+    """
+    C is removed while it is down; restarted with its old state, it learns
+    the removal from the first member its link reaches -- within a second,
+    not at the next gossip round (15 s) -- and remembers it across a
+    restart until it joins again.
+    """
+    c = cluster("ABC", data_root=str(tmp_path), gossip_interval=15.0)
+    c["C"].crash()
+    c["A"].peers.leave("C")
+    c.advance(1.0, step=0.1)
+    c["C"].restart()
+    assert c["C"].peers.members() == {"A", "B", "C"} and not c["C"].peers.removed
+    c.advance(0.5, step=0.1)
+    assert c["C"].peers.members() == {"C"}
+    assert c["C"].peers.removed
+    assert c["A"].peers.members() == c["B"].peers.members() == {"A", "B"}
+    c["C"].crash()
+    c["C"].restart()
+    assert c["C"].peers.removed and c["C"].peers.members() == {"C"}
+    c.join("C", "A")
+    c.advance(2.0, step=0.1)
+    assert not c["C"].peers.removed
+    assert not os.path.exists(os.path.join(str(tmp_path), "C", "peer_service", "removed"))
+    assert {frozenset(n.peers.members()) for n in c.nodes.values()} == {frozenset("ABC")}
+    c.close()
+
+
+def test_a_node_removed_while_running_remembers_it():
+    c = cluster("ABC")
+    assert not c["C"].peers.removed
+    c["A"].peers.leave("C")
+    c.settle()
+    assert c["C"].peers.removed and c["C"].peers.members() == {"C"}

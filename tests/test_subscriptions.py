@@ -158,3 +158,26 @@ def test_removing_our_own_record_is_no_move():
     clock.advance(1)
     subscriptions.remove(sid("c"))
     assert moves == []
+
+
+# -- a node left: its sessions move ---------------------------------------------
+
+def test_home_node_is_a_stable_hash_over_the_sorted_names():
+    """The same on every node and every run (not Python's salted ``hash``)."""
+    from vmqtw.broker.subscriptions import home_node
+
+    homes = [home_node(c, ["C", "A", "B"]) for c in "abcdef"]
+    assert homes == ["C", "C", "A", "C", "C", "A"]
+    assert [home_node(c, ["B", "C", "A"]) for c in "abcdef"] == homes
+
+
+def test_rehomed_record():
+    from vmqtw.broker.subscriptions import rehomed_record
+
+    persistent = (("X", False, (("a", 1),)), ("Y", False, (("b", 0),)))
+    assert rehomed_record(persistent, "Y", "Z") == (("Z", False, (("a", 1), ("b", 0))),)
+    # registered on X: only the stale entry of the node that left goes
+    assert rehomed_record(persistent, "X", "Z") == (("Y", False, (("b", 0),)),)
+    assert rehomed_record((("X", True, (("a", 1),)),), "X", "Z") is None   # clean: ended
+    untouched = (("Y", False, ()),)
+    assert rehomed_record(untouched, "X", "Z") is untouched

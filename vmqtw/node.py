@@ -50,6 +50,7 @@ from vmqtw.broker.subscriptions import Subscriptions
 from vmqtw.cluster.dataplane import DataPlane
 from vmqtw.cluster.link import TcpTransport
 from vmqtw.cluster.readiness import Readiness
+from vmqtw.cluster.serving import MqttServing
 from vmqtw.config import Config
 from vmqtw.interfaces import IClusterTransport, IMessageStore, IMetadataStore
 from vmqtw.metadata.node import MetadataNode
@@ -59,7 +60,7 @@ from vmqtw.service import CallbackService, ListenerService, OrderedMultiService
 from vmqtw.tls import TLSServerFactory, cluster_tls_from_config, server_options_from_config
 
 __all__ = ["BrokerCore", "Node", "Step", "build_broker_core", "build_node",
-           "queue_limits", "session_settings"]
+           "end_sessions_of_a_removed_node", "queue_limits", "session_settings"]
 
 log = Logger()
 
@@ -152,7 +153,23 @@ def build_broker_core(node: str, clock: IReactorTime, *,
                         retain=RetainStore(metadata), dataplane=dataplane,
                         confirm=(replication.confirmer.confirm
                                  if replication is not None else None))
+    registry.subscription_table.on_adopted = registry.adopt
     return BrokerCore(registry, replication, store, transport)
+
+
+def end_sessions_of_a_removed_node(registry: Registry) -> None:
+    """
+    This node was removed from its cluster: every session it holds ends
+    here, connection closed and queue discarded, as when a session ends on
+    another node.  The cluster moved the persistent ones elsewhere (the
+    leave re-homes them) and accepted the loss of their messages; a queue
+    kept here would give one client id a second queue once this node joins
+    again.
+    """
+    ended = sorted(set(registry.queues) | set(registry.sessions), key=lambda s: s.as_key())
+    for subscriber_id in ended:
+        registry.subscription_table.on_moved(subscriber_id, None)
+    log.info("this node left its cluster: {count} sessions ended here", count=len(ended))
 
 
 def queue_limits(config: Config) -> QueueLimits:
@@ -253,6 +270,8 @@ def build_node(config: Config, reactor: Any) -> Node:
                              buffer_limit=config.outgoing_clustering_buffer_size)
     registry = core.registry
     admin = register_admin_handlers(transport, cluster, registry, readiness)
+    if cluster.peers is not None:
+        cluster.peers.on_removed(lambda: end_sessions_of_a_removed_node(registry))
 
     settings = session_settings(config)
     listeners: List[IService] = []
@@ -281,7 +300,8 @@ def build_node(config: Config, reactor: Any) -> Node:
         *(step.service() for step in core.steps()),
         *([Step("passwd-pool", pool.start, pool.stop).service()] if pool is not None else []),
         Step("auth", authenticator.start, authenticator.stop).service(),
-        *listeners,
+        # closed while this node is removed from its cluster
+        MqttServing(listeners, cluster.peers),
     ]
     top = OrderedMultiService(on_failure=fatal)
     for step in steps:

@@ -59,6 +59,9 @@ class Cluster:
         self.directory = directory
         self.network = network if network is not None else NetworkFaults()
         self.paused: Set[int] = set()
+        #: Nodes that left the cluster for good (``cluster leave``): not
+        #: restarted, not counted by :meth:`healthy`.
+        self.gone: Set[int] = set()
         self.nodes: List[Node] = []
         for i in range(size):
             host = "127.0.0.%d" % (first_ip + i,)
@@ -135,17 +138,22 @@ class Cluster:
         explains, reported beside what the checker finds.
         """
         total = 0
-        for node in self.nodes:
+        for node in self.members():   # a node that left is not asked (it may be dead)
             out = execute(parse_args(["--format=json", "node", "status"]),
                           load_config(node.config_path))
             values = {row["Key"]: row["Value"] for row in json.loads(out)["table"]}
             total += int(values.get("dropped_online", 0)) + int(values.get("dropped_offline", 0))
         return total
 
+    def members(self) -> List[Node]:
+        """The nodes that belong to the cluster (all but those that left)."""
+        return [n for i, n in enumerate(self.nodes) if i not in self.gone]
+
     def healthy(self) -> bool:
-        """Every node runs and sees every node running."""
-        everyone = sorted((self.name(n), True) for n in self.nodes)
-        return all(n.process is not None and self.show(n) == everyone for n in self.nodes)
+        """Every member runs and sees every member running."""
+        members = self.members()
+        everyone = sorted((self.name(n), True) for n in members)
+        return all(n.process is not None and self.show(n) == everyone for n in members)
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         wait_until(self.healthy, timeout, interval=0.2, what="every node to see all running")
@@ -169,11 +177,30 @@ class Cluster:
         self.paused.discard(index)
         self.nodes[index].kill9()
 
-    def restart(self, index: int, timeout: float = 30.0) -> None:
+    def restart(self, index: int, timeout: float = 30.0, wait: bool = True) -> None:
         """Start a killed node again: same directory, data and ports."""
         node = self.nodes[index]
         node.start(wait=False)
-        wait_until(node.accepting, timeout, what="%s to accept again" % (self.name(node),))
+        if wait:
+            wait_until(node.accepting, timeout, what="%s to accept again" % (self.name(node),))
+
+    # -- membership -------------------------------------------------------
+
+    def leave(self, index: int, via: int = 0, *flags: str) -> subprocess.CompletedProcess:
+        """``cluster leave node=<index>`` run on node ``via``; the node is gone from then on."""
+        done = self.admin(self.nodes[via], "cluster", "leave",
+                          "node=" + self.name(self.nodes[index]), *flags)
+        if done.returncode == 0:
+            self.gone.add(index)
+        return done
+
+    def join(self, index: int, via: int = 0) -> subprocess.CompletedProcess:
+        """``cluster join`` of node ``index`` to node ``via``'s cluster; a member again."""
+        done = self.admin(self.nodes[index], "cluster", "join",
+                          "discovery-node=" + self.cluster_address(self.nodes[via]))
+        if done.returncode == 0:
+            self.gone.discard(index)
+        return done
 
     def pause(self, index: int) -> None:
         """SIGSTOP: the process holds its sockets but answers nothing."""

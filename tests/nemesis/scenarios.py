@@ -150,6 +150,85 @@ def subscribe_then_publish(ctx: Context) -> None:
         pubs[(k + 1) % n].publish(topic)
 
 
+def _kill_and_leave(ctx: Context) -> List[str]:
+    """
+    kill -9 of the target, its clients retired (their sessions live on
+    other nodes from the leave on), ``cluster leave`` of it on node 0 once
+    the others see it down.  Returns the client ids of its subscribers.
+    """
+    cluster, target = ctx.cluster, ctx.target
+    victim = cluster.nodes[target]
+    ctx.log("kill -9 node %d" % (target,))
+    cluster.kill9(target)
+    moved = [s.client_id for s in ctx.workload.subscribers if s.node is victim]
+    ctx.workload.retire(victim)
+    ctx.hold(ctx.timings.down)
+    done = cluster.leave(target, 0)
+    ctx.log("cluster leave node=%s on node 0: %s" % (cluster.name(victim),
+                                                     (done.stdout or done.stderr).strip()))
+    if done.returncode != 0 or "was down" not in done.stdout:
+        raise AssertionError("leave of the dead node %d failed: %r" % (target, done))
+    cluster.wait_healthy()
+    return moved
+
+
+def _resume_moved_sessions(ctx: Context, client_ids: List[str], survivors: List[str]) -> None:
+    """The moved persistent sessions come back, each on the node the leave gave it to."""
+    from vmqtw.broker.subscriptions import home_node
+
+    by_name = {ctx.cluster.name(n): n for n in ctx.cluster.nodes}
+    for client_id in client_ids:
+        home = home_node(client_id, survivors)
+        ctx.workload.resume(client_id, by_name[home])
+        ctx.log("%s is back on %s with its session" % (client_id, home))
+
+
+def leave_dead_node(ctx: Context) -> None:
+    """
+    kill -9 of the target under load, then ``cluster leave`` of it from node
+    0: the survivors take its persistent sessions, whose clients come back
+    with their subscriptions; nothing acknowledged is lost for the sessions
+    on the other nodes.
+    """
+    ctx.hold(ctx.timings.settle)
+    moved = _kill_and_leave(ctx)
+    survivors = [ctx.cluster.name(n) for n in ctx.cluster.members()]
+    _resume_moved_sessions(ctx, moved, survivors)
+    ctx.hold(ctx.timings.settle)
+
+
+def removed_node_rejoins(ctx: Context) -> None:
+    """
+    The target is killed and removed while down, restarted with its old
+    data -- it must know at once that it was removed and serve no MQTT --
+    then joined again under load.
+    """
+    from tests.waiting import wait_until
+
+    cluster, target = ctx.cluster, ctx.target
+    victim = cluster.nodes[target]
+    ctx.hold(ctx.timings.settle)
+    moved = _kill_and_leave(ctx)
+    survivors = [cluster.name(n) for n in cluster.members()]
+    _resume_moved_sessions(ctx, moved, survivors)
+    began = time.monotonic()
+    cluster.restart(target, wait=False)
+    alone = [(cluster.name(victim), True)]
+    wait_until(lambda: cluster.show(victim) == alone, 15, interval=0.1,
+               what="the restarted node %d to know it was removed" % (target,))
+    ctx.log("restarted node %d knew it was removed %.1f s after its start" % (
+        target, time.monotonic() - began))
+    if victim.accepting():
+        raise AssertionError("the removed node %d serves MQTT" % (target,))
+    done = cluster.join(target, 0)
+    if done.returncode != 0:
+        raise AssertionError("join of node %d failed: %r" % (target, done))
+    ctx.log("node %d joined again" % (target,))
+    cluster.wait_healthy()
+    wait_until(victim.accepting, 15, what="the rejoined node %d to serve MQTT" % (target,))
+    ctx.hold(ctx.timings.settle)
+
+
 SCENARIOS: Dict[str, Scenario] = {s.name: s for s in [
     Scenario("cuts", "node 3 cut off repeatedly (defaults: no publishes during a split)",
              repeated_cuts),
@@ -159,6 +238,10 @@ SCENARIOS: Dict[str, Scenario] = {s.name: s for s in [
     Scenario("pause", "node 3 SIGSTOPped past detection, then SIGCONT", pause_and_resume),
     Scenario("subscribe-publish", "subscribe on one node, publish at once on another",
              subscribe_then_publish, load=False),
+    Scenario("leave-dead", "kill -9 of node 3, cluster leave of it from node 1; its sessions "
+             "come back on the survivors", leave_dead_node),
+    Scenario("rejoin-removed", "node 3 killed, removed while down, restarted (knows it was "
+             "removed, no MQTT), joined again", removed_node_rejoins),
 ]}
 
 
@@ -209,12 +292,13 @@ def run(scenario: Scenario, timings: Timings = NORMAL, directory: Optional[str] 
 
 
 def restore(cluster: Cluster) -> None:
-    """Heal, resume and restart whatever a nemesis left broken; wait for health."""
+    """Heal, resume and restart whatever a nemesis left broken (not the nodes that left); wait
+    for health."""
     cluster.heal()
     for i in sorted(cluster.paused):
         cluster.resume(i)
     for i, node in enumerate(cluster.nodes):
-        if node.process is None:
+        if node.process is None and i not in cluster.gone:
             cluster.restart(i)
     cluster.wait_healthy(60)
 

@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
+import attrs
 import paho.mqtt.client as mqtt
 
 from tests.nemesis.checker import (PublisherHistory, Receipt, Sent,
@@ -266,6 +267,11 @@ class Subscriber(_Endpoint):
             self._subscriptions.append(Subscription(topic_filter, at))
         return at
 
+    def holds(self, topic_filter: str, since: float) -> None:
+        """The session already holds ``topic_filter`` (it came back with it) since ``since``."""
+        with self.lock:
+            self._subscriptions.append(Subscription(topic_filter, since))
+
     def probe_topics(self) -> Set[str]:
         with self.lock:
             return set(self.probes)
@@ -292,10 +298,14 @@ class Workload:
                  subscribers_per_node: int = 1, clock: Clock = time.monotonic) -> None:
         self.prefix = prefix
         self.rate = rate
+        self.clock = clock
         self.publishers = [Publisher(node, "pub%d" % i, "%s/pub%d" % (prefix, i), clock)
                            for i, node in enumerate(nodes)]
         self.subscribers = [Subscriber(node, "sub%d.%d" % (i, j), clock)
                             for i, node in enumerate(nodes) for j in range(subscribers_per_node)]
+        #: Clients of nodes that left the cluster (see :meth:`retire`).
+        self.retired_publishers: List[Publisher] = []
+        self.retired_subscribers: List[Subscriber] = []
 
     def connect(self) -> None:
         for client in [*self.subscribers, *self.publishers]:
@@ -359,9 +369,44 @@ class Workload:
             time.sleep(0.2)
         return False
 
+    def retire(self, node: Node) -> None:
+        """
+        ``node`` left the cluster for good: its clients stop, and their
+        sessions no longer count -- its subscribers are not judged, and its
+        publishers' messages are no longer owed to anyone (a receipt of one
+        is still checked for duplicates and order).
+        """
+        for pub in [p for p in self.publishers if p.node is node]:
+            self.publishers.remove(pub)
+            self.retired_publishers.append(pub)
+            pub.stop_load()
+            pub.stop()
+        for sub in [s for s in self.subscribers if s.node is node]:
+            self.subscribers.remove(sub)
+            self.retired_subscribers.append(sub)
+            sub.stop()
+
+    def resume(self, client_id: str, node: Node) -> "Subscriber":
+        """
+        Reconnect the persistent session ``client_id`` (of a node that left)
+        on ``node``, judged from its CONNACK on: it must come back with its
+        subscription, and get every message acknowledged from then on.
+        """
+        sub = Subscriber(node, client_id, self.clock)
+        sub.name = "%s@%s" % (client_id, node.host)
+        sub.connect()
+        if not sub.connacks[-1]:
+            sub.stop()
+            raise AssertionError("%s came back on %s without its session" % (client_id, node.host))
+        sub.holds(self.prefix + "/#", self.clock())
+        self.subscribers.append(sub)
+        return sub
+
     def stop(self) -> None:
         for client in [*self.publishers, *self.subscribers]:
             client.stop()
 
     def histories(self) -> Tuple[List[PublisherHistory], List[SubscriberHistory]]:
-        return ([p.history() for p in self.publishers], [s.history() for s in self.subscribers])
+        retired = [attrs.evolve(p.history(), acked=frozenset()) for p in self.retired_publishers]
+        return ([p.history() for p in self.publishers] + retired,
+                [s.history() for s in self.subscribers])

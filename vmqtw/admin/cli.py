@@ -3,7 +3,7 @@
 
     vmqtw-admin [--config etc/vernemq.conf] cluster show
     vmqtw-admin cluster join discovery-node=vmqtw@10.0.0.2[:44053]
-    vmqtw-admin cluster leave node=vmqtw@10.0.0.3
+    vmqtw-admin cluster leave node=vmqtw@10.0.0.3 [--yes]
     vmqtw-admin --format=json cluster status
 
 The configuration file names the node (``nodename``), where it listens
@@ -19,7 +19,7 @@ from typing import Any, List, Optional, Sequence, TextIO
 
 from vmqtw.admin.client import AdminClient, AdminError, tls_context
 from vmqtw.admin.commands import Invocation, UsageError, parse_args, parse_node_address, usage_text
-from vmqtw.admin.output import cluster_rows, render_table, render_text, status_rows
+from vmqtw.admin.output import cluster_rows, leave_text, render_table, render_text, status_rows
 
 __all__ = ["main", "run", "execute"]
 
@@ -36,7 +36,7 @@ def _call_args(invocation: Invocation, config: Any) -> tuple:
             port = config.cluster_advertised_address[1]
         return (node, host, port)
     if invocation.command == "cluster leave":
-        return (invocation.argument("node"),)
+        return (invocation.argument("node"), invocation.yes)
     return ()
 
 
@@ -55,6 +55,8 @@ def execute(invocation: Invocation, config: Any, timeout: float = CALL_TIMEOUT) 
         return render_table(("Node", "Running"), cluster_rows(value), fmt)
     if invocation.method == "admin.node.status":
         return render_table(("Key", "Value"), status_rows(value), fmt)
+    if invocation.method == "admin.cluster.leave":
+        return render_text(leave_text(value), fmt)
     return render_text("Done", fmt)
 
 

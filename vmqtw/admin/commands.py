@@ -26,14 +26,16 @@ COMMANDS: Dict[str, Tuple[str, Tuple[str, ...], str]] = {
     "cluster join": ("admin.cluster.join", ("discovery-node",),
                      "join the cluster of discovery-node=NAME@HOST[:PORT]"),
     "cluster leave": ("admin.cluster.leave", ("node",),
-                      "remove node=NAME from the cluster"),
+                      "remove node=NAME from the cluster; refused while it holds offline "
+                      "messages unless --yes accepts their loss (-k, which would move them "
+                      "to the other nodes, is not available yet)"),
     "node status": ("admin.node.status", (), "this node's view: members, readiness, netsplits"),
 }
 
 _ARG_SYNTAX = {"discovery-node": "discovery-node=NAME@HOST[:PORT]", "node": "node=NAME@HOST"}
 
 USAGE = """\
-Usage: {prog} [--config PATH] [--format=human|json] COMMAND [ARG=VALUE ...]
+Usage: {prog} [--config PATH] [--format=human|json] [--yes] COMMAND [ARG=VALUE ...]
 
 Talks to the local node over its listener.vmq.clustering address, proving
 distributed_cookie from the configuration file (default {config}).
@@ -59,6 +61,8 @@ class Invocation:
     arguments: Tuple[Tuple[str, str], ...] = ()
     config: str = DEFAULT_CONFIG
     format: str = "human"
+    #: ``--yes``: accept the loss of a leaving node's offline messages.
+    yes: bool = False
 
     def argument(self, key: str) -> Optional[str]:
         for k, v in self.arguments:
@@ -84,6 +88,7 @@ def parse_args(argv: Sequence[str]) -> Invocation:
     """
     config = DEFAULT_CONFIG
     fmt = "human"
+    yes = False
     words: List[str] = []
     args = list(argv)
     i = 0
@@ -92,6 +97,13 @@ def parse_args(argv: Sequence[str]) -> Invocation:
         i += 1
         if arg in ("-h", "--help", "help"):
             return Invocation("help", "", (), config, fmt)
+        if arg in ("--yes", "-y"):
+            yes = True
+            continue
+        if arg == "-k":
+            raise UsageError("cluster leave -k (moving the leaving node's offline queues to the "
+                             "other nodes) is not available yet; --yes leaves and accepts "
+                             "their loss.")
         if arg.startswith("-"):
             name, eq, value = arg.partition("=")
             if name in ("--config", "-c", "--format"):
@@ -107,8 +119,8 @@ def parse_args(argv: Sequence[str]) -> Invocation:
                 else:
                     config = value
                 continue
-            raise UsageError("Unknown option %s; the options are --config PATH and "
-                             "--format=human|json." % (name,))
+            raise UsageError("Unknown option %s; the options are --config PATH, "
+                             "--format=human|json and --yes." % (name,))
         words.append(arg)
     command_words = [w for w in words if "=" not in w]
     pairs = [w for w in words if "=" in w]
@@ -133,7 +145,9 @@ def parse_args(argv: Sequence[str]) -> Invocation:
     for key in allowed:
         if not any(k == key for k, _ in arguments):
             raise UsageError("%s needs %s." % (command, _ARG_SYNTAX[key]))
-    return Invocation(command, method, tuple(arguments), config, fmt)
+    if yes and command != "cluster leave":
+        raise UsageError("The option --yes is only for cluster leave.")
+    return Invocation(command, method, tuple(arguments), config, fmt, yes)
 
 
 def parse_node_address(text: str) -> Tuple[str, str, Optional[int]]:

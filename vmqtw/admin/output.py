@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any, List, Mapping, Sequence
 
-__all__ = ["render_table", "render_text", "cluster_rows", "status_rows"]
+__all__ = ["render_table", "render_text", "cluster_rows", "status_rows", "leave_text"]
 
 
 def _cell(value: Any) -> str:
@@ -50,3 +50,36 @@ def cluster_rows(status: Sequence[Sequence[Any]]) -> List[dict]:
 def status_rows(status: Mapping[str, Any]) -> List[dict]:
     """``admin.node.status``'s mapping -> ``Key | Value`` rows, keys sorted."""
     return [{"Key": key, "Value": status[key]} for key in sorted(status)]
+
+
+def _plural(count: int, word: str) -> str:
+    return "%d %s%s" % (count, word, "" if count == 1 else "s")
+
+
+def leave_text(result: Any) -> str:
+    """
+    What ``admin.cluster.leave`` did, in words: ``Done`` alone when the
+    node left and nothing was lost or moved; otherwise what became of its
+    sessions and messages.
+    """
+    if not isinstance(result, Mapping):
+        return "Done"  # a node from before the leave report: members only
+    node = result["node"]
+    moved = int(result.get("sessions_moved", 0))
+    lives = "lives" if moved == 1 else "live"
+    if result.get("down"):
+        return ("Done: %s was down when it left. %s it held now %s on the other nodes (their "
+                "clients reconnect to any node and find their subscriptions); the offline "
+                "messages %s stored are lost with the default message store." % (
+                    node, _plural(moved, "persistent session"), lives, node))
+    lost = int(result.get("messages_lost", 0))
+    text = "Done"
+    if lost:
+        text = "Done: %s on %s of %s are lost, as --yes accepted." % (
+            _plural(lost, "offline message"), _plural(int(result.get("sessions_lost", 0)),
+                                                     "session"), node)
+    if moved:
+        text += "%s%s of %s now %s on the other nodes; their clients reconnect to any node and " \
+                "find their subscriptions." % (" " if lost else ": ",
+                                               _plural(moved, "persistent session"), node, lives)
+    return text

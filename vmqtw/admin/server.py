@@ -2,10 +2,13 @@
 The node side of ``vmqtw-admin``: call handlers on the cluster transport.
 
 ``admin.cluster.show``, ``admin.cluster.join(seed, host, port)``,
-``admin.cluster.leave(node)`` and ``admin.node.status`` answer only
-callers whose handshake name starts with ``admin:`` (the admin client):
-a cluster peer has no business steering this node.  Operator mistakes
-raise :class:`AdminCommandError`, whose text the client shows as is.
+``admin.cluster.leave(node, accept_loss)`` and ``admin.node.status`` answer
+only callers whose handshake name starts with ``admin:`` (the admin
+client): a cluster peer has no business steering this node.  Operator
+mistakes raise :class:`AdminCommandError`, whose text the client shows as
+is.  One call answers peers: :data:`OFFLINE_COUNTS`, how many offline
+messages a node holds, which the node running a leave asks the leaving
+node.
 """
 from __future__ import annotations
 
@@ -17,11 +20,14 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from vmqtw.cluster.auth import is_admin_name
-from vmqtw.metadata.membership import NotPresent, SelfJoin
+from vmqtw.metadata.membership import SelfJoin
 
-__all__ = ["AdminCommandError", "AdminHandlers", "register_admin_handlers"]
+__all__ = ["AdminCommandError", "AdminHandlers", "register_admin_handlers", "OFFLINE_COUNTS"]
 
 log = Logger()
+
+#: Peer call: ``(offline messages, sessions holding them)`` of the node asked.
+OFFLINE_COUNTS = "membership.offline_counts"
 
 
 class AdminCommandError(Exception):
@@ -41,7 +47,8 @@ class AdminHandlers:
 
     def __init__(self, transport: Any, cluster: Any, clock: IReactorTime,
                  readiness: Any = None, registry: Any = None,
-                 connect_timeout: float = 5.0, poll_interval: float = 0.05) -> None:
+                 connect_timeout: float = 5.0, poll_interval: float = 0.05,
+                 call_timeout: float = 5.0) -> None:
         self.transport = transport
         self.cluster = cluster
         self.clock = clock
@@ -49,6 +56,7 @@ class AdminHandlers:
         self.registry = registry
         self.connect_timeout = connect_timeout
         self.poll_interval = poll_interval
+        self.call_timeout = call_timeout
 
     def register(self) -> None:
         for method, handler in (("admin.cluster.show", self.show),
@@ -56,6 +64,7 @@ class AdminHandlers:
                                 ("admin.cluster.leave", self.leave),
                                 ("admin.node.status", self.status)):
             self.transport.register_call_handler(method, self._guarded(handler))
+        self.transport.register_call_handler(OFFLINE_COUNTS, self.offline_counts)
 
     def _guarded(self, handler: Any) -> Any:
         def guarded(caller: str, *args: Any) -> Any:
@@ -122,17 +131,78 @@ class AdminHandlers:
                 })
         return status
 
-    def leave(self, caller: str, node: Any) -> List[str]:
+    def offline_counts(self, caller: str) -> Tuple[int, int]:
+        """``(messages, sessions)``: what this node's offline persistent sessions hold."""
+        registry = self.registry
+        if registry is None:
+            return (0, 0)
+        sizes = [queue.size() for queue in registry.queues.values() if not queue.online]
+        return (sum(sizes), sum(1 for size in sizes if size))
+
+    def leave(self, caller: str, node: Any, accept_loss: Any = False) -> defer.Deferred:
+        """
+        Remove ``node``.  A running node is asked first what it holds: its
+        offline messages would be lost, so the leave is refused unless
+        ``accept_loss`` (``--yes``).  A node that is down cannot be asked;
+        it leaves, and its stored messages are lost with it.  Either way
+        the persistent sessions it held move to the other nodes
+        (:meth:`Subscriptions.rehome`), so their clients find them.
+        """
         if not isinstance(node, str):
-            raise AdminCommandError("The node to leave must be a node name.")
+            return defer.fail(AdminCommandError("The node to leave must be a node name."))
         peers = self._peers
-        try:
-            peers.leave(node)
-        except NotPresent:
-            raise AdminCommandError("%s is not a member of the cluster; the members are %s." % (
-                node, ", ".join(sorted(peers.members())))) from None
-        log.info("{node} removed from the cluster by {caller}", node=node, caller=caller)
-        return sorted(peers.members())
+        if node not in peers.members():
+            return defer.fail(AdminCommandError(
+                "%s is not a member of the cluster; the members are %s." % (
+                    node, ", ".join(sorted(peers.members())))))
+        me = self.cluster.node
+        down = node != me and not self.transport.connected(node)
+        if down:
+            counts: defer.Deferred = defer.succeed((0, 0))
+        elif node == me:
+            counts = defer.succeed(self.offline_counts(caller))
+        else:
+            counts = self.transport.call(node, OFFLINE_COUNTS, (), self.call_timeout)
+
+            def unanswered(failure: Any) -> Any:
+                raise AdminCommandError(
+                    "%s did not say how many offline messages it holds (%s); try again, or "
+                    "stop it first." % (node, failure.getErrorMessage()))
+            counts.addErrback(unanswered)
+
+        def decide(answer: Any) -> Dict[str, Any]:
+            messages, sessions = int(answer[0]), int(answer[1])
+            if messages and not accept_loss:
+                raise AdminCommandError(
+                    "%s holds %d offline message%s for %d session%s, which would be lost: run "
+                    "cluster leave again with --yes to accept that (-k, which moves them to "
+                    "the other nodes, is not available yet)." % (
+                        node, messages, "" if messages == 1 else "s", sessions,
+                        "" if sessions == 1 else "s"))
+            moved = self._remove(node, me)
+            log.info("{node} removed from the cluster by {caller} ({down}); {moved} persistent "
+                     "sessions moved to the other nodes, {lost} offline messages lost",
+                     node=node, caller=caller, down="down" if down else "running",
+                     moved=moved, lost=messages)
+            return {"node": node, "members": sorted(peers.members()), "down": down,
+                    "messages_lost": messages, "sessions_lost": sessions,
+                    "sessions_moved": moved}
+        return counts.addCallback(decide)
+
+    def _remove(self, node: str, me: str) -> int:
+        """Remove ``node`` and re-home its sessions; how many moved."""
+        peers = self._peers
+        subscriptions = getattr(self.registry, "subscription_table", None)
+        survivors = sorted(peers.members() - {node})
+        moved = 0
+        if node == me and subscriptions is not None:
+            # Written while still a member, so the broadcast reaches the others.
+            moved, _ended = subscriptions.rehome(node, survivors)
+        peers.leave(node)
+        if node != me and subscriptions is not None:
+            # Written once ``node`` is out, so the broadcast skips it.
+            moved, _ended = subscriptions.rehome(node, survivors)
+        return moved
 
     def join(self, caller: str, seed: Any, host: Any, port: Any) -> defer.Deferred:
         """

@@ -262,6 +262,20 @@ class Registry:
         queue.hand_over(lambda message, qos: dataplane.hand_over(
             new_node, subscriber_id, message, qos))
 
+    def adopt(self, subscriber_id: SubscriberId) -> None:
+        """
+        The persistent session of a node that left the cluster now lives
+        here (:meth:`Subscriptions.rehome`): keep an offline queue for it,
+        so what is published for it waits for its client, as after a
+        restart.
+        """
+        if subscriber_id in self.queues:
+            return
+        self._new_queue(subscriber_id, False)
+        self._schedule_expiry(subscriber_id)
+        self.log.info("session {client_id} of a node that left now lives here",
+                      client_id=subscriber_id.client_id)
+
     def _handed_over(self, subscriber_id: SubscriberId, message: Message,
                      qos: int) -> Optional[Deferred]:
         """A message of a session that moved here, from its old node."""

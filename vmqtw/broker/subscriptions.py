@@ -18,14 +18,15 @@ helpers below read a record; :class:`Subscriptions` writes them.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
+import hashlib
+from typing import Callable, Collection, Dict, Iterable, List, Optional, Set, Tuple
 
 from vmqtw.interfaces import ChangeOrigin, IMetadataStore
 from vmqtw.trie import SubscriptionTrie
 from vmqtw.types import SUBSCRIBER_PREFIX, MetadataPrefix, SubscriberId
 
-__all__ = ["SubscriberRecord", "Subscriptions", "all_filters", "local_filters",
-           "record_clean_session", "record_owner", "remote_filters"]
+__all__ = ["SubscriberRecord", "Subscriptions", "all_filters", "home_node", "local_filters",
+           "record_clean_session", "record_owner", "remote_filters", "rehomed_record"]
 
 #: One entry per node that holds the session: ``(node, clean_session,
 #: ((filter, qos), ...))``; the last entry is where it is registered.
@@ -88,8 +89,43 @@ def record_clean_session(record: Optional[SubscriberRecord], node: str) -> Optio
     return None
 
 
+def home_node(client_id: str, nodes: Collection[str]) -> str:
+    """
+    The node of ``nodes`` that takes over ``client_id``'s session when its
+    own node left: a stable hash (the same on every node and every run,
+    unlike Python's salted ``hash``) over the sorted names, so sessions
+    spread evenly and whoever computes it gets the same answer.
+    """
+    ordered = sorted(nodes)
+    digest = hashlib.blake2b(client_id.encode("utf-8"), digest_size=8).digest()
+    return ordered[int.from_bytes(digest, "big") % len(ordered)]
+
+
+def rehomed_record(record: SubscriberRecord, gone: str, home: str) -> Optional[SubscriberRecord]:
+    """
+    ``record`` once node ``gone`` left the cluster: a persistent session it
+    held lives on ``home`` with every filter it had (its client reconnects
+    anywhere and finds its subscriptions); a clean session there ended with
+    its connection.  None when nothing is left of the record; ``record``
+    itself when ``gone`` is not in it.
+    """
+    if not any(node == gone for node, _clean, _topics in record):
+        return record
+    if record_owner(record) != gone:
+        # Registered elsewhere: only the stale entry of ``gone`` goes.
+        rest = tuple(entry for entry in record if entry[0] != gone)
+        return rest or None
+    if record[-1][1]:
+        return None  # a clean session of ``gone``
+    return ((home, False, tuple(sorted(all_filters(record).items()))),)
+
+
 def _ignore_moves(subscriber_id: SubscriberId, node: Optional[str]) -> None:
     """The default ``on_moved``: nobody to tell."""
+
+
+def _ignore_adoptions(subscriber_id: SubscriberId) -> None:
+    """The default ``on_adopted``: nobody to tell."""
 
 
 class Subscriptions:
@@ -103,14 +139,20 @@ class Subscriptions:
     sends one copy per node.
 
     It closes no session itself: when another node takes a session of this
-    node over (or ends it), it tells ``on_moved``, which the registry sets.
+    node over (or ends it), it tells ``on_moved``, which the registry sets;
+    when another node hands this node the persistent session of a node
+    that left (:meth:`rehome`), it tells ``on_adopted``.
     """
 
     def __init__(self, node: str, metadata: IMetadataStore,
-                 on_moved: MovedCallback = _ignore_moves) -> None:
+                 on_moved: MovedCallback = _ignore_moves,
+                 on_adopted: Callable[[SubscriberId], None] = _ignore_adoptions) -> None:
         self.node = node
         self.metadata = metadata
         self.on_moved = on_moved
+        self.on_adopted = on_adopted
+        #: False while :meth:`start` folds the store (restore, not adoption).
+        self._following = False
         self.trie = SubscriptionTrie()
         #: ``(node, filter) -> number of that node's sessions subscribed``.
         self._remote_refs: Dict[Tuple[str, str], int] = {}
@@ -123,8 +165,10 @@ class Subscriptions:
         for key, record in self.metadata.items(SUBSCRIBER_PREFIX):
             self._on_change(SUBSCRIBER_PREFIX, key, None, record, ChangeOrigin.REMOTE)
         self._unsubscribe = self.metadata.subscribe(SUBSCRIBER_PREFIX, self._on_change)
+        self._following = True
 
     def stop(self) -> None:
+        self._following = False
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -183,6 +227,33 @@ class Subscriptions:
         if record is None or tuple(record) != mine:
             self.metadata.put(SUBSCRIBER_PREFIX, key, mine)
         return held_persistent
+
+    def rehome(self, gone: str, survivors: Collection[str]) -> Tuple[int, int]:
+        """
+        Node ``gone`` left the cluster: rewrite every record naming it (see
+        :func:`rehomed_record`), each persistent session going to its
+        :func:`home_node` among ``survivors``.  One node writes this (the one
+        that ran the leave), so there is one version of each record.
+        Returns ``(persistent sessions re-homed, clean sessions ended)``.
+        """
+        moved = ended = 0
+        if not survivors:
+            return moved, ended
+        for key, record in list(self.metadata.items(SUBSCRIBER_PREFIX)):
+            subscriber_id = SubscriberId(*key)
+            new = rehomed_record(record, gone, home_node(subscriber_id.client_id, survivors))
+            if new is record:
+                continue
+            if new is None:
+                self.metadata.delete(SUBSCRIBER_PREFIX, key)
+                ended += record_owner(record) == gone
+            else:
+                self.metadata.put(SUBSCRIBER_PREFIX, key, new)
+                if record_owner(record) == gone:
+                    moved += 1
+                    if record_owner(new) == self.node:
+                        self.on_adopted(subscriber_id)  # our own write: no event says so
+        return moved, ended
 
     def remove(self, subscriber_id: SubscriberId) -> None:
         """Delete ``subscriber_id``'s record (its session ended)."""
@@ -248,6 +319,12 @@ class Subscriptions:
             moved_to = owner if owner is not None and new is not None \
                 and new[-1][1] is False else None
             self.on_moved(subscriber_id, moved_to)
+        elif (self._following and origin is not ChangeOrigin.LOCAL and record_owner(new) == node
+              and record_owner(old) not in (node, None) and new is not None
+              and new[-1][1] is False):
+            # Another node gave this node the persistent session of a node
+            # that left (:meth:`rehome`): it waits here for its client.
+            self.on_adopted(subscriber_id)
 
     def _count_remote(self, gone: Set[Tuple[str, str]], added: Set[Tuple[str, str]]) -> None:
         """Keep one trie entry per ``(node, filter)`` while any session of

@@ -17,7 +17,15 @@ differs from where it listens behind NAT, port forwarding or a test proxy.
 Actors: a new ORSWOT actor per boot (the clock grows by one entry per
 boot, which is cheap), as VerneMQ's peer service does.  A node that
 learns it was removed deletes its state file and starts afresh as a
-single-node cluster with a new actor, so it can join again.
+single-node cluster with a new actor, so it can join again.  It also
+writes ``peer_service/removed`` (:attr:`PeerService.removed`), which only a
+join clears: the broker does not serve MQTT while it is set, across
+restarts too.
+
+A node removed while it was down learns it as soon as a link to a former
+member comes up: on every link up a node sends its state to that member,
+and a member that removed it answers with the state that says so (see
+:meth:`PeerService._on_gossip`), instead of waiting for a gossip round.
 """
 from __future__ import annotations
 
@@ -73,6 +81,11 @@ class PeerService:
         self.call_timeout = call_timeout
         self._path = (os.path.join(data_dir, "peer_service", "cluster_state")
                       if data_dir is not None else None)
+        self._removed_path = (os.path.join(data_dir, "peer_service", "removed")
+                              if data_dir is not None else None)
+        #: True once this node learnt it was removed, until it joins again.
+        self.removed = (self._removed_path is not None
+                        and os.path.exists(self._removed_path))
         self._listeners: List[Callable[[FrozenSet[str]], None]] = []
         self._status_listeners: List[Callable[[], None]] = []
         self._removed_listeners: List[Callable[[], None]] = []
@@ -121,6 +134,19 @@ class PeerService:
     def _forget_file(self) -> None:
         if self._path is not None and os.path.exists(self._path):
             os.remove(self._path)
+
+    def _set_removed(self, removed: bool) -> None:
+        """Remember (on disk too) whether this node was removed and not joined since."""
+        self.removed = removed
+        path = self._removed_path
+        if path is None:
+            return
+        if removed:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb"):
+                pass
+        elif os.path.exists(path):
+            os.remove(path)
 
     # -- addresses ------------------------------------------------------------------
     def _set_own_address(self) -> None:
@@ -208,6 +234,7 @@ class PeerService:
         if not orswot.contains(self.state, self.node):
             log.info("{node} was removed from the cluster", node=self.node)
             self._forget_file()
+            self._set_removed(True)
             self.actor = self._new_actor()
             self.state = self._fresh()
             self._running.clear()
@@ -276,6 +303,8 @@ class PeerService:
                 state, self.node, self.actor,
                 after=orswot.counter(self.state, self.actor))
             self._merge_addresses(addresses)
+            if self.removed:
+                self._set_removed(False)
             self._changed()
             self._send_all()
             return self._members
@@ -333,6 +362,10 @@ class PeerService:
     # -- liveness ----------------------------------------------------------------------------
     def _peer_up(self, peer: str) -> None:
         self._running.add(peer)
+        if peer in self._members:
+            # Our view at once: a member that removed us while we were
+            # down answers with the state that says so (see _on_gossip).
+            self.transport.cast(peer, "peer_gossip", self._wire())
         for listener in list(self._status_listeners):
             listener()
 

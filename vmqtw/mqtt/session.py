@@ -411,12 +411,21 @@ class Session:
         will = self.will
         self.will = None
         if will is not None and not self._disconnected:
-            self.registry.publish(Message(new_message_ref(), will.topic, will.payload, will.qos,
-                                          will.retain, False, self.registry.clock.seconds(),
-                                          self.settings.mountpoint))
+            kept = self.registry.publish(Message(new_message_ref(), will.topic, will.payload,
+                                                 will.qos, will.retain, False,
+                                                 self.registry.clock.seconds(),
+                                                 self.settings.mountpoint))
+            if kept is not None:
+                # Nobody is left to resend a will the cluster could not take
+                # (a peer's backlog full): say so instead of an unhandled error.
+                kept.addErrback(self._will_lost, will.topic)
         if not self.taken_over and self.subscriber_id is not None:
             self.registry.unregister(self.subscriber_id, self, self.clean_session)
         self.queue = None
+
+    def _will_lost(self, failure: Any, topic: str) -> None:
+        self.log.warn("the will of {client_id} on {topic} is lost: {why}",
+                      client_id=self.client_id, topic=topic, why=failure.getErrorMessage())
 
     # -- outlet for the subscriber queue -------------------------------------------
 
