@@ -43,7 +43,7 @@ class Options(usage.Options):
                 % (DEFAULT_CONFIG,))
 
     #: The command itself; tests give a fake.
-    runner: Runner = staticmethod(_run)  # type: ignore[assignment]
+    runner: Runner = staticmethod(_run)
 
     def parseOptions(self, options: Optional[List[str]] = None) -> None:
         """Keep the arguments whole and run the command now (see the module docstring)."""
