@@ -170,11 +170,18 @@ class PahoClient:
         with self.lock:
             self.connacks.append((flags.session_present, reason))
 
-    def connect(self) -> "PahoClient":
+    def connect(self, refused_ok: bool = False) -> "PahoClient":
+        """Connect and wait for the CONNACK; a refusal fails unless ``refused_ok``."""
         count = len(self.connacks)
         self.client.connect(self.node.host, self.node.port, self.keepalive)
         self.client.loop_start()
         wait_until(lambda: len(self.connacks) > count, 10, what="CONNACK")
+        reason = self.connacks[-1][1]
+        if not refused_ok and getattr(reason, "is_failure", False):
+            # Say so here: paho would go on and drop every later packet
+            # silently (a SUBSCRIBE would just never get its SUBACK).
+            raise AssertionError("%s refused the CONNECT of %s: %s" % (
+                self.node.host, self.client._client_id.decode(), reason))
         return self
 
     @property

@@ -44,7 +44,7 @@ def client(nodes: Any, node: Any, client_id: str, user: Any = None, password: An
     c.client.reconnect_delay_set(60, 60)      # no reconnects while a test looks
     if user is not None:
         c.client.username_pw_set(user, password)
-    return c.connect()
+    return c.connect(refused_ok=True)
 
 
 def connack(c: Any) -> int:

@@ -63,7 +63,7 @@ def tls_client(nodes: Any, node: Any, pki: Pki, client_id: str,
     client.client.tls_set(ca_certs=pki.cafile, certfile=certfile, keyfile=keyfile)
     if username is not None:
         client.client.username_pw_set(username, None)
-    return client.connect()
+    return client.connect(refused_ok=True)
 
 
 def connack(client: Any) -> int:
