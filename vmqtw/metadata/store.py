@@ -42,8 +42,12 @@ Prefix = Tuple[str, str]
 _ACTOR_KEY = b"\x00actor"
 _COUNTER_KEY = b"\x00counter"
 #: Dots are reserved in blocks so that the persisted bound is written once
-#: per block, not once per put.
-_COUNTER_BLOCK = 1024
+#: per block, not once per put.  The write is synchronous (fsync) on the
+#: reactor thread: it happens when the store opens, before the node serves,
+#: and then once per block -- large, because an fsync under disk load can
+#: take seconds, long enough for peers to take the node for dead.  Dots
+#: skipped by a restart cost nothing.
+_COUNTER_BLOCK = 1 << 20
 _ABSENT = object()
 
 
@@ -111,6 +115,9 @@ class ReplicatedMetadataStore:
             if reserved is not None:
                 self._counter = self._reserved = decode(reserved)
             self._load()
+            # Reserve now, while nothing waits on this thread.
+            self._reserved = self._counter + _COUNTER_BLOCK
+            self._db.put(_COUNTER_KEY, encode(self._reserved), sync=True)
         else:
             self.actor = actor_factory(node)
 
@@ -149,6 +156,9 @@ class ReplicatedMetadataStore:
                 for kenc in self._db.iterator(include_value=False):
                     batch.delete(kenc)
                 batch.put(_ACTOR_KEY, encode(self.actor))
+            # A new block, durable with the synced put after it (one log).
+            self._reserved = _COUNTER_BLOCK
+            self._db.put(_COUNTER_KEY, encode(self._reserved))
             self._db.put(_ACTOR_KEY, encode(self.actor), sync=True)
 
     def close(self) -> None:
