@@ -110,7 +110,7 @@ class SubscriberQueue:
     __slots__ = ("subscriber_id", "clean_session", "limits", "clock", "store",
                  "counters", "pending", "inflight", "awaiting_rel", "outlet",
                  "_next_packet_id", "_retry_call", "_window", "_qos_for", "_loading",
-                 "_readable")
+                 "_readable", "_held")
 
     def __init__(self, subscriber_id: SubscriberId, clean_session: bool,
                  limits: QueueLimits, clock: IReactorTime,
@@ -140,6 +140,9 @@ class SubscriberQueue:
         #: Decides the QoS of a restored message once it is read back.
         self._qos_for: Optional[Callable[[Message], int]] = None
         self._loading = False
+        #: Handed-over messages while :meth:`hold` is in force; None when
+        #: not holding.
+        self._held: Optional[Deque[Waiting]] = None
         window = limits.max_inflight_messages
         self._window = MAX_PACKET_ID if window <= 0 else min(window, MAX_PACKET_ID)
 
@@ -150,8 +153,9 @@ class SubscriberQueue:
         return self.outlet is not None
 
     def size(self) -> int:
-        """Messages held: waiting plus unacknowledged."""
-        return len(self.pending) + len(self.inflight)
+        """Messages held: waiting (handed over too) plus unacknowledged."""
+        held = self._held
+        return len(self.pending) + len(self.inflight) + (len(held) if held else 0)
 
     def attach(self, outlet: Outlet,
                readable: Optional[Callable[[Message], bool]] = None) -> None:
@@ -197,21 +201,39 @@ class SubscriberQueue:
                         if e.qos > 0 and e.state == AWAIT_ACK)
             for ref in refs:
                 self.store.delete(self.subscriber_id, ref)
+        if self._held:
+            refs = [m if isinstance(m, bytes) else m.ref for m, q in self._held if q > 0]
+            if self.store is not None:
+                for ref in refs:
+                    self.store.delete(self.subscriber_id, ref)
+        self._held = None
         self.pending.clear()
         self.inflight.clear()
         self.awaiting_rel.clear()
 
-    def hand_over(self, send: Callable[[Message, int], Any]) -> None:
+    def hand_over(self, send: Callable[[Message, int, bool], Any],
+                  done: Optional[Callable[[], Any]] = None) -> None:
         """
         The session moved to another node: give every message not yet
-        acknowledged to ``send(message, qos)`` in order (reading stored
-        payloads first), then end this queue.
+        acknowledged to ``send(message, qos, stored)`` in order (reading
+        stored payloads first; what was in flight goes as a possible
+        redelivery, with DUP), then call ``done()`` and end this queue.
+
+        Stored copies stay in the message store (``stored`` says which are
+        there): the caller deletes each one once the new owner has it safe,
+        so that a crash of this node in between loses nothing.
         """
         self.detach()
-        entries: List[Waiting] = [(entry.message, entry.qos) for entry in self.inflight.values()
+        entries: List[Waiting] = [(attrs.evolve(entry.message, dup=True), entry.qos)
+                                  for entry in self.inflight.values()
                                   if entry.state == AWAIT_ACK]
         entries.extend(self.pending)
+        self.pending = deque()
+        self.inflight.clear()
+        self.awaiting_rel.clear()
+        self._held = None
         unloaded = [message for message, _qos in entries if isinstance(message, bytes)]
+        keeps = self.store is not None
 
         def forward(loaded: List[Optional[Message]]) -> None:
             found = dict(zip(unloaded, loaded))
@@ -221,10 +243,13 @@ class SubscriberQueue:
                     if message is None:
                         continue
                     qos = self._qos_for(message) if self._qos_for is not None else message.qos
+                    # Stored before a restart: maybe delivered once already.
+                    message.dup = True
                 else:
                     message = waiting
-                send(message, qos)
-            self.discard()
+                send(message, qos, keeps and qos > 0)
+            if done is not None:
+                done()
 
         if unloaded and self.store is not None:
             reads = gatherResults([self.store.read(self.subscriber_id, ref) for ref in unloaded],
@@ -233,6 +258,61 @@ class SubscriberQueue:
             reads.addErrback(self._load_failed)
         else:
             forward([])
+
+    # -- a session moving here ------------------------------------------------
+
+    def holds(self, ref: bytes) -> bool:
+        """Whether a message with ``ref`` waits here or is in flight."""
+        for waiting in (self.pending, self._held or ()):
+            for message, _qos in waiting:
+                if (message if isinstance(message, bytes) else message.ref) == ref:
+                    return True
+        return any(entry.message.ref == ref for entry in self.inflight.values())
+
+    @property
+    def held(self) -> bool:
+        """Waiting for the old node's hand-over before delivering anything."""
+        return self._held is not None
+
+    def hold(self) -> None:
+        """
+        The session moved here from another node that still holds older
+        messages for it: deliver nothing until :meth:`release_hold`, so that
+        what the old node hands over goes out before what reached this node
+        directly (order per publisher).
+        """
+        if self._held is None:
+            self._held = deque()
+
+    def release_hold(self) -> None:
+        """The hand-over is complete (or given up on): deliver, oldest first."""
+        held = self._held
+        if held is None:
+            return
+        self._held = None
+        if held:
+            held.extend(self.pending)
+            self.pending = held
+        self.pump()
+
+    def enqueue_handed_over(self, message: Message, qos: int) -> Optional[Deferred]:
+        """
+        A message the session's old node handed over: kept whatever the
+        queue limits (the old node had accepted it), ahead of what arrived
+        here directly while the hand-over runs, and stored before the old
+        node is told it may delete its copy.
+        """
+        held = self._held
+        if held is None:
+            self.pending.append((message, qos))
+        else:
+            held.append((message, qos))
+        stored = None
+        if qos > 0 and self.store is not None:
+            stored = self.store.write(self.subscriber_id, message)
+        if held is None:
+            self.pump()
+        return stored
 
     # -- delivery -----------------------------------------------------------
 
@@ -248,7 +328,7 @@ class SubscriberQueue:
             if self._readable is not None and not self._readable(message):
                 self.counters.dropped_unauthorized += 1
                 return None
-            if not self.pending:
+            if not self.pending and self._held is None:
                 if qos == 0:
                     outlet.send_publish(message, 0, None, False)
                     return None
@@ -303,6 +383,8 @@ class SubscriberQueue:
         """Send waiting messages while the in-flight window has room."""
         outlet = self.outlet
         pending = self.pending
+        if self._held is not None:
+            return
         while outlet is not None and pending:
             message, qos = pending[0]
             if isinstance(message, bytes):

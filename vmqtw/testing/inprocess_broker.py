@@ -164,7 +164,9 @@ class Cluster:
     Clock: replicated metadata and the data plane, deterministic.
     """
 
-    def __init__(self, names: Any = ("A", "B", "C"), **broker_kwargs: Any) -> None:
+    def __init__(self, names: Any = ("A", "B", "C"),
+                 stores: Optional[Dict[str, IMessageStore]] = None,
+                 **broker_kwargs: Any) -> None:
         from vmqtw.testing.memory_transport import InMemoryNetwork
 
         self.clock = Clock()
@@ -181,6 +183,8 @@ class Cluster:
             md = MetadataNode(name, transport, self.clock, members=self.names,
                               lazy_tick=0.1, exchange_tick=0.5, gc_interval=None)
             self.metadata_nodes[name] = md
+            if stores is not None:
+                broker_kwargs["store"] = stores.get(name)
             self.brokers[name] = Broker(clock=self.clock, replication=md, node=name,
                                         cluster=transport, **broker_kwargs)
         self.settle()
