@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from vmqtw.broker.coordinator import Lease, RegistrationCoordinator
 from vmqtw.broker.queue import QueueCounters, QueueLimits, SubscriberQueue
 from vmqtw.broker.retain import Author, RetainStore
 from vmqtw.broker.router import Router
@@ -59,8 +60,12 @@ class Registry:
                  subscriptions: Optional[Subscriptions] = None,
                  retain: Optional[RetainStore] = None,
                  dataplane: Optional[DataPlane] = None,
-                 confirm: Optional[Callable[[Tuple[str, str], Any], Deferred]] = None) -> None:
+                 confirm: Optional[Callable[[Tuple[str, str], Any], Deferred]] = None,
+                 coordinator: Optional[RegistrationCoordinator] = None) -> None:
         self.node = node
+        #: Serializes registrations per client id across the cluster
+        #: (``coordinate_registrations``); None: registrations are local.
+        self.coordinator = coordinator
         #: ``confirm(prefix, key)``: a Deferred firing once every reachable
         #: node merged the key (see :mod:`vmqtw.metadata.confirm`).
         self.confirm = confirm
@@ -102,6 +107,8 @@ class Registry:
         """Build the trie and the retained tree, then follow changes."""
         self.subscription_table.start()
         self.retain.start()
+        if self.coordinator is not None:
+            self.coordinator.start()
 
     def receive_from_peers(self) -> Optional[Deferred]:
         """
@@ -119,6 +126,8 @@ class Registry:
     def stop(self) -> None:
         self.subscription_table.stop()
         self.retain.stop()
+        if self.coordinator is not None:
+            self.coordinator.stop()
         for queue in self.queues.values():
             queue.detach()
         for call in [*self._expiry_calls.values(), *self._hold_calls.values(),
@@ -230,15 +239,42 @@ class Registry:
 
     # -- sessions -------------------------------------------------------------
 
+    def coordinate(self, subscriber_id: SubscriberId) -> "Optional[Deferred[Lease]]":
+        """
+        None when a CONNECT may register at once; else a Deferred firing
+        with the lease of ``subscriber_id`` once it is this CONNECT's turn
+        (see :mod:`vmqtw.broker.coordinator`), to pass to :meth:`register`.
+        """
+        if self.coordinator is None:
+            return None
+        return self.coordinator.acquire(subscriber_id)
+
     def register(self, subscriber_id: SubscriberId, clean_session: bool,
-                 session: Any) -> Tuple[SubscriberQueue, bool]:
+                 session: Any, lease: Optional[Lease] = None) -> Tuple[SubscriberQueue, bool]:
         """
         Attach a new connection to ``subscriber_id``'s session.
 
         An existing connection with the same client id is taken over: it is
         closed (its will fires) and the new one proceeds [MQTT-3.1.4-2].
-        Returns the queue and the CONNACK session-present flag.
+        Returns the queue and the CONNACK session-present flag.  ``lease``
+        is given back once every reachable node has the new record (so the
+        next registration of the client id sees it, wherever it runs).
         """
+        try:
+            return self._register(subscriber_id, clean_session, session)
+        finally:
+            if lease is not None:
+                self._give_back(subscriber_id, lease)
+
+    def _give_back(self, subscriber_id: SubscriberId, lease: Lease) -> None:
+        if self.confirm is None:
+            lease.release()
+            return
+        self.confirm(SUBSCRIBER_PREFIX, subscriber_id.as_key()).addBoth(
+            lambda _: lease.release())
+
+    def _register(self, subscriber_id: SubscriberId, clean_session: bool,
+                  session: Any) -> Tuple[SubscriberQueue, bool]:
         previous = self.sessions.pop(subscriber_id, None)
         if previous is not None:
             previous.take_over()

@@ -88,7 +88,8 @@ class Broker:
                  session_expiration: Optional[float] = None,
                  clock: Optional[Clock] = None, metadata: Optional[IMetadataStore] = None,
                  node: str = "vmqtw@127.0.0.1", cluster: Optional[IClusterTransport] = None,
-                 ready: Any = None, replication: Optional[MetadataNode] = None) -> None:
+                 ready: Any = None, replication: Optional[MetadataNode] = None,
+                 coordinate_registrations: bool = False) -> None:
         if clock is None:
             clock = Clock()
             clock.advance(1_700_000_000)
@@ -97,7 +98,8 @@ class Broker:
             metadata = LocalMetadataStore()
         self.core = build_broker_core(node, clock, metadata=metadata, replication=replication,
                                       store=store, transport=cluster, limits=limits,
-                                      session_expiration=session_expiration, ready=ready)
+                                      session_expiration=session_expiration, ready=ready,
+                                      coordinate_registrations=coordinate_registrations)
         self.registry = self.core.registry
         self.metadata = self.registry.metadata
         self.failures: List[Failure] = []
@@ -127,6 +129,13 @@ class Broker:
         client = self.client()
         client.send(B.connect(client_id, **kwargs))
         packets = client.received()
+        # A coordinated registration waits for the coordinator's turn:
+        # let the in-memory network deliver (bounded).
+        for _ in range(100):
+            if packets:
+                break
+            self.clock.advance(0.01)
+            packets = client.received()
         assert packets and isinstance(packets[0], P.ConnAck), packets
         assert packets[0].return_code == 0, packets
         client.connack = packets[0]  # type: ignore[attr-defined]
