@@ -175,3 +175,15 @@ def test_restored_message_downgraded_to_qos0_is_sent_once_and_leaves_the_store()
     assert list(queue.inflight) == [1] and store.stored_payloads() == 1
     queue.puback(1)
     assert store.stored_payloads() == 0
+
+
+def test_a_held_queue_handed_on_keeps_the_handed_over_messages_first():
+    """A session moving on before its previous hand-over completed."""
+    queue, _, _store = persistent_queue()
+    queue.hold()
+    queue.enqueue(message(5), 1)
+    queue.enqueue_handed_over(message(1), 1)
+    handed = []
+    queue.hand_over(lambda m, qos, stored: handed.append(m.payload))
+    assert handed == [b"m1", b"m5"]
+    assert not queue.held and queue.size() == 0

@@ -227,6 +227,10 @@ class SubscriberQueue:
         entries: List[Waiting] = [(attrs.evolve(entry.message, dup=True), entry.qos)
                                   for entry in self.inflight.values()
                                   if entry.state == AWAIT_ACK]
+        if self._held:
+            # Handed over to this node and not yet delivered: older than
+            # what waits in ``pending``.
+            entries.extend(self._held)
         entries.extend(self.pending)
         self.pending = deque()
         self.inflight.clear()

@@ -33,6 +33,12 @@ numbered stream (:mod:`vmqtw.cluster.stream`) over the cluster transport:
 * QoS 0 copies are not numbered: sent while the link is up, else dropped and
   counted -- at most once, as the client asked.
 
+* **Hand-overs.**  A persistent session's queue moving to another node
+  travels on the same stream (:meth:`DataPlane.hand_over`), followed by a
+  marker (:meth:`DataPlane.hand_over_done`) that lets the new queue deliver
+  what reached it directly; the old node's stored copy of each message is
+  deleted only when the peer acknowledged it (``on_released``).
+
 Redelivered entries reach subscribers with DUP set, so the one case that
 can apply an entry twice (the receiver was killed after applying and before
 acknowledging) is visible to clients as MQTT allows.
