@@ -177,3 +177,24 @@ def test_a_restarted_old_node_hands_over_again_what_was_not_acknowledged():
     assert stored(store) == 3 and registry.queues == {}
     registry._hand_over_released(SID, b"ref-%013d" % 0)
     assert stored(store) == 2
+
+
+def test_a_session_moving_on_before_its_hand_over_arrived_keeps_its_order():
+    """A -> B -> C faster than A's hand-over reaches B: B hands on everything, oldest first."""
+    cluster = Cluster()
+    parked_on_a(cluster)
+    publisher = cluster["C"].connect("pub")
+    publish(publisher, [b"1", b"2", b"3"])
+    cluster.settle()
+    cluster.network.set_delay("A", "B", 1.0)
+    on_b = cluster["B"].connect(SID.client_id, clean_session=False)
+    cluster.settle(0.2)
+    assert payloads(on_b) == []
+    on_b.drop()
+    on_c = cluster["C"].connect(SID.client_id, clean_session=False)
+    publish(publisher, [b"4"], first_id=10)
+    cluster.settle(0.3)
+    assert payloads(on_c) == [], "C waits for B's hand-over"
+    cluster.settle(2)
+    assert payloads(on_c) == [b"1", b"2", b"3", b"4"]
+    cluster.network.set_delay("A", "B", 0)

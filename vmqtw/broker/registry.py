@@ -98,6 +98,10 @@ class Registry:
         self._moved: Dict[SubscriberId, Tuple[Dict[str, int], IDelayedCall]] = {}
         #: Sessions that moved here and wait for the old node's hand-over.
         self._hold_calls: Dict[SubscriberId, IDelayedCall] = {}
+        #: Sessions that moved on while their queue here still waited for
+        #: the hand-over from the node before: ``(queue, timer)``, handed on
+        #: once that is complete, so the next node gets everything in order.
+        self._handing_on: Dict[SubscriberId, Tuple[SubscriberQueue, IDelayedCall]] = {}
         self.router.moved = self.moved
         self.router.forward_moved = self._forward_moved
 
@@ -131,11 +135,13 @@ class Registry:
         for queue in self.queues.values():
             queue.detach()
         for call in [*self._expiry_calls.values(), *self._hold_calls.values(),
+                     *(call for _queue, call in self._handing_on.values()),
                      *(call for _filters, call in self._moved.values())]:
             if call.active():
                 call.cancel()
         self._expiry_calls.clear()
         self._hold_calls.clear()
+        self._handing_on.clear()
         self._moved.clear()
 
     @inlineCallbacks
@@ -280,6 +286,14 @@ class Registry:
             previous.take_over()
         self._cancel_expiry(subscriber_id)
         self._forget_move(subscriber_id)
+        handing = self._handing_on.pop(subscriber_id, None)
+        if handing is not None:
+            # Back before its queue was handed on: it is ours again.
+            handed_back, call = handing
+            if call.active():
+                call.cancel()
+            self.queues[subscriber_id] = handed_back
+            self._hold(subscriber_id, handed_back)
         queue = self.queues.get(subscriber_id)
         if clean_session:
             # [MQTT-3.1.2-6]: discard any previous session, wherever it was.
@@ -317,6 +331,9 @@ class Registry:
 
     def _hand_over_done(self, subscriber_id: SubscriberId, old_node: Optional[str]) -> None:
         """The old node handed everything over (or we waited long enough)."""
+        if subscriber_id in self._handing_on:
+            self._hand_on(subscriber_id)
+            return
         call = self._hold_calls.pop(subscriber_id, None)
         if call is not None and call.active():
             call.cancel()
@@ -380,8 +397,33 @@ class Registry:
                 queue.discard()
             dataplane.hand_over_done(new_node, subscriber_id)
             return
+        if queue.held:
+            # Moved on before the node before handed everything here: wait
+            # for it (bounded), then hand on all of it, oldest first.
+            self._handing_on[subscriber_id] = (queue, self.clock.callLater(
+                HAND_OVER_WAIT, self._hand_on, subscriber_id))
+            return
+        self._hand_over_queue(subscriber_id, queue, new_node)
+
+    def _hand_on(self, subscriber_id: SubscriberId) -> None:
+        handing = self._handing_on.pop(subscriber_id, None)
+        if handing is None:
+            return
+        queue, call = handing
+        if call.active():
+            call.cancel()
+        owner = self._moved_owner(subscriber_id)
+        if owner is None or self.dataplane is None:
+            queue.discard()
+            return
+        self._hand_over_queue(subscriber_id, queue, owner)
+
+    def _hand_over_queue(self, subscriber_id: SubscriberId, queue: SubscriberQueue,
+                         new_node: str) -> None:
+        dataplane = self.dataplane
+        assert dataplane is not None
         self.log.info("moving the queue of {client_id} to {owner}",
-                      client_id=subscriber_id.client_id, owner=owner)
+                      client_id=subscriber_id.client_id, owner=new_node)
         queue.hand_over(
             lambda message, qos, stored: dataplane.hand_over(
                 new_node, subscriber_id, message, qos, release=stored),
@@ -413,6 +455,10 @@ class Registry:
         node acknowledged it -- as a hand-over -- so neither a late arrival
         nor a crash of this node loses it.
         """
+        handing = self._handing_on.get(subscriber_id)
+        if handing is not None:
+            # Newer than what its queue here holds: handed on after it.
+            return handing[0].enqueue(message, qos)
         owner = self._moved_owner(subscriber_id)
         dataplane = self.dataplane
         if owner is None or dataplane is None:
@@ -443,6 +489,9 @@ class Registry:
         passed on to where the record says the session is, or kept here.
         """
         queue = self.queues.get(subscriber_id)
+        if queue is None:
+            handing = self._handing_on.get(subscriber_id)
+            queue = handing[0] if handing is not None else None
         if queue is not None:
             return queue.enqueue_handed_over(message, qos)
         owner = self._moved_owner(subscriber_id)
@@ -456,6 +505,8 @@ class Registry:
         if store is None:
             return
         queue = self.queues.get(subscriber_id)
+        if queue is None and subscriber_id in self._handing_on:
+            queue = self._handing_on[subscriber_id][0]
         if queue is not None and queue.holds(ref):
             return   # the session came back meanwhile, with this message
         store.delete(subscriber_id, ref)
