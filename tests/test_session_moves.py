@@ -79,8 +79,13 @@ def test_messages_still_sent_to_the_old_node_are_passed_on():
     cluster.settle()
     publisher = cluster["C"].connect("pub")
     publish(publisher, [b"late-1", b"late-2"])
-    cluster.settle()
-    assert payloads(back) == [b"late-1", b"late-2"]
+    cluster.settle(0.1)
+    publish(cluster["B"].connect("direct"), [b"newer"])
+    # A ends its hand-over once C confirmed the move too, or after the
+    # confirmation's bounded wait: C might still send it messages, which
+    # must not reach the client after newer ones.
+    cluster.settle(HAND_OVER_WAIT)
+    assert payloads(back) == [b"late-1", b"late-2", b"newer"]
     assert cluster["A"].registry.queues == {}
     undo()
 
@@ -195,6 +200,6 @@ def test_a_session_moving_on_before_its_hand_over_arrived_keeps_its_order():
     publish(publisher, [b"4"], first_id=10)
     cluster.settle(0.3)
     assert payloads(on_c) == [], "C waits for B's hand-over"
-    cluster.settle(2)
+    cluster.settle(HAND_OVER_WAIT)
     assert payloads(on_c) == [b"1", b"2", b"3", b"4"]
     cluster.network.set_delay("A", "B", 0)

@@ -395,7 +395,7 @@ class Registry:
         if queue is None or queue.clean_session:
             if queue is not None:
                 queue.discard()
-            dataplane.hand_over_done(new_node, subscriber_id)
+            self._end_hand_over(subscriber_id, new_node)
             return
         if queue.held:
             # Moved on before the node before handed everything here: wait
@@ -427,7 +427,22 @@ class Registry:
         queue.hand_over(
             lambda message, qos, stored: dataplane.hand_over(
                 new_node, subscriber_id, message, qos, release=stored),
-            lambda: dataplane.hand_over_done(new_node, subscriber_id))
+            lambda: self._end_hand_over(subscriber_id, new_node))
+
+    def _end_hand_over(self, subscriber_id: SubscriberId, new_node: str) -> None:
+        """
+        Tell ``new_node`` the hand-over is complete -- once every reachable
+        node has merged the record that moved the session: until then a
+        node may still send us messages for it, which we pass on behind the
+        hand-over, and they must not reach the client after newer ones.
+        """
+        dataplane = self.dataplane
+        assert dataplane is not None
+        if self.confirm is None:
+            dataplane.hand_over_done(new_node, subscriber_id)
+            return
+        self.confirm(SUBSCRIBER_PREFIX, subscriber_id.as_key()).addBoth(
+            lambda _: dataplane.hand_over_done(new_node, subscriber_id))
 
     def _remember_move(self, subscriber_id: SubscriberId) -> None:
         self._forget_move(subscriber_id)
