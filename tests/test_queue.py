@@ -187,3 +187,34 @@ def test_a_held_queue_handed_on_keeps_the_handed_over_messages_first():
     queue.hand_over(lambda m, qos, stored: handed.append(m.payload))
     assert handed == [b"m1", b"m5"]
     assert not queue.held and queue.size() == 0
+
+
+def test_a_direct_copy_of_a_handed_over_message_is_delivered_once():
+    """
+    The same publish reached the old node for this session and this node
+    for another subscriber: one copy, the handed-over one, in its place.
+    """
+    queue, _, store = persistent_queue()
+    outlet = Outlet()
+    queue.hold()
+    queue.attach(outlet)
+    queue.enqueue(message(2), 1)              # direct, before its hand-over copy
+    queue.enqueue(message(3), 1)
+    queue.enqueue_handed_over(message(1), 1)
+    queue.enqueue_handed_over(message(2), 1)
+    queue.release_hold()
+    assert queue.enqueue(message(1), 1) is None   # direct, after the hand-over
+    queue.enqueue(message(4), 1)
+    assert [s[0] for s in outlet.sent] == [b"m1", b"m2", b"m3", b"m4"]
+
+
+def test_a_direct_copy_after_a_passed_on_one_is_dropped():
+    """A node the session left passed a copy on (with DUP) before the direct one came."""
+    queue, _, _store = persistent_queue()
+    outlet = Outlet()
+    queue.attach(outlet)
+    passed_on = message(1)
+    passed_on.dup = True
+    queue.enqueue_handed_over(passed_on, 1)
+    assert queue.enqueue(message(1), 1) is None
+    assert [(s[0], s[3]) for s in outlet.sent] == [(b"m1", True)]

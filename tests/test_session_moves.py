@@ -203,3 +203,23 @@ def test_a_session_moving_on_before_its_hand_over_arrived_keeps_its_order():
     cluster.settle(HAND_OVER_WAIT)
     assert payloads(on_c) == [b"1", b"2", b"3", b"4"]
     cluster.network.set_delay("A", "B", 0)
+
+
+def test_copies_for_the_old_nodes_other_subscribers_are_not_passed_on():
+    """
+    Once every member confirmed the move (and a short grace), what other
+    nodes send the old node is for its other subscribers: the moved session
+    must not get it twice.
+    """
+    from vmqtw.broker.registry import MOVED_GRACE
+
+    cluster = Cluster()
+    other = cluster["A"].subscriber("other", ("q/#", 1))
+    parked_on_a(cluster)
+    back = cluster["B"].connect(SID.client_id, clean_session=False)
+    cluster.settle(1 + MOVED_GRACE)
+    assert cluster["A"].registry.moved.match("q/x") == {}
+    publish(cluster["C"].connect("pub"), [b"once"])
+    cluster.settle()
+    assert [(p.payload, p.dup) for p in back.publishes()] == [(b"once", False)]
+    assert payloads(other) == [b"once"]

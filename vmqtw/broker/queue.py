@@ -31,6 +31,10 @@ from vmqtw.types import Message, SubscriberId
 #: The largest MQTT packet identifier; ids run 1..65535.
 MAX_PACKET_ID = 65535
 
+#: Refs of handed-over messages remembered at most per queue, to drop the
+#: direct copy of one that arrives later (see ``SubscriberQueue.hold``).
+MAX_HANDED_REFS = 4096
+
 #: Stored messages read back from the message store at a time, when a
 #: restored offline queue is delivered (payloads are read lazily).
 LOAD_BATCH = 100
@@ -110,7 +114,7 @@ class SubscriberQueue:
     __slots__ = ("subscriber_id", "clean_session", "limits", "clock", "store",
                  "counters", "pending", "inflight", "awaiting_rel", "outlet",
                  "_next_packet_id", "_retry_call", "_window", "_qos_for", "_loading",
-                 "_readable", "_held")
+                 "_readable", "_held", "_handed_refs")
 
     def __init__(self, subscriber_id: SubscriberId, clean_session: bool,
                  limits: QueueLimits, clock: IReactorTime,
@@ -143,6 +147,12 @@ class SubscriberQueue:
         #: Handed-over messages while :meth:`hold` is in force; None when
         #: not holding.
         self._held: Optional[Deque[Waiting]] = None
+        #: Refs of messages handed over (or passed on by a node the session
+        #: left): a copy of one of them that reaches this node directly is
+        #: the same publish (sent to the old node for this session and here
+        #: for another subscriber, or both before and after the sender saw
+        #: the move), and is dropped.
+        self._handed_refs: Optional[Set[bytes]] = None
         window = limits.max_inflight_messages
         self._window = MAX_PACKET_ID if window <= 0 else min(window, MAX_PACKET_ID)
 
@@ -207,6 +217,7 @@ class SubscriberQueue:
                 for ref in refs:
                     self.store.delete(self.subscriber_id, ref)
         self._held = None
+        self._handed_refs = None
         self.pending.clear()
         self.inflight.clear()
         self.awaiting_rel.clear()
@@ -236,6 +247,7 @@ class SubscriberQueue:
         self.inflight.clear()
         self.awaiting_rel.clear()
         self._held = None
+        self._handed_refs = None
         unloaded = [message for message, _qos in entries if isinstance(message, bytes)]
         keeps = self.store is not None
 
@@ -287,6 +299,7 @@ class SubscriberQueue:
         """
         if self._held is None:
             self._held = deque()
+            self._handed_refs = set()
 
     def release_hold(self) -> None:
         """The hand-over is complete (or given up on): deliver, oldest first."""
@@ -294,9 +307,17 @@ class SubscriberQueue:
         if held is None:
             return
         self._held = None
+        handed = self._handed_refs
         if held:
-            held.extend(self.pending)
+            for waiting in self.pending:
+                message = waiting[0]
+                if handed and not isinstance(message, bytes) and message.ref in handed:
+                    handed.discard(message.ref)   # the copy handed over goes
+                    continue
+                held.append(waiting)
             self.pending = held
+        if not handed:
+            self._handed_refs = None
         self.pump()
 
     def enqueue_handed_over(self, message: Message, qos: int) -> Optional[Deferred]:
@@ -306,6 +327,12 @@ class SubscriberQueue:
         here directly while the hand-over runs, and stored before the old
         node is told it may delete its copy.
         """
+        handed = self._handed_refs
+        if handed is not None and message.ref in handed:
+            return None   # handed over twice (by two nodes the session left)
+        if handed is None or len(handed) >= MAX_HANDED_REFS:
+            handed = self._handed_refs = set()
+        handed.add(message.ref)
         held = self._held
         if held is None:
             self.pending.append((message, qos))
@@ -327,6 +354,11 @@ class SubscriberQueue:
         Returns a Deferred when the publisher's acknowledgement must wait for
         the message store (QoS 1/2 for a persistent session), else None.
         """
+        handed = self._handed_refs
+        if handed and self._held is None and message.ref in handed:
+            # Came here directly too, after the hand-over delivered it.
+            handed.discard(message.ref)
+            return None
         outlet = self.outlet
         if outlet is not None:
             if self._readable is not None and not self._readable(message):

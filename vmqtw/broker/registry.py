@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
+import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -30,11 +31,16 @@ from vmqtw.interfaces import IClusterTransport, IMessageStore, IMetadataStore
 from vmqtw.trie import RetainTree, SubscriptionTrie
 from vmqtw.types import SUBSCRIBER_PREFIX, Message, SubscriberId
 
-__all__ = ["Registry", "MOVED_FORWARDING", "HAND_OVER_WAIT"]
+__all__ = ["Registry", "MOVED_FORWARDING", "MOVED_GRACE", "HAND_OVER_WAIT"]
 
 #: Seconds a node passes on what still arrives for a session that moved
-#: away (sent before the sender saw the move, or resent after a cut).
+#: away (sent before the sender saw the move, or resent after a cut) when
+#: not every member confirmed the move.
 MOVED_FORWARDING = 60.0
+#: Seconds it goes on passing them on after every reachable member
+#: confirmed the move, with the cluster whole: what a member sent before it
+#: merged the move is in flight no longer.
+MOVED_GRACE = 0.5
 #: Seconds a session that moved here waits at most for its old node's
 #: hand-over before delivering what reached this node directly.
 HAND_OVER_WAIT = 3.0
@@ -441,8 +447,26 @@ class Registry:
         if self.confirm is None:
             dataplane.hand_over_done(new_node, subscriber_id)
             return
-        self.confirm(SUBSCRIBER_PREFIX, subscriber_id.as_key()).addBoth(
-            lambda _: dataplane.hand_over_done(new_node, subscriber_id))
+
+        def confirmed(_: Any) -> None:
+            dataplane.hand_over_done(new_node, subscriber_id)
+            if self.ready():
+                # Every member routes to the new node now: what they send
+                # here from now on is for this node's other subscribers, and
+                # passing it on would only duplicate it.
+                self._expire_move(subscriber_id, MOVED_GRACE)
+
+        self.confirm(SUBSCRIBER_PREFIX, subscriber_id.as_key()).addBoth(confirmed)
+
+    def _expire_move(self, subscriber_id: SubscriberId, delay: float) -> None:
+        entry = self._moved.get(subscriber_id)
+        if entry is None:
+            return
+        filters, call = entry
+        if call.active():
+            call.cancel()
+        self._moved[subscriber_id] = (filters, self.clock.callLater(
+            delay, self._forget_move, subscriber_id))
 
     def _remember_move(self, subscriber_id: SubscriberId) -> None:
         self._forget_move(subscriber_id)
@@ -470,6 +494,10 @@ class Registry:
         node acknowledged it -- as a hand-over -- so neither a late arrival
         nor a crash of this node loses it.
         """
+        if message.origin is not None and not message.dup:
+            # The sender may have sent the new node its own copy (it may
+            # have seen the move first): ours is a possible duplicate.
+            message = attrs.evolve(message, dup=True)
         handing = self._handing_on.get(subscriber_id)
         if handing is not None:
             # Newer than what its queue here holds: handed on after it.
