@@ -308,13 +308,18 @@ class SubscriberQueue:
             return
         self._held = None
         handed = self._handed_refs
-        if held:
-            for waiting in self.pending:
-                message = waiting[0]
-                if handed and not isinstance(message, bytes) and message.ref in handed:
-                    handed.discard(message.ref)   # the copy handed over goes
-                    continue
-                held.append(waiting)
+        if held is not None:
+            for message, qos in self.pending:
+                if not isinstance(message, bytes):
+                    if handed and message.ref in handed:
+                        handed.discard(message.ref)   # the copy handed over goes
+                        continue
+                    if qos and not message.dup:
+                        # Reached this node while the old one still held the
+                        # session: a node that had not yet seen the move may
+                        # have sent it there too, and its client got it.
+                        message = attrs.evolve(message, dup=True)
+                held.append((message, qos))
             self.pending = held
         if not handed:
             self._handed_refs = None
