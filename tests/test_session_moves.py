@@ -223,3 +223,19 @@ def test_copies_for_the_old_nodes_other_subscribers_are_not_passed_on():
     cluster.settle()
     assert [(p.payload, p.dup) for p in back.publishes()] == [(b"once", False)]
     assert payloads(other) == [b"once"]
+
+
+def test_a_late_marker_of_an_earlier_move_does_not_release_the_hold():
+    cluster = Cluster()
+    parked_on_a(cluster)
+    undo = cluster.network.drop(lambda src, dst, channel, m: src == "A" and dst == "B"
+                                and channel == CHANNEL)
+    back = cluster["B"].connect(SID.client_id, clean_session=False)
+    publish(cluster["B"].connect("pub"), [b"direct"])
+    cluster.settle(0.2)
+    cluster["B"].registry._hand_over_done(SID, "C")      # not the node B waits for
+    cluster.settle(0.2)
+    assert payloads(back) == []
+    cluster.settle(HAND_OVER_WAIT)
+    assert payloads(back) == [b"direct"]
+    undo()

@@ -104,10 +104,16 @@ class Registry:
         self._moved: Dict[SubscriberId, Tuple[Dict[str, int], IDelayedCall]] = {}
         #: Sessions that moved here and wait for the old node's hand-over.
         self._hold_calls: Dict[SubscriberId, IDelayedCall] = {}
+        #: The node whose hand-over marker a held queue waits for (a late
+        #: marker of an earlier move must not release it).
+        self._awaited: Dict[SubscriberId, str] = {}
         #: Sessions that moved on while their queue here still waited for
         #: the hand-over from the node before: ``(queue, timer)``, handed on
         #: once that is complete, so the next node gets everything in order.
-        self._handing_on: Dict[SubscriberId, Tuple[SubscriberQueue, IDelayedCall]] = {}
+        #: ``(queue, successor, timer)``: the successor is the node it moved
+        #: to from here, which waits for our marker (not the current owner:
+        #: each node hands on to the next one, in the order of the moves).
+        self._handing_on: Dict[SubscriberId, Tuple[SubscriberQueue, str, IDelayedCall]] = {}
         self.router.moved = self.moved
         self.router.forward_moved = self._forward_moved
 
@@ -141,12 +147,13 @@ class Registry:
         for queue in self.queues.values():
             queue.detach()
         for call in [*self._expiry_calls.values(), *self._hold_calls.values(),
-                     *(call for _queue, call in self._handing_on.values()),
+                     *(call for _queue, _node, call in self._handing_on.values()),
                      *(call for _filters, call in self._moved.values())]:
             if call.active():
                 call.cancel()
         self._expiry_calls.clear()
         self._hold_calls.clear()
+        self._awaited.clear()
         self._handing_on.clear()
         self._moved.clear()
 
@@ -295,11 +302,11 @@ class Registry:
         handing = self._handing_on.pop(subscriber_id, None)
         if handing is not None:
             # Back before its queue was handed on: it is ours again.
-            handed_back, call = handing
+            handed_back, _successor, call = handing
             if call.active():
                 call.cancel()
             self.queues[subscriber_id] = handed_back
-            self._hold(subscriber_id, handed_back)
+            self._hold(subscriber_id, handed_back, self._awaited.get(subscriber_id))
         queue = self.queues.get(subscriber_id)
         if clean_session:
             # [MQTT-3.1.2-6]: discard any previous session, wherever it was.
@@ -319,7 +326,7 @@ class Registry:
                     and dataplane.transport.connected(old_owner)):
                 # The old node hands its messages over once it sees the
                 # record move: they go out before what reaches us directly.
-                self._hold(subscriber_id, queue)
+                self._hold(subscriber_id, queue, old_owner)
         # Recorded with this node, so that a node where the session was
         # closes its connection and hands a persistent queue over.
         held_persistent = self.subscription_table.claim(subscriber_id, clean_session)
@@ -327,8 +334,11 @@ class Registry:
         self.sessions[subscriber_id] = session
         return queue, present
 
-    def _hold(self, subscriber_id: SubscriberId, queue: SubscriberQueue) -> None:
+    def _hold(self, subscriber_id: SubscriberId, queue: SubscriberQueue,
+              old_node: Optional[str]) -> None:
         queue.hold()
+        if old_node is not None:
+            self._awaited[subscriber_id] = old_node
         call = self._hold_calls.pop(subscriber_id, None)
         if call is not None and call.active():
             call.cancel()
@@ -337,6 +347,10 @@ class Registry:
 
     def _hand_over_done(self, subscriber_id: SubscriberId, old_node: Optional[str]) -> None:
         """The old node handed everything over (or we waited long enough)."""
+        awaited = self._awaited.get(subscriber_id)
+        if old_node is not None and awaited is not None and old_node != awaited:
+            return   # the end of an earlier hand-over
+        self._awaited.pop(subscriber_id, None)
         if subscriber_id in self._handing_on:
             self._hand_on(subscriber_id)
             return
@@ -406,23 +420,25 @@ class Registry:
         if queue.held:
             # Moved on before the node before handed everything here: wait
             # for it (bounded), then hand on all of it, oldest first.
-            self._handing_on[subscriber_id] = (queue, self.clock.callLater(
+            self._handing_on[subscriber_id] = (queue, new_node, self.clock.callLater(
                 HAND_OVER_WAIT, self._hand_on, subscriber_id))
             return
         self._hand_over_queue(subscriber_id, queue, new_node)
 
     def _hand_on(self, subscriber_id: SubscriberId) -> None:
+        self._awaited.pop(subscriber_id, None)
         handing = self._handing_on.pop(subscriber_id, None)
         if handing is None:
             return
-        queue, call = handing
+        queue, successor, call = handing
         if call.active():
             call.cancel()
-        owner = self._moved_owner(subscriber_id)
-        if owner is None or self.dataplane is None:
-            queue.discard()
+        if self._moved_owner(subscriber_id) is None or self.dataplane is None:
+            queue.discard()   # the session ended meanwhile
             return
-        self._hand_over_queue(subscriber_id, queue, owner)
+        # To the node it moved to from here, which waits for our marker; if
+        # it moved on too, it hands on in turn (or passes on what it gets).
+        self._hand_over_queue(subscriber_id, queue, successor)
 
     def _hand_over_queue(self, subscriber_id: SubscriberId, queue: SubscriberQueue,
                          new_node: str) -> None:
