@@ -316,9 +316,18 @@ class Racer(Subscriber):
         self.client.on_disconnect = self._on_disconnect
         #: Connections alive after each round.
         self.survivors: List[int] = []
+        #: CONNECTs refused (CONNACK 3 when the coordinator did not answer).
+        self.refused = 0
 
     def _on_disconnect(self, client: Any, *args: Any) -> None:
         client.disconnect()   # taken over: stay down
+
+    def _on_race_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
+                         properties: Any = None) -> None:
+        if reason != 0:
+            with self.lock:
+                self.refused += 1
+        self._on_connect(client, userdata, flags, reason, properties)
 
     def race(self, nodes: Sequence[Node], settle: float = 1.5, timeout: float = 20.0) -> int:
         """One round: a CONNECT on every node at once; returns how many live."""
@@ -327,16 +336,18 @@ class Racer(Subscriber):
         fresh = []
         for node in nodes:
             client = _client(self.client_id, self.keepalive)
-            client.on_connect = self._on_connect
+            client.on_connect = self._on_race_connect
             client.on_message = self._on_message
             client.on_disconnect = self._on_disconnect
             client.connect_async(node.host, node.port, self.keepalive)
             fresh.append(client)
         for client in fresh:
             client.loop_start()
-        wait_until(lambda: len(self.connacks) >= count + 1, timeout,
-                   what="a CONNACK for %s" % (self.client_id,))
-        time.sleep(settle)   # the takeovers play out (wall clock is the point)
+        # Every CONNECT answered (accepted, or refused: the client retries),
+        # then the takeovers play out (wall clock is the point here).
+        wait_until(lambda: len(self.connacks) + self.refused >= count + len(nodes), timeout,
+                   what="CONNACKs for %s" % (self.client_id,))
+        time.sleep(settle)
         self.clients = old + fresh
         live = [c for c in self.clients if c.is_connected()]
         for client in self.clients:
