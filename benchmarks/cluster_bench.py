@@ -11,6 +11,7 @@ same machine (the "before and after" of a change)::
     python benchmarks/cluster_bench.py throughput --qos 1 --messages 20000
     python benchmarks/cluster_bench.py throughput --bin /tmp/old/.venv/bin
     python benchmarks/cluster_bench.py suback --subscribes 500
+    python benchmarks/cluster_bench.py connect --set coordinate_registrations=off
     python benchmarks/cluster_bench.py detection --rounds 5 \
         --set cluster.heartbeat_interval=250ms --set cluster.heartbeat_timeout=1s
 
@@ -19,7 +20,9 @@ the subscriber on node B, so every message crosses the cluster link;
 ``suback`` times SUBSCRIBE -> SUBACK on node A of three nodes (each SUBACK
 waits until the other nodes route the filter); ``detection`` freezes node B
 (SIGSTOP: its socket stays open and silent, as behind a firewall that drops
-packets) and times how long node A takes to refuse a CONNECT.
+packets) and times how long node A takes to refuse a CONNECT; ``connect``
+times CONNECT -> CONNACK on node A of three (registrations coordinated or
+not).
 """
 from __future__ import annotations
 
@@ -262,6 +265,33 @@ def suback(args: argparse.Namespace) -> Dict[str, Any]:
         cluster.close()
 
 
+def connect_latency(args: argparse.Namespace) -> Dict[str, Any]:
+    """
+    CONNECT -> CONNACK on node A of three, one fresh client id each time:
+    with ``coordinate_registrations`` (the default) two thirds of them ask
+    another node for their turn; compare with ``--set
+    coordinate_registrations=off``.
+    """
+    cluster = Cluster(args.bin, 3, args.settings)
+    try:
+        a = cluster.nodes[0]
+        times = []
+        for i in range(args.connects):
+            started = time.perf_counter()
+            sock = mqtt_connect(a.host, a.port, "connect-timer-%d" % i)
+            times.append((time.perf_counter() - started) * 1000)
+            assert sock is not None
+            sock.close()
+        times.sort()
+        return {"scenario": "connect", "nodes": 3, "connects": len(times),
+                "settings": args.settings,
+                "p50_ms": round(statistics.median(times), 3),
+                "p99_ms": round(times[int(len(times) * 0.99) - 1], 3),
+                "max_ms": round(times[-1], 3)}
+    finally:
+        cluster.close()
+
+
 def detection(args: argparse.Namespace) -> Dict[str, Any]:
     results = []
     for round_ in range(args.rounds):
@@ -289,7 +319,7 @@ def detection(args: argparse.Namespace) -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="cluster_bench.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("scenario", choices=("throughput", "suback", "detection"))
+    ap.add_argument("scenario", choices=("throughput", "suback", "detection", "connect"))
     ap.add_argument("--bin", default=os.path.dirname(sys.executable),
                     help="directory holding twistd and vmqtw-admin (default: this Python's)")
     ap.add_argument("--qos", type=int, default=1, choices=(0, 1, 2))
@@ -297,12 +327,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--messages", type=int, default=20000, help="per publisher")
     ap.add_argument("--subscribes", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--connects", type=int, default=500)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a configuration line for every node (repeatable), e.g. "
                     "cluster.heartbeat_timeout=1s")
     args = ap.parse_args(argv)
     args.settings = dict(item.split("=", 1) for item in args.set)
-    report = {"throughput": throughput, "suback": suback, "detection": detection}[
+    report = {"throughput": throughput, "suback": suback, "detection": detection,
+              "connect": connect_latency}[
         args.scenario](args)
     print(json.dumps(report, indent=1))
     return 0

@@ -701,13 +701,12 @@ def test_every_key_is_read_by_the_code_or_marked_not_yet_in_effect() -> None:
             assert cfg.PENDING_NOTE.split(":")[0] in block, s.key
 
 
-def test_coordinate_registrations_is_not_shipped_as_if_it_worked() -> None:
-    """It is accepted (VerneMQ files keep loading) but shipped commented out and marked."""
+def test_coordinate_registrations_is_shipped_on_and_read() -> None:
+    """Issue 17: registrations are coordinated (on by default, as VerneMQ)."""
     assert one("coordinate_registrations", "off").coordinate_registrations is False
     text = SHIPPED.read_text(encoding="utf-8")
-    assert "\ncoordinate_registrations = " not in text
-    assert "\n# coordinate_registrations = on\n" in text
-    assert "registrations are\n## not yet coordinated (issue 17)" in text
+    assert "\ncoordinate_registrations = on\n" in text
+    assert "not yet coordinated" not in text
 
 
 # ---------------------------------------------------------------------------

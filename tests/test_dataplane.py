@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 
 import msgpack
 
-from vmqtw.cluster.dataplane import (CHANNEL, BacklogFull, DataPlane, decode_message,
+from vmqtw.cluster.dataplane import (ACK, CHANNEL, BacklogFull, DataPlane, decode_message,
                                      encode_message, outbox_id)
 from vmqtw.testing.memory_transport import InMemoryNetwork
 from vmqtw.store.leveldb import LevelDBMessageStore
@@ -314,6 +314,38 @@ def test_a_moved_sessions_messages_reach_its_new_queue(world):
     settle(clock)
     assert [(s, m.topic, q) for s, m, q in b.handed] == [(sid, "t/%d" % n, 1) for n in range(3)]
     assert a.plane.backlog() == {}
+
+
+def test_a_hand_over_is_released_on_the_ack_and_ends_with_a_marker(world):
+    """
+    The old node deletes its stored copy only when the new owner
+    acknowledged the entry (``on_released``), and the new owner learns,
+    in stream order, that the hand-over is complete (``on_done``); what was
+    in flight at the old node arrives flagged as a redelivery (DUP).
+    """
+    clock, net = world
+    a, b = Side(net, clock, A), Side(net, clock, B)
+    released, done = [], []
+    a.plane.on_released = lambda sid, ref: released.append(ref)
+    b.plane.on_hand_over_done = lambda sid, old: done.append((sid, old, len(b.handed)))
+    connect(a, b)
+    sid = SubscriberId("", "c1")
+    inflight = msg(0)
+    inflight.dup = True
+    a.plane.hand_over(B, sid, inflight, 1, release=True)
+    a.plane.hand_over(B, sid, msg(1), 1, release=True)
+    a.plane.hand_over(B, sid, msg(2, qos=0), 0)
+    a.plane.hand_over_done(B, sid)
+    undo = net.drop(lambda src, dst, channel, m: src == B and m[0] == ACK)
+    settle(clock)
+    assert [(m.topic, m.dup) for _s, m, _q in b.handed] == [("t/0", True), ("t/1", False),
+                                                            ("t/2", False)]
+    assert done == [(sid, A, 3)]
+    assert released == []
+    undo()
+    settle(clock, 11)      # the stalled stream is sent again and acknowledged again
+    assert released == [msg(0).ref, msg(1).ref]
+    assert len(b.handed) == 3 and a.plane.backlog() == {}
 
 
 def test_repeated_cuts_lose_nothing(world):

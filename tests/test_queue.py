@@ -34,17 +34,56 @@ def persistent_queue(limits=QueueLimits()):
     return SubscriberQueue(SID, False, limits, clock, store=store), clock, store
 
 
-def test_hand_over_reads_stored_payloads_and_empties_the_store():
-    """A restored queue handed to another node sends every message, in order, payloads read."""
+def test_hand_over_reads_stored_payloads_and_keeps_the_stored_copies():
+    """
+    A restored queue handed to another node sends every message, in order,
+    payloads read, then says it is done; the stored copies stay until the
+    new owner has them (the caller deletes them then), so a crash of this
+    node in between loses nothing.
+    """
     queue, _, store = persistent_queue()
     for n in range(3):
         store.write(SID, message(n))
     queue.restore([message(n).ref for n in range(3)], lambda m: m.qos)
     queue.enqueue(message(3), 1)
+    handed, done = [], []
+    queue.hand_over(lambda m, qos, stored: handed.append((m.payload, qos, stored, m.dup)),
+                    lambda: done.append(True))
+    # Read back from the store: maybe delivered before a restart, so DUP.
+    assert handed == [(b"m0", 1, True, True), (b"m1", 1, True, True), (b"m2", 1, True, True),
+                      (b"m3", 1, True, False)]
+    assert done == [True]
+    assert queue.size() == 0 and store.stored_payloads() == 4
+
+
+def test_hand_over_sends_what_was_in_flight_with_dup():
+    """[MQTT-4.4.0-1] carried across nodes: unacknowledged means resent with DUP."""
+    queue, _, store = persistent_queue()
+    outlet = Outlet()
+    queue.attach(outlet)
+    queue.enqueue(message(0), 1)
+    queue.enqueue(message(1), 1)
+    queue.puback(1)
     handed = []
-    queue.hand_over(lambda m, qos: handed.append((m.payload, qos)))
-    assert handed == [(b"m0", 1), (b"m1", 1), (b"m2", 1), (b"m3", 1)]
-    assert queue.size() == 0 and store.stored_payloads() == 0
+    queue.hand_over(lambda m, qos, stored: handed.append((m.payload, m.dup)))
+    assert handed == [(b"m1", True)]
+    assert outlet.sent[-1][0] == b"m1"
+
+
+def test_a_held_queue_delivers_handed_over_messages_before_direct_ones():
+    """A session that moved here: what its old node hands over goes first."""
+    queue, _, store = persistent_queue()
+    outlet = Outlet()
+    queue.hold()
+    queue.attach(outlet)
+    queue.enqueue(message(5), 1)                 # reached this node directly
+    assert outlet.sent == []
+    queue.enqueue_handed_over(message(1), 1)
+    queue.enqueue_handed_over(message(2), 1)
+    assert outlet.sent == [] and queue.size() == 3
+    queue.release_hold()
+    assert [s[0] for s in outlet.sent] == [b"m1", b"m2", b"m5"]
+    assert store.stored_payloads() == 3
 
 
 def test_unreadable_messages_are_dropped_at_send_time_and_the_window_moves_on():
@@ -136,3 +175,46 @@ def test_restored_message_downgraded_to_qos0_is_sent_once_and_leaves_the_store()
     assert list(queue.inflight) == [1] and store.stored_payloads() == 1
     queue.puback(1)
     assert store.stored_payloads() == 0
+
+
+def test_a_held_queue_handed_on_keeps_the_handed_over_messages_first():
+    """A session moving on before its previous hand-over completed."""
+    queue, _, _store = persistent_queue()
+    queue.hold()
+    queue.enqueue(message(5), 1)
+    queue.enqueue_handed_over(message(1), 1)
+    handed = []
+    queue.hand_over(lambda m, qos, stored: handed.append(m.payload))
+    assert handed == [b"m1", b"m5"]
+    assert not queue.held and queue.size() == 0
+
+
+def test_a_direct_copy_of_a_handed_over_message_is_delivered_once():
+    """
+    The same publish reached the old node for this session and this node
+    for another subscriber: one copy, the handed-over one, in its place.
+    """
+    queue, _, store = persistent_queue()
+    outlet = Outlet()
+    queue.hold()
+    queue.attach(outlet)
+    queue.enqueue(message(2), 1)              # direct, before its hand-over copy
+    queue.enqueue(message(3), 1)
+    queue.enqueue_handed_over(message(1), 1)
+    queue.enqueue_handed_over(message(2), 1)
+    queue.release_hold()
+    assert queue.enqueue(message(1), 1) is None   # direct, after the hand-over
+    queue.enqueue(message(4), 1)
+    assert [s[0] for s in outlet.sent] == [b"m1", b"m2", b"m3", b"m4"]
+
+
+def test_a_direct_copy_after_a_passed_on_one_is_dropped():
+    """A node the session left passed a copy on (with DUP) before the direct one came."""
+    queue, _, _store = persistent_queue()
+    outlet = Outlet()
+    queue.attach(outlet)
+    passed_on = message(1)
+    passed_on.dup = True
+    queue.enqueue_handed_over(passed_on, 1)
+    assert queue.enqueue(message(1), 1) is None
+    assert [(s[0], s[3]) for s in outlet.sent] == [(b"m1", True)]

@@ -693,8 +693,7 @@ SCHEMA: tuple[Setting, ...] = (
         "When on, connects for one client identifier are serialized on one "
         "node of the cluster, so simultaneous connects on different nodes "
         "cannot leave two sessions alive.  Turning it off makes connects a "
-        "little faster and duplicates possible.",
-        pending="registrations are not yet coordinated (issue 17)"),
+        "little faster and duplicates possible."),
     Setting(
         "outgoing_clustering_buffer_size", ByteSize(), 64 * 1024**2,
         "How many bytes of messages for one other node may wait for its "

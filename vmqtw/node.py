@@ -43,6 +43,7 @@ from twisted.python.threadpool import ThreadPool
 
 from vmqtw.admin.server import AdminHandlers, register_admin_handlers
 from vmqtw.broker.auth import BrokerAuthenticator
+from vmqtw.broker.coordinator import RegistrationCoordinator
 from vmqtw.broker.queue import QueueLimits
 from vmqtw.broker.registry import Registry
 from vmqtw.broker.retain import RetainStore
@@ -132,12 +133,15 @@ def build_broker_core(node: str, clock: IReactorTime, *,
                       limits: QueueLimits = QueueLimits(),
                       session_expiration: Optional[float] = None,
                       ready: Optional[Callable[[], bool]] = None,
-                      buffer_limit: int = 64 * 1024 * 1024) -> BrokerCore:
+                      buffer_limit: int = 64 * 1024 * 1024,
+                      coordinate_registrations: bool = False) -> BrokerCore:
     """
     The registry with its subscriptions, retained messages and (given a
     ``transport``) data plane, over ``replication``'s store or, without
     one, ``metadata``.  ``buffer_limit`` bounds each peer's unacknowledged
-    bytes on the data plane.
+    bytes on the data plane.  ``coordinate_registrations`` serializes
+    CONNECTs per client id across the cluster (it needs ``replication``,
+    which knows the members, and ``transport``).
     """
     if replication is not None:
         metadata = replication.store
@@ -147,12 +151,16 @@ def build_broker_core(node: str, clock: IReactorTime, *,
                  if transport is not None else None)
     if dataplane is not None and replication is not None and replication.peers is not None:
         replication.peers.on_change(dataplane.keep_peers)
+    coordinator = (RegistrationCoordinator(node, transport, clock, replication.members)
+                   if coordinate_registrations and transport is not None
+                   and replication is not None else None)
     registry = Registry(node, metadata, clock, limits, store,
                         session_expiration=session_expiration, ready=ready,
                         subscriptions=Subscriptions(node, metadata),
                         retain=RetainStore(metadata), dataplane=dataplane,
                         confirm=(replication.confirmer.confirm
-                                 if replication is not None else None))
+                                 if replication is not None else None),
+                        coordinator=coordinator)
     registry.subscription_table.on_adopted = registry.adopt
     return BrokerCore(registry, replication, store, transport)
 
@@ -267,7 +275,8 @@ def build_node(config: Config, reactor: Any) -> Node:
                              transport=transport, limits=queue_limits(config),
                              session_expiration=config.persistent_client_expiration,
                              ready=readiness,
-                             buffer_limit=config.outgoing_clustering_buffer_size)
+                             buffer_limit=config.outgoing_clustering_buffer_size,
+                             coordinate_registrations=config.coordinate_registrations)
     registry = core.registry
     admin = register_admin_handlers(transport, cluster, registry, readiness)
     if cluster.peers is not None:

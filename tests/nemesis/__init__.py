@@ -10,8 +10,10 @@ invented.  The long form, one table per scenario (needs nft, as root)::
     .venv/bin/python -m tests.nemesis [--scenario NAME] [--long]
 
 ``--scenario`` (repeatable) is one of ``cuts``, ``cuts-allow-publish``,
-``kill9``, ``pause``, ``subscribe-publish``; ``--rate``, ``--cycles``,
-``--on``, ``--off``, ``--rounds`` and ``--nodes`` override the timings.
+``kill9``, ``pause``, ``subscribe-publish``, ``session-moves``,
+``registration-races`` (issue 17); ``--rate``, ``--cycles``, ``--on``,
+``--off``, ``--rounds``, ``--moves``, ``--races`` and ``--nodes`` override
+the timings.
 It exits 1 when any scenario broke the promise.  The short form is
 ``tests/test_nemesis.py``.
 

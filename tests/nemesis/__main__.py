@@ -23,9 +23,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--on", type=float, help="cut scenarios: seconds cut")
     parser.add_argument("--off", type=float, help="cut scenarios: seconds healed")
     parser.add_argument("--rounds", type=int, help="subscribe-publish: rounds")
+    parser.add_argument("--moves", type=int, help="session-moves: moves of the subscriber")
+    parser.add_argument("--races", type=int, help="registration-races: rounds")
     args = parser.parse_args(argv)
     timings = LONG if args.long else NORMAL
-    overrides = {k: getattr(args, k) for k in ("rate", "cycles", "on", "off", "rounds")
+    overrides = {k: getattr(args, k) for k in ("rate", "cycles", "on", "off", "rounds",
+                                                  "moves", "races")
                  if getattr(args, k) is not None}
     timings = attrs.evolve(timings, **overrides)
     # SIGTERM unwinds like Ctrl-C, so every node and nft rule is removed.

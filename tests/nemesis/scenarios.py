@@ -24,7 +24,7 @@ import attrs
 
 from tests.nemesis.checker import Report, check
 from tests.nemesis.harness import FIRST_IP, Cluster
-from tests.nemesis.workload import Workload
+from tests.nemesis.workload import Racer, Workload
 
 __all__ = ["Timings", "SHORT", "NORMAL", "LONG", "Context", "Scenario",
            "Outcome", "SCENARIOS", "run"]
@@ -49,10 +49,15 @@ class Timings:
     #: Subscribe-then-publish scenario: rounds.
     rounds: int = 100
     subscribers_per_node: int = 1
+    #: Session-moves scenario: moves of the subscriber, and seconds between.
+    moves: int = 100
+    dwell: float = 0.3
+    #: Registration-races scenario: rounds of one CONNECT on every node.
+    races: int = 20
 
 
 SHORT = Timings(rate=50.0, settle=1.5, cycles=2, on=4.0, off=2.0, down=4.0, paused=4.5,
-                rounds=30)
+                rounds=30, moves=12, races=5)
 NORMAL = Timings()
 LONG = Timings(cycles=10, down=10.0, paused=10.0, settle=5.0, rounds=1000,
                subscribers_per_node=2)
@@ -229,6 +234,48 @@ def removed_node_rejoins(ctx: Context) -> None:
     ctx.hold(ctx.timings.settle)
 
 
+def session_moves(ctx: Context) -> None:
+    """
+    The first subscriber's persistent session moves node to node under the
+    load, ``moves`` times (every other move abrupt: the new node takes the
+    old connection over), ``dwell`` seconds on each node.
+    """
+    t = ctx.timings
+    nodes = ctx.cluster.nodes
+    mover = ctx.workload.subscribers[0]
+    ctx.hold(t.settle)
+    for i in range(t.moves):
+        node = nodes[(i + 1) % len(nodes)]
+        mover.move(node, abrupt=bool(i % 2))
+        ctx.hold(t.dwell)
+    ctx.log("%d moves of %s" % (t.moves, mover.name))
+    ctx.hold(t.settle)
+
+
+def registration_races(ctx: Context) -> None:
+    """
+    One persistent session (subscribed to the load like the others) that a
+    CONNECT on every node claims at once, ``races`` rounds: each round must
+    leave exactly one live connection, and nothing is lost (the checker).
+    """
+    t = ctx.timings
+    workload = ctx.workload
+    nodes = ctx.cluster.nodes
+    racer = Racer(nodes[0], "racer")
+    workload.subscribers.append(racer)
+    racer.connect()
+    racer.subscribe(workload.prefix + "/#")
+    workload.wait_routed()
+    ctx.hold(t.settle)
+    for _ in range(t.races):
+        racer.race(nodes)
+    ctx.log("live connections after each race: %s" % (racer.survivors,))
+    bad = [n for n in racer.survivors if n != 1]
+    if bad:
+        raise AssertionError("races left %s live connections: %s" % (bad, racer.survivors))
+    ctx.hold(t.settle)
+
+
 SCENARIOS: Dict[str, Scenario] = {s.name: s for s in [
     Scenario("cuts", "node 3 cut off repeatedly (defaults: no publishes during a split)",
              repeated_cuts),
@@ -242,6 +289,10 @@ SCENARIOS: Dict[str, Scenario] = {s.name: s for s in [
              "come back on the survivors", leave_dead_node),
     Scenario("rejoin-removed", "node 3 killed, removed while down, restarted (knows it was "
              "removed, no MQTT), joined again", removed_node_rejoins),
+    Scenario("session-moves", "a persistent subscriber moves node to node under load",
+             session_moves),
+    Scenario("registration-races", "one client id connects on every node at once, repeatedly",
+             registration_races),
 ]}
 
 

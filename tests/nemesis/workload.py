@@ -30,7 +30,7 @@ from tests.nemesis.checker import (PublisherHistory, Receipt, Sent,
 from tests.nodeharness import Node
 from tests.waiting import wait_until
 
-__all__ = ["Publisher", "Subscriber", "Workload", "Clock"]
+__all__ = ["Publisher", "Subscriber", "Racer", "Workload", "Clock"]
 
 Clock = Callable[[], float]
 #: Payload prefix of routing probes, which are not part of the history.
@@ -272,6 +272,28 @@ class Subscriber(_Endpoint):
         with self.lock:
             self._subscriptions.append(Subscription(topic_filter, since))
 
+
+    def move(self, node: Node, abrupt: bool = False, timeout: float = 20.0) -> None:
+        """
+        Reconnect the session on ``node``: after a DISCONNECT, or
+        (``abrupt``) by connecting there while the old connection is still
+        open, so the new node takes it over.  The CONNACK must say the
+        session was present.
+        """
+        count = len(self.connacks)
+        if abrupt:
+            # paho's reconnect closes the old socket as it opens the new one.
+            self.client.loop_stop()
+        else:
+            self.client.disconnect()
+            wait_until(lambda: not self.client.is_connected(), 5.0, what="disconnect")
+            self.client.loop_stop()
+        self.node = node
+        self.client.connect(node.host, node.port, self.keepalive)
+        self.client.loop_start()
+        wait_until(lambda: len(self.connacks) > count, timeout,
+                   what="CONNACK for %s on %s" % (self.client_id, node.host))
+
     def probe_topics(self) -> Set[str]:
         with self.lock:
             return set(self.probes)
@@ -283,6 +305,70 @@ class Subscriber(_Endpoint):
     def history(self) -> SubscriberHistory:
         with self.lock:
             return SubscriberHistory(self.name, tuple(self._subscriptions), tuple(self._receipts))
+
+
+class Racer(Subscriber):
+    """
+    One persistent session that several connections, one per node, claim
+    at once (:meth:`race`): everything any of them receives counts for the
+    session, and exactly one of them may still be connected afterwards.
+    Taken-over connections are not reconnected (paho would otherwise take
+    the session back).
+    """
+
+    def __init__(self, node: Node, name: str, clock: Clock = time.monotonic,
+                 keepalive: int = 5) -> None:
+        super().__init__(node, name, clock, keepalive)
+        self.clients: List[mqtt.Client] = [self.client]
+        self.client.on_disconnect = self._on_disconnect
+        #: Connections alive after each round.
+        self.survivors: List[int] = []
+        #: CONNECTs refused (CONNACK 3 when the coordinator did not answer).
+        self.refused = 0
+
+    def _on_disconnect(self, client: Any, *args: Any) -> None:
+        client.disconnect()   # taken over: stay down
+
+    def _on_race_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
+                         properties: Any = None) -> None:
+        if reason != 0:
+            with self.lock:
+                self.refused += 1
+        self._on_connect(client, userdata, flags, reason, properties)
+
+    def race(self, nodes: Sequence[Node], settle: float = 1.5, timeout: float = 20.0) -> int:
+        """One round: a CONNECT on every node at once; returns how many live."""
+        count = len(self.connacks)
+        old = self.clients
+        fresh = []
+        for node in nodes:
+            client = _client(self.client_id, self.keepalive)
+            client.on_connect = self._on_race_connect
+            client.on_message = self._on_message
+            client.on_disconnect = self._on_disconnect
+            client.connect_async(node.host, node.port, self.keepalive)
+            fresh.append(client)
+        for client in fresh:
+            client.loop_start()
+        # Every CONNECT answered (accepted, or refused: the client retries),
+        # then the takeovers play out (wall clock is the point here).
+        wait_until(lambda: len(self.connacks) + self.refused >= count + len(nodes), timeout,
+                   what="CONNACKs for %s" % (self.client_id,))
+        time.sleep(settle)
+        self.clients = old + fresh
+        live = [c for c in self.clients if c.is_connected()]
+        for client in self.clients:
+            if client not in live:
+                client.loop_stop()
+        self.clients = live or fresh[-1:]
+        self.client = self.clients[0]
+        self.survivors.append(len(live))
+        return len(live)
+
+    def stop(self) -> None:
+        for client in self.clients:
+            self.client = client
+            super().stop()
 
 
 class Workload:

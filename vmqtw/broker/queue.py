@@ -31,6 +31,10 @@ from vmqtw.types import Message, SubscriberId
 #: The largest MQTT packet identifier; ids run 1..65535.
 MAX_PACKET_ID = 65535
 
+#: Refs of handed-over messages remembered at most per queue, to drop the
+#: direct copy of one that arrives later (see ``SubscriberQueue.hold``).
+MAX_HANDED_REFS = 4096
+
 #: Stored messages read back from the message store at a time, when a
 #: restored offline queue is delivered (payloads are read lazily).
 LOAD_BATCH = 100
@@ -110,7 +114,7 @@ class SubscriberQueue:
     __slots__ = ("subscriber_id", "clean_session", "limits", "clock", "store",
                  "counters", "pending", "inflight", "awaiting_rel", "outlet",
                  "_next_packet_id", "_retry_call", "_window", "_qos_for", "_loading",
-                 "_readable")
+                 "_readable", "_held", "_handed_refs")
 
     def __init__(self, subscriber_id: SubscriberId, clean_session: bool,
                  limits: QueueLimits, clock: IReactorTime,
@@ -140,6 +144,15 @@ class SubscriberQueue:
         #: Decides the QoS of a restored message once it is read back.
         self._qos_for: Optional[Callable[[Message], int]] = None
         self._loading = False
+        #: Handed-over messages while :meth:`hold` is in force; None when
+        #: not holding.
+        self._held: Optional[Deque[Waiting]] = None
+        #: Refs of messages handed over (or passed on by a node the session
+        #: left): a copy of one of them that reaches this node directly is
+        #: the same publish (sent to the old node for this session and here
+        #: for another subscriber, or both before and after the sender saw
+        #: the move), and is dropped.
+        self._handed_refs: Optional[Set[bytes]] = None
         window = limits.max_inflight_messages
         self._window = MAX_PACKET_ID if window <= 0 else min(window, MAX_PACKET_ID)
 
@@ -150,8 +163,9 @@ class SubscriberQueue:
         return self.outlet is not None
 
     def size(self) -> int:
-        """Messages held: waiting plus unacknowledged."""
-        return len(self.pending) + len(self.inflight)
+        """Messages held: waiting (handed over too) plus unacknowledged."""
+        held = self._held
+        return len(self.pending) + len(self.inflight) + (len(held) if held else 0)
 
     def attach(self, outlet: Outlet,
                readable: Optional[Callable[[Message], bool]] = None) -> None:
@@ -197,21 +211,45 @@ class SubscriberQueue:
                         if e.qos > 0 and e.state == AWAIT_ACK)
             for ref in refs:
                 self.store.delete(self.subscriber_id, ref)
+        if self._held:
+            refs = [m if isinstance(m, bytes) else m.ref for m, q in self._held if q > 0]
+            if self.store is not None:
+                for ref in refs:
+                    self.store.delete(self.subscriber_id, ref)
+        self._held = None
+        self._handed_refs = None
         self.pending.clear()
         self.inflight.clear()
         self.awaiting_rel.clear()
 
-    def hand_over(self, send: Callable[[Message, int], Any]) -> None:
+    def hand_over(self, send: Callable[[Message, int, bool], Any],
+                  done: Optional[Callable[[], Any]] = None) -> None:
         """
         The session moved to another node: give every message not yet
-        acknowledged to ``send(message, qos)`` in order (reading stored
-        payloads first), then end this queue.
+        acknowledged to ``send(message, qos, stored)`` in order (reading
+        stored payloads first; what was in flight goes as a possible
+        redelivery, with DUP), then call ``done()`` and end this queue.
+
+        Stored copies stay in the message store (``stored`` says which are
+        there): the caller deletes each one once the new owner has it safe,
+        so that a crash of this node in between loses nothing.
         """
         self.detach()
-        entries: List[Waiting] = [(entry.message, entry.qos) for entry in self.inflight.values()
+        entries: List[Waiting] = [(attrs.evolve(entry.message, dup=True), entry.qos)
+                                  for entry in self.inflight.values()
                                   if entry.state == AWAIT_ACK]
+        if self._held:
+            # Handed over to this node and not yet delivered: older than
+            # what waits in ``pending``.
+            entries.extend(self._held)
         entries.extend(self.pending)
+        self.pending = deque()
+        self.inflight.clear()
+        self.awaiting_rel.clear()
+        self._held = None
+        self._handed_refs = None
         unloaded = [message for message, _qos in entries if isinstance(message, bytes)]
+        keeps = self.store is not None
 
         def forward(loaded: List[Optional[Message]]) -> None:
             found = dict(zip(unloaded, loaded))
@@ -221,10 +259,13 @@ class SubscriberQueue:
                     if message is None:
                         continue
                     qos = self._qos_for(message) if self._qos_for is not None else message.qos
+                    # Stored before a restart: maybe delivered once already.
+                    message.dup = True
                 else:
                     message = waiting
-                send(message, qos)
-            self.discard()
+                send(message, qos, keeps and qos > 0)
+            if done is not None:
+                done()
 
         if unloaded and self.store is not None:
             reads = gatherResults([self.store.read(self.subscriber_id, ref) for ref in unloaded],
@@ -233,6 +274,81 @@ class SubscriberQueue:
             reads.addErrback(self._load_failed)
         else:
             forward([])
+
+    # -- a session moving here ------------------------------------------------
+
+    def holds(self, ref: bytes) -> bool:
+        """Whether a message with ``ref`` waits here or is in flight."""
+        for waiting in (self.pending, self._held or ()):
+            for message, _qos in waiting:
+                if (message if isinstance(message, bytes) else message.ref) == ref:
+                    return True
+        return any(entry.message.ref == ref for entry in self.inflight.values())
+
+    @property
+    def held(self) -> bool:
+        """Waiting for the old node's hand-over before delivering anything."""
+        return self._held is not None
+
+    def hold(self) -> None:
+        """
+        The session moved here from another node that still holds older
+        messages for it: deliver nothing until :meth:`release_hold`, so that
+        what the old node hands over goes out before what reached this node
+        directly (order per publisher).
+        """
+        if self._held is None:
+            self._held = deque()
+            self._handed_refs = set()
+
+    def release_hold(self) -> None:
+        """The hand-over is complete (or given up on): deliver, oldest first."""
+        held = self._held
+        if held is None:
+            return
+        self._held = None
+        handed = self._handed_refs
+        if held is not None:
+            for message, qos in self.pending:
+                if not isinstance(message, bytes):
+                    if handed and message.ref in handed:
+                        handed.discard(message.ref)   # the copy handed over goes
+                        continue
+                    if qos and not message.dup:
+                        # Reached this node while the old one still held the
+                        # session: a node that had not yet seen the move may
+                        # have sent it there too, and its client got it.
+                        message = attrs.evolve(message, dup=True)
+                held.append((message, qos))
+            self.pending = held
+        if not handed:
+            self._handed_refs = None
+        self.pump()
+
+    def enqueue_handed_over(self, message: Message, qos: int) -> Optional[Deferred]:
+        """
+        A message the session's old node handed over: kept whatever the
+        queue limits (the old node had accepted it), ahead of what arrived
+        here directly while the hand-over runs, and stored before the old
+        node is told it may delete its copy.
+        """
+        handed = self._handed_refs
+        if handed is not None and message.ref in handed:
+            return None   # handed over twice (by two nodes the session left)
+        if handed is None or len(handed) >= MAX_HANDED_REFS:
+            handed = self._handed_refs = set()
+        handed.add(message.ref)
+        held = self._held
+        if held is None:
+            self.pending.append((message, qos))
+        else:
+            held.append((message, qos))
+        stored = None
+        if qos > 0 and self.store is not None:
+            stored = self.store.write(self.subscriber_id, message)
+        if held is None:
+            self.pump()
+        return stored
 
     # -- delivery -----------------------------------------------------------
 
@@ -243,12 +359,17 @@ class SubscriberQueue:
         Returns a Deferred when the publisher's acknowledgement must wait for
         the message store (QoS 1/2 for a persistent session), else None.
         """
+        handed = self._handed_refs
+        if handed and self._held is None and message.ref in handed:
+            # Came here directly too, after the hand-over delivered it.
+            handed.discard(message.ref)
+            return None
         outlet = self.outlet
         if outlet is not None:
             if self._readable is not None and not self._readable(message):
                 self.counters.dropped_unauthorized += 1
                 return None
-            if not self.pending:
+            if not self.pending and self._held is None:
                 if qos == 0:
                     outlet.send_publish(message, 0, None, False)
                     return None
@@ -303,6 +424,8 @@ class SubscriberQueue:
         """Send waiting messages while the in-flight window has room."""
         outlet = self.outlet
         pending = self.pending
+        if self._held is not None:
+            return
         while outlet is not None and pending:
             message, qos = pending[0]
             if isinstance(message, bytes):

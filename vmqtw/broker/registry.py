@@ -14,22 +14,36 @@ are grouped at the end.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
+import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from vmqtw.broker.coordinator import Lease, RegistrationCoordinator
 from vmqtw.broker.queue import QueueCounters, QueueLimits, SubscriberQueue
 from vmqtw.broker.retain import Author, RetainStore
 from vmqtw.broker.router import Router
-from vmqtw.broker.subscriptions import Subscriptions
+from vmqtw.broker.subscriptions import Subscriptions, all_filters, record_owner
 from vmqtw.cluster.dataplane import OUTBOX_MOUNTPOINT, DataPlane
 from vmqtw.interfaces import IClusterTransport, IMessageStore, IMetadataStore
 from vmqtw.trie import RetainTree, SubscriptionTrie
 from vmqtw.types import SUBSCRIBER_PREFIX, Message, SubscriberId
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "MOVED_FORWARDING", "MOVED_GRACE", "HAND_OVER_WAIT"]
+
+#: Seconds a node passes on what still arrives for a session that moved
+#: away (sent before the sender saw the move, or resent after a cut) when
+#: not every member confirmed the move.
+MOVED_FORWARDING = 60.0
+#: Seconds it goes on passing them on after every reachable member
+#: confirmed the move, with the cluster whole: what a member sent before it
+#: merged the move is in flight no longer.
+MOVED_GRACE = 0.5
+#: Seconds a session that moved here waits at most for its old node's
+#: hand-over before delivering what reached this node directly.
+HAND_OVER_WAIT = 3.0
 
 
 class Registry:
@@ -52,8 +66,12 @@ class Registry:
                  subscriptions: Optional[Subscriptions] = None,
                  retain: Optional[RetainStore] = None,
                  dataplane: Optional[DataPlane] = None,
-                 confirm: Optional[Callable[[Tuple[str, str], Any], Deferred]] = None) -> None:
+                 confirm: Optional[Callable[[Tuple[str, str], Any], Deferred]] = None,
+                 coordinator: Optional[RegistrationCoordinator] = None) -> None:
         self.node = node
+        #: Serializes registrations per client id across the cluster
+        #: (``coordinate_registrations``); None: registrations are local.
+        self.coordinator = coordinator
         #: ``confirm(prefix, key)``: a Deferred firing once every reachable
         #: node merged the key (see :mod:`vmqtw.metadata.confirm`).
         self.confirm = confirm
@@ -80,6 +98,24 @@ class Registry:
         #: Messages to and from other nodes; None on a lone node.
         self.dataplane = dataplane
         self.router = Router(self.subscription_table, self.retain, self.queues.get, dataplane)
+        #: Sessions that moved away lately: their filters, so that what still
+        #: arrives for them is passed on (see :meth:`_forward_moved`).
+        self.moved = SubscriptionTrie()
+        self._moved: Dict[SubscriberId, Tuple[Dict[str, int], IDelayedCall]] = {}
+        #: Sessions that moved here and wait for the old node's hand-over.
+        self._hold_calls: Dict[SubscriberId, IDelayedCall] = {}
+        #: The node whose hand-over marker a held queue waits for (a late
+        #: marker of an earlier move must not release it).
+        self._awaited: Dict[SubscriberId, str] = {}
+        #: Sessions that moved on while their queue here still waited for
+        #: the hand-over from the node before: ``(queue, timer)``, handed on
+        #: once that is complete, so the next node gets everything in order.
+        #: ``(queue, successor, timer)``: the successor is the node it moved
+        #: to from here, which waits for our marker (not the current owner:
+        #: each node hands on to the next one, in the order of the moves).
+        self._handing_on: Dict[SubscriberId, Tuple[SubscriberQueue, str, IDelayedCall]] = {}
+        self.router.moved = self.moved
+        self.router.forward_moved = self._forward_moved
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -87,6 +123,8 @@ class Registry:
         """Build the trie and the retained tree, then follow changes."""
         self.subscription_table.start()
         self.retain.start()
+        if self.coordinator is not None:
+            self.coordinator.start()
 
     def receive_from_peers(self) -> Optional[Deferred]:
         """
@@ -97,18 +135,27 @@ class Registry:
         plane has read back its outbox (None on a lone node).
         """
         if self.dataplane is not None:
-            return self.dataplane.start(self.router.route_remote, self._handed_over)
+            return self.dataplane.start(self.router.route_remote, self._handed_over,
+                                        self._hand_over_released, self._hand_over_done)
         return None
 
     def stop(self) -> None:
         self.subscription_table.stop()
         self.retain.stop()
+        if self.coordinator is not None:
+            self.coordinator.stop()
         for queue in self.queues.values():
             queue.detach()
-        for call in self._expiry_calls.values():
+        for call in [*self._expiry_calls.values(), *self._hold_calls.values(),
+                     *(call for _queue, _node, call in self._handing_on.values()),
+                     *(call for _filters, call in self._moved.values())]:
             if call.active():
                 call.cancel()
         self._expiry_calls.clear()
+        self._hold_calls.clear()
+        self._awaited.clear()
+        self._handing_on.clear()
+        self._moved.clear()
 
     @inlineCallbacks
     def restore(self) -> Any:
@@ -139,10 +186,41 @@ class Registry:
             for subscriber_id in stored.difference(persistent):
                 if subscriber_id.mountpoint == OUTBOX_MOUNTPOINT:
                     continue   # the data plane's, read back by it
-                for ref in (yield store.find(subscriber_id)):
+                refs = yield store.find(subscriber_id)
+                owner = self._moved_owner(subscriber_id)
+                if owner is not None and self.dataplane is not None:
+                    # Handed over before a crash and not yet acknowledged:
+                    # the session's node gets them (again).
+                    yield self._hand_over_stored(subscriber_id, owner, refs)
+                    continue
+                for ref in refs:
                     yield store.delete(subscriber_id, ref)
         self.log.info("restored {sessions} offline sessions holding {messages} messages",
                       sessions=len(persistent), messages=restored_messages)
+
+    @inlineCallbacks
+    def _hand_over_stored(self, subscriber_id: SubscriberId, owner: str,
+                          refs: List[bytes]) -> Any:
+        store, dataplane = self.store, self.dataplane
+        assert store is not None and dataplane is not None
+        sent = 0
+        for ref in refs:
+            message = yield store.read(subscriber_id, ref)
+            if message is None:
+                continue
+            message.dup = True
+            dataplane.hand_over(owner, subscriber_id, message, message.qos, release=True)
+            sent += 1
+        self.log.info("handing {count} stored messages of {client_id} to {owner} again",
+                      count=sent, client_id=subscriber_id.client_id, owner=owner)
+
+    def _moved_owner(self, subscriber_id: SubscriberId) -> Optional[str]:
+        """The other node a persistent session is registered on, or None."""
+        record = self.subscription_table.record(subscriber_id)
+        owner = record_owner(record)
+        if owner is None or owner == self.node or record is None or record[-1][1]:
+            return None
+        return owner
 
     def _qos_resolver(self, subscriber_id: SubscriberId) -> Callable[[Message], int]:
         granted_qos = self.subscription_table.granted_qos
@@ -180,19 +258,55 @@ class Registry:
 
     # -- sessions -------------------------------------------------------------
 
+    def coordinate(self, subscriber_id: SubscriberId) -> "Optional[Deferred[Lease]]":
+        """
+        None when a CONNECT may register at once; else a Deferred firing
+        with the lease of ``subscriber_id`` once it is this CONNECT's turn
+        (see :mod:`vmqtw.broker.coordinator`), to pass to :meth:`register`.
+        """
+        if self.coordinator is None:
+            return None
+        return self.coordinator.acquire(subscriber_id)
+
     def register(self, subscriber_id: SubscriberId, clean_session: bool,
-                 session: Any) -> Tuple[SubscriberQueue, bool]:
+                 session: Any, lease: Optional[Lease] = None) -> Tuple[SubscriberQueue, bool]:
         """
         Attach a new connection to ``subscriber_id``'s session.
 
         An existing connection with the same client id is taken over: it is
         closed (its will fires) and the new one proceeds [MQTT-3.1.4-2].
-        Returns the queue and the CONNACK session-present flag.
+        Returns the queue and the CONNACK session-present flag.  ``lease``
+        is given back once every reachable node has the new record (so the
+        next registration of the client id sees it, wherever it runs).
         """
+        try:
+            return self._register(subscriber_id, clean_session, session)
+        finally:
+            if lease is not None:
+                self._give_back(subscriber_id, lease)
+
+    def _give_back(self, subscriber_id: SubscriberId, lease: Lease) -> None:
+        if self.confirm is None:
+            lease.release()
+            return
+        self.confirm(SUBSCRIBER_PREFIX, subscriber_id.as_key()).addBoth(
+            lambda _: lease.release())
+
+    def _register(self, subscriber_id: SubscriberId, clean_session: bool,
+                  session: Any) -> Tuple[SubscriberQueue, bool]:
         previous = self.sessions.pop(subscriber_id, None)
         if previous is not None:
             previous.take_over()
         self._cancel_expiry(subscriber_id)
+        self._forget_move(subscriber_id)
+        handing = self._handing_on.pop(subscriber_id, None)
+        if handing is not None:
+            # Back before its queue was handed on: it is ours again.
+            handed_back, _successor, call = handing
+            if call.active():
+                call.cancel()
+            self.queues[subscriber_id] = handed_back
+            self._hold(subscriber_id, handed_back, self._awaited.get(subscriber_id))
         queue = self.queues.get(subscriber_id)
         if clean_session:
             # [MQTT-3.1.2-6]: discard any previous session, wherever it was.
@@ -206,12 +320,46 @@ class Registry:
                 if queue is not None:
                     queue.discard()
                 queue = self._new_queue(subscriber_id, False)
+            old_owner = self._moved_owner(subscriber_id)
+            dataplane = self.dataplane
+            if (old_owner is not None and dataplane is not None
+                    and dataplane.transport.connected(old_owner)):
+                # The old node hands its messages over once it sees the
+                # record move: they go out before what reaches us directly.
+                self._hold(subscriber_id, queue, old_owner)
         # Recorded with this node, so that a node where the session was
         # closes its connection and hands a persistent queue over.
         held_persistent = self.subscription_table.claim(subscriber_id, clean_session)
         present = not clean_session and (present_here or held_persistent)
         self.sessions[subscriber_id] = session
         return queue, present
+
+    def _hold(self, subscriber_id: SubscriberId, queue: SubscriberQueue,
+              old_node: Optional[str]) -> None:
+        queue.hold()
+        if old_node is not None:
+            self._awaited[subscriber_id] = old_node
+        call = self._hold_calls.pop(subscriber_id, None)
+        if call is not None and call.active():
+            call.cancel()
+        self._hold_calls[subscriber_id] = self.clock.callLater(
+            HAND_OVER_WAIT, self._hand_over_done, subscriber_id, None)
+
+    def _hand_over_done(self, subscriber_id: SubscriberId, old_node: Optional[str]) -> None:
+        """The old node handed everything over (or we waited long enough)."""
+        awaited = self._awaited.get(subscriber_id)
+        if old_node is not None and awaited is not None and old_node != awaited:
+            return   # the end of an earlier hand-over
+        self._awaited.pop(subscriber_id, None)
+        if subscriber_id in self._handing_on:
+            self._hand_on(subscriber_id)
+            return
+        call = self._hold_calls.pop(subscriber_id, None)
+        if call is not None and call.active():
+            call.cancel()
+        queue = self.queues.get(subscriber_id)
+        if queue is not None:
+            queue.release_hold()
 
     def _new_queue(self, subscriber_id: SubscriberId, clean_session: bool) -> SubscriberQueue:
         queue = SubscriberQueue(subscriber_id, clean_session, self.limits, self.clock,
@@ -243,24 +391,153 @@ class Registry:
     def _moved_away(self, subscriber_id: SubscriberId, owner: Optional[str]) -> None:
         """
         The session registered on another node (or ended there): close the
-        connection still open here, and hand a persistent session's waiting
-        messages to its new node.
+        connection still open here and hand a persistent session's waiting
+        messages to its new node.  Stored copies stay until the new node
+        acknowledged them, and what still arrives here for the session is
+        passed on for :data:`MOVED_FORWARDING` seconds.
         """
         session = self.sessions.pop(subscriber_id, None)
         if session is not None:
             session.take_over()
+        # An expiry timer of the session here would delete the new record.
+        self._cancel_expiry(subscriber_id)
+        hold = self._hold_calls.pop(subscriber_id, None)
+        if hold is not None and hold.active():
+            hold.cancel()
         queue = self.queues.pop(subscriber_id, None)
-        if queue is None:
-            return
         dataplane = self.dataplane
-        if owner is None or owner == self.node or dataplane is None or queue.clean_session:
-            queue.discard()
+        if owner is None or owner == self.node or dataplane is None:
+            if queue is not None:
+                queue.discard()
             return
-        self.log.info("moving the queue of {client_id} to {owner}",
-                      client_id=subscriber_id.client_id, owner=owner)
+        self._remember_move(subscriber_id)
         new_node: str = owner
-        queue.hand_over(lambda message, qos: dataplane.hand_over(
-            new_node, subscriber_id, message, qos))
+        if queue is None or queue.clean_session:
+            if queue is not None:
+                queue.discard()
+            self._end_hand_over(subscriber_id, new_node)
+            return
+        if queue.held:
+            # Moved on before the node before handed everything here: wait
+            # for it (bounded), then hand on all of it, oldest first.
+            self._handing_on[subscriber_id] = (queue, new_node, self.clock.callLater(
+                HAND_OVER_WAIT, self._hand_on, subscriber_id))
+            return
+        self._hand_over_queue(subscriber_id, queue, new_node)
+
+    def _hand_on(self, subscriber_id: SubscriberId) -> None:
+        self._awaited.pop(subscriber_id, None)
+        handing = self._handing_on.pop(subscriber_id, None)
+        if handing is None:
+            return
+        queue, successor, call = handing
+        if call.active():
+            call.cancel()
+        if self._moved_owner(subscriber_id) is None or self.dataplane is None:
+            queue.discard()   # the session ended meanwhile
+            return
+        # To the node it moved to from here, which waits for our marker; if
+        # it moved on too, it hands on in turn (or passes on what it gets).
+        self._hand_over_queue(subscriber_id, queue, successor)
+
+    def _hand_over_queue(self, subscriber_id: SubscriberId, queue: SubscriberQueue,
+                         new_node: str) -> None:
+        dataplane = self.dataplane
+        assert dataplane is not None
+        self.log.info("moving the queue of {client_id} to {owner}",
+                      client_id=subscriber_id.client_id, owner=new_node)
+        queue.hand_over(
+            lambda message, qos, stored: dataplane.hand_over(
+                new_node, subscriber_id, message, qos, release=stored),
+            lambda: self._end_hand_over(subscriber_id, new_node))
+
+    def _end_hand_over(self, subscriber_id: SubscriberId, new_node: str) -> None:
+        """
+        Tell ``new_node`` the hand-over is complete -- once every reachable
+        node has merged the record that moved the session: until then a
+        node may still send us messages for it, which we pass on behind the
+        hand-over, and they must not reach the client after newer ones.
+        """
+        dataplane = self.dataplane
+        assert dataplane is not None
+        if self.confirm is None:
+            dataplane.hand_over_done(new_node, subscriber_id)
+            return
+
+        def confirmed(_: Any) -> None:
+            dataplane.hand_over_done(new_node, subscriber_id)
+            if self.ready():
+                # Every member routes to the new node now: what they send
+                # here from now on is for this node's other subscribers, and
+                # passing it on would only duplicate it.
+                self._expire_move(subscriber_id, MOVED_GRACE)
+
+        self.confirm(SUBSCRIBER_PREFIX, subscriber_id.as_key()).addBoth(confirmed)
+
+    def _expire_move(self, subscriber_id: SubscriberId, delay: float) -> None:
+        entry = self._moved.get(subscriber_id)
+        if entry is None:
+            return
+        filters, call = entry
+        if call.active():
+            call.cancel()
+        self._moved[subscriber_id] = (filters, self.clock.callLater(
+            delay, self._forget_move, subscriber_id))
+
+    def _remember_move(self, subscriber_id: SubscriberId) -> None:
+        self._forget_move(subscriber_id)
+        filters = all_filters(self.subscription_table.record(subscriber_id))
+        for flt, qos in filters.items():
+            self.moved.add(flt, subscriber_id, qos)
+        self._moved[subscriber_id] = (filters, self.clock.callLater(
+            MOVED_FORWARDING, self._forget_move, subscriber_id))
+
+    def _forget_move(self, subscriber_id: SubscriberId) -> None:
+        entry = self._moved.pop(subscriber_id, None)
+        if entry is None:
+            return
+        filters, call = entry
+        if call.active():
+            call.cancel()
+        for flt in filters:
+            self.moved.remove(flt, subscriber_id)
+
+    def _forward_moved(self, subscriber_id: SubscriberId, message: Message,
+                       qos: int) -> Optional[Deferred]:
+        """
+        A message for a session this node no longer has: to the node its
+        record names now, stored here first (QoS 1/2) and kept until that
+        node acknowledged it -- as a hand-over -- so neither a late arrival
+        nor a crash of this node loses it.
+        """
+        if message.origin is not None and not message.dup:
+            # The sender may have sent the new node its own copy (it may
+            # have seen the move first): ours is a possible duplicate.
+            message = attrs.evolve(message, dup=True)
+        handing = self._handing_on.get(subscriber_id)
+        if handing is not None:
+            # Newer than what its queue here holds: handed on after it.
+            return handing[0].enqueue(message, qos)
+        owner = self._moved_owner(subscriber_id)
+        dataplane = self.dataplane
+        if owner is None or dataplane is None:
+            queue = self.queues.get(subscriber_id)
+            if queue is None and self.subscription_table.record(subscriber_id) is not None \
+                    and record_owner(self.subscription_table.record(subscriber_id)) == self.node:
+                queue = self._adopt(subscriber_id)
+            return queue.enqueue_handed_over(message, qos) if queue is not None else None
+        stored = None
+        if qos > 0 and self.store is not None:
+            stored = self.store.write(subscriber_id, message)
+        dataplane.hand_over(owner, subscriber_id, message, qos, release=stored is not None)
+        return stored
+
+    def _adopt(self, subscriber_id: SubscriberId) -> SubscriberQueue:
+        """A queue for a persistent session recorded here that has none yet."""
+        queue = self._new_queue(subscriber_id, False)
+        if subscriber_id not in self.sessions:
+            self._schedule_expiry(subscriber_id)
+        return queue
 
     def adopt(self, subscriber_id: SubscriberId) -> None:
         """
@@ -278,11 +555,34 @@ class Registry:
 
     def _handed_over(self, subscriber_id: SubscriberId, message: Message,
                      qos: int) -> Optional[Deferred]:
-        """A message of a session that moved here, from its old node."""
+        """
+        A message of a session that moved here, from its old node: stored
+        before it is acknowledged.  Without a queue here (it moved on, or
+        this node does not know yet that it has it) it is never dropped:
+        passed on to where the record says the session is, or kept here.
+        """
         queue = self.queues.get(subscriber_id)
+        if queue is None:
+            handing = self._handing_on.get(subscriber_id)
+            queue = handing[0] if handing is not None else None
         if queue is not None:
-            return queue.enqueue(message, qos)
-        return None
+            return queue.enqueue_handed_over(message, qos)
+        owner = self._moved_owner(subscriber_id)
+        if owner is not None:
+            return self._forward_moved(subscriber_id, message, qos)
+        return self._adopt(subscriber_id).enqueue_handed_over(message, qos)
+
+    def _hand_over_released(self, subscriber_id: SubscriberId, ref: bytes) -> None:
+        """The new node has a handed-over message safe: our copy may go."""
+        store = self.store
+        if store is None:
+            return
+        queue = self.queues.get(subscriber_id)
+        if queue is None and subscriber_id in self._handing_on:
+            queue = self._handing_on[subscriber_id][0]
+        if queue is not None and queue.holds(ref):
+            return   # the session came back meanwhile, with this message
+        store.delete(subscriber_id, ref)
 
     # -- what the session calls (passed on) -----------------------------------
 

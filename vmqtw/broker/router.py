@@ -22,7 +22,13 @@ from vmqtw.broker.queue import SubscriberQueue
 from vmqtw.broker.retain import Author, RetainStore
 from vmqtw.broker.subscriptions import Subscriptions
 from vmqtw.cluster.dataplane import BacklogFull, DataPlane
+from vmqtw.trie import SubscriptionTrie
 from vmqtw.types import Message, SubscriberId
+
+#: ``forward_moved(subscriber_id, message, qos)``: pass a message for a
+#: session that moved away to its new node; None or a Deferred as
+#: :meth:`SubscriberQueue.enqueue`.
+MovedForwarder = Callable[[SubscriberId, Message, int], Optional[Deferred]]
 
 __all__ = ["Router"]
 
@@ -41,6 +47,11 @@ class Router:
         self.dataplane = dataplane
         #: Messages routed (published here or received from other nodes).
         self.published = 0
+        #: Sessions that moved away from this node lately, by their filters
+        #: (kept by the registry): what other nodes still send here for them
+        #: goes on to ``forward_moved``.
+        self.moved: Optional[SubscriptionTrie] = None
+        self.forward_moved: Optional[MovedForwarder] = None
 
     def publish(self, message: Message,
                 author: Optional[Author] = None) -> Optional[Deferred]:
@@ -74,8 +85,42 @@ class Router:
 
     def _route(self, message: Message, forward: bool) -> Optional[Deferred]:
         matches = self.subscriptions.trie.match(message.topic)
+        moved = self.moved
+        if not forward and moved is not None and len(moved):
+            # Sent here by a node that had not yet seen a session move away
+            # (or in flight when it moved): passed on, not dropped.
+            passed_on = self._pass_on(moved, matches, message)
+            if not matches:
+                return passed_on
+            if passed_on is not None:
+                routed = self._route_matches(matches, message, forward)
+                if routed is None:
+                    return passed_on
+                return gatherResults([passed_on, routed], consumeErrors=True)
         if not matches:
             return None
+        return self._route_matches(matches, message, forward)
+
+    def _pass_on(self, moved: SubscriptionTrie, matches: dict,
+                 message: Message) -> Optional[Deferred]:
+        forward_moved = self.forward_moved
+        if forward_moved is None:
+            return None
+        waits: List[Deferred] = []
+        published_qos = message.qos
+        for subscriber, granted in moved.match(message.topic).items():
+            if subscriber in matches:
+                continue   # back on this node meanwhile
+            waiting = forward_moved(cast(SubscriberId, subscriber), message,
+                                    granted if granted < published_qos else published_qos)
+            if waiting is not None:
+                waits.append(waiting)
+        if not waits:
+            return None
+        return waits[0] if len(waits) == 1 else gatherResults(waits, consumeErrors=True)
+
+    def _route_matches(self, matches: dict, message: Message,
+                       forward: bool) -> Optional[Deferred]:
         queue_for = self.queue_for
         published_qos = message.qos
         targets: List[Tuple[SubscriberQueue, int]] = []

@@ -33,6 +33,12 @@ numbered stream (:mod:`vmqtw.cluster.stream`) over the cluster transport:
 * QoS 0 copies are not numbered: sent while the link is up, else dropped and
   counted -- at most once, as the client asked.
 
+* **Hand-overs.**  A persistent session's queue moving to another node
+  travels on the same stream (:meth:`DataPlane.hand_over`), followed by a
+  marker (:meth:`DataPlane.hand_over_done`) that lets the new queue deliver
+  what reached it directly; the old node's stored copy of each message is
+  deleted only when the peer acknowledged it (``on_released``).
+
 Redelivered entries reach subscribers with DUP set, so the one case that
 can apply an entry twice (the receiver was killed after applying and before
 acknowledging) is visible to clients as MQTT allows.
@@ -53,7 +59,8 @@ from vmqtw.types import Message, SubscriberId
 
 __all__ = ["DataPlane", "DataPlaneCounters", "BacklogFull", "CHANNEL",
            "OUTBOX_MOUNTPOINT", "outbox_id", "encode_message", "decode_message",
-           "MessageReceiver", "HandOverReceiver"]
+           "MessageReceiver", "HandOverReceiver", "HandOverReleased", "HandOverDone",
+           "HandOverToken"]
 
 log = Logger(namespace="vmqtw.cluster.dataplane")
 
@@ -149,6 +156,24 @@ class _Peer:
 MessageReceiver = Callable[[Message], Optional[Deferred]]
 #: ``on_hand_over(subscriber_id, message, qos)``: enqueue a handed-over one.
 HandOverReceiver = Callable[[SubscriberId, Message, int], Optional[Deferred]]
+#: ``on_released(subscriber_id, ref)``: the new owner has a handed-over
+#: message safe, so the old queue's stored copy may go.
+HandOverReleased = Callable[[SubscriberId, bytes], None]
+#: ``on_done(subscriber_id, old_node)``: ``old_node`` handed over all it
+#: held for the session (every entry before this one on its stream).
+HandOverDone = Callable[[SubscriberId, str], None]
+
+
+@attrs.frozen(slots=True)
+class HandOverToken:
+    """
+    The release handle of a handed-over entry: the old queue keeps its
+    stored copy under ``subscriber_id`` until the new owner acknowledged the
+    entry, so a crash of the old node in between loses nothing.
+    """
+
+    subscriber_id: SubscriberId
+    ref: bytes
 
 
 def _nothing(*args: Any) -> None:
@@ -175,6 +200,8 @@ class DataPlane:
         self._limit = limit
         self.route: MessageReceiver = _nothing
         self.deliver_handed_over: HandOverReceiver = _nothing
+        self.on_released: HandOverReleased = _nothing
+        self.on_hand_over_done: HandOverDone = _nothing
         self.ack_batch = ack_batch
         self.ack_delay = ack_delay
         self.resend_interval = resend_interval
@@ -207,15 +234,23 @@ class DataPlane:
     def received_remote(self) -> int:
         return self.counters.received_remote
 
-    def start(self, on_message: MessageReceiver, on_hand_over: HandOverReceiver) -> Deferred:
+    def start(self, on_message: MessageReceiver, on_hand_over: HandOverReceiver,
+              on_released: Optional[HandOverReleased] = None,
+              on_done: Optional[HandOverDone] = None) -> Deferred:
         """
         Receive from peers from now on, giving forwarded messages to
-        ``on_message`` and handed-over ones to ``on_hand_over``; then send
+        ``on_message`` and handed-over ones to ``on_hand_over`` (and the end
+        of a hand-over to ``on_done``); tell ``on_released`` when a peer
+        acknowledged a handed-over message sent with ``release``.  Then send
         again what the outbox kept from before a restart.  Returns a
         Deferred firing once the outbox is read.
         """
         self.route = on_message
         self.deliver_handed_over = on_hand_over
+        if on_released is not None:
+            self.on_released = on_released
+        if on_done is not None:
+            self.on_hand_over_done = on_done
         self.transport.register_cast_handler(CHANNEL, self._received)
         self.transport.add_peer_listener(self._link_up, self._link_down)
         self._running = True
@@ -340,14 +375,28 @@ class DataPlane:
         return stored
 
     def hand_over(self, node: str, subscriber_id: SubscriberId, message: Message,
-                  qos: int) -> None:
+                  qos: int, release: bool = False) -> None:
         """
         Give a message of a session that moved to ``node`` to its new queue,
         on the same numbered stream (kept until acknowledged, never refused:
-        the session's old queue held it already).
+        the session's old queue held it already).  With ``release``, the
+        peer's acknowledgement calls ``on_released(subscriber_id, ref)``:
+        the old node's stored copy is deleted only then.
         """
         peer = self._peer(node)
-        peer.outbound.push((subscriber_id, message, qos), entry_size(message), force=True)
+        token = HandOverToken(subscriber_id, message.ref) if release else None
+        peer.outbound.push((subscriber_id, message, qos), entry_size(message), token,
+                           force=True)
+        self._send(peer)
+
+    def hand_over_done(self, node: str, subscriber_id: SubscriberId) -> None:
+        """
+        Everything this node held for ``subscriber_id`` went to ``node``
+        before this marker (same stream, in order): its new queue may stop
+        holding back the messages that reached it directly.
+        """
+        peer = self._peer(node)
+        peer.outbound.push((subscriber_id, None, 0), ENTRY_OVERHEAD, force=True)
         self._send(peer)
 
     def _send(self, peer: _Peer) -> None:
@@ -369,7 +418,10 @@ class DataPlane:
             body = entry.body
             if body.__class__ is tuple:
                 subscriber_id, message, qos = body
-                items.append((entry.seq, entry.redelivery, encode_message(message),
+                # The redelivery flag becomes DUP at the new owner: a
+                # handed-over message that was in flight carries it too.
+                items.append((entry.seq, entry.redelivery or (message is not None and message.dup),
+                              None if message is None else encode_message(message),
                               subscriber_id.as_key(), qos))
             else:
                 items.append((entry.seq, entry.redelivery, encode_message(body)))
@@ -390,13 +442,15 @@ class DataPlane:
 
     def _released(self, peer: _Peer, entries: List[OutboundEntry]) -> None:
         store = self.store
-        if store is None:
-            return
         sid = peer.outbox
-        assert sid is not None
         for entry in entries:
-            if entry.token is not None:
-                store.delete(sid, entry.token)
+            token = entry.token
+            if token is None:
+                continue
+            if token.__class__ is HandOverToken:
+                self.on_released(token.subscriber_id, token.ref)
+            elif store is not None and sid is not None:
+                store.delete(sid, token)
 
     # -- links -----------------------------------------------------------------
 
@@ -477,6 +531,10 @@ class DataPlane:
                     self.transport.cast(name, CHANNEL, (HELLO, epoch, inbound.safe_upto, True))
             else:
                 self.counters.duplicates_dropped += 1
+                # Sent again: our acknowledgement may never have arrived
+                # (a resend check, not a new link), so it goes again.
+                if inbound.acked >= seq:
+                    inbound.acked = seq - 1
                 self._schedule_ack(peer)
             return
         peer.gap_reported = False
@@ -485,8 +543,12 @@ class DataPlane:
             waiting = self.route(decode_message(item[2], name, redelivery))
         else:
             encoded, key, qos = item[2], item[3], item[4]
-            waiting = self.deliver_handed_over(SubscriberId(*key),
-                                               decode_message(encoded, name, redelivery), qos)
+            if encoded is None:
+                self.on_hand_over_done(SubscriberId(*key), name)
+                waiting = None
+            else:
+                waiting = self.deliver_handed_over(
+                    SubscriberId(*key), decode_message(encoded, name, redelivery), qos)
         if waiting is None:
             inbound.safe(epoch, seq)
             self._schedule_ack(peer)

@@ -106,8 +106,14 @@ class SessionRegistry(Protocol):
     def ready(self) -> bool:
         """False during a netsplit (the ``allow_*_during_netsplit`` flags)."""
 
+    def coordinate(self, subscriber_id: SubscriberId) -> Optional[Deferred]:
+        """
+        None to register at once, or a Deferred firing with a lease once
+        this CONNECT may register (registrations serialized cluster-wide).
+        """
+
     def register(self, subscriber_id: SubscriberId, clean_session: bool,
-                 session: Any) -> Tuple[SessionQueue, bool]:
+                 session: Any, lease: Any = None) -> Tuple[SessionQueue, bool]:
         """Take the session of ``subscriber_id``: its queue, and whether it existed."""
 
     def unregister(self, subscriber_id: SubscriberId, session: Any,
@@ -351,7 +357,27 @@ class Session:
             self._refuse(P.CONNACK_NOT_AUTHORIZED)
             return
         assert self.subscriber_id is not None
-        queue, present = self.registry.register(self.subscriber_id, self.clean_session, self)
+        turn = self.registry.coordinate(self.subscriber_id)
+        if turn is None:
+            self._register(None, now)
+        else:
+            turn.addCallbacks(self._register, self._coordination_failed, callbackArgs=(now,))
+
+    def _coordination_failed(self, failure: Any) -> None:
+        self.log.info("registration of {client_id} not coordinated: {error}",
+                      client_id=self.client_id, error=failure.getErrorMessage())
+        if self.state == CONNECTING:
+            self._refuse(P.CONNACK_SERVER_UNAVAILABLE)
+
+    def _register(self, lease: Any, now: float) -> None:
+        """Our turn to register (``lease``: the coordinator's, or None)."""
+        if self.state != CONNECTING:
+            if lease is not None:
+                lease.release()   # the connection went away meanwhile
+            return
+        assert self.subscriber_id is not None
+        queue, present = self.registry.register(self.subscriber_id, self.clean_session, self,
+                                                lease)
         self.queue = queue
         self.state = CONNECTED
         self.io.write(encode(P.ConnAck(P.CONNACK_ACCEPTED, present)))

@@ -92,7 +92,8 @@ class Broker:
                  session_expiration: Optional[float] = None,
                  clock: Optional[Clock] = None, metadata: Optional[IMetadataStore] = None,
                  node: str = "vmqtw@127.0.0.1", cluster: Optional[IClusterTransport] = None,
-                 ready: Any = None, replication: Optional[MetadataNode] = None) -> None:
+                 ready: Any = None, replication: Optional[MetadataNode] = None,
+                 coordinate_registrations: bool = False) -> None:
         if clock is None:
             clock = Clock()
             clock.advance(1_700_000_000)
@@ -101,7 +102,8 @@ class Broker:
             metadata = LocalMetadataStore()
         self.core = build_broker_core(node, clock, metadata=metadata, replication=replication,
                                       store=store, transport=cluster, limits=limits,
-                                      session_expiration=session_expiration, ready=ready)
+                                      session_expiration=session_expiration, ready=ready,
+                                      coordinate_registrations=coordinate_registrations)
         self.registry = self.core.registry
         self.metadata = self.registry.metadata
         self.failures: List[Failure] = []
@@ -131,6 +133,13 @@ class Broker:
         client = self.client()
         client.send(B.connect(client_id, **kwargs))
         packets = client.received()
+        # A coordinated registration waits for the coordinator's turn:
+        # let the in-memory network deliver (bounded).
+        for _ in range(100):
+            if packets:
+                break
+            self.clock.advance(0.01)
+            packets = client.received()
         assert packets and isinstance(packets[0], P.ConnAck), packets
         assert packets[0].return_code == 0, packets
         client.connack = packets[0]
@@ -168,7 +177,9 @@ class Cluster:
     Clock: replicated metadata and the data plane, deterministic.
     """
 
-    def __init__(self, names: Any = ("A", "B", "C"), **broker_kwargs: Any) -> None:
+    def __init__(self, names: Any = ("A", "B", "C"),
+                 stores: Optional[Dict[str, IMessageStore]] = None,
+                 **broker_kwargs: Any) -> None:
         from vmqtw.testing.memory_transport import InMemoryNetwork
 
         self.clock = Clock()
@@ -185,6 +196,8 @@ class Cluster:
             md = MetadataNode(name, transport, self.clock, members=self.names,
                               lazy_tick=0.1, exchange_tick=0.5, gc_interval=None)
             self.metadata_nodes[name] = md
+            if stores is not None:
+                broker_kwargs["store"] = stores.get(name)
             self.brokers[name] = Broker(clock=self.clock, replication=md, node=name,
                                         cluster=transport, **broker_kwargs)
         self.settle()
