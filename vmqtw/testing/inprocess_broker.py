@@ -128,18 +128,26 @@ class Broker:
         self._port += 1
         return Client(self, self._port)
 
-    def connect(self, client_id: str = "c1", **kwargs: Any) -> Client:
-        """A client that sent CONNECT and got CONNACK 0 (checked)."""
-        client = self.client()
-        client.send(B.connect(client_id, **kwargs))
+    def answer(self, client: Client, seconds: float = 1.0) -> List[Any]:
+        """
+        What the broker wrote to ``client``, letting the Clock (and so an
+        in-memory cluster's network) run in small steps until something
+        came, for at most ``seconds``.
+        """
         packets = client.received()
-        # A coordinated registration waits for the coordinator's turn:
-        # let the in-memory network deliver (bounded).
-        for _ in range(100):
+        for _ in range(int(seconds / 0.01)):
             if packets:
                 break
             self.clock.advance(0.01)
             packets = client.received()
+        return packets
+
+    def connect(self, client_id: str = "c1", **kwargs: Any) -> Client:
+        """A client that sent CONNECT and got CONNACK 0 (checked)."""
+        client = self.client()
+        client.send(B.connect(client_id, **kwargs))
+        # A coordinated registration waits for the coordinator's turn.
+        packets = self.answer(client)
         assert packets and isinstance(packets[0], P.ConnAck), packets
         assert packets[0].return_code == 0, packets
         client.connack = packets[0]
@@ -150,14 +158,8 @@ class Broker:
         """Connected and subscribed to ``(filter, qos)`` pairs (SUBACK checked)."""
         client = self.connect(client_id, **kwargs)
         client.send(B.subscribe(1, list(filters)))
-        packets = client.received()
-        # In a cluster the SUBACK waits until the other nodes route the
-        # filter: let the in-memory network deliver (bounded).
-        for _ in range(100):
-            if packets:
-                break
-            self.clock.advance(0.01)
-            packets = client.received()
+        # In a cluster the SUBACK waits until the other nodes route the filter.
+        packets = self.answer(client)
         assert packets and isinstance(packets[0], P.SubAck), packets
         client.suback = packets[0]
         client.retained = packets[1:]
