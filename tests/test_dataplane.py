@@ -402,3 +402,28 @@ def test_a_node_heard_from_before_it_is_a_member_is_not_dropped(world):
     net.heal()
     settle(clock)
     assert b.topics() == ["t/0"]
+
+
+def test_what_this_turn_holds_for_a_peer_goes_before_a_confirmation_to_it(world):
+    """A node that confirms it routes a moved session elsewhere must not let
+    the confirmation overtake the messages it still sends to the old owner."""
+    from vmqtw.metadata.confirm import Confirmer
+    from vmqtw.metadata.store import ReplicatedMetadataStore
+    from vmqtw.types import SUBSCRIBER_PREFIX
+
+    clock, net = world
+    a, b = Side(net, clock, A), Side(net, clock, B)
+    connect(a, b)
+    settle(clock)
+    order: List[str] = []
+    a.transport.register_cast_handler("probe", lambda peer, m: order.append("confirmation"))
+    a.route_result = lambda: order.append("message")
+    origin = ReplicatedMetadataStore(A, clock)
+    origin.put(SUBSCRIBER_PREFIX, ("", "c"), "moved")
+    confirmer = Confirmer(B, ReplicatedMetadataStore(B, clock), b.transport, lambda: [A, B])
+    confirmer.before_reply = b.plane.flush_to
+    b.plane.forward([A], msg(0))                 # held for the end of this turn
+    confirmer._merge(A, "vmq", "subscriber", ("", "c"), origin.raw(SUBSCRIBER_PREFIX, ("", "c")))
+    b.transport.cast(A, "probe", ("reply",))     # the call's reply, written right after
+    settle(clock)
+    assert order == ["message", "confirmation"]

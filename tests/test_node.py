@@ -212,3 +212,9 @@ def test_a_removed_node_ends_every_session_it_holds():
     assert broker.registry.queues == {} and broker.registry.sessions == {}
     assert online.closed
     assert store.stored_payloads() == 0
+
+
+def test_a_confirmation_never_overtakes_the_data_plane(tmp_path):
+    node, _reactor = _node(tmp_path)
+    assert node.registry.dataplane is not None
+    assert node.metadata.confirmer.before_reply == node.registry.dataplane.flush_to

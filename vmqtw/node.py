@@ -149,8 +149,10 @@ def build_broker_core(node: str, clock: IReactorTime, *,
         raise TypeError("build_broker_core needs metadata or replication")
     dataplane = (DataPlane(node, transport, clock, store, buffer_limit)
                  if transport is not None else None)
-    if dataplane is not None and replication is not None and replication.peers is not None:
-        replication.peers.on_change(dataplane.keep_peers)
+    if dataplane is not None and replication is not None:
+        replication.confirmer.before_reply = dataplane.flush_to
+        if replication.peers is not None:
+            replication.peers.on_change(dataplane.keep_peers)
     coordinator = (RegistrationCoordinator(node, transport, clock, replication.members)
                    if coordinate_registrations and transport is not None
                    and replication is not None else None)

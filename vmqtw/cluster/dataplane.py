@@ -404,6 +404,17 @@ class DataPlane:
         if peer.send_call is None and self._running:
             peer.send_call = self.clock.callLater(0, self._flush, peer)
 
+    def flush_to(self, name: str) -> None:
+        """
+        Write now what this turn holds for ``name``: something about to be
+        sent to it on another channel (a confirmation that this node routes
+        a moved session elsewhere) must not overtake these messages.
+        """
+        peer = self._peers.get(name)
+        if peer is not None and peer.send_call is not None:
+            peer.send_call.cancel()
+            self._flush(peer)
+
     def _flush(self, peer: _Peer) -> None:
         peer.send_call = None
         if not self._running or not self.transport.connected(peer.name):

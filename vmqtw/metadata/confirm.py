@@ -16,7 +16,7 @@ after the heal.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Tuple
+from typing import Any, Callable, Iterable, Optional, Tuple
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
@@ -43,6 +43,10 @@ class Confirmer:
         self.transport = transport
         self.members = members
         self.timeout = timeout
+        #: ``before_reply(peer)``: called before this node confirms to ``peer``,
+        #: to write out what it still holds for ``peer`` (the data plane's
+        #: frames of this turn), so the confirmation cannot overtake them.
+        self.before_reply: Optional[Callable[[str], None]] = None
         #: Confirmations asked for, and those that did not come in time.
         self.asked = 0
         self.missed = 0
@@ -74,4 +78,6 @@ class Confirmer:
 
     def _merge(self, peer: str, p1: str, p2: str, key: Any, obj: Any) -> bool:
         self.store.merge_object((p1, p2), key, obj)
+        if self.before_reply is not None:
+            self.before_reply(peer)
         return True
