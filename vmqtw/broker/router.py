@@ -16,14 +16,16 @@ from __future__ import annotations
 
 from typing import Callable, List, Optional, Tuple, cast
 
-from twisted.internet.defer import Deferred, fail, gatherResults
+from twisted.internet.defer import Deferred, fail
 
 from vmqtw.broker.queue import SubscriberQueue
 from vmqtw.broker.retain import Author, RetainStore
 from vmqtw.broker.subscriptions import Subscriptions
-from vmqtw.cluster.dataplane import BacklogFull, DataPlane
+from vmqtw.cluster.dataplane import DataPlane
+from vmqtw.errors import BacklogFull
 from vmqtw.trie import SubscriptionTrie
 from vmqtw.types import Message, SubscriberId
+from vmqtw.waits import joined
 
 #: ``forward_moved(subscriber_id, message, qos)``: pass a message for a
 #: session that moved away to its new node; None or a Deferred as
@@ -65,9 +67,9 @@ class Router:
         may be acknowledged, else a Deferred firing when it is (the message
         store wrote the copies for persistent sessions and the outboxes of
         other nodes), or failing with :class:`BacklogFull` when another
-        node's backlog has no room (the publisher must not be acknowledged).  ``author``
-        (client id, user name) is kept with a retained message, so that it
-        can be withheld once its author may no longer publish it.
+        node's backlog has no room (the publisher must not be acknowledged).
+        ``author`` (client id, user name) is kept with a retained message,
+        so that it can be withheld once its author may no longer publish it.
         """
         self.published += 1
         if message.retain:
@@ -94,9 +96,7 @@ class Router:
                 return passed_on
             if passed_on is not None:
                 routed = self._route_matches(matches, message, forward)
-                if routed is None:
-                    return passed_on
-                return gatherResults([passed_on, routed], consumeErrors=True)
+                return joined([passed_on] if routed is None else [passed_on, routed])
         if not matches:
             return None
         return self._route_matches(matches, message, forward)
@@ -115,9 +115,7 @@ class Router:
                                     granted if granted < published_qos else published_qos)
             if waiting is not None:
                 waits.append(waiting)
-        if not waits:
-            return None
-        return waits[0] if len(waits) == 1 else gatherResults(waits, consumeErrors=True)
+        return joined(waits)
 
     def _route_matches(self, matches: dict, message: Message,
                        forward: bool) -> Optional[Deferred]:
@@ -159,8 +157,4 @@ class Router:
                 if waits is None:
                     waits = []
                 waits.append(stored)
-        if waits is None:
-            return None
-        if len(waits) == 1:
-            return waits[0]
-        return gatherResults(waits, consumeErrors=True)
+        return joined(waits)

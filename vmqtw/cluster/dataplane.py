@@ -56,6 +56,7 @@ from vmqtw.cluster.stream import APPLY, GAP, Inbound, Outbound, OutboundEntry
 from vmqtw.errors import BacklogFull
 from vmqtw.interfaces import IClusterTransport, IMessageStore
 from vmqtw.types import Message, SubscriberId
+from vmqtw.waits import joined
 
 __all__ = ["DataPlane", "DataPlaneCounters", "BacklogFull", "CHANNEL",
            "OUTBOX_MOUNTPOINT", "outbox_id", "encode_message", "decode_message",
@@ -342,12 +343,9 @@ class DataPlane:
             encoded = None
             for node in nodes:
                 self.counters.forwarded += 1
-                peer = self._peers.get(node)
-                if peer is not None and peer.send_call is not None:
-                    # Numbered entries of this turn go first: a publisher's
-                    # messages keep their order whatever their QoS.
-                    peer.send_call.cancel()
-                    self._flush(peer)
+                # Numbered entries of this turn go first: a publisher's
+                # messages keep their order whatever their QoS.
+                self.flush_to(node)
                 if self.transport.connected(node):
                     if encoded is None:
                         encoded = (UNNUMBERED, encode_message(message))
@@ -355,11 +353,8 @@ class DataPlane:
                 else:
                     self.counters.dropped_qos0 += 1
             return None
-        waits = [stored for stored in (self._forward_one(node, message) for node in nodes)
-                 if stored is not None]
-        if not waits:
-            return None
-        return waits[0] if len(waits) == 1 else gatherResults(waits, consumeErrors=True)
+        return joined([stored for stored in (self._forward_one(node, message) for node in nodes)
+                       if stored is not None])
 
     def _forward_one(self, node: str, message: Message) -> Optional[Deferred]:
         self.counters.forwarded += 1
