@@ -118,7 +118,7 @@ def test_a_new_sender_epoch_or_a_fresh_receiver_starts_from_the_first_seen():
 
 def test_reack_repeats_the_acknowledgement_for_a_new_link():
     inbound = Inbound()
-    assert inbound.reack() is None
+    assert inbound.reack() == (None, 0)
     inbound.receive(b"e" * 8, 1, 0)
     inbound.safe(b"e" * 8, 1)
     assert inbound.ack_due() == (b"e" * 8, 1)
@@ -204,9 +204,9 @@ class Model:
             self.to_receiver.clear()
             self.to_sender.clear()
             self.out.link_lost()
-            ack = self.inbound.reack()
-            if ack is not None:
-                self.out.acknowledge(*ack)
+            epoch, upto = self.inbound.reack()
+            if epoch is not None:
+                self.out.acknowledge(epoch, upto)
             self.send_unsent()
         elif action == "replace":
             # A new connection replaces the old one, whose frames may still
@@ -214,9 +214,9 @@ class Model:
             self.stragglers.extend(self.to_receiver)
             self.to_receiver.clear()
             self.out.link_lost()
-            ack = self.inbound.reack()
-            if ack is not None:
-                self.out.acknowledge(*ack)
+            epoch, upto = self.inbound.reack()
+            if epoch is not None:
+                self.out.acknowledge(epoch, upto)
             self.send_unsent()
         elif action == "silent_replace":
             # The receiver noticed the old connection die and dialed again;

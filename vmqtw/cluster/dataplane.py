@@ -468,9 +468,8 @@ class DataPlane:
         if not self._running:
             return
         peer = self._peer(name)
-        inbound = peer.inbound
-        self.transport.cast(name, CHANNEL, (HELLO, inbound.epoch, inbound.safe_upto, False))
-        inbound.acked = inbound.safe_upto
+        epoch, upto = peer.inbound.reack()
+        self.transport.cast(name, CHANNEL, (HELLO, epoch, upto, False))
         peer.outbound.link_lost()
         peer.fresh_link = True
         self._send(peer)

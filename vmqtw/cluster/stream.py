@@ -244,12 +244,11 @@ class Inbound:
         self.acked = self.safe_upto
         return (self.epoch, self.safe_upto)
 
-    def reack(self) -> Optional[Tuple[bytes, int]]:
+    def reack(self) -> Tuple[Optional[bytes], int]:
         """
         The current acknowledgement again, for a new link: the previous
-        one may have died with the old connection.
+        one may have died with the old connection.  The epoch is None while
+        nothing was received (the sender learns only that it must resend).
         """
-        if self.epoch is None:
-            return None
         self.acked = self.safe_upto
         return (self.epoch, self.safe_upto)
