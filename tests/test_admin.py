@@ -329,8 +329,8 @@ def test_leave_of_a_running_node_holding_offline_messages_is_refused_without_yes
     assert failure.check(AdminCommandError)
     assert str(failure.value) == (
         "b@h holds 12 offline messages for 3 sessions, which would be lost: run cluster leave "
-        "again with --yes to accept that (-k, which moves them to the other nodes, is not "
-        "available yet).")
+        "again with -k to move them to the other nodes first, or with --yes to accept their "
+        "loss.")
     assert transport.calls == [("b@h", OFFLINE_COUNTS, ())]
     assert peers.members() == {"a@h", "b@h"}
     left = result(call(transport, "admin.cluster.leave", "b@h", True))
@@ -442,7 +442,98 @@ def test_leave_texts():
 def test_leave_options():
     assert parse_args(["cluster", "leave", "node=c@h", "--yes"]).yes
     assert not parse_args(["cluster", "leave", "node=c@h"]).yes
-    with pytest.raises(UsageError, match="-k .* is not available yet; --yes leaves"):
-        parse_args(["cluster", "leave", "node=c@h", "-k"])
+    drained = parse_args(["cluster", "leave", "node=c@h", "-k"])
+    assert (drained.kill_sessions, drained.interval, drained.timeout) == (True, 5.0, 60.0)
+    for argv in (["-k", "-i", "1", "-t", "30"], ["--kill_sessions", "--summary-interval=1",
+                                                  "--timeout", "30"]):
+        parsed = parse_args(["cluster", "leave", "node=c@h", *argv])
+        assert (parsed.kill_sessions, parsed.interval, parsed.timeout) == (True, 1.0, 30.0)
+    with pytest.raises(UsageError, match="give one of them"):
+        parse_args(["cluster", "leave", "node=c@h", "-k", "--yes"])
+    with pytest.raises(UsageError, match="-i and -t go with cluster leave -k"):
+        parse_args(["cluster", "leave", "node=c@h", "-t", "5"])
+    with pytest.raises(UsageError, match="-k is only for cluster leave"):
+        parse_args(["cluster", "show", "-k"])
+    for bad in ("0", "-3", "soon", "1e9"):
+        with pytest.raises(UsageError, match="-i takes a number of seconds"):
+            parse_args(["cluster", "leave", "node=c@h", "-k", "-i", bad])
+    with pytest.raises(UsageError, match="-t needs a number of seconds"):
+        parse_args(["cluster", "leave", "node=c@h", "-k", "-t"])
     with pytest.raises(UsageError, match="--yes is only for cluster leave"):
         parse_args(["cluster", "show", "--yes"])
+
+
+class FakeDrain:
+    def __init__(self) -> None:
+        self.started: List[Tuple[float, float]] = []
+
+    def start(self, interval: float, wait_limit: float) -> Any:
+        from vmqtw.broker.drain import DrainProgress
+        self.started.append((interval, wait_limit))
+        return DrainProgress("waiting", queues=2, messages=5)
+
+    def progress(self) -> Any:
+        from vmqtw.broker.drain import DrainProgress
+        return DrainProgress("done", moved_queues=2, moved_messages=5)
+
+
+def test_drain_runs_on_the_leaving_node_itself_or_is_asked_of_it():
+    h, transport, _, _ = handlers(("b@h",))
+    h.drain = FakeDrain()
+    here = result(call(transport, "admin.cluster.drain", "a@h", 1.0, 30.0))
+    assert (here["phase"], here["queues"], here["messages"]) == ("waiting", 2, 5)
+    assert h.drain.started == [(1.0, 30.0)]
+    assert result(call(transport, "admin.cluster.drain_status", "a@h"))["phase"] == "done"
+    # Another node: asked over the cluster link, with the same arguments.
+    transport.up.add("b@h")
+    transport.counts["b@h"] = {"phase": "moving"}
+    assert result(call(transport, "admin.cluster.drain", "b@h", 2.0, 8.0)) == {"phase": "moving"}
+    assert transport.calls[-1] == ("b@h", "membership.drain", (2.0, 8.0))
+    # The peer side of it: a cluster peer may ask (it runs the admin's command).
+    assert transport.handlers["membership.drain"]("b@h", 1.0, 2.0)["phase"] == "waiting"
+
+
+def test_drain_refusals_are_one_sentence():
+    h, transport, _, _ = handlers(("b@h",))
+    for args, expected in (
+            (("ghost@h", 1.0, 2.0), "ghost@h is not a member of the cluster; the members are "
+                                    "a@h, b@h."),
+            (("b@h", 1.0, 2.0), "b@h is not running, so -k cannot move what it holds: start it "
+                                "and run cluster leave -k again, or leave it without -k (its "
+                                "stored messages are lost)."),
+            (("a@h", "soon", 2.0), "cluster leave -k needs an interval and a timeout in "
+                                   "seconds."),
+            (("a@h", 1.0, 2.0), "a@h cannot be drained (it serves no MQTT).")):
+        failure = result(call(transport, "admin.cluster.drain", *args))
+        assert failure.check(AdminCommandError), failure
+        assert str(failure.value) == expected
+    alone, transport_alone, _, _ = handlers()
+    failure = result(call(transport_alone, "admin.cluster.drain", "a@h", 1.0, 2.0))
+    assert str(failure.value) == ("a@h is the only member: there is no other node to move its "
+                                  "sessions to.")
+    transport.up.add("b@h")
+    transport.counts["b@h"] = RuntimeError("timed out")
+    failure = result(call(transport, "admin.cluster.drain_status", "b@h"))
+    assert str(failure.value) == "b@h did not answer (timed out); run cluster leave -k again."
+    assert result(call(transport, "admin.cluster.drain", "a@h", 1.0, 2.0,
+                       caller="b@h")).check(AdminCommandError)
+
+
+def test_drain_texts():
+    from vmqtw.admin.output import drain_progress_text, drain_timeout_text, drained_text
+
+    progress = {"phase": "moving", "seconds": 2.5, "online": 0, "queues": 3, "messages": 41,
+                "unacknowledged": 7, "reconnected": 1, "moved_queues": 2, "moved_messages": 9}
+    assert drain_progress_text("c@h", progress) == (
+        "c@h, 2.5 s: moving its offline sessions to the other nodes; 0 clients connected, 3 "
+        "offline sessions holding 41 messages; 1 session reconnected elsewhere, 2 sessions moved "
+        "with 9 messages; 7 messages not yet acknowledged.")
+    assert drained_text("c@h", dict(progress, moved_queues=1)) == (
+        "Done: c@h left the cluster and serves no MQTT until it joins one again. 1 session "
+        "reconnected to other nodes; 1 offline session moved to the other nodes with 9 messages; "
+        "no message lost.")
+    assert drain_timeout_text("c@h", progress, 60) == (
+        "c@h is not drained after 60 s (3 offline sessions holding 41 messages, 7 messages not "
+        "yet acknowledged by the other nodes): it has not left the cluster and its MQTT "
+        "listeners stay closed; run cluster leave -k again with a larger -t, or restart the node "
+        "to serve again.")

@@ -60,8 +60,8 @@ def test_leave_refuses_to_lose_offline_messages_then_the_node_stops_serving(node
     assert refused.returncode == 1 and refused.stdout == ""
     assert refused.stderr == (
         "vmqtw-admin: vmqtw@127.0.0.1 holds 3 offline messages for 1 session, which would be "
-        "lost: run cluster leave again with --yes to accept that (-k, which moves them to the "
-        "other nodes, is not available yet).\n")
+        "lost: run cluster leave again with -k to move them to the other nodes first, or with "
+        "--yes to accept their loss.\n")
     assert node.accepting()
     done = _admin(node, False, *conf, "cluster", "leave", "node=vmqtw@127.0.0.1", "--yes")
     assert done.returncode == 0, done

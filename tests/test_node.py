@@ -50,7 +50,7 @@ def _node(tmp_path: Any) -> Tuple[Node, RecordingReactor]:
 def test_steps_start_in_the_order_of_the_table(tmp_path):
     node, _reactor = _node(tmp_path)
     names = [service.name for service in node.service]
-    assert names == CORE + ["auth", "mqtt-listeners"]
+    assert names == CORE + ["auth", "drain", "mqtt-listeners"]
     serving = node.service.getServiceNamed("mqtt-listeners")
     assert [listener.name for listener in serving.listeners] == ["listener.tcp.default"]
     assert node.registry.dataplane is not None

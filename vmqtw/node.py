@@ -51,6 +51,7 @@ from vmqtw.broker.subscriptions import Subscriptions
 from vmqtw.cluster.dataplane import DataPlane
 from vmqtw.cluster.link import TcpTransport
 from vmqtw.cluster.readiness import Readiness
+from vmqtw.broker.drain import Drain
 from vmqtw.cluster.serving import MqttServing
 from vmqtw.config import Config
 from vmqtw.interfaces import IClusterTransport, IMessageStore, IMetadataStore
@@ -167,6 +168,15 @@ def build_broker_core(node: str, clock: IReactorTime, *,
     return BrokerCore(registry, replication, store, transport)
 
 
+def _reachable_others(cluster: MetadataNode,
+                      transport: IClusterTransport) -> Callable[[], List[str]]:
+    """The members a draining node may move its sessions to: reachable, not itself."""
+    def others() -> List[str]:
+        return [node for node in cluster.members()
+                if node != cluster.node and transport.connected(node)]
+    return others
+
+
 def end_sessions_of_a_removed_node(registry: Registry) -> None:
     """
     This node was removed from its cluster: every session it holds ends
@@ -217,6 +227,7 @@ class Node:
     registry: Registry
     authenticator: BrokerAuthenticator
     admin: AdminHandlers
+    drain: Drain
     service: OrderedMultiService
 
 
@@ -280,7 +291,6 @@ def build_node(config: Config, reactor: Any) -> Node:
                              buffer_limit=config.outgoing_clustering_buffer_size,
                              coordinate_registrations=config.coordinate_registrations)
     registry = core.registry
-    admin = register_admin_handlers(transport, cluster, registry, readiness)
     if cluster.peers is not None:
         cluster.peers.on_removed(lambda: end_sessions_of_a_removed_node(registry))
 
@@ -305,18 +315,23 @@ def build_node(config: Config, reactor: Any) -> Node:
                                          TLSServerFactory(tls_options, factory, reactor),
                                          on_failure=fatal))
 
+    # Closed while this node is removed from its cluster, or drained for a leave.
+    serving = MqttServing(listeners, cluster.peers)
+    drain = Drain(registry, reactor, serving.suspend, _reachable_others(cluster, transport))
+    admin = register_admin_handlers(transport, cluster, registry, readiness, drain=drain)
+
     # The start order, as one table; stopped in exact reverse.
     steps: List[IService] = [
         # metadata → message-store → registry → data-plane → cluster-transport
         *(step.service() for step in core.steps()),
         *([Step("passwd-pool", pool.start, pool.stop).service()] if pool is not None else []),
         Step("auth", authenticator.start, authenticator.stop).service(),
-        # closed while this node is removed from its cluster
-        MqttServing(listeners, cluster.peers),
+        Step("drain", lambda: None, drain.stop).service(),
+        serving,
     ]
     top = OrderedMultiService(on_failure=fatal)
     for step in steps:
         top.addService(step)
     return Node(config=config, metadata=cluster, transport=transport, readiness=readiness,
-                store=store, registry=registry, authenticator=authenticator, admin=admin,
+                store=store, registry=registry, authenticator=authenticator, admin=admin, drain=drain,
                 service=top)

@@ -3,7 +3,7 @@
 
     vmqtw-admin [--config etc/vernemq.conf] cluster show
     vmqtw-admin cluster join discovery-node=vmqtw@10.0.0.2[:44053]
-    vmqtw-admin cluster leave node=vmqtw@10.0.0.3 [--yes]
+    vmqtw-admin cluster leave node=vmqtw@10.0.0.3 [--yes | -k [-i 5] [-t 60]]
     vmqtw-admin --format=json cluster status
 
 The configuration file names the node (``nodename``), where it listens
@@ -15,11 +15,13 @@ status 1 (2 for a mistake on the command line).
 from __future__ import annotations
 
 import sys
-from typing import Any, List, Optional, Sequence, TextIO
+import time
+from typing import Any, Callable, List, Optional, Sequence, TextIO
 
 from vmqtw.admin.client import AdminClient, AdminError, tls_context
 from vmqtw.admin.commands import Invocation, UsageError, parse_args, parse_node_address, usage_text
-from vmqtw.admin.output import cluster_rows, leave_text, render_table, render_text, status_rows
+from vmqtw.admin.output import (cluster_rows, drain_progress_text, drain_timeout_text,
+                                drained_text, leave_text, render_table, render_text, status_rows)
 
 __all__ = ["main", "run", "execute"]
 
@@ -40,8 +42,12 @@ def _call_args(invocation: Invocation, config: Any) -> tuple:
     return ()
 
 
-def execute(invocation: Invocation, config: Any, timeout: float = CALL_TIMEOUT) -> str:
-    """Run one parsed command against the node ``config`` describes; the text to print."""
+def execute(invocation: Invocation, config: Any, timeout: float = CALL_TIMEOUT,
+            say: Callable[[str], None] = lambda line: None) -> str:
+    """
+    Run one parsed command against the node ``config`` describes; the text
+    to print.  ``say`` prints progress lines as they come (``leave -k``).
+    """
     args = _call_args(invocation, config)
     tls = None
     if config.cluster_tls_certfile is not None:
@@ -49,6 +55,9 @@ def execute(invocation: Invocation, config: Any, timeout: float = CALL_TIMEOUT) 
                           config.cluster_tls_cafile, config.listener_vmq_clustering)
     with AdminClient(config.listener_vmq_clustering, config.distributed_cookie.encode("utf-8"),
                      config.nodename, timeout=timeout, tls=tls) as client:
+        if invocation.kill_sessions:
+            return render_text(_drain_then_leave(client, invocation, timeout, say),
+                               invocation.format)
         value = client.call(invocation.method, args, timeout=timeout)
     fmt = invocation.format
     if invocation.method == "admin.cluster.show":
@@ -58,6 +67,31 @@ def execute(invocation: Invocation, config: Any, timeout: float = CALL_TIMEOUT) 
     if invocation.method == "admin.cluster.leave":
         return render_text(leave_text(value), fmt)
     return render_text("Done", fmt)
+
+
+def _drain_then_leave(client: AdminClient, invocation: Invocation, timeout: float,
+                      say: Callable[[str], None]) -> str:
+    """
+    ``cluster leave -k``: drain the node (its clients reconnect elsewhere,
+    its remaining offline sessions move to the other nodes), printing its
+    progress every ``-i`` seconds, then remove it -- or give up after
+    ``-t`` seconds, the node still a member.  The drain waits for clients
+    to reconnect elsewhere for at most half of ``-t``.
+    """
+    node = invocation.argument("node") or ""
+    deadline = time.monotonic() + invocation.timeout
+    progress = client.call("admin.cluster.drain",
+                           (node, invocation.interval, invocation.timeout / 2), timeout=timeout)
+    say(drain_progress_text(node, progress))
+    while progress.get("phase") != "done":
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AdminError(drain_timeout_text(node, progress, invocation.timeout))
+        client.pause(min(invocation.interval, left))
+        progress = client.call("admin.cluster.drain_status", (node,), timeout=timeout)
+        say(drain_progress_text(node, progress))
+    client.call(invocation.method, (node, False), timeout=timeout)
+    return drained_text(node, progress)
 
 
 def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO, prog: str = "vmqtw-admin") -> int:
@@ -76,7 +110,12 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO, prog: str = "vmqtw-
         return 2
     try:
         config = load_config(invocation.config)
-        stdout.write(execute(invocation, config) + "\n")
+
+        def say(line: str) -> None:
+            if invocation.format == "human":
+                stdout.write(line + "\n")
+                stdout.flush()
+        stdout.write(execute(invocation, config, say=say) + "\n")
         return 0
     except (ConfigError, AdminError) as e:
         stderr.write("%s: %s\n" % (prog, e))

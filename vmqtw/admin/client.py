@@ -248,6 +248,26 @@ class AdminClient:
             raise NodeUnreachable("The node at %s closed the connection before the reply to %s "
                                   "(%s)." % (_where(self.address), method, e)) from None
 
+    def pause(self, seconds: float) -> None:
+        """
+        Keep the link alive for ``seconds`` without a call (between the
+        progress polls of ``cluster leave -k``): the node closes links that
+        stay silent past its heartbeat timeout.
+        """
+        if self._sock is None:
+            raise AdminError("The admin client is not connected.")
+        deadline = time.monotonic() + seconds
+        try:
+            while True:
+                try:
+                    self._read_frame(deadline, "", ping=True)
+                except NodeUnreachable:
+                    return   # the deadline passed: what we waited for
+        except _Closed as e:
+            self.close()
+            raise NodeUnreachable("The node at %s closed the connection (%s)." % (
+                _where(self.address), e)) from None
+
     def _call(self, method: str, args: Tuple[Any, ...], timeout: Optional[float]) -> Any:
         self._call_ids += 1
         call_id = self._call_ids

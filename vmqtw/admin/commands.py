@@ -15,9 +15,19 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import attrs
 
 __all__ = ["UsageError", "Invocation", "parse_args", "parse_node_address",
-           "COMMANDS", "USAGE", "DEFAULT_CONFIG"]
+           "COMMANDS", "USAGE", "DEFAULT_CONFIG", "DEFAULT_INTERVAL", "DEFAULT_TIMEOUT"]
 
 DEFAULT_CONFIG = "etc/vernemq.conf"
+#: ``cluster leave -k``'s defaults, VerneMQ's: a progress line every 5 s,
+#: at most 60 s.
+DEFAULT_INTERVAL = 5.0
+DEFAULT_TIMEOUT = 60.0
+
+#: The options of ``cluster leave -k`` and their long names (VerneMQ's).
+_KILL_OPTIONS = ("-k", "--kill_sessions", "--kill-sessions")
+_SECONDS_OPTIONS = {"-i": "interval", "--summary-interval": "interval",
+                    "--summary_interval": "interval", "--interval": "interval",
+                    "-t": "timeout", "--timeout": "timeout"}
 
 #: command words -> (admin call method, allowed key=value arguments, help)
 COMMANDS: Dict[str, Tuple[str, Tuple[str, ...], str]] = {
@@ -27,15 +37,17 @@ COMMANDS: Dict[str, Tuple[str, Tuple[str, ...], str]] = {
                      "join the cluster of discovery-node=NAME@HOST[:PORT]"),
     "cluster leave": ("admin.cluster.leave", ("node",),
                       "remove node=NAME from the cluster; refused while it holds offline "
-                      "messages unless --yes accepts their loss (-k, which would move them "
-                      "to the other nodes, is not available yet)"),
+                      "messages unless -k moves them to the other nodes first (its clients "
+                      "are disconnected to reconnect elsewhere; progress every -i seconds, "
+                      "default 5, for at most -t seconds, default 60) or --yes accepts "
+                      "their loss"),
     "node status": ("admin.node.status", (), "this node's view: members, readiness, netsplits"),
 }
 
 _ARG_SYNTAX = {"discovery-node": "discovery-node=NAME@HOST[:PORT]", "node": "node=NAME@HOST"}
 
 USAGE = """\
-Usage: {prog} [--config PATH] [--format=human|json] [--yes] COMMAND [ARG=VALUE ...]
+Usage: {prog} [--config PATH] [--format=human|json] COMMAND [ARG=VALUE ...] [OPTIONS]
 
 Talks to the local node over its listener.vmq.clustering address, proving
 distributed_cookie from the configuration file (default {config}).
@@ -63,6 +75,12 @@ class Invocation:
     format: str = "human"
     #: ``--yes``: accept the loss of a leaving node's offline messages.
     yes: bool = False
+    #: ``-k``: drain the leaving node first (move its sessions elsewhere).
+    kill_sessions: bool = False
+    #: ``-i``: seconds between progress lines of ``-k``.
+    interval: float = DEFAULT_INTERVAL
+    #: ``-t``: seconds ``-k`` may take at most.
+    timeout: float = DEFAULT_TIMEOUT
 
     def argument(self, key: str) -> Optional[str]:
         for k, v in self.arguments:
@@ -89,6 +107,8 @@ def parse_args(argv: Sequence[str]) -> Invocation:
     config = DEFAULT_CONFIG
     fmt = "human"
     yes = False
+    kill_sessions = False
+    seconds: Dict[str, float] = {}
     words: List[str] = []
     args = list(argv)
     i = 0
@@ -100,12 +120,19 @@ def parse_args(argv: Sequence[str]) -> Invocation:
         if arg in ("--yes", "-y"):
             yes = True
             continue
-        if arg == "-k":
-            raise UsageError("cluster leave -k (moving the leaving node's offline queues to the "
-                             "other nodes) is not available yet; --yes leaves and accepts "
-                             "their loss.")
+        if arg in _KILL_OPTIONS:
+            kill_sessions = True
+            continue
         if arg.startswith("-"):
             name, eq, value = arg.partition("=")
+            if name in _SECONDS_OPTIONS:
+                if not eq:
+                    if i >= len(args):
+                        raise UsageError("The option %s needs a number of seconds." % (name,))
+                    value = args[i]
+                    i += 1
+                seconds[_SECONDS_OPTIONS[name]] = _seconds(name, value)
+                continue
             if name in ("--config", "-c", "--format"):
                 if not eq:
                     if i >= len(args):
@@ -120,7 +147,8 @@ def parse_args(argv: Sequence[str]) -> Invocation:
                     config = value
                 continue
             raise UsageError("Unknown option %s; the options are --config PATH, "
-                             "--format=human|json and --yes." % (name,))
+                             "--format=human|json, and for cluster leave --yes or -k with "
+                             "-i SECONDS and -t SECONDS." % (name,))
         words.append(arg)
     command_words = [w for w in words if "=" not in w]
     pairs = [w for w in words if "=" in w]
@@ -147,7 +175,28 @@ def parse_args(argv: Sequence[str]) -> Invocation:
             raise UsageError("%s needs %s." % (command, _ARG_SYNTAX[key]))
     if yes and command != "cluster leave":
         raise UsageError("The option --yes is only for cluster leave.")
-    return Invocation(command, method, tuple(arguments), config, fmt, yes)
+    if kill_sessions and command != "cluster leave":
+        raise UsageError("The option -k is only for cluster leave.")
+    if seconds and not kill_sessions:
+        raise UsageError("The options -i and -t go with cluster leave -k.")
+    if yes and kill_sessions:
+        raise UsageError("-k moves the offline messages to the other nodes and --yes accepts "
+                         "their loss: give one of them.")
+    return Invocation(command, method, tuple(arguments), config, fmt, yes, kill_sessions,
+                      seconds.get("interval", DEFAULT_INTERVAL),
+                      seconds.get("timeout", DEFAULT_TIMEOUT))
+
+
+def _seconds(name: str, text: str) -> float:
+    """A positive number of seconds for option ``name``, or one sentence why not."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 86400:
+        raise UsageError("The option %s takes a number of seconds between 0 and 86400, not %r."
+                         % (name, text))
+    return value
 
 
 def parse_node_address(text: str) -> Tuple[str, str, Optional[int]]:

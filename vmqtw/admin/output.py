@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any, List, Mapping, Sequence
 
-__all__ = ["render_table", "render_text", "cluster_rows", "status_rows", "leave_text"]
+__all__ = ["render_table", "render_text", "cluster_rows", "status_rows", "leave_text",
+           "drain_progress_text", "drained_text", "drain_timeout_text"]
 
 
 def _cell(value: Any) -> str:
@@ -83,3 +84,47 @@ def leave_text(result: Any) -> str:
                 "find their subscriptions." % (" " if lost else ": ",
                                                _plural(moved, "persistent session"), node, lives)
     return text
+
+
+_PHASES = {
+    "idle": "not draining",
+    "waiting": "waiting for its clients to reconnect to other nodes",
+    "moving": "moving its offline sessions to the other nodes",
+    "flushing": "waiting for the other nodes to acknowledge what it handed over",
+    "done": "drained",
+}
+
+
+def drain_progress_text(node: str, progress: Mapping[str, Any]) -> str:
+    """One progress line of ``cluster leave -k`` (``admin.cluster.drain_status``)."""
+    return ("%s, %s s: %s; %s connected, %s holding %s; %s reconnected elsewhere, %s moved "
+            "with %s; %s not yet acknowledged." % (
+                node, progress.get("seconds", 0), _PHASES.get(progress.get("phase", ""),
+                                                              progress.get("phase")),
+                _plural(int(progress.get("online", 0)), "client"),
+                _plural(int(progress.get("queues", 0)), "offline session"),
+                _plural(int(progress.get("messages", 0)), "message"),
+                _plural(int(progress.get("reconnected", 0)), "session"),
+                _plural(int(progress.get("moved_queues", 0)), "session"),
+                _plural(int(progress.get("moved_messages", 0)), "message"),
+                _plural(int(progress.get("unacknowledged", 0)), "message")))
+
+
+def drained_text(node: str, progress: Mapping[str, Any]) -> str:
+    """What ``cluster leave -k`` did once the node left."""
+    moved = int(progress.get("moved_queues", 0))
+    return ("Done: %s left the cluster and serves no MQTT until it joins one again. %s "
+            "reconnected to other nodes; %s moved to the other nodes with %s; no message "
+            "lost." % (node, _plural(int(progress.get("reconnected", 0)), "session"),
+                       "1 offline session" if moved == 1 else "%d offline sessions" % moved,
+                       _plural(int(progress.get("moved_messages", 0)), "message")))
+
+
+def drain_timeout_text(node: str, progress: Mapping[str, Any], seconds: float) -> str:
+    """Why ``cluster leave -k`` gave up, and what the operator can do."""
+    return ("%s is not drained after %g s (%s holding %s, %s not yet acknowledged by the "
+            "other nodes): it has not left the cluster and its MQTT listeners stay closed; run "
+            "cluster leave -k again with a larger -t, or restart the node to serve again." % (
+                node, seconds, _plural(int(progress.get("queues", 0)), "offline session"),
+                _plural(int(progress.get("messages", 0)), "message"),
+                _plural(int(progress.get("unacknowledged", 0)), "message")))

@@ -2,13 +2,15 @@
 The node side of ``vmqtw-admin``: call handlers on the cluster transport.
 
 ``admin.cluster.show``, ``admin.cluster.join(seed, host, port)``,
-``admin.cluster.leave(node, accept_loss)`` and ``admin.node.status`` answer
-only callers whose handshake name starts with ``admin:`` (the admin
-client): a cluster peer has no business steering this node.  Operator
-mistakes raise :class:`AdminCommandError`, whose text the client shows as
-is.  One call answers peers: :data:`OFFLINE_COUNTS`, how many offline
-messages a node holds, which the node running a leave asks the leaving
-node.
+``admin.cluster.leave(node, accept_loss)``, ``admin.cluster.drain(node,
+interval, wait_limit)``, ``admin.cluster.drain_status(node)`` and
+``admin.node.status`` answer only callers whose handshake name starts with
+``admin:`` (the admin client): a cluster peer has no business steering this
+node.  Operator mistakes raise :class:`AdminCommandError`, whose text the
+client shows as is.  Three calls answer peers, for the node running a
+leave: :data:`OFFLINE_COUNTS` (how many offline messages the leaving node
+holds), :data:`DRAIN` and :data:`DRAIN_STATUS` (``cluster leave -k`` runs
+the drain on the leaving node, :mod:`vmqtw.broker.drain`).
 """
 from __future__ import annotations
 
@@ -22,12 +24,18 @@ from twisted.logger import Logger
 from vmqtw.cluster.auth import is_admin_name
 from vmqtw.metadata.membership import SelfJoin
 
-__all__ = ["AdminCommandError", "AdminHandlers", "register_admin_handlers", "OFFLINE_COUNTS"]
+__all__ = ["AdminCommandError", "AdminHandlers", "register_admin_handlers", "OFFLINE_COUNTS",
+           "DRAIN", "DRAIN_STATUS"]
 
 log = Logger()
 
 #: Peer call: ``(offline messages, sessions holding them)`` of the node asked.
 OFFLINE_COUNTS = "membership.offline_counts"
+#: Peer call: ``(interval, wait_limit)`` -> the drain's progress (a dict):
+#: the node asked starts draining itself for ``cluster leave -k``.
+DRAIN = "membership.drain"
+#: Peer call: ``()`` -> the progress of the node's drain.
+DRAIN_STATUS = "membership.drain_status"
 
 
 class AdminCommandError(Exception):
@@ -48,7 +56,7 @@ class AdminHandlers:
     def __init__(self, transport: Any, cluster: Any, clock: IReactorTime,
                  readiness: Any = None, registry: Any = None,
                  connect_timeout: float = 5.0, poll_interval: float = 0.05,
-                 call_timeout: float = 5.0) -> None:
+                 call_timeout: float = 5.0, drain: Any = None) -> None:
         self.transport = transport
         self.cluster = cluster
         self.clock = clock
@@ -57,14 +65,21 @@ class AdminHandlers:
         self.connect_timeout = connect_timeout
         self.poll_interval = poll_interval
         self.call_timeout = call_timeout
+        #: This node's :class:`~vmqtw.broker.drain.Drain` (None: it cannot
+        #: be drained, e.g. no MQTT here to stop).
+        self.drain = drain
 
     def register(self) -> None:
         for method, handler in (("admin.cluster.show", self.show),
                                 ("admin.cluster.join", self.join),
                                 ("admin.cluster.leave", self.leave),
+                                ("admin.cluster.drain", self.drain_node),
+                                ("admin.cluster.drain_status", self.drain_status),
                                 ("admin.node.status", self.status)):
             self.transport.register_call_handler(method, self._guarded(handler))
         self.transport.register_call_handler(OFFLINE_COUNTS, self.offline_counts)
+        self.transport.register_call_handler(DRAIN, self._drain_here)
+        self.transport.register_call_handler(DRAIN_STATUS, self._drain_status_here)
 
     def _guarded(self, handler: Any) -> Any:
         def guarded(caller: str, *args: Any) -> Any:
@@ -139,6 +154,65 @@ class AdminHandlers:
         sizes = [queue.size() for queue in registry.queues.values() if not queue.online]
         return (sum(sizes), sum(1 for size in sizes if size))
 
+    # -- cluster leave -k ------------------------------------------------------
+    def drain_node(self, caller: str, node: Any, interval: Any, wait_limit: Any) -> defer.Deferred:
+        """
+        Start draining ``node`` for ``cluster leave -k``: it stops serving
+        MQTT and moves every session it holds to the other nodes (see
+        :mod:`vmqtw.broker.drain`).  The drain's progress.
+        """
+        if not (isinstance(interval, (int, float)) and isinstance(wait_limit, (int, float))):
+            return defer.fail(AdminCommandError("cluster leave -k needs an interval and a timeout "
+                                                "in seconds."))
+        return self._ask_leaving(node, DRAIN, (float(interval), float(wait_limit)),
+                                 lambda: self._drain_here(caller, interval, wait_limit))
+
+    def drain_status(self, caller: str, node: Any) -> defer.Deferred:
+        """The progress of ``node``'s drain."""
+        return self._ask_leaving(node, DRAIN_STATUS, (),
+                                 lambda: self._drain_status_here(caller))
+
+    def _ask_leaving(self, node: Any, method: str, args: Tuple[Any, ...],
+                     here: Any) -> defer.Deferred:
+        if not isinstance(node, str):
+            return defer.fail(AdminCommandError("The node to leave must be a node name."))
+        peers = self._peers
+        members = peers.members()
+        if node not in members:
+            return defer.fail(AdminCommandError(
+                "%s is not a member of the cluster; the members are %s." % (
+                    node, ", ".join(sorted(members)))))
+        if members == frozenset([node]):
+            return defer.fail(AdminCommandError(
+                "%s is the only member: there is no other node to move its sessions to." % (node,)))
+        if node == self.cluster.node:
+            return defer.maybeDeferred(here)
+        if not self.transport.connected(node):
+            return defer.fail(AdminCommandError(
+                "%s is not running, so -k cannot move what it holds: start it and run cluster "
+                "leave -k again, or leave it without -k (its stored messages are lost)." % (node,)))
+
+        def unanswered(failure: Any) -> Any:
+            if failure.check(AdminCommandError):
+                return failure
+            raise AdminCommandError("%s did not answer (%s); run cluster leave -k again." % (
+                node, failure.getErrorMessage()))
+        return self.transport.call(node, method, args, self.call_timeout).addErrback(unanswered)
+
+    def _drain_here(self, caller: str, interval: Any, wait_limit: Any) -> Dict[str, Any]:
+        if self.drain is None:
+            raise AdminCommandError("%s cannot be drained (it serves no MQTT)." % (
+                self.cluster.node,))
+        progress: Dict[str, Any] = self.drain.start(float(interval), float(wait_limit)).as_dict()
+        return progress
+
+    def _drain_status_here(self, caller: str) -> Dict[str, Any]:
+        if self.drain is None:
+            raise AdminCommandError("%s cannot be drained (it serves no MQTT)." % (
+                self.cluster.node,))
+        progress: Dict[str, Any] = self.drain.progress().as_dict()
+        return progress
+
     def leave(self, caller: str, node: Any, accept_loss: Any = False) -> defer.Deferred:
         """
         Remove ``node``.  A running node is asked first what it holds: its
@@ -175,8 +249,8 @@ class AdminHandlers:
             if messages and not accept_loss:
                 raise AdminCommandError(
                     "%s holds %d offline message%s for %d session%s, which would be lost: run "
-                    "cluster leave again with --yes to accept that (-k, which moves them to "
-                    "the other nodes, is not available yet)." % (
+                    "cluster leave again with -k to move them to the other nodes first, or "
+                    "with --yes to accept their loss." % (
                         node, messages, "" if messages == 1 else "s", sessions,
                         "" if sessions == 1 else "s"))
             moved = self._remove(node, me)
@@ -268,10 +342,10 @@ class AdminHandlers:
 
 def register_admin_handlers(transport: Any, cluster: Any, registry: Any = None,
                             readiness: Any = None, clock: Optional[IReactorTime] = None,
-                            connect_timeout: float = 5.0) -> AdminHandlers:
+                            connect_timeout: float = 5.0, drain: Any = None) -> AdminHandlers:
     """Register the admin call handlers of one node; the wiring calls this once."""
     handlers = AdminHandlers(transport, cluster, clock if clock is not None else cluster.clock,
                              readiness=readiness, registry=registry,
-                             connect_timeout=connect_timeout)
+                             connect_timeout=connect_timeout, drain=drain)
     handlers.register()
     return handlers

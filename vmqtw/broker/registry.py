@@ -539,19 +539,51 @@ class Registry:
             self._schedule_expiry(subscriber_id)
         return queue
 
-    def adopt(self, subscriber_id: SubscriberId) -> None:
+    def adopt(self, subscriber_id: SubscriberId, from_node: Optional[str] = None) -> None:
         """
-        The persistent session of a node that left the cluster now lives
-        here (:meth:`Subscriptions.rehome`): keep an offline queue for it,
-        so what is published for it waits for its client, as after a
-        restart.
+        The persistent session of a node that left the cluster
+        (:meth:`Subscriptions.rehome`) or leaves it (:meth:`relocate` on
+        that node) now lives here: keep an offline queue for it, so what is
+        published for it waits for its client, as after a restart.  When
+        ``from_node`` still runs, it hands the session's messages over:
+        they go out before what reaches this node directly.
         """
         if subscriber_id in self.queues:
             return
-        self._new_queue(subscriber_id, False)
+        queue = self._new_queue(subscriber_id, False)
         self._schedule_expiry(subscriber_id)
-        self.log.info("session {client_id} of a node that left now lives here",
-                      client_id=subscriber_id.client_id)
+        dataplane = self.dataplane
+        if (from_node is not None and dataplane is not None
+                and dataplane.transport.connected(from_node)):
+            self._hold(subscriber_id, queue, from_node)
+        self.log.info("session {client_id} of {node} now lives here",
+                      client_id=subscriber_id.client_id, node=from_node or "a node that left")
+
+    def relocate(self, subscriber_id: SubscriberId, node: str,
+                 lease: Optional[Lease] = None) -> int:
+        """
+        Move this node's offline persistent session ``subscriber_id`` to
+        ``node`` (``cluster leave -k``), as if its client had reconnected
+        there: the record names ``node``, which adopts it, and the queue is
+        handed over -- stored copies kept here until ``node`` acknowledged
+        them, late arrivals passed on.  Returns how many messages the queue
+        held; -1 when the session is no longer this node's to move (its
+        client reconnected elsewhere, or here, meanwhile).  ``lease`` (the
+        client id's registration lease) is given back once every reachable
+        node has the new record.
+        """
+        try:
+            queue = self.queues.get(subscriber_id)
+            if (subscriber_id in self.sessions or queue is None
+                    or not self.subscription_table.give(subscriber_id, node)):
+                return -1
+            size = queue.size()
+            # Our own write: no change event tells us the session moved.
+            self._moved_away(subscriber_id, node)
+            return size
+        finally:
+            if lease is not None:
+                self._give_back(subscriber_id, lease)
 
     def _handed_over(self, subscriber_id: SubscriberId, message: Message,
                      qos: int) -> Optional[Deferred]:

@@ -25,7 +25,7 @@ from vmqtw.interfaces import ChangeOrigin, IMetadataStore
 from vmqtw.trie import SubscriptionTrie
 from vmqtw.types import SUBSCRIBER_PREFIX, MetadataPrefix, SubscriberId
 
-__all__ = ["SubscriberRecord", "Subscriptions", "all_filters", "home_node", "local_filters",
+__all__ = ["AdoptedCallback", "SubscriberRecord", "Subscriptions", "all_filters", "home_node", "local_filters",
            "record_clean_session", "record_owner", "remote_filters", "rehomed_record"]
 
 #: One entry per node that holds the session: ``(node, clean_session,
@@ -36,6 +36,10 @@ SubscriberRecord = Tuple[Tuple[str, bool, Tuple[Tuple[str, int], ...]], ...]
 #: (``new_node`` is where a persistent session's messages must go) or ended it
 #: (``new_node`` is None).
 MovedCallback = Callable[[SubscriberId, Optional[str]], None]
+
+#: ``on_adopted(subscriber_id, from_node)``: another node gave this node a
+#: persistent session that ``from_node`` held (it left, or leaves).
+AdoptedCallback = Callable[[SubscriberId, Optional[str]], None]
 
 #: Every remote node is entered in the trie with this QoS: the node
 #: re-matches and applies its own subscribers' QoS, so the message is
@@ -124,7 +128,7 @@ def _ignore_moves(subscriber_id: SubscriberId, node: Optional[str]) -> None:
     """The default ``on_moved``: nobody to tell."""
 
 
-def _ignore_adoptions(subscriber_id: SubscriberId) -> None:
+def _ignore_adoptions(subscriber_id: SubscriberId, from_node: Optional[str]) -> None:
     """The default ``on_adopted``: nobody to tell."""
 
 
@@ -146,7 +150,7 @@ class Subscriptions:
 
     def __init__(self, node: str, metadata: IMetadataStore,
                  on_moved: MovedCallback = _ignore_moves,
-                 on_adopted: Callable[[SubscriberId], None] = _ignore_adoptions) -> None:
+                 on_adopted: AdoptedCallback = _ignore_adoptions) -> None:
         self.node = node
         self.metadata = metadata
         self.on_moved = on_moved
@@ -252,8 +256,26 @@ class Subscriptions:
                 if record_owner(record) == gone:
                     moved += 1
                     if record_owner(new) == self.node:
-                        self.on_adopted(subscriber_id)  # our own write: no event says so
+                        # Our own write: no event says so.
+                        self.on_adopted(subscriber_id, gone)
         return moved, ended
+
+    def give(self, subscriber_id: SubscriberId, node: str) -> bool:
+        """
+        Move this node's offline persistent session ``subscriber_id`` to
+        ``node`` with every filter it has (``cluster leave -k``): the
+        record then names ``node``, which keeps an offline queue for it.
+        False, writing nothing, when the session is not this node's or is
+        a clean one.
+        """
+        record = self.record(subscriber_id)
+        if record is None or record_owner(record) != self.node or record[-1][1]:
+            return False
+        new = rehomed_record(record, self.node, node)
+        if new is None:
+            return False
+        self.metadata.put(SUBSCRIBER_PREFIX, subscriber_id.as_key(), new)
+        return True
 
     def remove(self, subscriber_id: SubscriberId) -> None:
         """Delete ``subscriber_id``'s record (its session ended)."""
@@ -323,8 +345,9 @@ class Subscriptions:
               and record_owner(old) not in (node, None) and new is not None
               and new[-1][1] is False):
             # Another node gave this node the persistent session of a node
-            # that left (:meth:`rehome`): it waits here for its client.
-            self.on_adopted(subscriber_id)
+            # that left (:meth:`rehome`) or leaves (:meth:`give`): it waits
+            # here for its client.
+            self.on_adopted(subscriber_id, record_owner(old))
 
     def _count_remote(self, gone: Set[Tuple[str, str]], added: Set[Tuple[str, str]]) -> None:
         """Keep one trie entry per ``(node, filter)`` while any session of

@@ -38,12 +38,27 @@ class MqttServing(Service):
         self.peers = peers
         #: True while the listeners run.
         self.serving = False
+        #: True once :meth:`suspend` closed them for a leave, until the
+        #: node restarts (or joins a cluster again after the leave).
+        self.suspended = False
         if peers is not None:
             peers.on_removed(self._removed)
             peers.on_change(self._members_changed)
 
     def _allowed(self) -> bool:
-        return self.peers is None or not self.peers.removed
+        return not self.suspended and (self.peers is None or not self.peers.removed)
+
+    def suspend(self) -> Any:
+        """
+        Close the listeners and their connections while this node is
+        drained for a leave (``cluster leave -k``): no client may start or
+        keep a session here.  A Deferred firing once they are closed.
+        """
+        self.suspended = True
+        if self.running and self.serving:
+            self.log.warn("this node is leaving the cluster: its MQTT listeners are stopped "
+                          "and its clients disconnected, to reconnect to the other nodes")
+        return self._close()
 
     def startService(self) -> None:
         Service.startService(self)
@@ -73,6 +88,9 @@ class MqttServing(Service):
                 yield maybeDeferred(listener.stopService)
 
     def _removed(self) -> None:
+        # Removed now: the leave's suspension gives way to "removed", which
+        # a join ends.
+        self.suspended = False
         if self.running and self.serving:
             self.log.warn("this node left the cluster: its MQTT listeners are stopped and its "
                           "clients disconnected until it joins a cluster again")
