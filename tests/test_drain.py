@@ -73,14 +73,17 @@ def payloads(client: Client) -> List[bytes]:
     return [p.payload for p in client.publishes()]
 
 
-def receive_all(cluster: Cluster, client: Client) -> List[bytes]:
-    """Every message the session gets, each acknowledged (past the in-flight window)."""
+def receive_all(cluster: Cluster, client: Client, quiet: float = 4.0) -> List[bytes]:
+    """
+    Every message the session gets, each acknowledged (past the in-flight
+    window), until none came for ``quiet`` seconds (longer than a hold).
+    """
     got: List[bytes] = []
-    for _ in range(100):
+    silent = 0.0
+    while silent < quiet:
         cluster.settle(0.2)
         new = client.publishes()
-        if not new:
-            return got
+        silent = 0.0 if new else silent + 0.2
         for publish_packet in new:
             got.append(publish_packet.payload)
             if publish_packet.packet_id is not None:
@@ -229,3 +232,36 @@ def test_with_no_other_node_reachable_the_sessions_stay_and_it_is_not_done() -> 
     assert leaving.drain.progress().queues == 1
     leaving.drain.others = lambda: ["A", "B"]
     run_until(cluster, leaving.drain, DONE)
+
+
+def test_the_drain_is_done_only_once_every_node_routes_to_the_new_homes() -> None:
+    """
+    C's metadata reaches B only through A, later than C's hand-over.  The
+    drain is not done before B has the record naming B (until then what B
+    holds could be passed back to C, which drops what waits for the others
+    once removed); and what C handed over survives C's removal.
+    """
+    cluster = Cluster(stores=stores())
+    leaving = Leaving(cluster)
+    client_id = next(c for c in ("p%d" % n for n in range(50)) if home_node(c, ["A", "B"]) == "B")
+    leaving.parked(client_id)
+    publish(cluster["A"].connect("pub"), [b"%d" % n for n in range(5)])
+    cluster.settle()
+    # Metadata from C to B is held back; A relays it after a delay.
+    undo = cluster.network.drop(lambda src, dst, channel, m: src == "C" and dst == "B"
+                                and channel != CHANNEL)
+    delays = {("A", "B"): 0.5, ("C", "B"): 0.05, ("B", "C"): 0.05}
+    for (src, dst), delay in delays.items():
+        cluster.network.set_delay(src, dst, delay)
+    leaving.drain.start(interval=0.1, wait_limit=0.0)
+    run_until(cluster, leaving.drain, DONE)
+    sid = SubscriberId("", client_id)
+    assert record_owner(cluster["B"].registry.subscription_table.record(sid)) == "B"
+    undo()
+    for src, dst in delays:
+        cluster.network.set_delay(src, dst, 0)
+    # C leaves: what still waited there for the others is gone with it.
+    cluster["C"].registry.dataplane.keep_peers(["A", "B"])
+    cluster["C"].registry.dataplane.keep_peers(["C"])
+    back = cluster["B"].connect(client_id, clean_session=False)
+    assert receive_all(cluster, back) == [b"%d" % n for n in range(5)]

@@ -239,3 +239,29 @@ def test_a_late_marker_of_an_earlier_move_does_not_release_the_hold():
     cluster.settle(HAND_OVER_WAIT)
     assert payloads(back) == [b"direct"]
     undo()
+
+
+def test_a_hand_over_from_the_node_its_record_still_names_is_kept_and_held():
+    """
+    The old node's hand-over outran the record that moves the session here
+    (the record may come through a third node): kept here, held for the old
+    node's end marker -- never passed back to the node that sent it.
+    """
+    from twisted.internet.task import Clock
+
+    from vmqtw.broker.registry import Registry
+    from vmqtw.metadata.local import LocalMetadataStore
+    from vmqtw.types import SUBSCRIBER_PREFIX, Message
+
+    metadata = LocalMetadataStore()
+    metadata.put(SUBSCRIBER_PREFIX, SID.as_key(), (("C", False, (("q/#", 1),)),))
+    plane = RecordingPlane()
+    registry = Registry("B", metadata, Clock(), dataplane=plane)  # type: ignore[arg-type]
+    registry.start()
+    message = Message(b"r" * 16, "q/x", b"early", 1, origin="C")
+    registry._handed_over(SID, message, 1)
+    assert plane.handed == [], "passed back to the node that handed it over"
+    queue = registry.queues[SID]
+    assert queue.held and queue.size() == 1
+    registry._hand_over_done(SID, "C")
+    assert not queue.held

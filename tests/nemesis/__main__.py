@@ -25,10 +25,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--rounds", type=int, help="subscribe-publish: rounds")
     parser.add_argument("--moves", type=int, help="session-moves: moves of the subscriber")
     parser.add_argument("--races", type=int, help="registration-races: rounds")
+    parser.add_argument("--parked", type=int, help="leave-k: offline sessions on the leaving node")
     args = parser.parse_args(argv)
     timings = LONG if args.long else NORMAL
     overrides = {k: getattr(args, k) for k in ("rate", "cycles", "on", "off", "rounds",
-                                                  "moves", "races")
+                                                  "moves", "races", "parked")
                  if getattr(args, k) is not None}
     timings = attrs.evolve(timings, **overrides)
     # SIGTERM unwinds like Ctrl-C, so every node and nft rule is removed.

@@ -24,7 +24,7 @@ import attrs
 
 from tests.nemesis.checker import Report, check
 from tests.nemesis.harness import FIRST_IP, Cluster
-from tests.nemesis.workload import Racer, Workload
+from tests.nemesis.workload import Racer, Subscriber, Workload
 
 __all__ = ["Timings", "SHORT", "NORMAL", "LONG", "Context", "Scenario",
            "Outcome", "SCENARIOS", "run"]
@@ -54,10 +54,12 @@ class Timings:
     dwell: float = 0.3
     #: Registration-races scenario: rounds of one CONNECT on every node.
     races: int = 20
+    #: Leave-k scenario: offline persistent sessions on the leaving node.
+    parked: int = 10
 
 
 SHORT = Timings(rate=50.0, settle=1.5, cycles=2, on=4.0, off=2.0, down=4.0, paused=4.5,
-                rounds=30, moves=12, races=5)
+                rounds=30, moves=12, races=5, parked=4)
 NORMAL = Timings()
 LONG = Timings(cycles=10, down=10.0, paused=10.0, settle=5.0, rounds=1000,
                subscribers_per_node=2)
@@ -276,6 +278,69 @@ def registration_races(ctx: Context) -> None:
     ctx.hold(t.settle)
 
 
+def leave_with_sessions_moved(ctx: Context) -> None:
+    """
+    ``cluster leave -k`` of the target under load, run on node 0: the
+    target closes its listeners, its connected clients reconnect to the
+    other nodes (the publisher resends what was not acknowledged), its
+    offline persistent sessions move with every message they hold, then it
+    leaves.  Afterwards those sessions come back on the survivors.
+    """
+    import threading
+
+    from tests.waiting import wait_until
+
+    t = ctx.timings
+    cluster, workload = ctx.cluster, ctx.workload
+    victim = cluster.nodes[ctx.target]
+    others = [n for i, n in enumerate(cluster.nodes) if i != ctx.target]
+    parked: List[Subscriber] = []
+    for i in range(t.parked):
+        # Subscribed (the SUBACK comes once every node routes the filter), then offline.
+        sub = Subscriber(victim, "parked%d" % (i,), workload.clock)
+        sub.connect()
+        sub.subscribe(workload.prefix + "/#")
+        sub.stop()
+        workload.subscribers.append(sub)
+        parked.append(sub)
+    ctx.hold(t.settle)
+    live = [c for c in [*workload.publishers, *workload.subscribers]
+            if c.node is victim and c not in parked]
+    failures: List[BaseException] = []
+
+    def reconnect_elsewhere() -> None:
+        # As clients given every node's address do: when the leaving node
+        # closes its listener, they connect to another one.
+        try:
+            wait_until(lambda: not victim.accepting(), 30, interval=0.05,
+                       what="the leaving node to close its listeners")
+            for k, client in enumerate(live):
+                client.move(others[k % len(others)], abrupt=True)
+        except BaseException as e:   # reported by the scenario's thread below
+            failures.append(e)
+
+    mover = threading.Thread(target=reconnect_elsewhere, name="leave-k-clients", daemon=True)
+    mover.start()
+    ctx.log("cluster leave node=%s -k on node 0" % (cluster.name(victim),))
+    done = cluster.leave(ctx.target, 0, "-k", "-i", "1", "-t", "120")
+    mover.join(60)
+    for line in done.stdout.splitlines():
+        ctx.log("  " + line)
+    if done.returncode != 0 or "no message lost" not in done.stdout:
+        raise AssertionError("cluster leave -k failed: %r" % (done,))
+    if failures:
+        raise failures[0]
+    cluster.wait_healthy()
+    if victim.accepting():
+        raise AssertionError("the node that left serves MQTT")
+    for k, sub in enumerate(parked):
+        sub.move(others[k % len(others)], abrupt=True)
+        if not sub.connacks[-1]:
+            raise AssertionError("%s came back without its session" % (sub.name,))
+    ctx.log("%d parked sessions back on the survivors" % (len(parked),))
+    ctx.hold(t.settle)
+
+
 SCENARIOS: Dict[str, Scenario] = {s.name: s for s in [
     Scenario("cuts", "node 3 cut off repeatedly (defaults: no publishes during a split)",
              repeated_cuts),
@@ -289,6 +354,8 @@ SCENARIOS: Dict[str, Scenario] = {s.name: s for s in [
              "come back on the survivors", leave_dead_node),
     Scenario("rejoin-removed", "node 3 killed, removed while down, restarted (knows it was "
              "removed, no MQTT), joined again", removed_node_rejoins),
+    Scenario("leave-k", "cluster leave -k of node 3 under load: its clients reconnect "
+             "elsewhere, its offline sessions move with their messages", leave_with_sessions_moved),
     Scenario("session-moves", "a persistent subscriber moves node to node under load",
              session_moves),
     Scenario("registration-races", "one client id connects on every node at once, repeatedly",

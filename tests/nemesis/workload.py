@@ -108,6 +108,28 @@ class _Endpoint:
         self._shutdown_socket()
         self.client.loop_stop()
 
+    def move(self, node: Node, abrupt: bool = False, timeout: float = 20.0) -> None:
+        """
+        Reconnect the session on ``node``: after a DISCONNECT, or
+        (``abrupt``) by connecting there while the old connection is still
+        open, so the new node takes it over.  The CONNACK must say the
+        session was present.
+        """
+        count = len(self.connacks)
+        if abrupt:
+            # paho's reconnect closes the old socket as it opens the new one.
+            self.client.loop_stop()
+        else:
+            self.client.disconnect()
+            wait_until(lambda: not self.client.is_connected(), 5.0, what="disconnect")
+            self.client.loop_stop()
+        self.node = node
+        # (A publisher resends what was not acknowledged, with DUP.)
+        self.client.connect(node.host, node.port, self.keepalive)
+        self.client.loop_start()
+        wait_until(lambda: len(self.connacks) > count, timeout,
+                   what="CONNACK for %s on %s" % (self.client_id, node.host))
+
     @property
     def sessions_lost(self) -> int:
         """Reconnections that found no session (the broker forgot it)."""
@@ -272,27 +294,6 @@ class Subscriber(_Endpoint):
         with self.lock:
             self._subscriptions.append(Subscription(topic_filter, since))
 
-
-    def move(self, node: Node, abrupt: bool = False, timeout: float = 20.0) -> None:
-        """
-        Reconnect the session on ``node``: after a DISCONNECT, or
-        (``abrupt``) by connecting there while the old connection is still
-        open, so the new node takes it over.  The CONNACK must say the
-        session was present.
-        """
-        count = len(self.connacks)
-        if abrupt:
-            # paho's reconnect closes the old socket as it opens the new one.
-            self.client.loop_stop()
-        else:
-            self.client.disconnect()
-            wait_until(lambda: not self.client.is_connected(), 5.0, what="disconnect")
-            self.client.loop_stop()
-        self.node = node
-        self.client.connect(node.host, node.port, self.keepalive)
-        self.client.loop_start()
-        wait_until(lambda: len(self.connacks) > count, timeout,
-                   what="CONNACK for %s on %s" % (self.client_id, node.host))
 
     def probe_topics(self) -> Set[str]:
         with self.lock:

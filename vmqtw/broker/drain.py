@@ -21,7 +21,8 @@ node:
 4. *flushes*: done once nothing is left that another node still has to
    acknowledge -- no queue, no stored message (a handed-over message's
    copy here goes when its new node stored it), nothing unacknowledged on
-   the data plane.
+   the data plane -- and every hand-over's end marker went out (after
+   every node routes the session to its new node).
 
 The admin then removes the node (an ordinary leave, which finds nothing to
 lose).  The drain keeps no state on disk: a node restarted in the middle
@@ -216,7 +217,7 @@ class Drain:
             self.phase = MOVING
             self._move_all().addBoth(lambda _: self._schedule(self._check_flushed))
             return
-        if unacknowledged or self.registry.sessions:
+        if unacknowledged or self.registry.sessions or self.registry.ending:
             self._schedule(self._check_flushed)
             return
         self.phase = DONE
@@ -228,14 +229,18 @@ class Drain:
     @inlineCallbacks
     def _unacknowledged_now(self) -> Any:
         """
-        Messages another node has yet to acknowledge: stored copies of
-        handed-over messages, and the data plane's unacknowledged entries.
+        Messages another node has yet to acknowledge: the data plane's
+        unacknowledged entries (handed-over messages among them) or, once
+        there are none, stored copies of handed-over messages not yet
+        deleted.
         """
         registry = self.registry
-        count = 0
         dataplane = registry.dataplane
         if dataplane is not None:
-            count += sum(messages for messages, _size in dataplane.backlog().values())
+            pending = sum(messages for messages, _size in dataplane.backlog().values())
+            if pending:
+                return pending
+        count = 0
         store = registry.store
         if store is not None:
             subscribers: Iterable[SubscriberId] = yield store.subscribers()
@@ -246,4 +251,3 @@ class Drain:
                 refs: List[bytes] = yield store.find(subscriber_id)
                 count += len(refs)
         return count
-

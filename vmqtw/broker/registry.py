@@ -116,6 +116,10 @@ class Registry:
         self._handing_on: Dict[SubscriberId, Tuple[SubscriberQueue, str, IDelayedCall]] = {}
         self.router.moved = self.moved
         self.router.forward_moved = self._forward_moved
+        #: Sessions whose hand-over to another node waits for every node to
+        #: route to that node before its end marker goes (a draining node
+        #: is not done while any does).
+        self.ending: Set[SubscriberId] = set()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -360,6 +364,12 @@ class Registry:
         queue = self.queues.get(subscriber_id)
         if queue is not None:
             queue.release_hold()
+            owner = self._moved_owner(subscriber_id)
+            if owner is not None and owner != old_node and subscriber_id not in self.sessions:
+                # Handed over here, while the session moved on to a third
+                # node (whose record this node merged without ever being
+                # named in one): it goes on there.
+                self._moved_away(subscriber_id, owner)
 
     def _new_queue(self, subscriber_id: SubscriberId, clean_session: bool) -> SubscriberQueue:
         queue = SubscriberQueue(subscriber_id, clean_session, self.limits, self.clock,
@@ -463,8 +473,10 @@ class Registry:
         if self.confirm is None:
             dataplane.hand_over_done(new_node, subscriber_id)
             return
+        self.ending.add(subscriber_id)
 
         def confirmed(_: Any) -> None:
+            self.ending.discard(subscriber_id)
             dataplane.hand_over_done(new_node, subscriber_id)
             if self.ready():
                 # Every member routes to the new node now: what they send
@@ -600,9 +612,18 @@ class Registry:
         if queue is not None:
             return queue.enqueue_handed_over(message, qos)
         owner = self._moved_owner(subscriber_id)
-        if owner is not None:
+        sender = message.origin
+        if owner is not None and owner != sender:
             return self._forward_moved(subscriber_id, message, qos)
-        return self._adopt(subscriber_id).enqueue_handed_over(message, qos)
+        queue = self._adopt(subscriber_id)
+        if owner is not None and sender is not None:
+            # The sender moved the session here, and the record saying so
+            # has not reached this node yet (it may travel through another
+            # node): keep it -- passed back, it could be in flight to the
+            # sender when that node leaves the cluster -- and hold it until
+            # the sender's hand-over is complete.
+            self._hold(subscriber_id, queue, sender)
+        return queue.enqueue_handed_over(message, qos)
 
     def _hand_over_released(self, subscriber_id: SubscriberId, ref: bytes) -> None:
         """The new node has a handed-over message safe: our copy may go."""
