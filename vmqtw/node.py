@@ -317,7 +317,8 @@ def build_node(config: Config, reactor: Any) -> Node:
 
     # Closed while this node is removed from its cluster, or drained for a leave.
     serving = MqttServing(listeners, cluster.peers)
-    drain = Drain(registry, reactor, serving.suspend, _reachable_others(cluster, transport))
+    drain = Drain(registry, reactor, serving.suspend, _reachable_others(cluster, transport),
+                  transport)
     admin = register_admin_handlers(transport, cluster, registry, readiness, drain=drain)
 
     # The start order, as one table; stopped in exact reverse.

@@ -316,8 +316,36 @@ class AdminHandlers:
 
         d = self._wait_connected(seed, unreachable)
         d.addCallback(lambda _: peers.join(seed, address))
-        d.addCallbacks(joined, failed)
+        d.addCallbacks(self._synced_with(seed), failed)
+        d.addCallback(joined)
         return d
+
+    def _synced_with(self, seed: str) -> Any:
+        """
+        After the join: one anti-entropy exchange with ``seed`` before the
+        command says Done, so this node knows the cluster's subscriptions
+        and sessions (and the cluster this node's) -- a client connecting
+        here right after the join finds its session, and a client id with
+        a session on both sides ends with one (the record's versions merge
+        to one owner; the other node hands its queue over).  Bounded: if
+        the exchange fails, the periodic ones finish the job.
+        """
+        def sync(members: Any) -> Any:
+            aae = getattr(self.cluster, "aae", None)
+            if aae is None:
+                return members
+            exchanged = aae.exchange(seed)
+            exchanged.addTimeout(self.call_timeout * 2, self.clock)
+
+            def done(_: Any) -> Any:
+                return members
+
+            def failed(failure: Any) -> Any:
+                log.warn("first metadata exchange with {seed} after the join failed: {why}",
+                         seed=seed, why=failure.getErrorMessage())
+                return members
+            return exchanged.addCallbacks(done, failed)
+        return sync
 
     def _wait_connected(self, peer: str, error: Exception) -> defer.Deferred:
         """Fires once the link to ``peer`` is up; fails with ``error`` after the timeout."""

@@ -16,8 +16,13 @@ node:
 3. *moves* every remaining offline queue to a node of the others (a stable
    hash of the client id, :func:`~vmqtw.broker.subscriptions.home_node`),
    each under the client id's registration lease, so a CONNECT of that
-   client racing the move is serialized with it
-   (:meth:`Registry.relocate`);
+   client racing the move is serialized with it.  The node taking the
+   session registers it itself (:meth:`Registry.take_offline`), as if its
+   client had connected there: it then routes the session's messages
+   before any other node sends them to it (had the leaving node written
+   the record, a third node could learn it first and send messages the
+   new home would not yet route), and the leaving node hands the queue
+   over as in any takeover;
 4. *flushes*: done once nothing is left that another node still has to
    acknowledge -- no queue, no stored message (a handed-over message's
    copy here goes when its new node stored it), nothing unacknowledged on
@@ -42,16 +47,24 @@ from vmqtw.broker.coordinator import Lease
 from vmqtw.broker.registry import Registry
 from vmqtw.broker.subscriptions import home_node
 from vmqtw.cluster.dataplane import OUTBOX_MOUNTPOINT
+from vmqtw.interfaces import IClusterTransport
 from vmqtw.types import SubscriberId
 
 __all__ = ["Drain", "DrainProgress", "IDLE", "WAITING", "MOVING", "FLUSHING", "DONE",
-           "MOVES_AT_ONCE"]
+           "MOVES_AT_ONCE", "TAKE_METHOD"]
 
 IDLE = "idle"
 WAITING = "waiting"
 MOVING = "moving"
 FLUSHING = "flushing"
 DONE = "done"
+
+#: The call a draining node makes of the node taking one of its offline
+#: sessions: ``(mountpoint, client_id)`` -> True once it registered it.
+TAKE_METHOD = "vmq.drain.take"
+#: Seconds a draining node waits for that answer (the taker's bounded
+#: confirmation included).
+TAKE_TIMEOUT = 15.0
 
 #: Queues moved at once (each waits for its lease and its record's
 #: confirmation; VerneMQ drains up to 1,000 at once).
@@ -83,16 +96,21 @@ class DrainProgress:
 
 class Drain:
     """
-    The drain of this node.  ``suspend()`` closes the MQTT listeners and
+    The drain of this node, and its part in other nodes' drains (it takes
+    sessions they give it).  ``suspend()`` closes the MQTT listeners and
     their connections; ``others()`` names the cluster members this node
-    may move sessions to (reachable, not itself).
+    may move sessions to (reachable, not itself); ``transport`` reaches
+    them.
     """
 
     log = Logger()
 
     def __init__(self, registry: Registry, clock: IReactorTime,
-                 suspend: Callable[[], Any], others: Callable[[], Collection[str]]) -> None:
+                 suspend: Callable[[], Any], others: Callable[[], Collection[str]],
+                 transport: IClusterTransport) -> None:
         self.registry = registry
+        self.transport = transport
+        transport.register_call_handler(TAKE_METHOD, self._take)
         self.clock = clock
         self.suspend = suspend
         self.others = others
@@ -188,19 +206,34 @@ class Drain:
         coordinated = self.registry.coordinate(subscriber_id)
         leased: Deferred = coordinated if coordinated is not None else succeed(None)
 
-        def relocate(lease: Optional[Lease]) -> None:
-            size = self.registry.relocate(subscriber_id, node, lease)
-            if size >= 0:
-                self._moved.add(subscriber_id)
-                self.moved_messages += size
+        def give(lease: Optional[Lease]) -> Deferred:
+            queue = self.registry.queues.get(subscriber_id)
+            size = queue.size() if queue is not None else 0
+            asked = self.transport.call(node, TAKE_METHOD,
+                                        (subscriber_id.mountpoint, subscriber_id.client_id),
+                                        TAKE_TIMEOUT)
+
+            def taken(yes: Any) -> None:
+                if yes is True:
+                    self._moved.add(subscriber_id)
+                    self.moved_messages += size
+
+            def give_back(result: Any) -> Any:
+                if lease is not None:
+                    lease.release()
+                return result
+            return asked.addCallback(taken).addBoth(give_back)
 
         def not_now(failure: Any) -> None:
-            # No lease (the coordinator did not answer): the next round of
-            # the flush phase tries again.
+            # No lease or no answer: the flush phase tries again.
             self.log.info("session {client_id} not moved yet: {why}",
                           client_id=subscriber_id.client_id, why=failure.getErrorMessage())
 
-        return leased.addCallback(relocate).addErrback(not_now)
+        return leased.addCallback(give).addErrback(not_now)
+
+    def _take(self, peer: str, mountpoint: str, client_id: str) -> "Deferred[bool]":
+        """Another node drains and gives us one of its offline sessions."""
+        return self.registry.take_offline(SubscriberId(mountpoint, client_id), peer)
 
     def _moved_all(self, result: Any) -> None:
         self.phase = FLUSHING

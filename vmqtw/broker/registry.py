@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 import attrs
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -554,48 +554,45 @@ class Registry:
     def adopt(self, subscriber_id: SubscriberId, from_node: Optional[str] = None) -> None:
         """
         The persistent session of a node that left the cluster
-        (:meth:`Subscriptions.rehome`) or leaves it (:meth:`relocate` on
-        that node) now lives here: keep an offline queue for it, so what is
-        published for it waits for its client, as after a restart.  When
-        ``from_node`` still runs, it hands the session's messages over:
-        they go out before what reaches this node directly.
+        (``from_node``; see :meth:`Subscriptions.rehome`) now lives here:
+        keep an offline queue for it, so what is published for it waits
+        for its client, as after a restart.
         """
         if subscriber_id in self.queues:
             return
-        queue = self._new_queue(subscriber_id, False)
+        self._new_queue(subscriber_id, False)
         self._schedule_expiry(subscriber_id)
-        dataplane = self.dataplane
-        if (from_node is not None and dataplane is not None
-                and dataplane.transport.connected(from_node)):
-            self._hold(subscriber_id, queue, from_node)
         self.log.info("session {client_id} of {node} now lives here",
                       client_id=subscriber_id.client_id, node=from_node or "a node that left")
 
-    def relocate(self, subscriber_id: SubscriberId, node: str,
-                 lease: Optional[Lease] = None) -> int:
+    def take_offline(self, subscriber_id: SubscriberId, from_node: str) -> "Deferred[bool]":
         """
-        Move this node's offline persistent session ``subscriber_id`` to
-        ``node`` (``cluster leave -k``), as if its client had reconnected
-        there: the record names ``node``, which adopts it, and the queue is
-        handed over -- stored copies kept here until ``node`` acknowledged
-        them, late arrivals passed on.  Returns how many messages the queue
-        held; -1 when the session is no longer this node's to move (its
-        client reconnected elsewhere, or here, meanwhile).  ``lease`` (the
-        client id's registration lease) is given back once every reachable
-        node has the new record.
+        ``from_node`` leaves the cluster (``cluster leave -k``) and gives
+        this node its offline persistent session ``subscriber_id``: it is
+        registered here as a CONNECT here would register it -- this node
+        writes the record, so it routes the session's messages before any
+        other node sends them here -- and its queue waits, held, for
+        ``from_node``'s hand-over.  Fires True once every reachable node
+        has the record; False, changing nothing, when the session is not
+        ``from_node``'s offline session (any more).
         """
-        try:
-            queue = self.queues.get(subscriber_id)
-            if (subscriber_id in self.sessions or queue is None
-                    or not self.subscription_table.give(subscriber_id, node)):
-                return -1
-            size = queue.size()
-            # Our own write: no change event tells us the session moved.
-            self._moved_away(subscriber_id, node)
-            return size
-        finally:
-            if lease is not None:
-                self._give_back(subscriber_id, lease)
+        record = self.subscription_table.record(subscriber_id)
+        if (record_owner(record) != from_node or record is None or record[-1][1]
+                or subscriber_id in self.sessions):
+            return succeed(False)
+        queue = self.queues.get(subscriber_id)
+        if queue is None or queue.clean_session:
+            if queue is not None:
+                queue.discard()
+            queue = self._new_queue(subscriber_id, False)
+        self._hold(subscriber_id, queue, from_node)
+        self.subscription_table.claim(subscriber_id, False)
+        self._schedule_expiry(subscriber_id)
+        self.log.info("session {client_id} of {node} now lives here",
+                      client_id=subscriber_id.client_id, node=from_node)
+        if self.confirm is None:
+            return succeed(True)
+        return self.confirm(SUBSCRIBER_PREFIX, subscriber_id.as_key()).addBoth(lambda _: True)
 
     def _handed_over(self, subscriber_id: SubscriberId, message: Message,
                      qos: int) -> Optional[Deferred]:

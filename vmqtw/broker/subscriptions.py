@@ -260,23 +260,6 @@ class Subscriptions:
                         self.on_adopted(subscriber_id, gone)
         return moved, ended
 
-    def give(self, subscriber_id: SubscriberId, node: str) -> bool:
-        """
-        Move this node's offline persistent session ``subscriber_id`` to
-        ``node`` with every filter it has (``cluster leave -k``): the
-        record then names ``node``, which keeps an offline queue for it.
-        False, writing nothing, when the session is not this node's or is
-        a clean one.
-        """
-        record = self.record(subscriber_id)
-        if record is None or record_owner(record) != self.node or record[-1][1]:
-            return False
-        new = rehomed_record(record, self.node, node)
-        if new is None:
-            return False
-        self.metadata.put(SUBSCRIBER_PREFIX, subscriber_id.as_key(), new)
-        return True
-
     def remove(self, subscriber_id: SubscriberId) -> None:
         """Delete ``subscriber_id``'s record (its session ended)."""
         if self.record(subscriber_id) is not None:
@@ -345,8 +328,7 @@ class Subscriptions:
               and record_owner(old) not in (node, None) and new is not None
               and new[-1][1] is False):
             # Another node gave this node the persistent session of a node
-            # that left (:meth:`rehome`) or leaves (:meth:`give`): it waits
-            # here for its client.
+            # that left (:meth:`rehome`): it waits here for its client.
             self.on_adopted(subscriber_id, record_owner(old))
 
     def _count_remote(self, gone: Set[Tuple[str, str]], added: Set[Tuple[str, str]]) -> None:

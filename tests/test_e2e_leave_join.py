@@ -1,5 +1,5 @@
 """
-``cluster leave -k`` on three real nodes (VerneMQ's ``cluster_leave_test``,
+``cluster leave -k`` and joining with data, on real nodes (VerneMQ's ``cluster_leave_test``,
 made stricter): node C holds offline persistent sessions with messages and
 one connected client; ``vmqtw-admin cluster leave node=C -k`` run on node A
 prints its progress, moves every session and message to A and B, removes
@@ -91,3 +91,51 @@ def test_leave_k_of_a_node_that_is_down_says_what_to_do(nodes: Any) -> None:
         "vmqtw-admin: %s is not running, so -k cannot move what it holds: start it and run "
         "cluster leave -k again, or leave it without -k (its stored messages are lost).\n"
         % (name(c),))
+
+
+def test_a_node_holding_sessions_joins_and_each_client_id_keeps_one_queue(nodes: Any) -> None:
+    """
+    Two one-node clusters both hold a persistent session ``both`` with
+    queued messages (and one session each of their own); when one joins
+    the other, the two sessions of ``both`` become one, holding every
+    message of both queues, and the others stay reachable from any node.
+    """
+    a, b = (nodes.node(label, start=False, host=host, nodename="vmqtw@" + host, **FAST_METADATA)
+            for label, host in zip("AB", HOSTS[:2]))
+    for node in (a, b):
+        node.start(wait=False)
+    for node in (a, b):
+        wait_until(node.accepting, 20, what="node %s to accept" % (name(node),))
+    for node, own in ((a, "only-a"), (b, "only-b")):
+        for client_id in ("both", own):
+            parked = nodes.client(node, client_id, clean_session=False)
+            assert parked.subscribe(("join/#", 1)) == [1]
+            parked.disconnect()
+        publisher = nodes.client(node, "pub")
+        for n in range(3):
+            publisher.publish("join/t", b"%s-%d" % (name(node).encode(), n), 1)
+        publisher.disconnect()
+    done = admin(b, "cluster", "join", "discovery-node=" + cluster_address(a))
+    assert done.returncode == 0, done
+    both = sorted((name(n), True) for n in (a, b))
+    for node in (a, b):
+        wait_until(lambda node=node: sorted(show(node)) == both, 20, what="cluster formed")
+    expected = {b"%s-%d" % (name(node).encode(), n) for node in (a, b) for n in range(3)}
+    # One queue for "both", wherever it connects: every message of both.
+    back = nodes.client(b, "both", clean_session=False)
+    assert back.session_present
+    got = back.wait_for(6)
+    assert {payload for _t, payload, _q, _r in got} == expected
+    back.disconnect()
+    for client_id, node in (("only-a", b), ("only-b", a)):
+        back = nodes.client(node, client_id, clean_session=False)
+        assert back.session_present, client_id
+        got = back.wait_for(3)
+        owner = a if client_id == "only-a" else b
+        assert [p for _t, p, _q, _r in got] == [b"%s-%d" % (name(owner).encode(), n)
+                                                for n in range(3)], client_id
+        back.disconnect()
+    # Messages published now reach "both" once.
+    nodes.client(a, "later").publish("join/t", b"after", 1)
+    again = nodes.client(a, "both", clean_session=False)
+    assert [p for _t, p, _q, _r in again.wait_for(1)] == [b"after"]
