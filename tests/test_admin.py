@@ -537,3 +537,56 @@ def test_drain_texts():
         "yet acknowledged by the other nodes): it has not left the cluster and its MQTT "
         "listeners stay closed; run cluster leave -k again with a larger -t, or restart the node "
         "to serve again.")
+
+
+def test_each_survivor_rewrites_its_own_share_of_a_dead_nodes_sessions():
+    """
+    The home of a session writes its record itself (so it routes the
+    session's messages before another node sends them there); a survivor
+    that does not answer has its share written by the node running the
+    leave.
+    """
+    from vmqtw.admin.server import REHOME
+    from vmqtw.broker.subscriptions import home_node
+    from vmqtw.testing.inprocess_broker import Cluster
+
+    cluster = Cluster(["A", "B", "C"])
+    ids = ["s%d" % n for n in range(8)]
+    for client_id in ids:
+        cluster["C"].subscriber(client_id, ("t/#", 1), clean_session=False).drop()
+    cluster.settle()
+    cluster["C"].stop()
+    cluster.settle()
+    on_b, transport_b, peers_b, _ = handlers()
+    on_b.cluster.node = peers_b.node = "B"
+    on_b.registry = cluster["B"].registry
+    writes: dict = {"A": [], "B": []}
+    for name in ("A", "B"):
+        table = cluster[name].registry.subscription_table
+        original = table.rehome
+
+        def spy(gone, survivors, homes=None, name=name, original=original):
+            writes[name].append(list(homes or []))
+            return original(gone, survivors, homes)
+        table.rehome = spy
+    h, transport, peers, _ = handlers()
+    peers._members = {"A", "B", "C"}
+    h.registry = cluster["A"].registry
+    h.cluster.node = peers.node = "A"
+    transport.up.add("B")
+    transport.call = lambda peer, method, args, timeout: defer.maybeDeferred(
+        transport_b.handlers[method], "A", *args)
+    left = result(call(transport, "admin.cluster.leave", "C"))
+    assert left["sessions_moved"] == len(ids)
+    assert writes == {"A": [["A"]], "B": [["B"]]}
+    cluster.settle()
+    for client_id in ids:
+        home = home_node(client_id, ["A", "B"])
+        assert SubscriberId("", client_id) in cluster[home].registry.queues, client_id
+    # B does not answer: A writes B's share too.
+    assert transport_b.handlers[REHOME]("A", "C", ["A", "B"]) == 0   # nothing left to move
+    transport.call = lambda peer, method, args, timeout: defer.fail(RuntimeError("timed out"))
+    writes["A"].clear()
+    peers._members.add("C")
+    result(call(transport, "admin.cluster.leave", "C"))
+    assert writes["A"] == [["A"], ["B"]]

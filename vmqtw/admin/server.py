@@ -25,7 +25,7 @@ from vmqtw.cluster.auth import is_admin_name
 from vmqtw.metadata.membership import SelfJoin
 
 __all__ = ["AdminCommandError", "AdminHandlers", "register_admin_handlers", "OFFLINE_COUNTS",
-           "DRAIN", "DRAIN_STATUS"]
+           "DRAIN", "DRAIN_STATUS", "REHOME"]
 
 log = Logger()
 
@@ -36,6 +36,9 @@ OFFLINE_COUNTS = "membership.offline_counts"
 DRAIN = "membership.drain"
 #: Peer call: ``()`` -> the progress of the node's drain.
 DRAIN_STATUS = "membership.drain_status"
+#: Peer call: ``(gone, survivors)`` -> how many persistent sessions of
+#: ``gone`` the node asked now keeps (it rewrote its share of the records).
+REHOME = "membership.rehome"
 
 
 class AdminCommandError(Exception):
@@ -80,6 +83,7 @@ class AdminHandlers:
         self.transport.register_call_handler(OFFLINE_COUNTS, self.offline_counts)
         self.transport.register_call_handler(DRAIN, self._drain_here)
         self.transport.register_call_handler(DRAIN_STATUS, self._drain_status_here)
+        self.transport.register_call_handler(REHOME, self._rehome_here)
 
     def _guarded(self, handler: Any) -> Any:
         def guarded(caller: str, *args: Any) -> Any:
@@ -244,7 +248,7 @@ class AdminHandlers:
                     "stop it first." % (node, failure.getErrorMessage()))
             counts.addErrback(unanswered)
 
-        def decide(answer: Any) -> Dict[str, Any]:
+        def decide(answer: Any) -> defer.Deferred:
             messages, sessions = int(answer[0]), int(answer[1])
             if messages and not accept_loss:
                 raise AdminCommandError(
@@ -253,29 +257,70 @@ class AdminHandlers:
                     "with --yes to accept their loss." % (
                         node, messages, "" if messages == 1 else "s", sessions,
                         "" if sessions == 1 else "s"))
-            moved = self._remove(node, me)
-            log.info("{node} removed from the cluster by {caller} ({down}); {moved} persistent "
-                     "sessions moved to the other nodes, {lost} offline messages lost",
-                     node=node, caller=caller, down="down" if down else "running",
-                     moved=moved, lost=messages)
-            return {"node": node, "members": sorted(peers.members()), "down": down,
-                    "messages_lost": messages, "sessions_lost": sessions,
-                    "sessions_moved": moved}
+
+            def report(moved: int) -> Dict[str, Any]:
+                log.info("{node} removed from the cluster by {caller} ({down}); {moved} "
+                         "persistent sessions moved to the other nodes, {lost} offline "
+                         "messages lost", node=node, caller=caller,
+                         down="down" if down else "running", moved=moved, lost=messages)
+                return {"node": node, "members": sorted(peers.members()), "down": down,
+                        "messages_lost": messages, "sessions_lost": sessions,
+                        "sessions_moved": moved}
+            return self._remove(node, me).addCallback(report)
         return counts.addCallback(decide)
 
-    def _remove(self, node: str, me: str) -> int:
-        """Remove ``node`` and re-home its sessions; how many moved."""
+    def _remove(self, node: str, me: str) -> defer.Deferred:
+        """
+        Remove ``node`` and re-home its sessions; fires with how many
+        moved.  A node leaving itself asks the others first (while it is a
+        member their writes reach it); a node removed by another is asked
+        nothing, the others re-home once it is out.
+        """
         peers = self._peers
-        subscriptions = getattr(self.registry, "subscription_table", None)
         survivors = sorted(peers.members() - {node})
-        moved = 0
-        if node == me and subscriptions is not None:
-            # Written while still a member, so the broadcast reaches the others.
-            moved, _ended = subscriptions.rehome(node, survivors)
+        if node == me:
+            rehomed = self._rehome_everywhere(node, survivors)
+            return rehomed.addCallback(lambda moved: (peers.leave(node), moved)[1])
         peers.leave(node)
-        if node != me and subscriptions is not None:
-            # Written once ``node`` is out, so the broadcast skips it.
-            moved, _ended = subscriptions.rehome(node, survivors)
+        return self._rehome_everywhere(node, survivors)
+
+    def _rehome_everywhere(self, gone: str, survivors: List[str]) -> defer.Deferred:
+        """
+        Every survivor rewrites its share of the records of ``gone``
+        (:meth:`Subscriptions.rehome`); this node writes the share of a
+        survivor it cannot ask.  Fires with the sessions moved.
+        """
+        subscriptions = getattr(self.registry, "subscription_table", None)
+        if subscriptions is None or not survivors:
+            return defer.succeed(0)
+        me = self.cluster.node
+
+        def here(homes: List[str]) -> int:
+            moved: int = subscriptions.rehome(gone, survivors, homes)[0]
+            return moved
+
+        asked: List[defer.Deferred] = []
+        for survivor in survivors:
+            if survivor == me or not self.transport.connected(survivor):
+                asked.append(defer.maybeDeferred(here, [survivor]))
+                continue
+            call = self.transport.call(survivor, REHOME, (gone, survivors), self.call_timeout)
+
+            def unanswered(failure: Any, survivor: str = survivor) -> int:
+                log.warn("{survivor} did not re-home its share of the sessions of {gone} "
+                         "({why}): this node does", survivor=survivor, gone=gone,
+                         why=failure.getErrorMessage())
+                return here([survivor])
+            asked.append(call.addErrback(unanswered))
+        return defer.gatherResults(asked).addCallback(lambda counts: sum(int(c) for c in counts))
+
+    def _rehome_here(self, caller: str, gone: Any, survivors: Any) -> int:
+        """A peer ran ``cluster leave`` of ``gone``: our share of its sessions live here now."""
+        subscriptions = getattr(self.registry, "subscription_table", None)
+        if subscriptions is None or not isinstance(gone, str) \
+                or not isinstance(survivors, (list, tuple)):
+            return 0
+        moved: int = subscriptions.rehome(gone, list(survivors), [self.cluster.node])[0]
         return moved
 
     def join(self, caller: str, seed: Any, host: Any, port: Any) -> defer.Deferred:

@@ -232,12 +232,17 @@ class Subscriptions:
             self.metadata.put(SUBSCRIBER_PREFIX, key, mine)
         return held_persistent
 
-    def rehome(self, gone: str, survivors: Collection[str]) -> Tuple[int, int]:
+    def rehome(self, gone: str, survivors: Collection[str],
+               homes: Optional[Collection[str]] = None) -> Tuple[int, int]:
         """
         Node ``gone`` left the cluster: rewrite every record naming it (see
         :func:`rehomed_record`), each persistent session going to its
-        :func:`home_node` among ``survivors``.  One node writes this (the one
-        that ran the leave), so there is one version of each record.
+        :func:`home_node` among ``survivors``.  ``homes`` limits this to the
+        records whose home is one of them: each survivor rewrites its own
+        share (one writer per record, so one version of it; and the home
+        routes the session's messages before any other node sends them
+        there -- a record written elsewhere could reach a third node first,
+        whose messages the home would then not route).
         Returns ``(persistent sessions re-homed, clean sessions ended)``.
         """
         moved = ended = 0
@@ -245,7 +250,10 @@ class Subscriptions:
             return moved, ended
         for key, record in list(self.metadata.items(SUBSCRIBER_PREFIX)):
             subscriber_id = SubscriberId(*key)
-            new = rehomed_record(record, gone, home_node(subscriber_id.client_id, survivors))
+            home = home_node(subscriber_id.client_id, survivors)
+            if homes is not None and home not in homes:
+                continue
+            new = rehomed_record(record, gone, home)
             if new is record:
                 continue
             if new is None:
