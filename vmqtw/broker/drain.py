@@ -143,7 +143,7 @@ class Drain:
             self.suspend()
             self._initial = {sid for sid, queue in self.registry.queues.items()
                              if not queue.clean_session}
-            self._last_count = self._offline_count()
+            self._last_count = len(self._initial)
             self._schedule(self._check_waiting)
         elif self.phase == DONE:
             # Something may have arrived since (a late forward): check again.
@@ -178,7 +178,10 @@ class Drain:
                    if not queue.online and not queue.clean_session)
 
     def _check_waiting(self) -> None:
-        count = self._offline_count()
+        # Persistent sessions still here, whether their connection is
+        # closed yet or not: each client that reconnects elsewhere takes
+        # its own away.
+        count = sum(1 for queue in self.registry.queues.values() if not queue.clean_session)
         falling = count < self._last_count
         self._last_count = count
         if count and falling and self.clock.seconds() < self._wait_until:
