@@ -674,11 +674,15 @@ class Decoder:
                     start = i
                 end = start + rl
                 if end - pos > limit:
-                    raise ProtocolError("packet too large", R.PACKET_TOO_LARGE)
+                    # Over the maximum packet size we announce: a Protocol
+                    # Error with its own code (3.2.2.3.6).
+                    raise ProtocolViolation("packet too large",
+                                            R.PACKET_TOO_LARGE)
                 if rl > MAX_CONNECT_REMAINING_LENGTH and b0 >> 4 == CONNECT \
                         and rl > self._connect_limit:
-                    raise ProtocolError("CONNECT longer than any valid CONNECT",
-                                        R.PACKET_TOO_LARGE)
+                    raise ProtocolViolation(
+                        "CONNECT longer than any valid CONNECT",
+                        R.PACKET_TOO_LARGE)
                 if end > n:
                     break
                 if b0 & 0xF0 == 0x30:
