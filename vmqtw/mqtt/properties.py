@@ -27,9 +27,10 @@ send always decodes on the other side.
 """
 from __future__ import annotations
 
+from operator import attrgetter
 from struct import Struct
 from struct import error as struct_error
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import attrs
 
@@ -166,8 +167,35 @@ del _spec
 
 _SUBSCRIPTION_ID = BY_NAME["subscription_identifiers"]
 _USER = BY_NAME["user_properties"]
-#: The single-valued properties, in identifier order, for the encoder.
-_SINGLE = tuple(spec for spec in SPECS if not spec.repeats)
+
+
+def _getter(names: Sequence[str]) -> Callable[[Properties], Tuple[Any, ...]]:
+    """``attrgetter`` that always returns a tuple (it does not for 0 or 1)."""
+    if len(names) >= 2:
+        return attrgetter(*names)
+    if names:
+        name = names[0]
+        return lambda props: (getattr(props, name),)
+    return lambda props: ()
+
+
+# Per packet kind, for the encoder: the single-valued properties it may
+# carry (in identifier order) with one getter for their values, and one
+# getter for all the others, which must be None.  A PUBLISH looks at six
+# fields one by one, not twenty-five.
+_EncodeRow = Tuple[Tuple[PropertySpec, ...],
+                   Callable[[Properties], Tuple[Any, ...]],
+                   Tuple[PropertySpec, ...],
+                   Callable[[Properties], Tuple[Any, ...]]]
+_ENCODE_ROWS: Dict[int, _EncodeRow] = {}
+for _kind in _KIND_NAMES:
+    _allowed = tuple(spec for spec in SPECS
+                     if not spec.repeats and _kind in spec.kinds)
+    _others = tuple(spec for spec in SPECS
+                    if not spec.repeats and _kind not in spec.kinds)
+    _ENCODE_ROWS[_kind] = (_allowed, _getter([s.name for s in _allowed]),
+                           _others, _getter([s.name for s in _others]))
+del _kind, _allowed, _others
 
 
 # --------------------------------------------------------------------------
@@ -232,13 +260,6 @@ def read_varint(buf: bytearray, pos: int, end: int,
             raise ProtocolError("%s longer than 4 bytes" % what)
 
 
-def _read_fixed(buf: bytearray, pos: int, end: int, size: int,
-                what: str) -> int:
-    if pos + size > end:
-        raise ProtocolError("truncated %s" % what)
-    return int.from_bytes(buf[pos:pos + size], "big")
-
-
 def decode_properties(buf: bytearray, pos: int, end: int,
                       kind: int) -> Tuple[Optional[Properties], int]:
     """
@@ -265,8 +286,8 @@ def decode_properties(buf: bytearray, pos: int, end: int,
     props = Properties()
     kind_bit = 1 << kind
     seen = 0
-    users: List[Tuple[str, str]] = []
-    sub_ids: List[int] = []
+    users: Optional[List[Tuple[str, str]]] = None
+    sub_ids: Optional[List[int]] = None
     table = _TABLE
     while pos < stop:
         ident = buf[pos]
@@ -276,47 +297,62 @@ def decode_properties(buf: bytearray, pos: int, end: int,
                                 % (ident, _KIND_NAMES.get(kind, kind)))
         spec, _, ptype, rule, bit = row
         pos += 1
-        # ``is``: the table holds the module's own type constants.
-        what = spec.name
-        value: object
-        if ptype is BYTE:
-            if pos >= stop:
-                raise ProtocolError("truncated %s" % what)
-            value = buf[pos]
-            pos += 1
-        elif ptype is TWO_BYTE:
-            value = _read_fixed(buf, pos, stop, 2, what)
-            pos += 2
-        elif ptype is FOUR_BYTE:
-            value = _read_fixed(buf, pos, stop, 4, what)
-            pos += 4
-        elif ptype is UTF8:
-            value, pos = read_str(buf, pos, stop, what)
-        elif ptype is BINARY:
-            value, pos = read_bin(buf, pos, stop, what)
-        elif ptype is PAIR:
+        # Most frequent types first; ``is``: the table holds the module's
+        # own type constants.
+        if ptype is PAIR:
             name, pos = read_str(buf, pos, stop, "user property name")
             text, pos = read_str(buf, pos, stop, "user property value")
-            users.append((name, text))
+            if users is None:
+                users = [(name, text)]
+            else:
+                users.append((name, text))
             continue
-        else:  # VARINT: the subscription identifier
-            sub_id, pos = read_varint(buf, pos, stop, what)
+        if ptype is VARINT:  # the subscription identifier
+            if pos < stop and buf[pos] < 0x80:
+                sub_id = buf[pos]
+                pos += 1
+            else:
+                sub_id, pos = read_varint(buf, pos, stop, spec.name)
             if not sub_id:
                 raise ProtocolViolation("subscription identifier 0")
-            if sub_ids and kind != PUBLISH:
+            if sub_ids is None:
+                sub_ids = [sub_id]
+            elif kind != PUBLISH:
                 raise ProtocolViolation(
                     "subscription identifier more than once")
-            sub_ids.append(sub_id)
+            else:
+                sub_ids.append(sub_id)
             continue
         if seen & bit:
-            raise ProtocolViolation("%s more than once" % what)
+            raise ProtocolViolation("%s more than once" % spec.name)
         seen |= bit
+        value: object
+        if ptype is FOUR_BYTE:
+            if pos + 4 > stop:
+                raise ProtocolError("truncated %s" % spec.name)
+            value = (buf[pos] << 24) | (buf[pos + 1] << 16) \
+                | (buf[pos + 2] << 8) | buf[pos + 3]
+            pos += 4
+        elif ptype is UTF8:
+            value, pos = read_str(buf, pos, stop, spec.name)
+        elif ptype is TWO_BYTE:
+            if pos + 2 > stop:
+                raise ProtocolError("truncated %s" % spec.name)
+            value = (buf[pos] << 8) | buf[pos + 1]
+            pos += 2
+        elif ptype is BYTE:
+            if pos >= stop:
+                raise ProtocolError("truncated %s" % spec.name)
+            value = buf[pos]
+            pos += 1
+        else:  # BINARY
+            value, pos = read_bin(buf, pos, stop, spec.name)
         if rule is not ANY:
             _check(spec, value)
-        setattr(props, what, value)
-    if users:
+        setattr(props, spec.name, value)
+    if users is not None:
         props.user_properties = tuple(users)
-    if sub_ids:
+    if sub_ids is not None:
         props.subscription_identifiers = tuple(sub_ids)
     if kind == CONNECT and props.authentication_data is not None \
             and props.authentication_method is None:
@@ -403,14 +439,17 @@ def encode_properties(props: Optional[Properties], kind: int) -> bytes:
         return b"\x00"
     kind_bit = 1 << kind
     parts: List[bytes] = []
+    allowed, get_allowed, others, get_others = _ENCODE_ROWS[kind]
+    values = get_others(props)
+    if values.count(None) != len(values):
+        names = [spec.name for spec, value in zip(others, values)
+                 if value is not None]
+        raise ValueError("%s not allowed in %s"
+                         % (", ".join(names), _KIND_NAMES[kind]))
     try:
-        for spec in _SINGLE:
-            value = getattr(props, spec.name)
+        for spec, value in zip(allowed, get_allowed(props)):
             if value is None:
                 continue
-            if not spec.mask & kind_bit:
-                raise ValueError("%s not allowed in %s"
-                                 % (spec.name, _KIND_NAMES.get(kind, kind)))
             if spec.rule != ANY:
                 try:
                     _check(spec, value)
