@@ -1181,3 +1181,32 @@ def test_fuzz_connect_bit_flips(connect, data):
         stream[bit // 8] ^= 1 << (bit % 8)
     _only_protocol_errors(Decoder(connect_first=True, accept_v5=True),
                           [bytes(stream)])
+
+
+def _decode_chunked(data: bytes, cuts: List[int]) -> Tuple[List[Any], Any]:
+    """Packets and the error's reason code (or None) feeding in chunks."""
+    dec = Decoder(connect_first=True, accept_v5=True)
+    got: List[Any] = []
+    start = 0
+    for cut in sorted(set(c for c in cuts if 0 < c < len(data))) + [len(data)]:
+        try:
+            got += dec.feed(data[start:cut])
+        except ProtocolError as err:
+            return got + err.packets, err.reason_code
+        start = cut
+    return got, None
+
+
+@settings(max_examples=300, deadline=None)
+@given(_connect5(), st.lists(PACKETS5, max_size=4), st.binary(max_size=24),
+       st.lists(st.integers(0, 400), max_size=6), st.data())
+def test_fuzz_same_result_whatever_the_split(connect, pkts, junk, cuts, data):
+    """
+    A level-5 stream with junk spliced in gives the same packets and the
+    same reason code however it is chunked: the decision never depends on
+    where a read ended.
+    """
+    parts = [encode(connect)] + [encode(p, level=5) for p in pkts]
+    parts.insert(data.draw(st.integers(1, len(parts))), junk)
+    stream = b"".join(parts)
+    assert _decode_chunked(stream, cuts) == _decode_chunked(stream, [])
