@@ -181,6 +181,25 @@ def test_long_forms_decode_to_the_short_form_packet():
     assert one5(mb5.auth(0x19)) == P.Auth(0x19)
 
 
+def test_auth_writes_its_property_length():
+    """
+    3.15.2.1: AUTH omits reason code and property length together (only
+    for 0x00); DISCONNECT may stop after the reason code (3.14.2.2.1).
+    """
+    assert encode(P.Auth(0x18), level=5) == mb5.auth(0x18, mb5.NO_PROPS)
+    assert encode(P.Disconnect(0x8E), level=5) == mb5.disconnect(0x8E)
+
+
+def test_311_connack_readable_by_a_v5_client():
+    """
+    A broker without MQTT 5.0 refuses a level-5 CONNECT with a 3.1.1
+    CONNACK (return code 1, remaining length 2, [MQTT-3.1.2-2]): a level-5
+    decoder reads it, as mosquitto's client library does.
+    """
+    assert one5(mb.connack(1)) == P.ConnAck(1)
+    assert one5(mb.connack(0, session_present=True)) == P.ConnAck(0, True)
+
+
 def test_no_properties_means_none():
     """Packets without properties carry None, not an empty object."""
     for raw in (mb5.publish("a", b"x"), mb5.publish("a", b"", qos=1,
@@ -686,7 +705,7 @@ MALFORMED = [
     ("puback-id-0", mb5.ack("PUBACK", 0)),
     ("puback-trailing", mb5.ack("PUBACK", 1, 0, mb5.NO_PROPS + b"\x00")),
     ("pubrel-flags-0 [MQTT-3.6.1-1]", mb.packet("PUBREL", 0, b"\x00\x01")),
-    ("connack-2-bytes", mb.connack(0)),
+    ("connack-1-byte", mb.packet("CONNACK", 0, b"\x00")),
     ("connack-reserved-flags [MQTT-3.2.2-1]", mb.packet(
         "CONNACK", 0, b"\x02\x00\x00")),
     ("connack-trailing", mb.packet("CONNACK", 0, b"\x00\x00\x00\x00")),
@@ -1133,6 +1152,9 @@ def _only_protocol_errors(dec: Decoder, chunks: List[bytes]) -> None:
     try:
         for chunk in chunks:
             for pkt in dec.feed(chunk):
+                if isinstance(pkt, P.ConnAck) and \
+                        pkt.return_code not in R.CONNACK_CODES:
+                    continue  # a 3.1.1 refusal: readable, not written at 5
                 encode(pkt, level=dec.protocol_level)
     except ProtocolError as err:
         assert 0x80 <= err.reason_code <= 0xA2

@@ -395,12 +395,17 @@ def _parse_connack5(dec: "Decoder", flags: int, buf: bytearray, pos: int,
                     end: int) -> ConnAck:
     if flags:
         raise ProtocolError("CONNACK fixed header flags must be 0")
-    if end - pos < 3:
-        raise ProtocolError("CONNACK remaining length must be at least 3")
+    size = end - pos
+    if size < 2:
+        raise ProtocolError("CONNACK remaining length below 2")
     ack_flags = buf[pos]
     if ack_flags & 0xFE:
         raise ProtocolError("CONNACK reserved flags set")  # [MQTT-3.2.2-1]
     code = buf[pos + 1]
+    if size == 2:
+        # A server that does not speak 5 refusing us with a 3.1.1 CONNACK
+        # (return code 1): kept readable, as mosquitto's client does.
+        return ConnAck(code, bool(ack_flags))
     if code not in R.CONNACK_CODES:
         raise ProtocolViolation("CONNACK reason code 0x%02X" % code)
     properties, pos = decode_properties(buf, pos + 2, end, CONNACK)
@@ -515,7 +520,8 @@ def _reason_parser(cls: type, kind: int, name: str,
                    codes: FrozenSet[int]) -> _Parser:
     """
     Build the parser of DISCONNECT or AUTH: remaining length 0 means 0x00
-    and no properties, 1 a reason code alone (sections 3.14.2.1, 3.15.2.1).
+    and no properties, 1 a reason code alone (sections 3.14.2.1, 3.15.2.1;
+    for AUTH the spec only names 0 and 2+, we read 1 as mosquitto does).
     """
     def parse(dec: "Decoder", flags: int, buf: bytearray, pos: int,
               end: int) -> Packet:
@@ -1050,14 +1056,22 @@ _ReasonPacket = Disconnect | Auth
 
 def _reason_encoder(b0: int, kind: int, name: str,
                     codes: FrozenSet[int]) -> Callable[[_ReasonPacket], bytes]:
-    """DISCONNECT and AUTH: remaining length 0 for 0x00 without properties."""
+    """
+    DISCONNECT and AUTH: remaining length 0 for 0x00 without properties.
+    Only DISCONNECT may then stop after the reason code (3.14.2.2.1); AUTH
+    writes its empty property length (3.15.2.1 omits both or neither).
+    """
+    short = kind == DISCONNECT
+
     def enc(p: _ReasonPacket) -> bytes:
         code = p.reason_code
         _check_code(name, code, codes)
         if p.properties is None:
             if not code:
                 return bytes((b0, 0))
-            return bytes((b0, 1, code))
+            if short:
+                return bytes((b0, 1, code))
+            return bytes((b0, 2, code, 0))
         return _frame(b0, bytes((code,)) + encode_properties(p.properties,
                                                              kind))
     return enc
