@@ -551,7 +551,7 @@ BAD_VALUES = [
      R.PROTOCOL_ERROR),
     ("response-topic-wildcard [MQTT-3.3.2-14]", P.PUBLISH,
      mb5.p_str(0x08, "a/+"), R.PROTOCOL_ERROR),
-    ("response-topic-hash-will [MQTT-3.1.3-?]", WILL, mb5.p_str(0x08, "#"),
+    ("response-topic-hash-will [3.1.3.2.5]", WILL, mb5.p_str(0x08, "#"),
      R.PROTOCOL_ERROR),
     ("response-topic-empty", P.PUBLISH, mb5.p_str(0x08, ""),
      R.PROTOCOL_ERROR),

@@ -166,7 +166,6 @@ for _spec in SPECS:
 del _spec
 
 _SUBSCRIPTION_ID = BY_NAME["subscription_identifiers"]
-_USER = BY_NAME["user_properties"]
 
 
 def _getter(names: Sequence[str]) -> Callable[[Properties], Tuple[Any, ...]]:
