@@ -973,9 +973,14 @@ def encode_publish5(topic: str, payload: bytes, qos: int, retain: bool,
             raise ValueError("QoS 1/2 PUBLISH needs QoS <= 2 and a packet "
                              "id in 1..65535")
         rl = tl + 4 + len(props) + len(payload)
+        if rl < 0x80:
+            return b"".join((_BBH.pack(b0, rl, tl), t, _H.pack(packet_id),
+                             props, payload))
         return b"".join((bytes((b0,)), _remaining_length(rl), _H.pack(tl), t,
                          _H.pack(packet_id), props, payload))
     rl = tl + 2 + len(props) + len(payload)
+    if rl < 0x80:
+        return b"".join((_BBH.pack(b0, rl, tl), t, props, payload))
     return b"".join((bytes((b0,)), _remaining_length(rl), _H.pack(tl), t,
                      props, payload))
 
