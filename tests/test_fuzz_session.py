@@ -34,6 +34,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from twisted.logger import globalLogPublisher
 
+from vmqtw.testing import mqtt5bytes as B5
 from vmqtw.testing import mqttbytes as B
 from vmqtw.testing.inprocess_broker import Broker
 from vmqtw.mqtt import packets as P
@@ -78,6 +79,27 @@ def connects(draw: Any) -> bytes:
 
 
 @st.composite
+def connects5(draw: Any) -> bytes:
+    """
+    Real MQTT 5.0 CONNECTs (properties, will properties): the broker refuses
+    level 5 until the session opts in to the codec's MQTT 5.0 (issue 10).
+    """
+    will = draw(st.booleans())
+    properties = st.sampled_from([B5.NO_PROPS, B5.props(B5.p_u32(0x11, 60)),
+                                  B5.props(B5.p_u16(0x21, 0)),
+                                  B5.props(B5.p_pair("k", "v"), B5.p_pair("k", "v"))])
+    return B5.connect(
+        draw(client_ids), keepalive=draw(st.sampled_from([0, 5, 60])),
+        clean_start=draw(st.booleans()), properties=draw(properties),
+        will_topic=draw(topics) if will else None,
+        will_message=draw(payloads) if will else b"",
+        will_qos=draw(qos) if will else 0,
+        will_properties=draw(properties) if will else B5.NO_PROPS,
+        username=draw(st.sampled_from([None, "u"])),
+        password=draw(st.sampled_from([None, b"p"])))
+
+
+@st.composite
 def publishes(draw: Any) -> bytes:
     level = draw(qos)
     return B.publish(draw(topics), draw(payloads), qos=level, retain=draw(st.booleans()),
@@ -110,13 +132,14 @@ junk = st.binary(min_size=1, max_size=8)
 
 packets = st.one_of(
     publishes(), publishes(), publishes(), subscribes(), unsubscribes(), acks,
-    st.just(B.pingreq()), st.just(B.disconnect()), connects(), illegal, junk)
+    st.just(B.pingreq()), st.just(B.disconnect()), connects(), connects5(), illegal, junk)
 
 
 @st.composite
 def streams(draw: Any) -> Tuple[bytes, List[int]]:
     """A mutated packet stream and the chunk boundaries it is fed in."""
-    parts = [draw(connects())] if draw(st.integers(0, 9)) else []
+    parts = [draw(st.one_of(connects(), connects(), connects(), connects5()))] \
+        if draw(st.integers(0, 9)) else []
     parts += draw(st.lists(packets, max_size=10))
     mutation = draw(st.sampled_from(["none"] * 3 + ["flip", "truncate", "reorder", "splice"]))
     if mutation == "reorder" and parts:
