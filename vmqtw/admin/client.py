@@ -159,6 +159,13 @@ class AdminClient:
         where = _where(self.address)
         try:
             self._sock = socket.create_connection(self.address, timeout=self.timeout)
+        except ConnectionResetError as e:
+            # Someone listens there and dropped us at once: a node refusing
+            # this address (rate-limited after wrong cookies), not no node.
+            raise NodeUnreachable(
+                "The node at %s closed the connection during the handshake (%s); after repeated "
+                "wrong cookies it refuses this address for a while." % (
+                    where, e.strerror or e)) from None
         except OSError as e:
             raise NodeUnreachable("No node is running at %s (%s); start it or check "
                                   "listener.vmq.clustering." % (where, e.strerror or e)) from None
