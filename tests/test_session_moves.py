@@ -265,3 +265,25 @@ def test_a_hand_over_from_the_node_its_record_still_names_is_kept_and_held():
     assert queue.held and queue.size() == 1
     registry._hand_over_done(SID, "C")
     assert not queue.held
+
+
+def test_an_aborted_connect_elsewhere_still_moves_the_queue():
+    """
+    VerneMQ's aborted_queue_migration_test: messages wait on A; a CONNECT
+    on B whose connection dies at once still takes the session (and the
+    messages) to B, where the next connection finds all of them.
+    """
+    cluster = Cluster(stores=stores("A", "B", "C"))
+    parked_on_a(cluster)
+    publish(cluster["C"].connect("pub"), [b"%d" % n for n in range(10)])
+    cluster.settle()
+    aborted = cluster["B"].client()
+    aborted.send(B.connect(SID.client_id, clean_session=False))
+    aborted.drop()
+    cluster.settle(HAND_OVER_WAIT)
+    assert cluster["A"].registry.queues == {}
+    assert stored(cluster["A"].registry.store) == 0
+    back = cluster["C"].connect(SID.client_id, clean_session=False)
+    assert back.connack.session_present
+    cluster.settle(HAND_OVER_WAIT)
+    assert payloads(back) == [b"%d" % n for n in range(10)]
