@@ -590,3 +590,64 @@ def test_each_survivor_rewrites_its_own_share_of_a_dead_nodes_sessions():
     peers._members.add("C")
     result(call(transport, "admin.cluster.leave", "C"))
     assert writes["A"] == [["A"], ["B"]]
+
+
+def test_session_rows_of_a_node_and_their_selection():
+    from vmqtw.admin.inspect import SESSION_COLUMNS, select, session_rows
+    from vmqtw.testing.inprocess_broker import Broker
+
+    broker = Broker(node="n@h")
+    online = broker.subscriber("on", ("a/#", 1), ("b", 0), clean_session=False)
+    broker.subscriber("off", ("a/#", 1), clean_session=False).drop()
+    broker.connect("pub").send(__import__("vmqtw.testing.mqttbytes", fromlist=["x"]).publish(
+        "a/1", b"x", qos=1, packet_id=1))
+    rows = session_rows(broker.registry, "n@h")
+    assert set(rows[0]) == set(SESSION_COLUMNS) - {"topic", "qos"}
+    by_id = {row["client_id"]: row for row in rows}
+    assert (by_id["on"]["is_online"], by_id["on"]["peer_host"], by_id["on"]["node"]) == (
+        True, "127.0.0.1", "n@h")
+    assert (by_id["off"]["is_online"], by_id["off"]["offline_messages"]) == (False, 1)
+    assert select(rows, [("is_online", "false")], ["client_id"], None) == [{"client_id": "off"}]
+    assert select(rows, [], ["client_id"], 1) == [{"client_id": "off"}]
+    per_subscription = session_rows(broker.registry, "n@h", per_subscription=True)
+    assert [(r["client_id"], r["topic"], r["qos"]) for r in per_subscription] == [
+        ("off", "a/#", 1), ("on", "a/#", 1), ("on", "b", 0), ("pub", "", "")]
+    assert online.publishes()
+
+
+def test_session_and_retain_command_lines():
+    from vmqtw.admin.cli import _call_args
+
+    show = parse_args(["session", "show", "--client_id", "--node", "--is_online=true",
+                       "--limit=7"])
+    assert _call_args(show, None) == ([["is_online", "true"]], ["client_id", "node"], 7)
+    assert _call_args(parse_args(["session", "show"]), None) == (
+        [], ["client_id", "is_online", "mountpoint", "peer_host", "peer_port", "user"], 100)
+    assert _call_args(parse_args(["session", "disconnect", "client-id=x", "--cleanup"]),
+                      None) == ("x", "", True)
+    assert _call_args(parse_args(["retain", "show", "--topic=a/#", "--payload"]), None) == (
+        "a/#", ["payload"], 100)
+    for argv, message in (
+            (["session", "show", "--frob"], "session show does not take --frob"),
+            (["session", "show", "--limit"], "--limit of session show needs a value"),
+            (["session", "disconnect"], "session disconnect needs client-id=ID"),
+            (["session", "disconnect", "client-id=x", "--cleanup=yes"], "takes no value"),
+            (["retain", "show", "--limit=many"], "--limit takes a whole number")):
+        with pytest.raises(UsageError, match=message):
+            parse_args(argv)
+
+
+def test_rows_and_disconnect_texts():
+    from vmqtw.admin.output import disconnect_text, render_rows
+
+    assert render_rows(["client_id"], {"rows": [], "unreachable": ["c@h"]}) == (
+        "No rows.\nNot listed: c@h did not answer.")
+    assert json.loads(render_rows(["client_id"], {"rows": [{"client_id": "x"}],
+                                                   "unreachable": ["c@h"]}, "json")) == {
+        "type": "table", "table": [{"client_id": "x"}], "unreachable": ["c@h"]}
+    assert disconnect_text({"client_id": "x", "node": "a@h", "was_online": False,
+                            "ended": False}) == (
+        "x is not connected (its session stays on a@h; --cleanup ends it).")
+    assert disconnect_text({"client_id": "x", "node": "a@h", "was_online": True,
+                            "ended": True}) == (
+        "Done: the connection of x on a@h is closed; its session ended.")

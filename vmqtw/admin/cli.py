@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable, List, Optional, Sequence, TextIO
+from typing import Any, Callable, List, Optional, Sequence, TextIO, Tuple
 
 from vmqtw.admin.client import AdminClient, AdminError, tls_context
 from vmqtw.admin.commands import Invocation, UsageError, parse_args, parse_node_address, usage_text
-from vmqtw.admin.output import (cluster_rows, drain_progress_text, drain_timeout_text,
-                                drained_text, leave_text, render_table, render_text, status_rows)
+from vmqtw.admin.inspect import (DEFAULT_LIMIT, RETAIN_COLUMNS, RETAIN_DEFAULT_COLUMNS,
+                                 SESSION_COLUMNS, SESSION_DEFAULT_COLUMNS)
+from vmqtw.admin.output import (cluster_rows, disconnect_text, drain_progress_text,
+                                drain_timeout_text, drained_text, leave_text, render_rows,
+                                render_table, render_text, status_rows)
 
 __all__ = ["main", "run", "execute"]
 
@@ -39,7 +42,32 @@ def _call_args(invocation: Invocation, config: Any) -> tuple:
         return (node, host, port)
     if invocation.command == "cluster leave":
         return (invocation.argument("node"), invocation.yes)
+    if invocation.command == "session show":
+        columns, filters = _columns_and_filters(invocation, SESSION_COLUMNS,
+                                                SESSION_DEFAULT_COLUMNS)
+        return (filters, columns, _limit(invocation))
+    if invocation.command == "session disconnect":
+        return (invocation.argument("client-id"), invocation.argument("mountpoint") or "",
+                invocation.has_flag("cleanup"))
+    if invocation.command == "retain show":
+        columns, _filters = _columns_and_filters(invocation, RETAIN_COLUMNS,
+                                                 RETAIN_DEFAULT_COLUMNS)
+        return (invocation.flag("topic") or "#", columns, _limit(invocation))
     return ()
+
+
+def _columns_and_filters(invocation: Invocation, known: Sequence[str],
+                         default: Sequence[str]) -> Tuple[List[str], List[List[str]]]:
+    """Bare ``--COLUMN`` flags choose the columns (in order), ``--COLUMN=VALUE`` filter."""
+    columns = [name for name, value in invocation.flags if value is None and name in known]
+    filters = [[name, value] for name, value in invocation.flags
+               if value is not None and name != "limit"]
+    return (columns or list(default)), filters
+
+
+def _limit(invocation: Invocation) -> int:
+    text = invocation.flag("limit")
+    return int(text) if text else DEFAULT_LIMIT
 
 
 def execute(invocation: Invocation, config: Any, timeout: float = CALL_TIMEOUT,
@@ -66,6 +94,10 @@ def execute(invocation: Invocation, config: Any, timeout: float = CALL_TIMEOUT,
         return render_table(("Key", "Value"), status_rows(value), fmt)
     if invocation.method == "admin.cluster.leave":
         return render_text(leave_text(value), fmt)
+    if invocation.method in ("admin.session.show", "admin.retain.show"):
+        return render_rows(args[1], value, fmt)
+    if invocation.method == "admin.session.disconnect":
+        return render_text(disconnect_text(value), fmt)
     return render_text("Done", fmt)
 
 

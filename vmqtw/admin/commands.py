@@ -15,7 +15,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import attrs
 
 __all__ = ["UsageError", "Invocation", "parse_args", "parse_node_address",
-           "COMMANDS", "USAGE", "DEFAULT_CONFIG", "DEFAULT_INTERVAL", "DEFAULT_TIMEOUT"]
+           "COMMANDS", "COMMAND_FLAGS", "USAGE", "DEFAULT_CONFIG", "DEFAULT_INTERVAL",
+           "DEFAULT_TIMEOUT"]
 
 DEFAULT_CONFIG = "etc/vernemq.conf"
 #: ``cluster leave -k``'s defaults, VerneMQ's: a progress line every 5 s,
@@ -42,9 +43,37 @@ COMMANDS: Dict[str, Tuple[str, Tuple[str, ...], str]] = {
                       "default 5, for at most -t seconds, default 60) or --yes accepts "
                       "their loss"),
     "node status": ("admin.node.status", (), "this node's view: members, readiness, netsplits"),
+    "session show": ("admin.session.show", (),
+                     "the sessions on every node; --COLUMN shows a column (client_id, "
+                     "is_online, mountpoint, peer_host, peer_port, user, node, clean_session, "
+                     "protocol, keepalive, offline_messages, online_messages, "
+                     "inflight_messages; topic and qos list each subscription), "
+                     "--COLUMN=VALUE keeps the rows with that value, --limit=N (default 100)"),
+    "session disconnect": ("admin.session.disconnect", ("client-id", "mountpoint"),
+                           "close the connection of client-id=ID (its will is published, a "
+                           "persistent session stays); --cleanup ends its session too"),
+    "retain show": ("admin.retain.show", (),
+                    "the retained messages; --topic=FILTER (default #) picks them, --payload, "
+                    "--topic, --qos, --mountpoint choose the columns, --limit=N (default 100)"),
 }
 
-_ARG_SYNTAX = {"discovery-node": "discovery-node=NAME@HOST[:PORT]", "node": "node=NAME@HOST"}
+#: Arguments a command may leave out.
+OPTIONAL_ARGUMENTS: Dict[str, Tuple[str, ...]] = {"session disconnect": ("mountpoint",)}
+
+#: ``--NAME`` / ``--NAME=VALUE`` flags of a command: name -> whether it
+#: takes a value ("yes"), may take one ("maybe") or takes none ("no").
+COMMAND_FLAGS: Dict[str, Dict[str, str]] = {
+    "session show": {**{column: "maybe" for column in (
+        "client_id", "is_online", "mountpoint", "peer_host", "peer_port", "user", "node",
+        "clean_session", "protocol", "keepalive", "offline_messages", "online_messages",
+        "inflight_messages", "topic", "qos")}, "limit": "yes"},
+    "session disconnect": {"cleanup": "no"},
+    "retain show": {"topic": "maybe", "payload": "no", "qos": "no", "mountpoint": "no",
+                    "limit": "yes"},
+}
+
+_ARG_SYNTAX = {"discovery-node": "discovery-node=NAME@HOST[:PORT]", "node": "node=NAME@HOST",
+               "client-id": "client-id=ID", "mountpoint": "mountpoint=NAME"}
 
 USAGE = """\
 Usage: {prog} [--config PATH] [--format=human|json] COMMAND [ARG=VALUE ...] [OPTIONS]
@@ -81,6 +110,18 @@ class Invocation:
     interval: float = DEFAULT_INTERVAL
     #: ``-t``: seconds ``-k`` may take at most.
     timeout: float = DEFAULT_TIMEOUT
+    #: The command's own ``--NAME[=VALUE]`` flags, in order (value None
+    #: for a bare ``--NAME``).
+    flags: Tuple[Tuple[str, Optional[str]], ...] = ()
+
+    def flag(self, name: str) -> Optional[str]:
+        for key, value in self.flags:
+            if key == name:
+                return value
+        return None
+
+    def has_flag(self, name: str) -> bool:
+        return any(key == name for key, _value in self.flags)
 
     def argument(self, key: str) -> Optional[str]:
         for k, v in self.arguments:
@@ -109,6 +150,7 @@ def parse_args(argv: Sequence[str]) -> Invocation:
     yes = False
     kill_sessions = False
     seconds: Dict[str, float] = {}
+    flags: List[Tuple[str, Optional[str]]] = []
     words: List[str] = []
     args = list(argv)
     i = 0
@@ -146,6 +188,10 @@ def parse_args(argv: Sequence[str]) -> Invocation:
                 else:
                     config = value
                 continue
+            if name.startswith("--") and len(name) > 2:
+                # The command's own flag (checked once the command is known).
+                flags.append((name[2:], value if eq else None))
+                continue
             raise UsageError("Unknown option %s; the options are --config PATH, "
                              "--format=human|json, and for cluster leave --yes or -k with "
                              "-i SECONDS and -t SECONDS." % (name,))
@@ -171,8 +217,11 @@ def parse_args(argv: Sequence[str]) -> Invocation:
             raise UsageError("The argument %s= is given twice." % (key,))
         arguments.append((key, value))
     for key in allowed:
+        if key in OPTIONAL_ARGUMENTS.get(command, ()):
+            continue
         if not any(k == key for k, _ in arguments):
             raise UsageError("%s needs %s." % (command, _ARG_SYNTAX[key]))
+    _check_flags(command, flags)
     if yes and command != "cluster leave":
         raise UsageError("The option --yes is only for cluster leave.")
     if kill_sessions and command != "cluster leave":
@@ -184,7 +233,29 @@ def parse_args(argv: Sequence[str]) -> Invocation:
                          "their loss: give one of them.")
     return Invocation(command, method, tuple(arguments), config, fmt, yes, kill_sessions,
                       seconds.get("interval", DEFAULT_INTERVAL),
-                      seconds.get("timeout", DEFAULT_TIMEOUT))
+                      seconds.get("timeout", DEFAULT_TIMEOUT), tuple(flags))
+
+
+def _check_flags(command: str, flags: Sequence[Tuple[str, Optional[str]]]) -> None:
+    """Each flag is one the command takes, with a value where it needs one."""
+    known = COMMAND_FLAGS.get(command, {})
+    for name, value in flags:
+        kind = known.get(name)
+        if kind is None:
+            if not known:
+                raise UsageError("Unknown option --%s; the options are --config PATH, "
+                                 "--format=human|json, and for cluster leave --yes or -k with "
+                                 "-i SECONDS and -t SECONDS." % (name,))
+            raise UsageError("%s does not take --%s; it takes %s." % (
+                command, name, ", ".join("--" + n for n in known)))
+        if kind == "yes" and not value:
+            raise UsageError("The option --%s of %s needs a value." % (name, command))
+        if kind == "no" and value is not None:
+            raise UsageError("The option --%s of %s takes no value." % (name, command))
+        if name == "limit":
+            if not (value or "").isdigit() or int(value or "0") < 1:
+                raise UsageError("The option --limit takes a whole number of rows, not %r."
+                                 % (value,))
 
 
 def _seconds(name: str, text: str) -> float:

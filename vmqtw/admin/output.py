@@ -9,7 +9,8 @@ import json
 from typing import Any, List, Mapping, Sequence
 
 __all__ = ["render_table", "render_text", "cluster_rows", "status_rows", "leave_text",
-           "drain_progress_text", "drained_text", "drain_timeout_text"]
+           "drain_progress_text", "drained_text", "drain_timeout_text", "render_rows",
+           "disconnect_text"]
 
 
 def _cell(value: Any) -> str:
@@ -128,3 +129,34 @@ def drain_timeout_text(node: str, progress: Mapping[str, Any], seconds: float) -
                 node, seconds, _plural(int(progress.get("queues", 0)), "offline session"),
                 _plural(int(progress.get("messages", 0)), "message"),
                 _plural(int(progress.get("unacknowledged", 0)), "message")))
+
+
+def render_rows(columns: Sequence[str], result: Mapping[str, Any], fmt: str = "human") -> str:
+    """
+    ``session show`` / ``retain show``: their rows as a table; the members
+    that did not answer are named (after the table, or as ``unreachable``
+    in JSON), so a partial list never passes for the whole.
+    """
+    rows = list(result.get("rows", ()))
+    unreachable = list(result.get("unreachable", ()))
+    if fmt == "json":
+        shape: dict = {"type": "table", "table": [dict(r) for r in rows]}
+        if unreachable:
+            shape["unreachable"] = unreachable
+        return json.dumps(shape, sort_keys=False)
+    text = render_table(columns, rows, fmt) if rows else "No rows."
+    if unreachable:
+        text += "\nNot listed: %s did not answer." % (", ".join(unreachable),)
+    return text
+
+
+def disconnect_text(result: Mapping[str, Any]) -> str:
+    """What ``session disconnect`` did."""
+    client, node = result["client_id"], result["node"]
+    if result.get("was_online"):
+        text = "Done: the connection of %s on %s is closed" % (client, node)
+        return text + ("; its session ended." if result.get("ended") else
+                       " (a persistent session stays).")
+    if result.get("ended"):
+        return "Done: %s was not connected; its session on %s ended." % (client, node)
+    return "%s is not connected (its session stays on %s; --cleanup ends it)." % (client, node)

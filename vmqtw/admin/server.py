@@ -21,11 +21,16 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from vmqtw.admin.inspect import (SESSION_COLUMNS, SUBSCRIPTION_COLUMNS, retain_rows, select,
+                                 session_rows)
+from vmqtw.broker.subscriptions import record_owner
 from vmqtw.cluster.auth import is_admin_name
+from vmqtw.topic import validate_filter
+from vmqtw.types import SubscriberId
 from vmqtw.metadata.membership import SelfJoin
 
 __all__ = ["AdminCommandError", "AdminHandlers", "register_admin_handlers", "OFFLINE_COUNTS",
-           "DRAIN", "DRAIN_STATUS", "REHOME"]
+           "DRAIN", "DRAIN_STATUS", "REHOME", "SESSION_ROWS", "SESSION_DISCONNECT"]
 
 log = Logger()
 
@@ -36,6 +41,12 @@ OFFLINE_COUNTS = "membership.offline_counts"
 DRAIN = "membership.drain"
 #: Peer call: ``()`` -> the progress of the node's drain.
 DRAIN_STATUS = "membership.drain_status"
+#: Peer call: ``(filters, per_subscription, limit)`` -> the node's session
+#: rows passing ``filters`` (``session show`` asks every member).
+SESSION_ROWS = "admin.peer.session_rows"
+#: Peer call: ``(mountpoint, client_id, cleanup)`` -> ``(was connected,
+#: ended)``: the node the session is registered on closes it.
+SESSION_DISCONNECT = "admin.peer.session_disconnect"
 #: Peer call: ``(gone, survivors)`` -> how many persistent sessions of
 #: ``gone`` the node asked now keeps (it rewrote its share of the records).
 REHOME = "membership.rehome"
@@ -78,12 +89,17 @@ class AdminHandlers:
                                 ("admin.cluster.leave", self.leave),
                                 ("admin.cluster.drain", self.drain_node),
                                 ("admin.cluster.drain_status", self.drain_status),
-                                ("admin.node.status", self.status)):
+                                ("admin.node.status", self.status),
+                                ("admin.session.show", self.session_show),
+                                ("admin.session.disconnect", self.session_disconnect),
+                                ("admin.retain.show", self.retain_show)):
             self.transport.register_call_handler(method, self._guarded(handler))
         self.transport.register_call_handler(OFFLINE_COUNTS, self.offline_counts)
         self.transport.register_call_handler(DRAIN, self._drain_here)
         self.transport.register_call_handler(DRAIN_STATUS, self._drain_status_here)
         self.transport.register_call_handler(REHOME, self._rehome_here)
+        self.transport.register_call_handler(SESSION_ROWS, self._session_rows_here)
+        self.transport.register_call_handler(SESSION_DISCONNECT, self._disconnect_here)
 
     def _guarded(self, handler: Any) -> Any:
         def guarded(caller: str, *args: Any) -> Any:
@@ -157,6 +173,114 @@ class AdminHandlers:
             return (0, 0)
         sizes = [queue.size() for queue in registry.queues.values() if not queue.online]
         return (sum(sizes), sum(1 for size in sizes if size))
+
+    # -- sessions and retained messages ------------------------------------------
+    def session_show(self, caller: str, filters: Any, columns: Any,
+                     limit: Any) -> defer.Deferred:
+        """
+        ``session show``: the sessions of every member passing ``filters``
+        (``[(column, value)]``), cut to ``columns``, at most ``limit`` rows,
+        sorted by client id.  ``{"rows": [...], "unreachable": [nodes]}``.
+        """
+        if not (isinstance(filters, (list, tuple)) and isinstance(columns, (list, tuple))
+                and (limit is None or isinstance(limit, int))):
+            return defer.fail(AdminCommandError("session show needs filters, columns and a "
+                                                "limit."))
+        wanted = [tuple(pair) for pair in filters]
+        per_subscription = any(c in SUBSCRIPTION_COLUMNS for c in columns) or any(
+            c in SUBSCRIPTION_COLUMNS for c, _v in wanted)
+        me = self.cluster.node
+        asked: List[defer.Deferred] = []
+        unreachable: List[str] = []
+        for member in sorted(self.cluster.members()):
+            if member == me:
+                asked.append(defer.succeed(self._session_rows_here(caller, wanted,
+                                                                   per_subscription, limit)))
+            elif self.transport.connected(member):
+                def no_answer(_failure: Any, member: str = member) -> List[Any]:
+                    unreachable.append(member)
+                    return []
+                asked.append(self.transport.call(member, SESSION_ROWS,
+                                                 (wanted, per_subscription, limit),
+                                                 self.call_timeout).addErrback(no_answer))
+            else:
+                unreachable.append(member)
+
+        def merged(parts: List[Any]) -> Dict[str, Any]:
+            rows = [row for part in parts for row in (part or [])]
+            rows.sort(key=lambda r: (r.get("mountpoint", ""), r.get("client_id", ""),
+                                     r.get("node", ""), str(r.get("topic", ""))))
+            return {"rows": select(rows, (), list(columns), limit),
+                    "unreachable": sorted(unreachable)}
+        return defer.gatherResults(asked).addCallback(merged)
+
+    def _session_rows_here(self, caller: str, filters: Any, per_subscription: Any,
+                           limit: Any) -> List[Dict[str, Any]]:
+        if self.registry is None:
+            return []
+        rows = session_rows(self.registry, self.cluster.node, bool(per_subscription))
+        return select(rows, [tuple(pair) for pair in filters], SESSION_COLUMNS,
+                      limit if isinstance(limit, int) else None)
+
+    def session_disconnect(self, caller: str, client_id: Any, mountpoint: Any,
+                           cleanup: Any) -> defer.Deferred:
+        """
+        ``session disconnect client-id=ID``: the node the session is
+        registered on (its subscriber record says) closes the connection;
+        with ``cleanup`` the session ends.
+        """
+        if not (isinstance(client_id, str) and isinstance(mountpoint, str)):
+            return defer.fail(AdminCommandError("session disconnect needs a client id."))
+        registry = self.registry
+        if registry is None:
+            return defer.fail(AdminCommandError("This node runs no broker."))
+        sid = SubscriberId(mountpoint, client_id)
+        owner = record_owner(registry.subscription_table.record(sid))
+        if owner is None and sid in registry.queues:
+            owner = self.cluster.node
+        if owner is None:
+            return defer.fail(AdminCommandError(
+                "There is no session of client id %r%s." % (
+                    client_id, " on mountpoint %r" % (mountpoint,) if mountpoint else "")))
+        if owner == self.cluster.node:
+            answer: defer.Deferred = defer.succeed(
+                self._disconnect_here(caller, mountpoint, client_id, bool(cleanup)))
+        elif self.transport.connected(owner):
+            answer = self.transport.call(owner, SESSION_DISCONNECT,
+                                         (mountpoint, client_id, bool(cleanup)),
+                                         self.call_timeout)
+        else:
+            return defer.fail(AdminCommandError(
+                "The session of %r is on %s, which is not reachable now." % (client_id, owner)))
+
+        def said(result: Any) -> Dict[str, Any]:
+            connected, ended = result
+            return {"client_id": client_id, "node": owner, "was_online": bool(connected),
+                    "ended": bool(ended)}
+        return answer.addCallback(said)
+
+    def _disconnect_here(self, caller: str, mountpoint: Any, client_id: Any,
+                         cleanup: Any) -> Tuple[bool, bool]:
+        if self.registry is None:
+            return (False, False)
+        result: Tuple[bool, bool] = self.registry.disconnect(
+            SubscriberId(str(mountpoint), str(client_id)), bool(cleanup))
+        return result
+
+    def retain_show(self, caller: str, topic_filter: Any, columns: Any,
+                    limit: Any) -> Dict[str, Any]:
+        """``retain show``: the retained messages matching ``topic_filter`` (replicated: this
+        node's view is the cluster's)."""
+        if not (isinstance(topic_filter, str) and isinstance(columns, (list, tuple))):
+            raise AdminCommandError("retain show needs a topic filter and columns.")
+        registry = self.registry
+        if registry is None:
+            return {"rows": []}
+        if not validate_filter(topic_filter):
+            raise AdminCommandError("%r is not a valid topic filter." % (topic_filter,))
+        rows = retain_rows(registry.retained.match(topic_filter))
+        return {"rows": select(rows, (), list(columns),
+                               limit if isinstance(limit, int) else None)}
 
     # -- cluster leave -k ------------------------------------------------------
     def drain_node(self, caller: str, node: Any, interval: Any, wait_limit: Any) -> defer.Deferred:

@@ -262,6 +262,29 @@ class Registry:
 
     # -- sessions -------------------------------------------------------------
 
+    def disconnect(self, subscriber_id: SubscriberId, cleanup: bool = False) -> Tuple[bool, bool]:
+        """
+        An operator closes ``subscriber_id``'s connection here (``session
+        disconnect``); with ``cleanup`` its session ends too, queue and
+        subscriptions with it.  Returns ``(was connected, session ended)``.
+        """
+        session = self.sessions.get(subscriber_id)
+        if not cleanup:
+            if session is not None:
+                session.close_by_admin()
+            return session is not None, False
+        if session is not None:
+            del self.sessions[subscriber_id]
+            session.close_by_admin()
+        self._cancel_expiry(subscriber_id)
+        queue = self.queues.pop(subscriber_id, None)
+        if queue is not None:
+            queue.discard()
+        self.subscription_table.remove(subscriber_id)
+        self.log.info("session {client_id} ended by an operator", client_id=subscriber_id.client_id)
+        return session is not None, True
+
+
     def coordinate(self, subscriber_id: SubscriberId) -> "Optional[Deferred[Lease]]":
         """
         None when a CONNECT may register at once; else a Deferred firing

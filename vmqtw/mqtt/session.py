@@ -425,6 +425,14 @@ class Session:
         self.queue = None
         self.io.abort()
 
+    def close_by_admin(self) -> None:
+        """
+        ``vmqtw-admin session disconnect``: close the connection as a
+        network failure would (the will is published, a persistent session
+        stays).
+        """
+        self.io.abort()
+
     def connection_lost(self) -> None:
         """
         The socket closed.  Publish the will unless the client said
