@@ -651,3 +651,23 @@ def test_rows_and_disconnect_texts():
     assert disconnect_text({"client_id": "x", "node": "a@h", "was_online": True,
                             "ended": True}) == (
         "Done: the connection of x on a@h is closed; its session ended.")
+
+
+def test_help_of_one_command_and_version():
+    import io
+
+    from vmqtw import __version__
+    from vmqtw.admin.cli import run
+
+    out, err = io.StringIO(), io.StringIO()
+    assert run(["session", "disconnect", "--help"], out, err) == 0
+    text = out.getvalue()
+    assert text.startswith("Usage: vmqtw-admin [--config PATH] [--format=human|json] session "
+                           "disconnect client-id=ID [mountpoint=NAME] [--OPTION[=VALUE] ...]\n")
+    assert "--cleanup ends its session too." in text.replace("\n", " ")
+    assert all(len(line) <= 78 for line in text.splitlines()[2:])
+    out = io.StringIO()
+    assert run(["--help"], out, err) == 0 and "Commands:" in out.getvalue()
+    out = io.StringIO()
+    assert run(["--version"], out, err) == 0
+    assert out.getvalue() == "vmqtw-admin %s\n" % (__version__,)

@@ -19,7 +19,8 @@ import time
 from typing import Any, Callable, List, Optional, Sequence, TextIO, Tuple
 
 from vmqtw.admin.client import AdminClient, AdminError, tls_context
-from vmqtw.admin.commands import Invocation, UsageError, parse_args, parse_node_address, usage_text
+from vmqtw.admin.commands import (Invocation, UsageError, command_help, parse_args,
+                                  parse_node_address, usage_text)
 from vmqtw.admin.inspect import (DEFAULT_LIMIT, RETAIN_COLUMNS, RETAIN_DEFAULT_COLUMNS,
                                  SESSION_COLUMNS, SESSION_DEFAULT_COLUMNS)
 from vmqtw.admin.output import (cluster_rows, disconnect_text, drain_progress_text,
@@ -133,7 +134,12 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO, prog: str = "vmqtw-
     try:
         invocation = parse_args(argv)
         if invocation.command == "help":
-            stdout.write(usage_text(prog))
+            asked = invocation.argument("command")
+            stdout.write(command_help(prog, asked) if asked else usage_text(prog))
+            return 0
+        if invocation.command == "version":
+            from vmqtw import __version__
+            stdout.write("%s %s\n" % (prog, __version__))
             return 0
         if invocation.command == "cluster join":
             parse_node_address(invocation.argument("discovery-node") or "")

@@ -10,6 +10,7 @@ get the same behaviour and the same one-sentence errors.
 from __future__ import annotations
 
 import re
+import textwrap
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import attrs
@@ -97,7 +98,7 @@ class UsageError(Exception):
 class Invocation:
     """One parsed command line."""
 
-    command: str                     # "cluster join", ... ; "help" for --help
+    command: str                     # "cluster join", ...; "help", "version"
     method: str                      # the admin call, e.g. "admin.cluster.join"
     arguments: Tuple[Tuple[str, str], ...] = ()
     config: str = DEFAULT_CONFIG
@@ -130,6 +131,21 @@ class Invocation:
         return None
 
 
+def command_help(prog: str, command: str) -> str:
+    """The help of one command: its syntax and what it does."""
+    _method, allowed, text = COMMANDS[command]
+    optional = OPTIONAL_ARGUMENTS.get(command, ())
+    syntax = " ".join(("[%s]" if key in optional else "%s") % (_ARG_SYNTAX[key],)
+                      for key in allowed)
+    flags = COMMAND_FLAGS.get(command, {})
+    if command == "cluster leave":
+        syntax += " [--yes | -k [-i SECONDS] [-t SECONDS]]"
+    elif flags:
+        syntax += " [--OPTION[=VALUE] ...]"
+    return "Usage: %s [--config PATH] [--format=human|json] %s %s\n\n%s\n" % (
+        prog, command, syntax.strip(), textwrap.fill(text[0].upper() + text[1:] + ".", 78))
+
+
 def usage_text(prog: str) -> str:
     width = max(len(c) for c in COMMANDS)
     lines = ["  %-*s  %s" % (width, c, h) for c, (_, _, h) in COMMANDS.items()]
@@ -158,7 +174,12 @@ def parse_args(argv: Sequence[str]) -> Invocation:
         arg = args[i]
         i += 1
         if arg in ("-h", "--help", "help"):
-            return Invocation("help", "", (), config, fmt)
+            # ``session show --help``: that command's help; else all of it.
+            asked = " ".join(w for w in words if "=" not in w)
+            return Invocation("help", "", (("command", asked),) if asked in COMMANDS else (),
+                              config, fmt)
+        if arg in ("--version", "-V"):
+            return Invocation("version", "", (), config, fmt)
         if arg in ("--yes", "-y"):
             yes = True
             continue
