@@ -27,6 +27,8 @@ setup(
         "service-identity>=23.1",
         "pyopenssl>=23.2",
         "cryptography>=39",
+        # The postgresql message store (imported only when it is chosen).
+        "psycopg>=3.1",
     ],
     extras_require={
         "test": [

@@ -22,7 +22,7 @@ settings.load_profile("vmqtw")
 
 #: The real-process fixtures (``nodes``, ``partitions``, ``process_group``)
 #: for every test module.
-pytest_plugins = ["tests.clusterharness", "tests.nodeharness"]
+pytest_plugins = ["tests.clusterharness", "tests.nodeharness", "tests.pgserver"]
 
 FAIL_ON_SKIP_ENV = "VMQTW_FAIL_ON_SKIP"
 

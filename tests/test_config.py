@@ -437,7 +437,7 @@ def test_message_store_accepts_any_plugin_name(text: str) -> None:
 @pytest.mark.parametrize("text", ["1store", "my-store", "a.b", "two words"])
 def test_message_store_bad(text: str) -> None:
     m = error_for("message_store", text)
-    assert m["allowed"].startswith("leveldb, memory or the name of a plugin")
+    assert m["allowed"].startswith("leveldb, postgresql, memory or the name of a plugin")
 
 
 @pytest.mark.parametrize("text", ["a@b", "vmq_1-x@10.0.0.7", "node@host.example.com"])

@@ -639,14 +639,26 @@ SCHEMA: tuple[Setting, ...] = (
         "pile up.  A bare number is in seconds."),
     # -- storage ------------------------------------------------------------
     Setting(
-        "message_store", Identifier(known=("leveldb", "memory")), "leveldb",
+        "message_store", Identifier(known=("leveldb", "postgresql", "memory")), "leveldb",
         "Where QoS 1 and 2 messages for offline persistent sessions are kept: "
-        "leveldb (on disk, under platform_data_dir), memory (lost on restart; "
-        "for tests) or the name of a message store plugin."),
+        "leveldb (on disk, under platform_data_dir, per node), postgresql (one "
+        "database shared by the cluster: see postgresql.dsn), memory (lost on "
+        "restart; for tests) or the name of a message store plugin."),
     Setting(
         "leveldb.sync", Flag(), False,
         "When on, every LevelDB write waits until it is on disk.  Safer across "
         "power loss, much slower."),
+    Setting(
+        "postgresql.dsn", Text(), None,
+        "The PostgreSQL database of message_store = postgresql, as a libpq "
+        "connection string (host=db1 dbname=vmqtw user=vmqtw, or a "
+        "postgresql:// URI).  Every node of a cluster names the same database: "
+        "offline messages then survive a node that never comes back.",
+        example="host=127.0.0.1 dbname=vmqtw user=vmqtw"),
+    Setting(
+        "postgresql.connect_timeout", Duration(unit="s", min_seconds=1), 5.0,
+        "How long the postgresql message store waits for the database when it "
+        "(re)connects."),
     # -- plugins ------------------------------------------------------------
     Setting(
         "plugins.vmq_passwd", Flag(), False,
@@ -834,6 +846,8 @@ class Config:
     connect_timeout: float
     message_store: str
     leveldb_sync: bool
+    postgresql_dsn: str | None
+    postgresql_connect_timeout: float
     plugins_vmq_passwd: bool
     vmq_passwd_password_file: str
     plugins_vmq_acl: bool

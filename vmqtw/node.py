@@ -180,16 +180,13 @@ def _reachable_others(cluster: MetadataNode,
 def end_sessions_of_a_removed_node(registry: Registry) -> None:
     """
     This node was removed from its cluster: every session it holds ends
-    here, connection closed and queue discarded, as when a session ends on
-    another node.  The cluster moved the persistent ones elsewhere (the
-    leave re-homes them) and accepted the loss of their messages; a queue
-    kept here would give one client id a second queue once this node joins
-    again.
+    here (:meth:`Registry.end_all_here`).  The cluster moved the persistent
+    ones elsewhere (the leave re-homes them) and, with a per-node store,
+    accepted the loss of their messages; a queue kept here would give one
+    client id a second queue once this node joins again.
     """
-    ended = sorted(set(registry.queues) | set(registry.sessions), key=lambda s: s.as_key())
-    for subscriber_id in ended:
-        registry.subscription_table.on_moved(subscriber_id, None)
-    log.info("this node left its cluster: {count} sessions ended here", count=len(ended))
+    ended = registry.end_all_here()
+    log.info("this node left its cluster: {count} sessions ended here", count=ended)
 
 
 def queue_limits(config: Config) -> QueueLimits:

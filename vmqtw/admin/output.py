@@ -70,10 +70,12 @@ def leave_text(result: Any) -> str:
     moved = int(result.get("sessions_moved", 0))
     lives = "lives" if moved == 1 else "live"
     if result.get("down"):
+        fate = ("are in the shared message store: their clients get them" if
+                result.get("store_shared") else "are lost with the default message store")
         return ("Done: %s was down when it left. %s it held now %s on the other nodes (their "
                 "clients reconnect to any node and find their subscriptions); the offline "
-                "messages %s stored are lost with the default message store." % (
-                    node, _plural(moved, "persistent session"), lives, node))
+                "messages %s stored %s." % (
+                    node, _plural(moved, "persistent session"), lives, node, fate))
     lost = int(result.get("messages_lost", 0))
     text = "Done"
     if lost:

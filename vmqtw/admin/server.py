@@ -169,8 +169,8 @@ class AdminHandlers:
     def offline_counts(self, caller: str) -> Tuple[int, int]:
         """``(messages, sessions)``: what this node's offline persistent sessions hold."""
         registry = self.registry
-        if registry is None:
-            return (0, 0)
+        if registry is None or getattr(registry, "shared_store", False):
+            return (0, 0)   # (a shared store keeps them for the other nodes)
         sizes = [queue.size() for queue in registry.queues.values() if not queue.online]
         return (sum(sizes), sum(1 for size in sizes if size))
 
@@ -389,7 +389,8 @@ class AdminHandlers:
                          down="down" if down else "running", moved=moved, lost=messages)
                 return {"node": node, "members": sorted(peers.members()), "down": down,
                         "messages_lost": messages, "sessions_lost": sessions,
-                        "sessions_moved": moved}
+                        "sessions_moved": moved,
+                        "store_shared": bool(getattr(self.registry, "shared_store", False))}
             return self._remove(node, me).addCallback(report)
         return counts.addCallback(decide)
 

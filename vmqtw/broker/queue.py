@@ -459,6 +459,29 @@ class SubscriberQueue:
         # QoS 1 is a placeholder: stored messages are always QoS 1 or 2.
         self.pending.extend((ref, 1) for ref in refs)
 
+    def restore_before(self, refs: List[bytes], qos_for: Callable[[Message], int]) -> None:
+        """
+        Messages a shared message store holds for this session, older than
+        anything queued here since (a session taken over from a node that
+        died): put them first, in the store's order, dropping queued copies
+        of the same messages (written to the store since, so listed too).
+        """
+        handed = self._handed_refs
+        if handed is None:
+            handed = self._handed_refs = set()
+        # A message handed over already is not queued twice; one handed over
+        # later (the old node comes back and hands its queue over) is dropped.
+        refs = [ref for ref in refs if ref not in handed]
+        handed.update(refs)
+        known = set(refs)
+        later = [(waiting, qos) for waiting, qos in self.pending
+                 if (waiting if isinstance(waiting, bytes) else waiting.ref) not in known]
+        self.pending.clear()
+        self.restore(refs, qos_for)
+        self.pending.extend(later)
+        if self.outlet is not None:
+            self.pump()
+
     def _load(self) -> None:
         if self._loading or self.store is None:
             return

@@ -85,6 +85,12 @@ class Registry:
         self.limits = limits
         #: An IMessageStore, or None for a node that keeps nothing on disk.
         self.store = store
+        #: A store every node of the cluster shares (``shared``, e.g.
+        #: PostgreSQL): a session's stored messages are the same rows
+        #: wherever it lives, so a node never deletes them because the
+        #: session moved away, and a node taking over the session of a
+        #: node that died finds them there.
+        self.shared_store = bool(getattr(store, "shared", False))
         self.counters = QueueCounters()
         self.queues: Dict[SubscriberId, SubscriberQueue] = {}
         #: Connected sessions by subscriber id (for takeover).
@@ -186,7 +192,8 @@ class Registry:
                 queue.restore(refs, self._qos_resolver(subscriber_id))
                 restored_messages += len(refs)
             self._schedule_expiry(subscriber_id)
-        if store is not None:
+        if store is not None and not self.shared_store:
+            # (A shared store's other sessions live on other nodes.)
             for subscriber_id in stored.difference(persistent):
                 if subscriber_id.mountpoint == OUTBOX_MOUNTPOINT:
                     continue   # the data plane's, read back by it
@@ -354,6 +361,8 @@ class Registry:
                 # The old node hands its messages over once it sees the
                 # record move: they go out before what reaches us directly.
                 self._hold(subscriber_id, queue, old_owner)
+            elif old_owner is not None:
+                self._take_stored(subscriber_id, queue)
         # Recorded with this node, so that a node where the session was
         # closes its connection and hands a persistent queue over.
         held_persistent = self.subscription_table.claim(subscriber_id, clean_session)
@@ -574,6 +583,28 @@ class Registry:
             self._schedule_expiry(subscriber_id)
         return queue
 
+    def end_all_here(self) -> int:
+        """
+        This node was removed from its cluster: every session it holds
+        ends here (connection closed, queue gone), as when a session ends
+        on another node.  Their stored messages are deleted -- unless the
+        store is shared: the sessions live on elsewhere with those very
+        messages.  Returns how many ended.
+        """
+        ended = sorted(set(self.queues) | set(self.sessions), key=lambda s: s.as_key())
+        for subscriber_id in ended:
+            if self.shared_store:
+                session = self.sessions.pop(subscriber_id, None)
+                if session is not None:
+                    session.take_over()
+                self._cancel_expiry(subscriber_id)
+                queue = self.queues.pop(subscriber_id, None)
+                if queue is not None:
+                    queue.detach()
+            else:
+                self.subscription_table.on_moved(subscriber_id, None)
+        return len(ended)
+
     def adopt(self, subscriber_id: SubscriberId, from_node: Optional[str] = None) -> None:
         """
         The persistent session of a node that left the cluster
@@ -583,10 +614,27 @@ class Registry:
         """
         if subscriber_id in self.queues:
             return
-        self._new_queue(subscriber_id, False)
+        queue = self._new_queue(subscriber_id, False)
         self._schedule_expiry(subscriber_id)
         self.log.info("session {client_id} of {node} now lives here",
                       client_id=subscriber_id.client_id, node=from_node or "a node that left")
+        self._take_stored(subscriber_id, queue)
+
+    def _take_stored(self, subscriber_id: SubscriberId, queue: SubscriberQueue) -> None:
+        """
+        A session came here from a node that cannot hand its queue over
+        (it died, or is down): with a shared store its messages are there.
+        """
+        store = self.store
+        if store is None or not self.shared_store:
+            return
+
+        def found(refs: List[bytes]) -> None:
+            if self.queues.get(subscriber_id) is queue and refs:
+                queue.restore_before(refs, self._qos_resolver(subscriber_id))
+                self.log.info("{count} stored messages of {client_id} taken over",
+                              count=len(refs), client_id=subscriber_id.client_id)
+        store.find(subscriber_id).addCallback(found)
 
     def take_offline(self, subscriber_id: SubscriberId, from_node: str) -> "Deferred[bool]":
         """
@@ -648,8 +696,8 @@ class Registry:
     def _hand_over_released(self, subscriber_id: SubscriberId, ref: bytes) -> None:
         """The new node has a handed-over message safe: our copy may go."""
         store = self.store
-        if store is None:
-            return
+        if store is None or self.shared_store:
+            return   # (shared: the new owner's copy is this very row)
         queue = self.queues.get(subscriber_id)
         if queue is None and subscriber_id in self._handing_on:
             queue = self._handing_on[subscriber_id][0]

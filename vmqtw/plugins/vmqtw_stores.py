@@ -1,7 +1,7 @@
 """
 The message stores bundled with vmqtw, as ``IMessageStoreFactory`` plugins.
 
-Selected by ``message_store = memory | leveldb``; the store modules are
+Selected by ``message_store = memory | leveldb | postgresql``; the store modules are
 imported only when a store is built, so listing plugins stays cheap.
 """
 from __future__ import annotations
@@ -45,5 +45,28 @@ class LevelDBStoreFactory:
             sync=bool(config.leveldb_sync))
 
 
+@implementer(IPlugin, IMessageStoreFactory)
+@attrs.define(frozen=True, slots=True)
+class PostgresStoreFactory:
+    """
+    Builds the store shared by a cluster in the PostgreSQL database of
+    ``postgresql.dsn`` (see :mod:`vmqtw.store.postgresql`).
+    """
+
+    name: str = "postgresql"
+
+    def build(self, config: Any, reactor: Any) -> IMessageStore:
+        from vmqtw.config import ConfigError
+        from vmqtw.store.postgresql import PooledDatabase, PostgresMessageStore
+        dsn = config.postgresql_dsn
+        if not dsn:
+            raise ConfigError("message_store = postgresql needs postgresql.dsn, the database "
+                              "every node of the cluster shares.")
+        timeout = max(1, int(config.postgresql_connect_timeout))
+        return PostgresMessageStore(lambda: PooledDatabase(dsn, timeout), reactor,
+                                    config.nodename)
+
+
 memory = MemoryStoreFactory()
 leveldb = LevelDBStoreFactory()
+postgresql = PostgresStoreFactory()

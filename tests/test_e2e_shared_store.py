@@ -1,0 +1,99 @@
+"""
+``message_store = postgresql`` on three real nodes sharing one real
+PostgreSQL database: offline messages survive a node that never comes
+back.  A persistent session's node is killed; its client reconnects on
+another node while it is down, or after it was removed with ``cluster
+leave``, and gets every message acknowledged before -- once.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, List
+
+from tests.nodeharness import Node
+from tests.test_e2e_cluster import FAST_METADATA, admin, cluster_address, name, show, show_or_none
+from tests.waiting import wait_until
+
+HOSTS = ("127.0.0.63", "127.0.0.64", "127.0.0.65")
+
+
+def shared_nodes(nodes: Any, dsn: str, **settings: str) -> List[Node]:
+    made = [nodes.node(label, start=False, host=host, nodename="vmqtw@" + host,
+                       message_store="postgresql", postgresql__dsn=dsn,
+                       **FAST_METADATA, **settings)
+            for label, host in zip("ABC", HOSTS)]
+    for node in made:
+        node.start(wait=False)
+    for node in made:
+        wait_until(node.accepting, 20, what="node %s to accept" % (name(node),))
+    for node in made[1:]:
+        done = admin(node, "cluster", "join", "discovery-node=" + cluster_address(made[0]))
+        assert done.returncode == 0, done
+    everyone = sorted((name(n), True) for n in made)
+    for node in made:
+        wait_until(lambda node=node: sorted(show(node)) == everyone, 20, what="cluster formed")
+    return made
+
+
+def park_with_messages(nodes: Any, on: Node, via: Node, client_id: str, count: int) -> List[bytes]:
+    parked = nodes.client(on, client_id, clean_session=False)
+    assert parked.subscribe(("shared/#", 1)) == [1]
+    parked.disconnect()
+    publisher = nodes.client(via, "pub-" + client_id)
+    sent = [b"%s-%d" % (client_id.encode(), n) for n in range(count)]
+    for payload in sent:
+        publisher.publish("shared/t", payload, 1)   # waits for the PUBACK
+    publisher.disconnect()
+    # Forwarded to the session's node and stored there (in the shared
+    # database): nothing waits for it on the publisher's node any more.
+    wait_until(lambda: not status(via)["cluster_backlog"], 10,
+               what="the forwarded messages acknowledged by %s" % (name(on),))
+    return sent
+
+
+def status(node: Node) -> Any:
+    done = admin(node, "--format=json", "node", "status")
+    return {row["Key"]: row["Value"] for row in json.loads(done.stdout)["table"]}
+
+
+def test_a_dead_nodes_offline_messages_reach_its_clients_after_the_leave(
+        nodes: Any, pg_dsn: str) -> None:
+    a, b, c = shared_nodes(nodes, pg_dsn)
+    sent = park_with_messages(nodes, c, a, "s", 5)
+    c.kill9()
+    wait_until(lambda: (name(c), False) in show(a), 20, what="A to see C down")
+    done = admin(a, "cluster", "leave", "node=" + name(c))
+    assert done.returncode == 0, done
+    assert "are in the shared message store: their clients get them." in done.stdout
+    back = nodes.client(b, "s", clean_session=False)
+    assert back.session_present
+    got = back.wait_for(len(sent))
+    assert [payload for _t, payload, _q, _r in got] == sent
+    # C comes back (removed: it serves no MQTT) and delivers nothing twice.
+    c.start(wait=False)
+    wait_until(lambda: show_or_none(c) == [(name(c), True)], 20, what="C to know it was removed")
+    nodes.client(a, "later").publish("shared/t", b"after", 1)
+    assert [p for _t, p, _q, _r in back.wait_for(len(sent) + 1)][len(sent):] == [b"after"]
+    back.disconnect()
+    again = nodes.client(a, "s", clean_session=False)
+    nodes.client(a, "mark").publish("shared/t", b"mark", 1)
+    assert [p for _t, p, _q, _r in again.wait_for(1)] == [b"mark"]
+
+
+def test_a_client_reconnecting_while_its_node_is_down_gets_its_messages(
+        nodes: Any, pg_dsn: str) -> None:
+    a, b, c = shared_nodes(nodes, pg_dsn, allow_register_during_netsplit="on")
+    sent = park_with_messages(nodes, c, a, "s", 5)
+    c.kill9()
+    wait_until(lambda: (name(c), False) in show(a), 20, what="A to see C down")
+    back = nodes.client(b, "s", clean_session=False)
+    assert back.session_present
+    got = back.wait_for(len(sent))
+    assert [payload for _t, payload, _q, _r in got] == sent
+    # C comes back: the session is B's now, and nothing is delivered twice.
+    c.start()
+    everyone = sorted((name(n), True) for n in (a, b, c))
+    wait_until(lambda: sorted(show(a)) == everyone, 20, what="C back in the cluster")
+    nodes.client(a, "later").publish("shared/t", b"after", 1)
+    got = back.wait_for(len(sent) + 1)
+    assert [p for _t, p, _q, _r in got][len(sent):] == [b"after"], got
