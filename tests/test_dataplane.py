@@ -375,7 +375,7 @@ def test_repeated_cuts_lose_nothing(world):
     assert a.plane.backlog() == {} and b.plane.backlog() == {}
 
 
-def test_what_waits_for_a_node_that_left_is_dropped_and_counted(world, stores):
+def test_what_waits_for_a_node_that_left_goes_to_the_registry_and_is_counted(world, stores):
     clock, net = world
     store = stores(clock)
     a, b = Side(net, clock, A, store=store), Side(net, clock, B)
@@ -385,11 +385,16 @@ def test_what_waits_for_a_node_that_left_is_dropped_and_counted(world, stores):
     a.plane.forward([B], msg(0))
     settle(clock)
     assert a.plane.backlog()
-    a.plane.keep_peers([A, "c@127.0.0.1"])      # a newcomer is not a removal
+    orphaned = []
+    a.plane.on_orphaned = lambda node, items: orphaned.append((node, items))
+    a.plane.keep_peers([A, B, "c@127.0.0.1"])   # a newcomer is not a removal
+    assert orphaned == []
     a.plane.keep_peers([A])                     # B was removed
     settle(clock)
-    assert a.plane.backlog() == {} and a.plane.counters.dropped_node_left == 1
+    assert a.plane.backlog() == {} and a.plane.counters.orphaned_node_left == 1
     assert store.find(outbox_id(B)).result == []
+    [(node, [(sid, message, qos)])] = orphaned
+    assert (node, sid, message.ref, qos) == (B, None, msg(0).ref, msg(0).qos)
 
 
 def test_a_node_heard_from_before_it_is_a_member_is_not_dropped(world):

@@ -162,7 +162,7 @@ class AdminHandlers:
                     "cluster_messages_resent": plane.resent,
                     "cluster_duplicates_dropped": plane.duplicates_dropped,
                     "cluster_messages_restored": plane.restored,
-                    "cluster_messages_dropped_node_left": plane.dropped_node_left,
+                    "cluster_messages_orphaned_node_left": plane.orphaned_node_left,
                 })
         return status
 

@@ -129,8 +129,9 @@ class DataPlaneCounters:
     duplicates_dropped: int = 0
     #: Entries read back from the outbox after a restart.
     restored: int = 0
-    #: Entries dropped because their node left the cluster for good.
-    dropped_node_left: int = 0
+    #: Entries for a node that left the cluster for good, given to the
+    #: registry to pass on to where that node's sessions live now.
+    orphaned_node_left: int = 0
 
 
 @attrs.define(slots=True, eq=False)
@@ -163,6 +164,11 @@ HandOverReleased = Callable[[SubscriberId, bytes], None]
 #: ``on_done(subscriber_id, old_node)``: ``old_node`` handed over all it
 #: held for the session (every entry before this one on its stream).
 HandOverDone = Callable[[SubscriberId, str], None]
+#: What waited for a node that left: ``(subscriber_id, message, qos)`` for
+#: a hand-over, ``(None, message, qos)`` for a forwarded publish.
+Orphan = Tuple[Optional[SubscriberId], Message, int]
+#: ``on_orphaned(node, orphans)``: ``node`` left with these unacknowledged.
+OrphanReceiver = Callable[[str, List[Orphan]], None]
 
 
 @attrs.frozen(slots=True)
@@ -203,6 +209,7 @@ class DataPlane:
         self.deliver_handed_over: HandOverReceiver = _nothing
         self.on_released: HandOverReleased = _nothing
         self.on_hand_over_done: HandOverDone = _nothing
+        self.on_orphaned: OrphanReceiver = _nothing
         self.ack_batch = ack_batch
         self.ack_delay = ack_delay
         self.resend_interval = resend_interval
@@ -609,11 +616,23 @@ class DataPlane:
                 if call is not None and call.active():
                     call.cancel()
             entries = list(peer.outbound.entries())
-            if entries:
-                self.counters.dropped_node_left += len(entries)
-                log.warn("{count} messages waiting for {peer} dropped: it left the cluster",
-                         count=len(entries), peer=name)
+            orphans: List[Orphan] = []
+            for entry in entries:
+                body = entry.body
+                if isinstance(body, Message):
+                    orphans.append((None, body, body.qos))
+                elif body[1] is not None:
+                    orphans.append((SubscriberId(*body[0]) if not isinstance(body[0], SubscriberId)
+                                    else body[0], body[1], body[2]))
+            if orphans:
+                self.counters.orphaned_node_left += len(orphans)
+                log.warn("{count} messages waiting for {peer}, which left the cluster, go to "
+                         "where its sessions live now", count=len(orphans), peer=name)
+            # Released first: a copy the registry stores again for the
+            # sessions' new homes (same subscriber and ref) must survive.
             self._released(peer, entries)
+            if orphans:
+                self.on_orphaned(name, orphans)
 
     # -- inspection ------------------------------------------------------------------
 
