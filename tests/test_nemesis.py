@@ -18,15 +18,6 @@ import pytest
 from tests.nemesis.scenarios import SCENARIOS, SHORT, run, table
 
 NAMES = list(SCENARIOS)
-#: Scenarios only the long form runs, and why.  registration-races: in some
-#: long runs a few rounds left two live connections for one client id (issue
-#: 17 is open on it); nothing was lost in any run.
-LONG_FORM_ONLY = {"registration-races"}
-#: Scenarios whose messages may still be reordered (issue 17 is open on it:
-#: a few of the ~34,000 deliveries of a long session-moves run arrive after
-#: a later message of the same publisher); they are held to everything else.
-ORDER_NOT_YET_KEPT = {"session-moves"}
-FULL_PROMISE = [n for n in NAMES if n not in LONG_FORM_ONLY | ORDER_NOT_YET_KEPT]
 
 
 def run_short(name: str, tmp_path: Any) -> Any:
@@ -45,12 +36,8 @@ def run_short(name: str, tmp_path: Any) -> Any:
     return report, summary
 
 
-@pytest.mark.parametrize("name", FULL_PROMISE)
+@pytest.mark.parametrize("name", NAMES)
 def test_nemesis_scenario_keeps_the_qos1_promise(name: str, tmp_path: Any) -> None:
     report, summary = run_short(name, tmp_path)
     assert report.out_of_order_unexplained == 0, summary
 
-
-@pytest.mark.parametrize("name", sorted(ORDER_NOT_YET_KEPT))
-def test_nemesis_scenario_loses_and_duplicates_nothing(name: str, tmp_path: Any) -> None:
-    run_short(name, tmp_path)
