@@ -261,33 +261,3 @@ def test_a_held_queue_handed_on_sends_what_came_directly_as_possible_redeliverie
     handed = []
     queue.hand_over(lambda m, qos, stored: handed.append((m.payload, m.dup)))
     assert handed == [(b"m1", False), (b"m5", True)]
-
-
-def test_what_an_origin_sent_after_a_message_that_came_both_ways_waits_for_its_direct_copy():
-    """
-    The handed-over stream keeps each origin's order: once one of its
-    messages also came directly (its origin saw the move), the later ones of
-    that origin come directly too -- their handed-over copies go, and the
-    direct ones are delivered when they come, after older direct ones.
-    """
-    import attrs
-
-    def from_x(n):
-        return attrs.evolve(message(n), origin="X")
-
-    queue, _, store = persistent_queue()
-    outlet = Outlet()
-    queue.hold()
-    queue.attach(outlet)
-    queue.enqueue_handed_over(from_x(1), 1)      # before X saw the move
-    queue.enqueue(from_x(2), 1)                  # direct only (narrower filter at the old node)
-    queue.enqueue_handed_over(from_x(3), 1)      # passed on, and ...
-    queue.enqueue(from_x(3), 1)                  # ... direct
-    queue.enqueue_handed_over(from_x(4), 1)      # passed on; its direct copy is on its way
-    queue.enqueue_handed_over(message(9), 1)     # another origin: in the hand-over's place
-    queue.release_hold()
-    assert queue.enqueue(from_x(4), 1) is not None   # stored and delivered, not taken as a copy
-    assert [s[0] for s in outlet.sent] == [b"m1", b"m9", b"m2", b"m3", b"m4"]
-    for packet_id in range(1, 6):
-        queue.puback(packet_id)
-    assert store.stored_payloads() == 0

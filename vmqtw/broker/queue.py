@@ -83,34 +83,28 @@ def _redelivery(message: Union[Message, bytes], qos: int) -> Union[Message, byte
 def yield_to_direct(held: Iterable[Waiting], pending: Iterable[Waiting]
                     ) -> Tuple[List[Waiting], Set[bytes]]:
     """
-    ``held`` (what the old node handed over, in its order) without what
-    comes to this node directly too, and the refs of what was left out.
+    ``held`` (what the old node handed over, in its order) without the
+    messages that also reached this node directly (in ``pending``), and the
+    refs of those.
 
-    A message that came both ways (its copy is in ``pending``) was
-    published after its node of origin saw the move -- that node sent this
-    one its own copy -- and the old node passed on the copy it got for
-    subscribers of its own (or before it saw the move itself).  Its place
-    is among the direct ones, in its publisher's order: in the handed-over
-    stream it would go out before older messages of its publisher that
-    came here directly.  So do the held messages of that origin after it
-    (the handed-over stream keeps each origin's order): they are newer
-    still, and their direct copies are here or on their way.  What the
-    origin sent before it saw the move comes only handed over, first.
+    A message that came both ways was published after its publisher's node
+    saw the move -- that node sent this one its own copy -- and the old node
+    passed on the copy it got for subscribers of its own (or before it saw
+    the move itself).  Its place is among the direct ones, in its
+    publisher's order: in the handed-over stream it would go out before
+    older messages of its publisher that came here directly.
     """
+    pending = list(pending)
     direct = {_ref(message) for message, _qos in pending}
-    cut: Set[Optional[str]] = set()
     kept: List[Waiting] = []
-    left_out: Set[bytes] = set()
+    moved: Set[bytes] = set()
     for entry in held:
-        message = entry[0]
-        origin = None if isinstance(message, bytes) else message.origin
-        ref = _ref(message)
-        if ref in direct or origin in cut:
-            cut.add(origin)
-            left_out.add(ref)
+        ref = _ref(entry[0])
+        if ref in direct:
+            moved.add(ref)
         else:
             kept.append(entry)
-    return kept, left_out
+    return kept, moved
 
 
 class Outlet(Protocol):
@@ -289,9 +283,7 @@ class SubscriberQueue:
             # older than what waits in ``pending`` (but what came both ways),
             # and what came directly may have reached the connection before
             # as well (see :meth:`release_hold`).
-            kept, left_out = yield_to_direct(self._held, self.pending)
-            self._forget_stored(left_out)
-            entries.extend(kept)
+            entries.extend(yield_to_direct(self._held, self.pending)[0])
             entries.extend((_redelivery(message, qos), qos) for message, qos in self.pending)
         else:
             entries.extend(self.pending)
@@ -361,17 +353,14 @@ class SubscriberQueue:
         self._held = None
         handed = self._handed_refs
         if held is not None:
-            kept, left_out = yield_to_direct(held, self.pending)
-            self._forget_stored(left_out)
-            if handed:
-                # Their direct copies are to be delivered, when they come.
-                handed.difference_update(left_out)
+            kept, moved = yield_to_direct(held, self.pending)
             held = deque(kept)
             for message, qos in self.pending:
                 if not isinstance(message, bytes):
                     if handed and message.ref in handed:
                         handed.discard(message.ref)
-                        continue   # delivered from the hand-over already
+                        if message.ref not in moved:
+                            continue   # delivered from the hand-over already
                     # Reached this node while the old one still held the
                     # session: a node that had not yet seen the move may
                     # have sent it there too, and its client got it.
@@ -381,19 +370,6 @@ class SubscriberQueue:
         if not handed:
             self._handed_refs = None
         self.pump()
-
-    def _forget_stored(self, refs: Set[bytes]) -> None:
-        """
-        Delete the stored copies of handed-over messages left out for their
-        direct copies (see :func:`yield_to_direct`) that are not here yet:
-        each is stored again when it comes.
-        """
-        if self.store is None or not refs:
-            return
-        direct = {_ref(message) for message, _qos in self.pending}
-        for ref in refs:
-            if ref not in direct:
-                self.store.delete(self.subscriber_id, ref)
 
     def enqueue_handed_over(self, message: Message, qos: int) -> Optional[Deferred]:
         """
