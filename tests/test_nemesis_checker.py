@@ -163,3 +163,14 @@ def test_shuffling_one_publisher_is_out_of_order_unless_sorted(counts: Dict[str,
         for name in counts)
     assert (report.out_of_order == 0) == per_pub_sorted
     assert report.lost == 0
+
+
+def test_a_reordering_example_names_the_connections() -> None:
+    """The example says which connection got each of the pair, so one connection
+    reordering (the broker) tells apart from two successive ones."""
+    pub = publisher("p", acked=[1, 2, 3])
+    receipts = (Receipt("p", 2, False, 1, "n1:10"), Receipt("p", 1, False, 1, "n1:10"),
+                Receipt("p", 3, False, 1, "n2:20"))
+    report = check([pub], [SubscriberHistory("s", (Subscription("nemesis/t/#", 0.0),), receipts)])
+    assert report.out_of_order == 1
+    assert report.examples["out_of_order"] == ("s got p:1 after 2 (on n1:10; the same)",)

@@ -192,7 +192,7 @@ def test_a_held_queue_handed_on_keeps_the_handed_over_messages_first():
 def test_a_direct_copy_of_a_handed_over_message_is_delivered_once():
     """
     The same publish reached the old node for this session and this node
-    for another subscriber: one copy, the handed-over one, in its place.
+    for another subscriber: one copy, in its place among the direct ones.
     """
     queue, _, store = persistent_queue()
     outlet = Outlet()
@@ -218,3 +218,46 @@ def test_a_direct_copy_after_a_passed_on_one_is_dropped():
     queue.enqueue_handed_over(passed_on, 1)
     assert queue.enqueue(message(1), 1) is None
     assert [(s[0], s[3]) for s in outlet.sent] == [(b"m1", True)]
+
+
+def test_a_copy_that_came_both_ways_keeps_its_direct_place():
+    """
+    Its publisher's node saw the move and sent it here; the old node passed
+    on the copy it got too.  The handed-over stream would put it before an
+    older message of that publisher that only came directly.
+    """
+    queue, _, _store = persistent_queue()
+    outlet = Outlet()
+    queue.hold()
+    queue.attach(outlet)
+    queue.enqueue(message(1), 1)                 # direct only
+    queue.enqueue_handed_over(message(2), 1)     # passed on by the old node ...
+    queue.enqueue(message(2), 1)                 # ... and direct
+    queue.release_hold()
+    assert [(s[0], s[3]) for s in outlet.sent] == [(b"m1", True), (b"m2", True)]
+
+
+def test_a_held_queue_handed_on_gives_what_came_both_ways_its_direct_place():
+    queue, _, _store = persistent_queue()
+    queue.hold()
+    queue.enqueue(message(1), 1)
+    queue.enqueue_handed_over(message(2), 1)
+    queue.enqueue(message(2), 1)
+    handed = []
+    queue.hand_over(lambda m, qos, stored: handed.append(m.payload))
+    assert handed == [b"m1", b"m2"]
+
+
+def test_a_held_queue_handed_on_sends_what_came_directly_as_possible_redeliveries():
+    """
+    What reached a held queue directly may have reached the old node's
+    connection too (sent there by a node that had not seen the move yet):
+    handed on, it goes with DUP, as it would have been delivered here.
+    """
+    queue, _, _store = persistent_queue()
+    queue.hold()
+    queue.enqueue(message(5), 1)
+    queue.enqueue_handed_over(message(1), 1)
+    handed = []
+    queue.hand_over(lambda m, qos, stored: handed.append((m.payload, m.dup)))
+    assert handed == [(b"m1", False), (b"m5", True)]

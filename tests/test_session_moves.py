@@ -12,7 +12,7 @@ from vmqtw.cluster.dataplane import ACK, CHANNEL
 from vmqtw.store.memory import MemoryMessageStore
 from vmqtw.testing import mqttbytes as B
 from vmqtw.testing.inprocess_broker import Cluster
-from vmqtw.types import SubscriberId
+from vmqtw.types import SUBSCRIBER_PREFIX, SubscriberId
 
 SID = SubscriberId("", "mover")
 
@@ -287,3 +287,60 @@ def test_an_aborted_connect_elsewhere_still_moves_the_queue():
     assert back.connack.session_present
     cluster.settle(HAND_OVER_WAIT)
     assert payloads(back) == [b"%d" % n for n in range(10)]
+
+
+def test_late_arrivals_at_a_node_left_long_ago_follow_the_chain_of_moves():
+    """
+    A -> B -> C while A's hand-over to B is slow: what A still receives for
+    the session (from D, which has not seen any move) goes to B, behind
+    A's hand-over, not straight to C -- C would deliver it before the older
+    messages B still has to hand on.
+    """
+    cluster = Cluster(names=("A", "B", "C", "D"))
+    parked_on_a(cluster)
+    # D does not hear of the moves: it goes on sending the session's messages to A.
+    undo = cluster.network.drop(lambda src, dst, channel, m: dst == "D" and channel != CHANNEL)
+    publisher = cluster["D"].connect("pub")
+    publish(publisher, [b"1", b"2", b"3"])
+    cluster.settle(0.2)
+    cluster.network.set_delay("A", "B", 0.5)
+
+    def connect(node: str) -> Any:
+        client = cluster[node].connect(SID.client_id, clean_session=False)
+        # The new record reaches A at once, as a coordinated registration
+        # pushes it (gossip alone takes a random path).
+        cluster[node].registry.confirm(SUBSCRIBER_PREFIX, SID.as_key())
+        cluster.settle(0.2)
+        return client
+
+    on_b = connect("B")
+    assert cluster["A"].registry.queues == {}, "A handed over (B has not got it yet)"
+    on_b.drop()
+    on_c = connect("C")
+    publish(publisher, [b"4"], first_id=10)
+    cluster.settle(2 * HAND_OVER_WAIT)
+    assert payloads(on_b) == []
+    assert payloads(on_c) == [b"1", b"2", b"3", b"4"]
+    cluster.network.set_delay("A", "B", 0)
+    undo()
+
+
+def test_a_copy_passed_on_for_the_old_nodes_other_subscriber_keeps_its_direct_place():
+    """
+    C saw the move and sends B its own copies; A passes on the one it got
+    for a subscriber of its own (narrower filter) before its hand-over ends.
+    That copy is newer than a message of the same publisher that only B got
+    (A has no other subscriber for it): B delivers them in publish order.
+    """
+    cluster = Cluster()
+    cluster["A"].subscriber("other", ("q/x", 1))
+    parked_on_a(cluster)
+    publisher = cluster["C"].connect("pub")
+    cluster.network.set_delay("A", "B", 0.5)
+    back = cluster["B"].connect(SID.client_id, clean_session=False)
+    cluster.settle(0.1)
+    publish(publisher, [b"y1"], topic="q/y")
+    publish(publisher, [b"x2"], topic="q/x", first_id=10)
+    cluster.settle(HAND_OVER_WAIT + 1)
+    assert payloads(back) == [b"y1", b"x2"]
+    cluster.network.set_delay("A", "B", 0)

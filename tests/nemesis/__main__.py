@@ -26,6 +26,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--moves", type=int, help="session-moves: moves of the subscriber")
     parser.add_argument("--races", type=int, help="registration-races: rounds")
     parser.add_argument("--parked", type=int, help="leave-k: offline sessions on the leaving node")
+    parser.add_argument("--keep", metavar="DIR",
+                        help="run in DIR and keep it (node logs, data) for a post-mortem")
     args = parser.parse_args(argv)
     timings = LONG if args.long else NORMAL
     overrides = {k: getattr(args, k) for k in ("rate", "cycles", "on", "off", "rounds",
@@ -41,7 +43,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     outcomes: List[Outcome] = []
     for name in args.scenario or list(SCENARIOS):
-        outcome = run(SCENARIOS[name], timings, size=args.nodes, log=log)
+        outcome = run(SCENARIOS[name], timings, directory=args.keep, size=args.nodes, log=log)
         outcomes.append(outcome)
         print("\n%s: %s" % (name, SCENARIOS[name].doc))
         print(table([outcome]), flush=True)

@@ -72,6 +72,9 @@ class Receipt:
     seq: int
     dup: bool
     qos: int
+    #: The connection it came on (``host:local port``; "" when unknown):
+    #: which of a session's successive connections, for the examples.
+    connection: str = ""
 
 
 @attrs.frozen(slots=True)
@@ -181,6 +184,18 @@ def _example(examples: Dict[str, List[str]], kind: str, text: str) -> None:
         bucket.append(text)
 
 
+def _where(connection: str, before: str) -> str:
+    """
+    `` (on X; that on Y)``: the connection a reordered message came on and
+    the one its higher predecessor came on (``the same`` when one connection
+    got both: the broker reordered, not a takeover), if known.
+    """
+    if not connection and not before:
+        return ""
+    return " (on %s; %s)" % (connection or "?", "the same" if before == connection
+                             else "that on " + (before or "?"))
+
+
 def check(publishers: Sequence[PublisherHistory],
           subscribers: Iterable[SubscriberHistory]) -> Report:
     """Judge one history; see :class:`Report` for what each count means."""
@@ -194,6 +209,8 @@ def check(publishers: Sequence[PublisherHistory],
     for sub in subscribers:
         seen: Set[MessageId] = set()
         highest: Dict[str, int] = {}
+        #: Where the highest one came: ``publisher -> connection``.
+        highest_on: Dict[str, str] = {}
         for receipt in sub.receipts:
             mid = (receipt.publisher, receipt.seq)
             pub = by_name.get(receipt.publisher)
@@ -215,9 +232,12 @@ def check(publishers: Sequence[PublisherHistory],
                 if receipt.seq in pub.resent:
                     order_resend += 1
                 _example(examples, "out_of_order",
-                         "%s got %s:%d after %d" % (sub.name, receipt.publisher, receipt.seq, top))
+                         "%s got %s:%d after %d%s" % (
+                             sub.name, receipt.publisher, receipt.seq, top,
+                             _where(receipt.connection, highest_on[receipt.publisher])))
             else:
                 highest[receipt.publisher] = receipt.seq
+                highest_on[receipt.publisher] = receipt.connection
         for pub in publishers:
             for seq in pub.acked:
                 message = pub.sent.get(seq)

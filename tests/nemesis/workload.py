@@ -37,15 +37,23 @@ Clock = Callable[[], float]
 PROBE = b"probe:"
 
 
-def _client(client_id: str, keepalive_s: int) -> mqtt.Client:
+def _client(client_id: str, keepalive_s: int, reconnect: bool = True) -> mqtt.Client:
+    """
+    A persistent-session MQTT 3.1.1 client; ``reconnect=False``: its loop
+    ends when the connection is lost instead of connecting again.
+    """
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                         clean_session=False, protocol=mqtt.MQTTv311)
+                         clean_session=False, protocol=mqtt.MQTTv311,
+                         reconnect_on_failure=reconnect)
     client.reconnect_delay_set(min_delay=1, max_delay=2)
     return client
 
 
 class _Endpoint:
     """What publishers and subscribers share: connect, reconnect, stop."""
+
+    #: Whether paho's loop connects again when the connection is lost.
+    reconnect = True
 
     def __init__(self, node: Node, client_id: str, clock: Clock, keepalive: int) -> None:
         self.node = node
@@ -55,7 +63,7 @@ class _Endpoint:
         self.lock = threading.Lock()
         #: session_present of every CONNACK, in order.
         self.connacks: List[bool] = []
-        self.client = _client(client_id, keepalive)
+        self.client = _client(client_id, keepalive, self.reconnect)
         self.client.on_connect = self._on_connect
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
@@ -243,6 +251,15 @@ class Publisher(_Endpoint):
                                     frozenset(self._resent))
 
 
+def _connection(client: mqtt.Client) -> str:
+    """``host:local port`` of ``client``'s connection now ("" if none)."""
+    sock = client.socket()
+    try:
+        return "%s:%d" % (client.host, sock.getsockname()[1]) if sock is not None else ""
+    except OSError:
+        return ""
+
+
 class Subscriber(_Endpoint):
     """A persistent QoS 1 subscriber recording (publisher, seq, dup, qos) in arrival order."""
 
@@ -264,7 +281,7 @@ class Subscriber(_Endpoint):
             return
         parsed = parse_tag(payload)
         publisher, seq = parsed if parsed is not None else ("", -1)
-        receipt = Receipt(publisher, seq, bool(message.dup), message.qos)
+        receipt = Receipt(publisher, seq, bool(message.dup), message.qos, _connection(client))
         with self.lock:
             self._receipts.append(receipt)
 
@@ -314,21 +331,23 @@ class Racer(Subscriber):
     at once (:meth:`race`): everything any of them receives counts for the
     session, and exactly one of them may still be connected afterwards.
     Taken-over connections are not reconnected (paho would otherwise take
-    the session back).
+    the session back a second later, and the next one back from it: rounds
+    would never settle, and a count could catch one connection coming as
+    another goes).  Not by calling ``disconnect()`` from ``on_disconnect``:
+    paho 2 marks a lost connection as lost *after* that callback, and
+    reconnects anyway.
     """
+
+    reconnect = False
 
     def __init__(self, node: Node, name: str, clock: Clock = time.monotonic,
                  keepalive: int = 5) -> None:
         super().__init__(node, name, clock, keepalive)
         self.clients: List[mqtt.Client] = [self.client]
-        self.client.on_disconnect = self._on_disconnect
         #: Connections alive after each round.
         self.survivors: List[int] = []
         #: CONNECTs refused (CONNACK 3 when the coordinator did not answer).
         self.refused = 0
-
-    def _on_disconnect(self, client: Any, *args: Any) -> None:
-        client.disconnect()   # taken over: stay down
 
     def _on_race_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                          properties: Any = None) -> None:
@@ -343,10 +362,9 @@ class Racer(Subscriber):
         old = self.clients
         fresh = []
         for node in nodes:
-            client = _client(self.client_id, self.keepalive)
+            client = _client(self.client_id, self.keepalive, reconnect=False)
             client.on_connect = self._on_race_connect
             client.on_message = self._on_message
-            client.on_disconnect = self._on_disconnect
             client.connect_async(node.host, node.port, self.keepalive)
             fresh.append(client)
         for client in fresh:

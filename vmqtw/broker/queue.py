@@ -18,7 +18,8 @@ survive a reconnect of a persistent session [MQTT-4.4.0-1], [MQTT-4.3.3-2].
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Protocol, Set, Tuple, Union
+from typing import (Any, Callable, Deque, Dict, Iterable, List, Optional, Protocol, Set, Tuple,
+                    Union)
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults
@@ -65,6 +66,45 @@ class InFlight:
 #: A waiting message: the message itself, or after a restart only its store
 #: ref until it is read back; with the QoS to deliver it at.
 Waiting = Tuple[Union[Message, bytes], int]
+
+
+def _ref(waiting: Union[Message, bytes]) -> bytes:
+    """The store ref of a waiting entry (a message, or only its ref)."""
+    return waiting if isinstance(waiting, bytes) else waiting.ref
+
+
+def _redelivery(message: Union[Message, bytes], qos: int) -> Union[Message, bytes]:
+    """``message`` to go out as a possible redelivery (DUP) at ``qos``."""
+    if isinstance(message, bytes) or not qos or message.dup:
+        return message
+    return attrs.evolve(message, dup=True)
+
+
+def yield_to_direct(held: Iterable[Waiting], pending: Iterable[Waiting]
+                    ) -> Tuple[List[Waiting], Set[bytes]]:
+    """
+    ``held`` (what the old node handed over, in its order) without the
+    messages that also reached this node directly (in ``pending``), and the
+    refs of those.
+
+    A message that came both ways was published after its publisher's node
+    saw the move -- that node sent this one its own copy -- and the old node
+    passed on the copy it got for subscribers of its own (or before it saw
+    the move itself).  Its place is among the direct ones, in its
+    publisher's order: in the handed-over stream it would go out before
+    older messages of its publisher that came here directly.
+    """
+    pending = list(pending)
+    direct = {_ref(message) for message, _qos in pending}
+    kept: List[Waiting] = []
+    moved: Set[bytes] = set()
+    for entry in held:
+        ref = _ref(entry[0])
+        if ref in direct:
+            moved.add(ref)
+        else:
+            kept.append(entry)
+    return kept, moved
 
 
 class Outlet(Protocol):
@@ -238,11 +278,15 @@ class SubscriberQueue:
         entries: List[Waiting] = [(attrs.evolve(entry.message, dup=True), entry.qos)
                                   for entry in self.inflight.values()
                                   if entry.state == AWAIT_ACK]
-        if self._held:
-            # Handed over to this node and not yet delivered: older than
-            # what waits in ``pending``.
-            entries.extend(self._held)
-        entries.extend(self.pending)
+        if self._held is not None:
+            # Moved on while holding: what was handed over to this node is
+            # older than what waits in ``pending`` (but what came both ways),
+            # and what came directly may have reached the connection before
+            # as well (see :meth:`release_hold`).
+            entries.extend(yield_to_direct(self._held, self.pending)[0])
+            entries.extend((_redelivery(message, qos), qos) for message, qos in self.pending)
+        else:
+            entries.extend(self.pending)
         self.pending = deque()
         self.inflight.clear()
         self.awaiting_rel.clear()
@@ -309,16 +353,18 @@ class SubscriberQueue:
         self._held = None
         handed = self._handed_refs
         if held is not None:
+            kept, moved = yield_to_direct(held, self.pending)
+            held = deque(kept)
             for message, qos in self.pending:
                 if not isinstance(message, bytes):
                     if handed and message.ref in handed:
-                        handed.discard(message.ref)   # the copy handed over goes
-                        continue
-                    if qos and not message.dup:
-                        # Reached this node while the old one still held the
-                        # session: a node that had not yet seen the move may
-                        # have sent it there too, and its client got it.
-                        message = attrs.evolve(message, dup=True)
+                        handed.discard(message.ref)
+                        if message.ref not in moved:
+                            continue   # delivered from the hand-over already
+                    # Reached this node while the old one still held the
+                    # session: a node that had not yet seen the move may
+                    # have sent it there too, and its client got it.
+                    message = _redelivery(message, qos)
                 held.append((message, qos))
             self.pending = held
         if not handed:

@@ -114,6 +114,9 @@ class Registry:
         #: arrives for them is passed on (see :meth:`_forward_moved`).
         self.moved = SubscriptionTrie()
         self._moved: Dict[SubscriberId, Tuple[Dict[str, int], IDelayedCall]] = {}
+        #: The node each of them moved to from here: what still arrives
+        #: goes there, behind our hand-over, not to the newest owner past it.
+        self._successors: Dict[SubscriberId, str] = {}
         #: Sessions that moved here and wait for the old node's hand-over.
         self._hold_calls: Dict[SubscriberId, IDelayedCall] = {}
         #: The node whose hand-over marker a held queue waits for (a late
@@ -180,6 +183,7 @@ class Registry:
         self._awaited.clear()
         self._handing_on.clear()
         self._moved.clear()
+        self._successors.clear()
 
     @inlineCallbacks
     def restore(self) -> Any:
@@ -468,6 +472,7 @@ class Registry:
             return
         self._remember_move(subscriber_id)
         new_node: str = owner
+        self._successors[subscriber_id] = new_node
         if queue is None or queue.clean_session:
             if queue is not None:
                 queue.discard()
@@ -551,6 +556,7 @@ class Registry:
             MOVED_FORWARDING, self._forget_move, subscriber_id))
 
     def _forget_move(self, subscriber_id: SubscriberId) -> None:
+        self._successors.pop(subscriber_id, None)
         entry = self._moved.pop(subscriber_id, None)
         if entry is None:
             return
@@ -576,7 +582,7 @@ class Registry:
         if handing is not None:
             # Newer than what its queue here holds: handed on after it.
             return handing[0].enqueue(message, qos)
-        owner = self._moved_owner(subscriber_id)
+        owner = self._next_node(subscriber_id)
         dataplane = self.dataplane
         if owner is None or dataplane is None:
             queue = self.queues.get(subscriber_id)
@@ -589,6 +595,25 @@ class Registry:
             stored = self.store.write(subscriber_id, message)
         dataplane.hand_over(owner, subscriber_id, message, qos, release=stored is not None)
         return stored
+
+    def _next_node(self, subscriber_id: SubscriberId) -> Optional[str]:
+        """
+        Where what still arrives for a session that moved away goes: the
+        node it moved to from here while that is reachable, else the node
+        its record names.  Each node the session left passes on to the next
+        one in the order of the moves, on the stream its hand-over took, so
+        a late arrival never overtakes older messages still being handed
+        along the chain (a later owner would deliver it first).
+        """
+        owner = self._moved_owner(subscriber_id)
+        if owner is None:
+            return None
+        successor = self._successors.get(subscriber_id)
+        dataplane = self.dataplane
+        if successor is None or successor == self.node or dataplane is None \
+                or not dataplane.transport.connected(successor):
+            return owner
+        return successor
 
     def _adopt(self, subscriber_id: SubscriberId) -> SubscriberQueue:
         """A queue for a persistent session recorded here that has none yet."""
