@@ -31,6 +31,7 @@ from vmqtw.interfaces import IClusterTransport, IMessageStore, IMetadataStore
 from vmqtw.topic import matches
 from vmqtw.trie import RetainTree, SubscriptionTrie
 from vmqtw.types import SUBSCRIBER_PREFIX, Message, SubscriberId
+from vmqtw.waits import joined
 
 __all__ = ["Registry", "MOVED_FORWARDING", "MOVED_GRACE", "HAND_OVER_WAIT", "ORPHAN_WINDOW"]
 
@@ -657,6 +658,11 @@ class Registry:
         self._schedule_expiry(subscriber_id)
         self.log.info("session {client_id} of {node} now lives here",
                       client_id=subscriber_id.client_id, node=from_node or "a node that left")
+        if self.dataplane is not None:
+            # What other nodes still had for the node that left comes here
+            # too (:meth:`_orphaned`), older than what is routed here from
+            # now on: it goes out first if it comes within the wait.
+            self._hold(subscriber_id, queue, None)
         self._take_stored(subscriber_id, queue)
 
     def _take_stored(self, subscriber_id: SubscriberId, queue: SubscriberQueue) -> None:
@@ -746,7 +752,7 @@ class Registry:
 
     # -- what waited for a node that left ---------------------------------------
 
-    def _orphaned(self, gone: str, orphans: List[Any]) -> None:
+    def _orphaned(self, gone: str, orphans: List[Any]) -> Optional[Deferred]:
         """
         ``gone`` left the cluster with messages of ours unacknowledged:
         publishes forwarded to its subscribers and messages handed over to
@@ -771,16 +777,22 @@ class Registry:
                               default=-1)
                 if granted >= 0:
                     items.append((sid, message, min(granted, message.qos)))
-        if items:
-            self._orphans.append((gone, items, self.clock.seconds() + ORPHAN_WINDOW))
-            self._place_orphans()
+        if not items:
+            return None
+        stored: List[Deferred] = []
+        waiting = [item for item in items if not self._place_orphan(gone, *item, stored)]
+        if waiting:
+            self._orphans.append((gone, waiting, self.clock.seconds() + ORPHAN_WINDOW))
+            if self._orphan_call is None:
+                self._orphan_call = self.clock.callLater(ORPHAN_RETRY, self._place_orphans)
+        return joined(stored)
 
     def _place_orphans(self) -> None:
         self._orphan_call = None
         now = self.clock.seconds()
         left: List[Tuple[str, List[Tuple[SubscriberId, Message, int]], float]] = []
         for gone, items, deadline in self._orphans:
-            waiting = [item for item in items if not self._place_orphan(gone, *item)]
+            waiting = [item for item in items if not self._place_orphan(gone, *item, [])]
             if waiting and now < deadline:
                 left.append((gone, waiting, deadline))
             elif waiting:
@@ -793,8 +805,11 @@ class Registry:
             self._orphan_call = self.clock.callLater(ORPHAN_RETRY, self._place_orphans)
 
     def _place_orphan(self, gone: str, subscriber_id: SubscriberId, message: Message,
-                      qos: int) -> bool:
-        """Pass one on; False while its session is still recorded on ``gone``."""
+                      qos: int, stored: List[Deferred]) -> bool:
+        """
+        Pass one on (the store writes it waits for go to ``stored``); False
+        while its session is still recorded on ``gone``.
+        """
         record = self.subscription_table.record(subscriber_id)
         owner = record_owner(record)
         if owner == gone:
@@ -804,9 +819,11 @@ class Registry:
         copy = attrs.evolve(message, dup=True)
         if owner == self.node:
             queue = self.queues.get(subscriber_id) or self._adopt(subscriber_id)
-            queue.enqueue_handed_over(copy, qos)
+            waiting = queue.enqueue_handed_over(copy, qos)
         else:
-            self._forward_moved(subscriber_id, copy, qos)
+            waiting = self._forward_moved(subscriber_id, copy, qos)
+        if waiting is not None:
+            stored.append(waiting)
         return True
 
     # -- what the session calls (passed on) -----------------------------------

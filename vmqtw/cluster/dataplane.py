@@ -167,8 +167,10 @@ HandOverDone = Callable[[SubscriberId, str], None]
 #: What waited for a node that left: ``(subscriber_id, message, qos)`` for
 #: a hand-over, ``(None, message, qos)`` for a forwarded publish.
 Orphan = Tuple[Optional[SubscriberId], Message, int]
-#: ``on_orphaned(node, orphans)``: ``node`` left with these unacknowledged.
-OrphanReceiver = Callable[[str, List[Orphan]], None]
+#: ``on_orphaned(node, orphans)``: ``node`` left with these unacknowledged
+#: (or they were routed to it after it left); None, or a Deferred firing
+#: once the copies passed on at once are stored.
+OrphanReceiver = Callable[[str, List[Orphan]], Optional[Deferred]]
 
 
 @attrs.frozen(slots=True)
@@ -210,6 +212,8 @@ class DataPlane:
         self.on_released: HandOverReleased = _nothing
         self.on_hand_over_done: HandOverDone = _nothing
         self.on_orphaned: OrphanReceiver = _nothing
+        #: Nodes that left the cluster for good (until they join again).
+        self._left: FrozenSet[str] = frozenset()
         self.ack_batch = ack_batch
         self.ack_delay = ack_delay
         self.resend_interval = resend_interval
@@ -364,6 +368,11 @@ class DataPlane:
                        if stored is not None])
 
     def _forward_one(self, node: str, message: Message) -> Optional[Deferred]:
+        if node in self._left:
+            # Routed by a subscriber record not yet re-homed after ``node``
+            # left: the registry passes it on once it is.
+            self.counters.orphaned_node_left += 1
+            return self.on_orphaned(node, [(None, message, message.qos)])
         self.counters.forwarded += 1
         peer = self._peer(node)
         if peer.outbound.push(message, entry_size(message), message.ref) is None:
@@ -385,6 +394,10 @@ class DataPlane:
         peer's acknowledgement calls ``on_released(subscriber_id, ref)``:
         the old node's stored copy is deleted only then.
         """
+        if node in self._left:
+            self.counters.orphaned_node_left += 1
+            self.on_orphaned(node, [(subscriber_id, message, qos)])
+            return
         peer = self._peer(node)
         token = HandOverToken(subscriber_id, message.ref) if release else None
         peer.outbound.push((subscriber_id, message, qos), entry_size(message), token,
@@ -608,6 +621,7 @@ class DataPlane:
         current = frozenset(members)
         removed = self._members - current
         self._members = current
+        self._left = (self._left | removed) - current
         for name in removed:
             peer = self._peers.pop(name, None)
             if peer is None or name == self.node:
