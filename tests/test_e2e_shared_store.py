@@ -97,3 +97,36 @@ def test_a_client_reconnecting_while_its_node_is_down_gets_its_messages(
     nodes.client(a, "later").publish("shared/t", b"after", 1)
     got = back.wait_for(len(sent) + 1)
     assert [p for _t, p, _q, _r in got][len(sent):] == [b"after"], got
+
+
+def test_while_the_database_is_away_nothing_is_acknowledged_and_nothing_lost(
+        nodes: Any) -> None:
+    from tests.pgserver import PostgresServer
+
+    server = PostgresServer().start()
+    try:
+        node = nodes.node("alone", message_store="postgresql",
+                          postgresql__dsn=server.dsn(), distributed_cookie="pg-away")
+        parked = nodes.client(node, "s", clean_session=False)
+        assert parked.subscribe(("away/#", 1)) == [1]
+        parked.disconnect()
+        publisher = nodes.client(node, "pub", clean_session=False)
+        publisher.publish("away/t", b"before", 1)
+        server.pause()
+        info = publisher.client.publish("away/t", b"during", 1)
+        info.wait_for_publish(3)
+        assert not info.is_published(), "acknowledged while the database was away"
+        server.resume()
+        # The client resends what was not acknowledged when it reconnects.
+        publisher.client.reconnect()
+        info.wait_for_publish(15)
+        assert info.is_published()
+        back = nodes.client(node, "s", clean_session=False)
+        got = back.wait_for(2)
+        assert [p for _t, p, _q, _r in got] == [b"before", b"during"]
+        log = node.log()
+        assert log.count("PostgreSQL does not take writes") == 1, log
+        assert "PostgreSQL takes writes again" in log
+        assert "Traceback" not in log
+    finally:
+        server.stop()

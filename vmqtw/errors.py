@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
-__all__ = ["PeerUnreachable", "RemoteCallError", "CallTimeout", "BacklogFull"]
+__all__ = ["PeerUnreachable", "RemoteCallError", "CallTimeout", "BacklogFull",
+           "StoreUnavailable"]
 
 
 class PeerUnreachable(Exception):
@@ -25,4 +26,12 @@ class BacklogFull(Exception):
     """
     Another node's unacknowledged backlog has no room for a message: the
     publish is routed nowhere and not acknowledged (the client resends).
+    """
+
+
+class StoreUnavailable(Exception):
+    """
+    The message store cannot take writes now (its database is away): the
+    message is not acknowledged (the client resends it).  The store says
+    so once in the log, not once per message.
     """

@@ -435,7 +435,7 @@ class SubscriberQueue:
                 self.counters.dropped_online += 1
             self.pending.append((message, qos))
             if qos > 0 and self.store is not None:
-                return self.store.write(self.subscriber_id, message)
+                return self._store_waiting(message)
             return None
         # Offline: only persistent sessions have a queue without an outlet.
         if qos == 0:
@@ -449,8 +449,22 @@ class SubscriberQueue:
             self.counters.dropped_offline += 1
         self.pending.append((message, qos))
         if self.store is not None:
-            return self.store.write(self.subscriber_id, message)
+            return self._store_waiting(message)
         return None
+
+    def _store_waiting(self, message: Message) -> Deferred:
+        """
+        Store a message that waits in ``pending``.  If the store fails,
+        the publisher is not acknowledged and will resend it: the copy
+        queued here goes, or the subscriber would get it twice.
+        """
+        assert self.store is not None
+        stored: Deferred = self.store.write(self.subscriber_id, message)
+
+        def not_stored(failure: Any) -> Any:
+            self.pending = deque(entry for entry in self.pending if entry[0] is not message)
+            return failure
+        return stored.addErrback(not_stored)
 
     def _make_room(self) -> bool:
         """

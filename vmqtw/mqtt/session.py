@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from vmqtw.errors import BacklogFull
+from vmqtw.errors import BacklogFull, StoreUnavailable
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt.codec import encode, encode_publish
 from vmqtw.topic import parse_shared, validate_filter, validate_topic
@@ -541,7 +541,7 @@ class Session:
 
     def _ack_failed(self, failure: Failure, entry: List[Any]) -> None:
         # Never acknowledge what was not stored: the client resends it.
-        if not failure.check(BacklogFull):   # counted by the data plane
+        if not failure.check(BacklogFull, StoreUnavailable):   # counted, or logged once
             self.log.failure("storing a message from {client_id} failed; not acknowledged",
                              failure, client_id=self.client_id)
         entry[0] = True

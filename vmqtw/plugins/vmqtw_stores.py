@@ -57,13 +57,13 @@ class PostgresStoreFactory:
 
     def build(self, config: Any, reactor: Any) -> IMessageStore:
         from vmqtw.config import ConfigError
-        from vmqtw.store.postgresql import PooledDatabase, PostgresMessageStore
+        from vmqtw.store.postgresql import PostgresMessageStore, ThreadedDatabase
         dsn = config.postgresql_dsn
         if not dsn:
             raise ConfigError("message_store = postgresql needs postgresql.dsn, the database "
                               "every node of the cluster shares.")
         timeout = max(1, int(config.postgresql_connect_timeout))
-        return PostgresMessageStore(lambda: PooledDatabase(dsn, timeout), reactor,
+        return PostgresMessageStore(lambda: ThreadedDatabase(dsn, reactor, timeout), reactor,
                                     config.nodename)
 
 

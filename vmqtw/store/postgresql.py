@@ -24,9 +24,8 @@ Like the LevelDB store, what is written and deleted in one reactor turn is
 committed as one transaction; a ``write`` fires once PostgreSQL committed
 it (the publisher is acknowledged only then).  Transactions run one after
 another, in order, on one connection in a worker thread
-(:class:`PooledDatabase`, ``twisted.enterprise.adbapi``): a delete can
-never overtake the write it undoes, and the reactor never waits for the
-database.  When the database is unreachable, writes fail (the broker does
+(:class:`ThreadedDatabase`): a delete can never overtake the write it
+undoes, and the reactor never waits for the database.  When the database is unreachable, writes fail (the broker does
 not acknowledge them; clients resend) and the pool reconnects on the next
 transaction.
 """
@@ -41,11 +40,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from vmqtw.errors import StoreUnavailable
 from vmqtw.interfaces import IMessageStore
 from vmqtw.store.encoding import StoreNotOpen, decode_message, encode_message
 from vmqtw.types import Message, SubscriberId
 
-__all__ = ["PostgresMessageStore", "PooledDatabase", "DirectDatabase", "SCHEMA",
+__all__ = ["PostgresMessageStore", "ThreadedDatabase", "DirectDatabase", "SCHEMA",
            "PRIVATE_MOUNTPOINTS"]
 
 #: Mountpoints whose queues belong to one node (see the module docstring).
@@ -93,27 +93,55 @@ class Database(Protocol):
     def close(self) -> Deferred: ...
 
 
-class PooledDatabase:
+class ThreadedDatabase:
     """
-    The production runner: ``adbapi`` with one psycopg connection in one
-    worker thread (order kept; reconnects after a failure).  Chosen over
-    psycopg's asyncio interface, which would need the asyncio reactor the
-    node does not run.
+    The production runner: one psycopg connection used by one worker
+    thread of its own (transactions in the order given; the reactor never
+    waits), opened on first use and again after it broke, so a database
+    that went away is reconnected to by the next transaction.  Chosen over
+    psycopg's asyncio interface, which needs the asyncio reactor the node
+    does not run, and over ``twisted.enterprise.adbapi``, which logs a
+    traceback for every rollback on a dead connection.
     """
 
-    def __init__(self, dsn: str, connect_timeout: int = 5) -> None:
-        from twisted.enterprise import adbapi
-        self.pool = adbapi.ConnectionPool("psycopg", conninfo=dsn, cp_min=1, cp_max=1,
-                                          cp_reconnect=True, cp_noisy=False,
-                                          connect_timeout=connect_timeout)
+    def __init__(self, dsn: str, reactor: Any, connect_timeout: int = 5) -> None:
+        from twisted.python.threadpool import ThreadPool
+        self.dsn = dsn
+        self.reactor = reactor
+        self.connect_timeout = connect_timeout
+        self.pool = ThreadPool(1, 1, "vmqtw-postgresql")
+        self.pool.start()
+        self.connection: Any = None
+
+    def _in_thread(self, work: Work) -> Any:
+        import psycopg
+        if self.connection is None or self.connection.closed:
+            self.connection = psycopg.connect(self.dsn, connect_timeout=self.connect_timeout)
+        try:
+            with self.connection.transaction():
+                with self.connection.cursor() as cursor:
+                    return work(cursor)
+        except psycopg.OperationalError:
+            # The connection broke: the next transaction opens a new one.
+            try:
+                self.connection.close()
+            finally:
+                self.connection = None
+            raise
 
     def run(self, work: Work) -> Deferred:
-        d: Deferred = self.pool.runInteraction(work)
+        from twisted.internet.threads import deferToThreadPool
+        d: Deferred = deferToThreadPool(self.reactor, self.pool, self._in_thread, work)
         return d
 
     def close(self) -> Deferred:
-        self.pool.close()
-        return succeed(None)
+        def shut() -> None:
+            if self.connection is not None:
+                self.connection.close()
+                self.connection = None
+        from twisted.internet.threads import deferToThreadPool
+        d: Deferred = deferToThreadPool(self.reactor, self.pool, shut)
+        return d.addBoth(lambda _: self.pool.stop())
 
 
 class DirectDatabase:
@@ -165,6 +193,9 @@ class PostgresMessageStore:
 
     log = Logger()
 
+    #: True from a failed commit until the next one succeeds (logged once
+    #: each way; the node's health reports it).
+    failing: bool = attrs.field(default=False, init=False)
     _database: Optional[Database] = attrs.field(default=None, init=False)
     _ops: List[Tuple[str, Tuple[Any, ...]]] = attrs.field(factory=list, init=False)
     _waiting: List[Deferred] = attrs.field(factory=list, init=False)
@@ -239,12 +270,16 @@ class PostgresMessageStore:
 
         def committed(result: Any) -> None:
             failed = _is_failure(result)
-            if failed:
-                self.log.warn("message store: a batch of {count} changes was not committed: "
-                              "{why}", count=len(ops), why=result.getErrorMessage())
+            if failed and not self.failing:
+                self.failing = True
+                self.log.error("message store: PostgreSQL does not take writes ({why}); "
+                               "nothing is acknowledged until it does", why=result.getErrorMessage())
+            elif not failed and self.failing:
+                self.failing = False
+                self.log.info("message store: PostgreSQL takes writes again")
             for d in waiting:
                 if failed:
-                    d.errback(result)
+                    d.errback(Failure(StoreUnavailable(result.getErrorMessage())))
                 else:
                     d.callback(None)
 
