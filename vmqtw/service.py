@@ -197,4 +197,4 @@ class ListenerService(Service):
             self.port = None
         connections: List[Any] = list(getattr(self.factory, "connections", ()))
         for connection in connections:
-            connection.abort()
+            connection.abort("listener closed (server shutdown or leave)")
