@@ -27,6 +27,7 @@ setup(
         "service-identity>=23.1",
         "pyopenssl>=23.2",
         "cryptography>=39",
+        "prometheus-client>=0.17",
     ],
     extras_require={
         "test": [

@@ -57,7 +57,9 @@ from vmqtw.config import Config
 from vmqtw.interfaces import IClusterTransport, IMessageStore, IMetadataStore
 from vmqtw.metadata.node import MetadataNode
 from vmqtw.mqtt.protocol import MQTTFactory
-from vmqtw.mqtt.session import SessionSettings
+from vmqtw.mqtt.session import MqttCounters, SessionSettings
+from vmqtw.http import health_reason, monitoring_site
+from vmqtw.metrics import MetricSources, node_registry
 from vmqtw.service import CallbackService, ListenerService, OrderedMultiService
 from vmqtw.startup import ExitStatus, StartupError, data_dir_error, leveldb_sentence, startup_error
 from vmqtw.tls import TLSServerFactory, cluster_tls_from_config, server_options_from_config
@@ -230,6 +232,10 @@ class Node:
     admin: AdminHandlers
     drain: Drain
     service: OrderedMultiService
+    #: The node's metrics (``GET /metrics`` of its HTTP listeners).
+    metrics: Any = None
+    #: Why the node is not healthy now, or None (``GET /health``).
+    health: Optional[Callable[[], Optional[str]]] = None
     #: The process's exit status: set when the node stops because it
     #: could not start (twistd's wiring makes the process end with it).
     exit_status: ExitStatus = attrs.field(factory=ExitStatus)
@@ -342,12 +348,14 @@ def build_node(config: Config, reactor: Any) -> Node:
 
     top = OrderedMultiService(on_failure=fatal)
     settings = session_settings(config)
+    mqtt_counters = MqttCounters()
     listeners: List[IService] = []
     for name, (host, port) in sorted(config.tcp_listeners.items()):
         factory = MQTTFactory(registry, settings, authenticator, reactor,
                               max_packet_size=config.max_message_size,
                               connect_timeout=config.connect_timeout,
-                              max_connections=config.listener_max_connections)
+                              max_connections=config.listener_max_connections,
+                              counters=mqtt_counters)
         listeners.append(ListenerService("listener.tcp." + name, _endpoint(reactor, host, port),
                                          factory, on_failure=top.fail))
     tls_settings = attrs.evolve(
@@ -357,7 +365,8 @@ def build_node(config: Config, reactor: Any) -> Node:
                               max_packet_size=config.max_message_size,
                               connect_timeout=config.connect_timeout,
                               max_connections=config.listener_max_connections,
-                              identity_from_certificate=config.listener_ssl_cafile is not None)
+                              identity_from_certificate=config.listener_ssl_cafile is not None,
+                              counters=mqtt_counters)
         listeners.append(ListenerService("listener.ssl." + name, _endpoint(reactor, host, port),
                                          TLSServerFactory(tls_options, factory, reactor),
                                          on_failure=top.fail))
@@ -368,6 +377,33 @@ def build_node(config: Config, reactor: Any) -> Node:
                   transport)
     admin = register_admin_handlers(transport, cluster, registry, readiness, drain=drain)
 
+    metrics = node_registry(config.nodename, MetricSources(
+        mqtt=mqtt_counters, queue=registry.counters,
+        dataplane=registry.dataplane.counters if registry.dataplane is not None else None,
+        links=transport.counters, auth=authenticator.counters, readiness=readiness,
+        gauges=[
+            ("router_subscriptions", "subscriptions routed on this node",
+             lambda: len(registry.trie)),
+            ("retain_messages", "retained messages", lambda: len(registry.retained)),
+            ("queue_processes", "session queues on this node", lambda: len(registry.queues)),
+            ("mqtt_sessions_online", "sessions with a connection on this node",
+             lambda: len(registry.sessions)),
+        ]))
+
+    def health() -> Optional[str]:
+        peers = cluster.peers
+        unreachable = ([member for member, running in peers.cluster_status() if not running]
+                       if peers is not None and not readiness.ready else [])
+        return health_reason(serving=serving.serving,
+                             removed=peers is not None and bool(peers.removed),
+                             leaving=serving.suspended, unreachable=unreachable)
+
+    # Monitoring stays up while MQTT is closed (removed, leaving): /health says why.
+    http: List[IService] = [
+        ListenerService("listener.http." + name, _endpoint(reactor, host, port),
+                        monitoring_site(metrics, health), on_failure=top.fail, kind="HTTP")
+        for name, (host, port) in sorted(config.http_listeners.items())]
+
     # The start order, as one table; stopped in exact reverse.
     steps: List[IService] = [
         # metadata → message-store → registry → data-plane → cluster-transport
@@ -375,10 +411,11 @@ def build_node(config: Config, reactor: Any) -> Node:
         *([Step("passwd-pool", pool.start, pool.stop).service()] if pool is not None else []),
         Step("auth", authenticator.start, authenticator.stop).service(),
         Step("drain", lambda: None, drain.stop).service(),
+        *http,
         serving,
     ]
     for step in steps:
         top.addService(step)
     return Node(config=config, metadata=cluster, transport=transport, readiness=readiness,
                 store=store, registry=registry, authenticator=authenticator, admin=admin, drain=drain,
-                service=top, exit_status=exit_status)
+                service=top, metrics=metrics, health=health, exit_status=exit_status)

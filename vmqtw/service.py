@@ -150,15 +150,17 @@ class CallbackService(Service):
 
 class ListenerService(Service):
     """
-    One MQTT listener.  Stopping it stops accepting and then closes every
-    connection it accepted.
+    One listener (MQTT, or the monitoring HTTP).  Stopping it stops
+    accepting and then closes every connection it accepted.
     """
 
     log = Logger()
 
     def __init__(self, name: str, endpoint: Any, factory: Any,
-                 on_failure: Optional[Callable[[Any], None]] = None) -> None:
+                 on_failure: Optional[Callable[[Any], None]] = None, kind: str = "MQTT") -> None:
         self.setName(name)
+        #: What it serves, for the log line ("MQTT", "HTTP").
+        self.kind = kind
         self.endpoint = endpoint
         self.factory = factory
         #: Called with the Failure (a StartupError naming this listener's
@@ -176,8 +178,8 @@ class ListenerService(Service):
         def listening(port: Any) -> Any:
             self.port = port
             address = port.getHost()
-            self.log.info("listener {name} accepting MQTT on {host}:{port}",
-                          name=self.name, host=address.host, port=address.port)
+            self.log.info("listener {name} accepting {kind} on {host}:{port}",
+                          name=self.name, kind=self.kind, host=address.host, port=address.port)
             return port
 
         def failed(failure: Any) -> None:
