@@ -87,6 +87,7 @@ def test_connects_disconnects_and_metrics_of_a_real_node(nodes: Any) -> None:
     assert moved["mqtt_disconnect_received_total"] == 1
     assert moved["socket_open_total"] == 2 and moved["socket_close_total"] == 1
     assert after["router_subscriptions"] == 1
+    assert moved["router_messages_routed_total"] == 3
     assert after["mqtt_sessions_online"] == 1
     assert all(value >= 0 for value in moved.values())
 

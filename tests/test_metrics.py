@@ -46,7 +46,8 @@ def test_the_collector_reads_the_counters_at_scrape_time() -> None:
         mqtt=mqtt, queue=queue, dataplane=DataPlaneCounters(forwarded=7),
         links=LinkCounters(bytes_in=10, bytes_out=20), auth=AuthCounters(bad_credentials=5),
         readiness=Readiness(),
-        gauges=[("router_subscriptions", "subscriptions", lambda: len(trie))]))
+        gauges=[("router_subscriptions", "subscriptions", lambda: len(trie))],
+        totals=[("router_messages_routed", "routed", lambda: 11)]))
     before = samples(registry)
     assert before["mqtt_publish_received_total"] == 0
     mqtt.publish_received += 3
@@ -64,6 +65,7 @@ def test_the_collector_reads_the_counters_at_scrape_time() -> None:
     assert after["mqtt_connect_bad_credentials_total"] == 5
     assert (after["netsplit_detected_total"], after["netsplit_resolved_total"]) == (2, 1)
     assert after["router_subscriptions"] == 3
+    assert after["router_messages_routed_total"] == 11
     text = generate_latest(registry).decode("utf-8")
     assert 'mqtt_publish_received_total{node="n@127.0.0.1"} 3.0' in text
 

@@ -228,3 +228,17 @@ def test_exit_status_ends_the_process_only_after_a_failure() -> None:
     status.fail(3)       # the first reason stays
     status.run()
     assert exits == [1]
+
+
+def test_a_failure_once_the_reactor_runs_stops_it_and_sets_the_exit_status(tmp_path: Any) -> None:
+    reactor = MemoryReactorClock()
+    reactor.running = True
+    node = build_node(Config.default().replace(platform_data_dir=str(tmp_path / "data"),
+                                               message_store="memory"), reactor)
+    try:
+        assert node.service.on_failure is not None
+        node.service.on_failure(Failure(StartupError("listener.tcp.default x cannot listen: y")))
+        assert node.exit_status.code == 1
+        assert reactor.hasStopped
+    finally:
+        node.metadata.store.close()

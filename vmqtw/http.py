@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterable, Optional
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
-from twisted.web.resource import Resource
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 __all__ = ["HealthResource", "MetricsResource", "health_reason", "monitoring_site"]
@@ -77,6 +78,13 @@ class HealthResource(Resource):
         return reason.encode("utf-8") + b"\n"
 
 
+class _Root(Resource):
+    """``/metrics`` and ``/health``; anything else is 404 (Twisted's default page is deprecated)."""
+
+    def getChild(self, path: bytes, request: Any) -> IResource:
+        return notFound()
+
+
 class _QuietSite(Site):
     """A Site that does not log every request: a scrape every few seconds is no news."""
 
@@ -89,7 +97,7 @@ class _QuietSite(Site):
 def monitoring_site(registry: CollectorRegistry,
                     reason: Callable[[], Optional[str]]) -> Site:
     """The site of a ``listener.http.<name>``: ``/metrics`` and ``/health``."""
-    root = Resource()
+    root = _Root()
     root.putChild(b"metrics", MetricsResource(registry))
     root.putChild(b"health", HealthResource(reason))
     return _QuietSite(root)

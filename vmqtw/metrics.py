@@ -123,8 +123,10 @@ class MetricSources:
     auth: Any = None
     #: Has ``netsplits_detected`` and ``netsplits_resolved``.
     readiness: Any = None
-    #: name -> (description, callable returning the current value)
+    #: (name, description, callable returning the current value)
     gauges: List[Tuple[str, str, Callable[[], float]]] = attrs.field(factory=list)
+    #: Counters kept elsewhere: (name, description, callable returning the total)
+    totals: List[Tuple[str, str, Callable[[], float]]] = attrs.field(factory=list)
 
 
 class NodeCollector(Collector):
@@ -174,6 +176,8 @@ class NodeCollector(Collector):
                                 readiness.netsplits_detected)
             yield self._counter("netsplit_resolved", "netsplits resolved",
                                 readiness.netsplits_resolved)
+        for name, doc, read in sources.totals:
+            yield self._counter(name, doc, read())
         for name, doc, read in sources.gauges:
             family = GaugeMetricFamily(name, doc, labels=["node"])
             family.add_metric([self.node], read())

@@ -23,9 +23,12 @@ a peer arrives before the part that handles it runs:
   taken as delivered and acknowledged to its sender);
 * only then does ``cluster-transport`` listen and dial.
 
-Auth and the MQTT listeners come last: no client is served before the
-node can route.  :class:`~vmqtw.service.OrderedMultiService` stops the
-steps in the exact reverse order, each awaited.
+Auth, the monitoring HTTP listeners and the MQTT listeners come last: no
+client is served before the node can route (``/health`` says 503 until
+MQTT is served).  A step that cannot start ends the node with one sentence
+naming its configuration key (:mod:`vmqtw.startup`).
+:class:`~vmqtw.service.OrderedMultiService` stops the steps in the exact
+reverse order, each awaited.
 """
 from __future__ import annotations
 
@@ -54,12 +57,12 @@ from vmqtw.cluster.readiness import Readiness
 from vmqtw.broker.drain import Drain
 from vmqtw.cluster.serving import MqttServing
 from vmqtw.config import Config
+from vmqtw.http import health_reason, monitoring_site
 from vmqtw.interfaces import IClusterTransport, IMessageStore, IMetadataStore
 from vmqtw.metadata.node import MetadataNode
+from vmqtw.metrics import MetricSources, node_registry
 from vmqtw.mqtt.protocol import MQTTFactory
 from vmqtw.mqtt.session import MqttCounters, SessionSettings
-from vmqtw.http import health_reason, monitoring_site
-from vmqtw.metrics import MetricSources, node_registry
 from vmqtw.service import CallbackService, ListenerService, OrderedMultiService
 from vmqtw.startup import ExitStatus, StartupError, data_dir_error, leveldb_sentence, startup_error
 from vmqtw.tls import TLSServerFactory, cluster_tls_from_config, server_options_from_config
@@ -388,7 +391,10 @@ def build_node(config: Config, reactor: Any) -> Node:
             ("queue_processes", "session queues on this node", lambda: len(registry.queues)),
             ("mqtt_sessions_online", "sessions with a connection on this node",
              lambda: len(registry.sessions)),
-        ]))
+        ],
+        totals=[("router_messages_routed",
+                 "messages routed (published here or received from other nodes)",
+                 lambda: registry.published)]))
 
     def health() -> Optional[str]:
         peers = cluster.peers
