@@ -146,3 +146,19 @@ def test_a_message_store_in_use_fails_the_start_after_the_fork(tmp_path: Any,
     if daemon:
         # twistd's parent says what its daemon reported (its first 100 bytes).
         assert "An error has occurred" in result.stderr, output
+
+
+@pytest.mark.parametrize("daemon", [False, True], ids=["nodaemon", "daemon"])
+def test_a_missing_certificate_ends_with_one_sentence(tmp_path: Any, daemon: bool) -> None:
+    settings = base_settings(*free_ports(HOST, 2))
+    missing = tmp_path / "missing.crt"
+    settings.update({"listener.ssl.default": "%s:%d" % (HOST, free_ports(HOST, 1)[0]),
+                     "listener.ssl.certfile": str(missing),
+                     "listener.ssl.keyfile": str(tmp_path / "missing.key")})
+    result, _config = run_twistd(tmp_path, settings, daemon)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output, output
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("vmqtw: ")]
+    assert "listener.ssl.certfile" in line and str(missing) in line, output
+    assert not (tmp_path / "data").exists()          # refused before anything opened
