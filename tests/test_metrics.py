@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+import pytest
+
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.exposition import generate_latest
 from twisted.internet.testing import MemoryReactorClock
@@ -130,3 +132,15 @@ def test_the_site_routes_metrics_and_health() -> None:
     assert isinstance(child(b"health", DummyRequest([b"health"])), HealthResource)
     assert not isinstance(child(b"other", DummyRequest([b"other"])),
                           (MetricsResource, HealthResource))
+
+
+def test_listener_http_is_a_named_address_checked_against_the_other_listeners() -> None:
+    from vmqtw.config import ConfigError, parse_config
+    config = parse_config("listener.http.default = 127.0.0.1:8888\n"
+                          "listener.http.lb = 127.0.0.2:8888\n", "x.conf", "/")
+    assert config.http_listeners == {"default": ("127.0.0.1", 8888), "lb": ("127.0.0.2", 8888)}
+    assert parse_config("", "x.conf", "/").http_listeners == {}       # off unless set
+    with pytest.raises(ConfigError, match="x.conf:2: listener.http.default: "
+                                          "127.0.0.1:1883 is already used by listener.tcp.default"):
+        parse_config("listener.tcp.default = 127.0.0.1:1883\n"
+                     "listener.http.default = 127.0.0.1:1883\n", "x.conf", "/")
