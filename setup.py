@@ -29,6 +29,7 @@ setup(
         "cryptography>=39",
         # The postgresql message store (imported only when it is chosen).
         "psycopg>=3.1",
+        "prometheus-client>=0.17",
     ],
     extras_require={
         "test": [

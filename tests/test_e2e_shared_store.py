@@ -11,6 +11,7 @@ import json
 from typing import Any, List
 
 from tests.nodeharness import Node
+from tests.test_e2e_operator import get, http_node
 from tests.test_e2e_cluster import FAST_METADATA, admin, cluster_address, name, show, show_or_none
 from tests.waiting import wait_until
 
@@ -105,8 +106,8 @@ def test_while_the_database_is_away_nothing_is_acknowledged_and_nothing_lost(
 
     server = PostgresServer().start()
     try:
-        node = nodes.node("alone", message_store="postgresql",
-                          postgresql__dsn=server.dsn(), distributed_cookie="pg-away")
+        node = http_node(nodes, "alone", message_store="postgresql",
+                         postgresql__dsn=server.dsn(), distributed_cookie="pg-away")
         parked = nodes.client(node, "s", clean_session=False)
         assert parked.subscribe(("away/#", 1)) == [1]
         parked.disconnect()
@@ -116,6 +117,8 @@ def test_while_the_database_is_away_nothing_is_acknowledged_and_nothing_lost(
         info = publisher.client.publish("away/t", b"during", 1)
         info.wait_for_publish(3)
         assert not info.is_published(), "acknowledged while the database was away"
+        assert get(node, "health") == (
+            503, "the message store takes no writes (its database is away)\n")
         server.resume()
         # The client resends what was not acknowledged when it reconnects.
         publisher.client.reconnect()
@@ -128,5 +131,6 @@ def test_while_the_database_is_away_nothing_is_acknowledged_and_nothing_lost(
         assert log.count("PostgreSQL does not take writes") == 1, log
         assert "PostgreSQL takes writes again" in log
         assert "Traceback" not in log
+        assert get(node, "health") == (200, "OK\n")
     finally:
         server.stop()

@@ -23,6 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.internet.ssl import Certificate, CertificateOptions, TLSVersion
@@ -391,7 +392,7 @@ def test_authenticator_accepts_identity_without_password(tmp_path):
     (tmp_path / "passwd").write_text("")
     (tmp_path / "acl").write_text("user alice\ntopic readwrite alice/#\n")
     auth = BrokerAuthenticator(object(), object(), password_file=str(tmp_path / "passwd"),
-                               acl_file=str(tmp_path / "acl"))
+                               acl_file=str(tmp_path / "acl"), clock=Clock())
     auth.load()
     assert auth.authenticate(ConnectInfo("c1", "alice", None, None, True, "alice")) == 0
     assert auth.authenticate(ConnectInfo("c1", "alice", None, None, True)) == \

@@ -531,6 +531,18 @@ SCHEMA: tuple[Setting, ...] = (
         "When on, the common name of a client certificate is used as the MQTT "
         "user name, replacing whatever the CONNECT packet carries."),
     Setting(
+        "listener.http.<name>", Address(), None,
+        "An HTTP listener for monitoring, as IP:PORT: GET /metrics answers the "
+        "node's metrics in the Prometheus text format, GET /health 200 OK "
+        "while the node serves MQTT in a whole cluster and 503 with the "
+        "reason while it does not (a netsplit, removed from its cluster, "
+        "leaving it, starting), for a load balancer's health check.  None "
+        "is defined by default; the shipped file defines "
+        "listener.http.default = 127.0.0.1:8888, as VerneMQ's does.  Keep it "
+        "on an address only your monitoring reaches: it has no "
+        "authentication.",
+        example="127.0.0.1:8888", attr="http_listeners"),
+    Setting(
         "listener.max_connections", Integer(minimum=1), 10000,
         "The most connections each listener accepts at the same time; further "
         "connections are closed right after they are accepted."),
@@ -820,6 +832,7 @@ class Config:
     platform_data_dir: str
     tcp_listeners: Listeners
     ssl_listeners: Listeners
+    http_listeners: Listeners
     listener_ssl_certfile: str | None
     listener_ssl_keyfile: str | None
     listener_ssl_cafile: str | None
@@ -1056,6 +1069,7 @@ def _cross_check(values: Mapping[str, Any], lines: Mapping[str, int],
     addresses: list[tuple[str, tuple[str, int]]] = [
         (f"listener.tcp.{n}", a) for n, a in values["tcp_listeners"].items()]
     addresses += [(f"listener.ssl.{n}", a) for n, a in ssl.items()]
+    addresses += [(f"listener.http.{n}", a) for n, a in values["http_listeners"].items()]
     addresses.append(("listener.vmq.clustering", values["listener_vmq_clustering"]))
     first: dict[tuple[str, int], str] = {}
     for key, address in addresses:
@@ -1194,6 +1208,7 @@ def render_default_config(overrides: Mapping[str, str] | None = None,
 
 _QUICKSTART_OVERRIDES = {
     "allow_anonymous": "on",
+    "listener.http.default": "127.0.0.1:8888",
     "listener.tcp.default": "127.0.0.1:1883",
     "nodename": "vmqtw@127.0.0.1",
     "platform_data_dir": "./data",

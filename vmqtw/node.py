@@ -23,9 +23,12 @@ a peer arrives before the part that handles it runs:
   taken as delivered and acknowledged to its sender);
 * only then does ``cluster-transport`` listen and dial.
 
-Auth and the MQTT listeners come last: no client is served before the
-node can route.  :class:`~vmqtw.service.OrderedMultiService` stops the
-steps in the exact reverse order, each awaited.
+Auth, the monitoring HTTP listeners and the MQTT listeners come last: no
+client is served before the node can route (``/health`` says 503 until
+MQTT is served).  A step that cannot start ends the node with one sentence
+naming its configuration key (:mod:`vmqtw.startup`).
+:class:`~vmqtw.service.OrderedMultiService` stops the steps in the exact
+reverse order, each awaited.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from typing import Any, Callable, List, Optional
 
 import attrs
 from twisted.application.service import IService
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
@@ -54,11 +57,14 @@ from vmqtw.cluster.readiness import Readiness
 from vmqtw.broker.drain import Drain
 from vmqtw.cluster.serving import MqttServing
 from vmqtw.config import Config
+from vmqtw.http import health_reason, monitoring_site
 from vmqtw.interfaces import IClusterTransport, IMessageStore, IMetadataStore
 from vmqtw.metadata.node import MetadataNode
+from vmqtw.metrics import MetricSources, node_registry
 from vmqtw.mqtt.protocol import MQTTFactory
-from vmqtw.mqtt.session import SessionSettings
+from vmqtw.mqtt.session import MqttCounters, SessionSettings
 from vmqtw.service import CallbackService, ListenerService, OrderedMultiService
+from vmqtw.startup import ExitStatus, StartupError, data_dir_error, leveldb_sentence, startup_error
 from vmqtw.tls import TLSServerFactory, cluster_tls_from_config, server_options_from_config
 
 __all__ = ["BrokerCore", "Node", "Step", "build_broker_core", "build_node",
@@ -226,12 +232,50 @@ class Node:
     admin: AdminHandlers
     drain: Drain
     service: OrderedMultiService
+    #: The node's metrics (``GET /metrics`` of its HTTP listeners).
+    metrics: Any = None
+    #: Why the node is not healthy now, or None (``GET /health``).
+    health: Optional[Callable[[], Optional[str]]] = None
+    #: The process's exit status: set when the node stops because it
+    #: could not start (twistd's wiring makes the process end with it).
+    exit_status: ExitStatus = attrs.field(factory=ExitStatus)
 
 
 def _endpoint(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
     if ":" in host:
         return TCP6ServerEndpoint(reactor, port, backlog=LISTEN_BACKLOG, interface=host)
     return TCP4ServerEndpoint(reactor, port, backlog=LISTEN_BACKLOG, interface=host)
+
+
+def _explaining(start: Callable[[], Any], explain: Callable[[Failure], Any]) -> Callable[[], Any]:
+    """``start``, its failure replaced by ``explain(failure)`` (a StartupError naming the key)."""
+    def explained() -> Any:
+        def replace(failure: Failure) -> Any:
+            raise explain(failure)
+        return maybeDeferred(start).addErrback(replace)
+    return explained
+
+
+def _explained_steps(steps: List[Step], config: Config, store: IMessageStore) -> List[Step]:
+    """
+    The core's steps, with the failures an operator causes said in the
+    words of the configuration: the clustering port taken, the message
+    store's LevelDB locked or unreadable.
+    """
+    host, port = config.listener_vmq_clustering
+
+    def transport_failure(failure: Failure) -> Any:
+        return startup_error(failure, "listener.vmq.clustering", host, port)
+
+    def store_failure(failure: Failure) -> Any:
+        if isinstance(failure.value, OSError) and not isinstance(failure.value, StartupError):
+            path = getattr(store, "path", config.data_dir)
+            return StartupError(leveldb_sentence(config.data_dir, path, failure.value))
+        return failure.value
+
+    explain = {"cluster-transport": transport_failure, "message-store": store_failure}
+    return [attrs.evolve(step, start=_explaining(step.start, explain[step.name]))
+            if step.name in explain else step for step in steps]
 
 
 def build_node(config: Config, reactor: Any) -> Node:
@@ -254,13 +298,11 @@ def build_node(config: Config, reactor: Any) -> Node:
     tls_options = server_options_from_config(config)
     cluster_tls = cluster_tls_from_config(config)
 
-    os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
-    os.chmod(config.data_dir, 0o700)
-
-    def fatal(failure: Failure) -> None:
-        log.critical("node cannot start: {error}", error=failure.getErrorMessage())
-        if reactor.running:
-            reactor.stop()
+    try:
+        os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
+        os.chmod(config.data_dir, 0o700)
+    except OSError as error:
+        raise data_dir_error(config.data_dir, error) from None
 
     # The cluster: metadata (subscriptions, retained messages, membership)
     # replicated over the inter-node transport.  On a lone node it still
@@ -274,11 +316,16 @@ def build_node(config: Config, reactor: Any) -> Node:
                              heartbeat_interval=config.cluster_heartbeat_interval,
                              heartbeat_timeout=config.cluster_heartbeat_timeout,
                              tls=cluster_tls)
-    cluster = MetadataNode(config.nodename, transport, reactor, data_dir=config.data_dir,
-                           address=config.cluster_advertised_address,
-                           lazy_tick=config.metadata_lazy_tick,
-                           exchange_tick=config.metadata_exchange_tick,
-                           gossip_interval=config.metadata_gossip_interval)
+    try:
+        cluster = MetadataNode(config.nodename, transport, reactor, data_dir=config.data_dir,
+                               address=config.cluster_advertised_address,
+                               lazy_tick=config.metadata_lazy_tick,
+                               exchange_tick=config.metadata_exchange_tick,
+                               gossip_interval=config.metadata_gossip_interval)
+    except OSError as error:  # plyvel.IOError is one: a LevelDB lock held, unreadable files
+        raise StartupError(leveldb_sentence(config.data_dir,
+                                            os.path.join(config.data_dir, "metadata"),
+                                            error)) from None
     readiness = Readiness(cluster.peers)
     store = find_store_factory(config.message_store).build(config, reactor)
     core = build_broker_core(config.nodename, reactor, replication=cluster, store=store,
@@ -291,15 +338,26 @@ def build_node(config: Config, reactor: Any) -> Node:
     if cluster.peers is not None:
         cluster.peers.on_removed(lambda: end_sessions_of_a_removed_node(registry))
 
+    exit_status = ExitStatus()
+
+    def fatal(failure: Failure) -> None:
+        # Logged by the service tree; here the node only ends, non-zero.
+        exit_status.fail()
+        if getattr(reactor, "running", False):
+            reactor.stop()
+
+    top = OrderedMultiService(on_failure=fatal)
     settings = session_settings(config)
+    mqtt_counters = MqttCounters()
     listeners: List[IService] = []
     for name, (host, port) in sorted(config.tcp_listeners.items()):
         factory = MQTTFactory(registry, settings, authenticator, reactor,
                               max_packet_size=config.max_message_size,
                               connect_timeout=config.connect_timeout,
-                              max_connections=config.listener_max_connections)
+                              max_connections=config.listener_max_connections,
+                              counters=mqtt_counters)
         listeners.append(ListenerService("listener.tcp." + name, _endpoint(reactor, host, port),
-                                         factory, on_failure=fatal))
+                                         factory, on_failure=top.fail))
     tls_settings = attrs.evolve(
         settings, use_identity_as_username=config.listener_ssl_use_identity_as_username)
     for name, (host, port) in sorted(config.ssl_listeners.items()):
@@ -307,10 +365,11 @@ def build_node(config: Config, reactor: Any) -> Node:
                               max_packet_size=config.max_message_size,
                               connect_timeout=config.connect_timeout,
                               max_connections=config.listener_max_connections,
-                              identity_from_certificate=config.listener_ssl_cafile is not None)
+                              identity_from_certificate=config.listener_ssl_cafile is not None,
+                              counters=mqtt_counters)
         listeners.append(ListenerService("listener.ssl." + name, _endpoint(reactor, host, port),
                                          TLSServerFactory(tls_options, factory, reactor),
-                                         on_failure=fatal))
+                                         on_failure=top.fail))
 
     # Closed while this node is removed from its cluster, or drained for a leave.
     serving = MqttServing(listeners, cluster.peers)
@@ -318,18 +377,49 @@ def build_node(config: Config, reactor: Any) -> Node:
                   transport)
     admin = register_admin_handlers(transport, cluster, registry, readiness, drain=drain)
 
+    metrics = node_registry(config.nodename, MetricSources(
+        mqtt=mqtt_counters, queue=registry.counters,
+        dataplane=registry.dataplane.counters if registry.dataplane is not None else None,
+        links=transport.counters, auth=authenticator.counters, readiness=readiness,
+        gauges=[
+            ("router_subscriptions", "subscriptions routed on this node",
+             lambda: len(registry.trie)),
+            ("retain_messages", "retained messages", lambda: len(registry.retained)),
+            ("queue_processes", "session queues on this node", lambda: len(registry.queues)),
+            ("mqtt_sessions_online", "sessions with a connection on this node",
+             lambda: len(registry.sessions)),
+        ],
+        totals=[("router_messages_routed",
+                 "messages routed (published here or received from other nodes)",
+                 lambda: registry.published)]))
+
+    def health() -> Optional[str]:
+        peers = cluster.peers
+        unreachable = ([member for member, running in peers.cluster_status() if not running]
+                       if peers is not None and not readiness.ready else [])
+        return health_reason(serving=serving.serving,
+                             removed=peers is not None and bool(peers.removed),
+                             leaving=serving.suspended, unreachable=unreachable,
+                             store_failing=bool(getattr(store, "failing", False)))
+
+    # Monitoring stays up while MQTT is closed (removed, leaving): /health says why.
+    http: List[IService] = [
+        ListenerService("listener.http." + name, _endpoint(reactor, host, port),
+                        monitoring_site(metrics, health), on_failure=top.fail, kind="HTTP")
+        for name, (host, port) in sorted(config.http_listeners.items())]
+
     # The start order, as one table; stopped in exact reverse.
     steps: List[IService] = [
         # metadata → message-store → registry → data-plane → cluster-transport
-        *(step.service() for step in core.steps()),
+        *(step.service() for step in _explained_steps(core.steps(), config, store)),
         *([Step("passwd-pool", pool.start, pool.stop).service()] if pool is not None else []),
         Step("auth", authenticator.start, authenticator.stop).service(),
         Step("drain", lambda: None, drain.stop).service(),
+        *http,
         serving,
     ]
-    top = OrderedMultiService(on_failure=fatal)
     for step in steps:
         top.addService(step)
     return Node(config=config, metadata=cluster, transport=transport, readiness=readiness,
                 store=store, registry=registry, authenticator=authenticator, admin=admin, drain=drain,
-                service=top)
+                service=top, metrics=metrics, health=health, exit_status=exit_status)

@@ -15,21 +15,36 @@ from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from vmqtw.startup import StartupError, startup_error
+
 
 class OrderedMultiService(MultiService):
     """
     Starts children in the order added, each once the previous one is ready
     (a child may expose a ``started`` Deferred, e.g. a store that restores
-    state); stops them in reverse, one by one.  ``on_failure`` is called
-    with the Failure when a step cannot start.
+    state); stops them in reverse, one by one.
+
+    A step that cannot start (or a listener, through :meth:`fail`) is
+    logged once: a :class:`~vmqtw.startup.StartupError` as its sentence
+    alone, anything else with its traceback.  Then ``on_failure`` is called
+    with the Failure, except with ``raise_at_once`` when the failure came
+    while :meth:`startService` still runs (twistd calls it before the
+    reactor runs, and before a daemon tells its parent it started): then
+    what started is stopped as far as it can without a reactor and
+    ``startService`` raises StartupError, so twistd fails.
     """
 
     log = Logger()
 
-    def __init__(self, on_failure: Optional[Callable[[Any], None]] = None) -> None:
+    def __init__(self, on_failure: Optional[Callable[[Any], None]] = None,
+                 raise_at_once: bool = False) -> None:
         MultiService.__init__(self)
         self.on_failure = on_failure
+        self.raise_at_once = raise_at_once
         self.ready: Optional[Deferred] = None
+        #: The first Failure of a step that could not start.
+        self.failure: Optional[Failure] = None
+        self._in_start = False
         #: Called once twistd's logging is up and before anything starts
         #: (e.g. to apply ``log.console.level`` to its observers).
         self.before_start: Optional[Callable[[], None]] = None
@@ -41,7 +56,45 @@ class OrderedMultiService(MultiService):
 
     def startService(self) -> None:
         Service.startService(self)
-        self.ready = self._start_in_order()
+        self._in_start = True
+        try:
+            self.ready = self._start_in_order()
+        finally:
+            self._in_start = False
+        if self.failure is not None and self.raise_at_once:
+            self._abandon()
+            error = self.failure.value
+            if isinstance(error, StartupError):
+                raise error
+            raise StartupError("node cannot start: %s" % (self.failure.getErrorMessage(),))
+
+    def fail(self, failure: Failure, name: str = "") -> None:
+        """A step or a listener cannot start: log it once, then give up."""
+        if self.failure is not None:
+            return
+        self.failure = failure
+        if failure.check(StartupError):
+            self.log.critical("{sentence}", sentence=str(failure.value))
+        else:
+            self.log.failure("starting {name} failed", failure, name=name)
+        if self._in_start and self.raise_at_once:
+            return
+        if self.on_failure is not None:
+            self.on_failure(failure)
+
+    def _abandon(self) -> None:
+        """
+        Stop every running step, in reverse, without waiting for any (the
+        reactor does not run yet, so a Deferred may never fire): listening
+        ports and files close, thread pools stop, before twistd fails.
+        """
+        Service.stopService(self)
+        for child in reversed(list(self)):
+            if child.running:
+                try:
+                    maybeDeferred(child.stopService).addErrback(lambda _: None)
+                except Exception:
+                    pass
 
     @inlineCallbacks
     def _start_in_order(self) -> Any:
@@ -53,9 +106,9 @@ class OrderedMultiService(MultiService):
                 child.startService()
                 yield getattr(child, "started", None)
             except Exception:
-                self.log.failure("starting {name} failed", name=child.name)
-                if self.on_failure is not None:
-                    self.on_failure(Failure())
+                self.fail(Failure(), child.name)
+                return
+            if self.failure is not None:
                 return
 
     @inlineCallbacks
@@ -97,19 +150,23 @@ class CallbackService(Service):
 
 class ListenerService(Service):
     """
-    One MQTT listener.  Stopping it stops accepting and then closes every
-    connection it accepted.
+    One listener (MQTT, or the monitoring HTTP).  Stopping it stops
+    accepting and then closes every connection it accepted.
     """
 
     log = Logger()
 
     def __init__(self, name: str, endpoint: Any, factory: Any,
-                 on_failure: Optional[Callable[[Any], None]] = None) -> None:
+                 on_failure: Optional[Callable[[Any], None]] = None, kind: str = "MQTT") -> None:
         self.setName(name)
+        #: What it serves, for the log line ("MQTT", "HTTP").
+        self.kind = kind
         self.endpoint = endpoint
         self.factory = factory
-        #: Called with the Failure when the port cannot be opened (the node
-        #: stops: a broker that cannot serve must not pretend to run).
+        #: Called with the Failure (a StartupError naming this listener's
+        #: key when the port cannot be bound) when the port cannot be
+        #: opened: the node stops, a broker that cannot serve must not
+        #: pretend to run.
         self.on_failure = on_failure
         self.port: Any = None
         self.listening: Optional[Deferred] = None
@@ -121,15 +178,16 @@ class ListenerService(Service):
         def listening(port: Any) -> Any:
             self.port = port
             address = port.getHost()
-            self.log.info("listener {name} accepting MQTT on {host}:{port}",
-                          name=self.name, host=address.host, port=address.port)
+            self.log.info("listener {name} accepting {kind} on {host}:{port}",
+                          name=self.name, kind=self.kind, host=address.host, port=address.port)
             return port
 
         def failed(failure: Any) -> None:
-            self.log.critical("listener {name} cannot listen: {error}", name=self.name,
-                              error=failure.getErrorMessage())
+            error = startup_error(failure, str(self.name))
             if self.on_failure is not None:
-                self.on_failure(failure)
+                self.on_failure(Failure(error) if error is not failure.value else failure)
+            else:
+                self.log.critical("{sentence}", sentence=str(error))
 
         self.listening.addCallbacks(listening, failed)
 
@@ -141,4 +199,4 @@ class ListenerService(Service):
             self.port = None
         connections: List[Any] = list(getattr(self.factory, "connections", ()))
         for connection in connections:
-            connection.abort()
+            connection.abort("listener closed (server shutdown or leave)")

@@ -20,6 +20,7 @@ from twisted.python import usage
 from vmqtw import __version__
 from vmqtw.config import Config, ConfigError, load_config
 from vmqtw.node import build_node
+from vmqtw.startup import StartupError, install_excepthook, listener_addresses, probe_listeners
 
 log = Logger()
 
@@ -82,9 +83,20 @@ def makeService(options: Options) -> IService:
 
     config: Config = options["loaded"]
     try:
+        # What can be checked before twistd daemonizes is checked here, so
+        # that the command itself fails with the sentence: the ports (a
+        # probe; the listeners still catch a port taken after it) and, in
+        # build_node, the files and the metadata LevelDB's lock.
+        probe_listeners(listener_addresses(config))
         node = build_node(config, reactor)
-    except ConfigError as error:
+    except (ConfigError, StartupError) as error:
         raise SystemExit("vmqtw: " + str(error)) from None
+    # Later failures: raised out of startService while twistd starts the
+    # node (before a daemon reports success to its parent), printed as one
+    # sentence; once the reactor runs, the exit status says it.
+    node.service.raise_at_once = True
+    install_excepthook()
+    node.exit_status.install()
     _reload_on_sighup(reactor, node.authenticator.reload)
     node.service.before_start = lambda: _log_level_filter(config.log_console_level)
     log.info("vmqtw {version} node {node} starting (config {config})",

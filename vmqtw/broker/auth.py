@@ -42,6 +42,7 @@ from vmqtw.auth.reloader import FileWatcher
 from vmqtw.config import Config, ConfigError
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt.session import ConnectInfo
+from vmqtw.ratelimit import LogRateLimiter
 
 __all__ = ["AuthCounters", "BrokerAuthenticator", "DEFAULT_RELOAD_INTERVAL",
            "DEFAULT_MAX_PENDING_CHECKS"]
@@ -53,6 +54,10 @@ DEFAULT_RELOAD_INTERVAL = 10.0
 #: gets CONNACK 3 at once, so a connect flood with user names cannot pile up
 #: minutes of PBKDF2 work (and memory) behind the pool.
 DEFAULT_MAX_PENDING_CHECKS = 1000
+
+#: Seconds between two warnings of one kind (refused CONNECT, denied
+#: PUBLISH, denied SUBSCRIBE); those in between are counted in the next.
+WARNING_INTERVAL = 10.0
 
 #: A watched file: (config key, plugin switch, path, load(path), install(snapshot)).
 #: ``install`` takes what ``load`` returns; the list mixes password files and
@@ -87,7 +92,7 @@ class BrokerAuthenticator:
     __slots__ = ("reactor", "clock", "pool", "allow_anonymous", "password_file",
                  "acl_file", "reload_interval", "max_pending_checks", "passwords", "acl",
                  "counters", "can_read", "_cache", "_pending_checks", "_watchers",
-                 "_fallback_loops")
+                 "_fallback_loops", "warnings")
 
     def __init__(self, reactor: Any, pool: Any = None, *, allow_anonymous: bool = False,
                  password_file: Optional[str] = None, acl_file: Optional[str] = None,
@@ -119,6 +124,9 @@ class BrokerAuthenticator:
         self._pending_checks = 0
         self._watchers: List[FileWatcher[Any]] = []
         self._fallback_loops: List[LoopingCall] = []
+        #: Refusals and denials are warned about at most once per kind and
+        #: interval, with the count of those left out.
+        self.warnings = LogRateLimiter(WARNING_INTERVAL)
 
     @classmethod
     def from_config(cls, config: Config, reactor: Any, pool: Any = None,
@@ -247,9 +255,14 @@ class BrokerAuthenticator:
             self.counters.bad_credentials += 1
         else:
             self.counters.not_authorized += 1
-        self.log.info("refusing {client_id} (user {username}) from {peer}: {reason}",
-                      client_id=info.client_id, username=info.username, peer=info.peer,
-                      reason=reason)
+        suppressed = self.warnings.admit("auth", self.clock.seconds())
+        if suppressed is not None:
+            self.log.warn("refusing {client_id} (user {username}) from {peer}: {reason} "
+                          "({suppressed} more refused since the last such line; "
+                          "{failures} so far)",
+                          client_id=info.client_id, username=info.username, peer=info.peer,
+                          reason=reason, suppressed=suppressed,
+                          failures=self.counters.bad_credentials + self.counters.not_authorized)
         return code
 
     # -- topics -------------------------------------------------------------------
@@ -260,8 +273,7 @@ class BrokerAuthenticator:
         if self.acl.can_publish(client_id, username, topic):
             return True
         self.counters.publish_denied += 1
-        self.log.debug("{client_id} may not publish to {topic}", client_id=client_id,
-                       topic=topic)
+        self._denied("publish", client_id, topic, self.counters.publish_denied)
         return False
 
     def can_subscribe(self, client_id: str, username: Optional[str], flt: str) -> bool:
@@ -270,9 +282,16 @@ class BrokerAuthenticator:
         if self.acl.can_subscribe(client_id, username, flt):
             return True
         self.counters.subscribe_denied += 1
-        self.log.debug("{client_id} may not subscribe to {filter}", client_id=client_id,
-                       filter=flt)
+        self._denied("subscribe", client_id, flt, self.counters.subscribe_denied)
         return False
+
+    def _denied(self, action: str, client_id: str, topic: str, total: int) -> None:
+        suppressed = self.warnings.admit(action, self.clock.seconds())
+        if suppressed is not None:
+            self.log.warn("the ACL denies {client_id} to {action} {topic} ({suppressed} more "
+                          "{action} denials since the last such line; {total} so far)",
+                          client_id=client_id, action=action, topic=topic,
+                          suppressed=suppressed, total=total)
 
     def _can_read(self, client_id: str, username: Optional[str], topic: str) -> bool:
         if self.acl.can_read(client_id, username, topic):

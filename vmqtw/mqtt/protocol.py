@@ -21,7 +21,8 @@ from zope.interface import implementer
 
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt.codec import Decoder, ProtocolError, UnacceptableProtocolLevel, encode
-from vmqtw.mqtt.session import NEW, Authenticator, Session, SessionRegistry, SessionSettings
+from vmqtw.mqtt.session import (CONNECTED, NEW, Authenticator, MqttCounters, Session,
+                                SessionRegistry, SessionSettings)
 from vmqtw.tls import peer_common_name
 
 
@@ -49,7 +50,8 @@ class MQTTProtocol(Protocol):
         # None; the peer address is filled in once the connection exists.
         self.decoder = Decoder(factory.max_packet_size, connect_first=True)
         self.session = Session(self, factory.registry, factory.settings, factory.authenticator,
-                               on_connected=self._session_connected)
+                               on_connected=self._session_connected,
+                               counters=factory.counters)
         self.closing = False
         self.last_seen = 0.0
         self._connect_timer: Any = None
@@ -66,6 +68,7 @@ class MQTTProtocol(Protocol):
             self._connect_timer = self.clock.callLater(factory.connect_timeout,
                                                        self._connect_timed_out)
         factory.connections.add(self)
+        factory.counters.socket_open += 1
 
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
@@ -101,8 +104,11 @@ class MQTTProtocol(Protocol):
             self.write(encode(P.ConnAck(P.CONNACK_UNACCEPTABLE_PROTOCOL_VERSION, False)))
             self.close()
             return
-        self.log.info("closing {peer}: malformed packet: {reason}",
-                      peer=session.peer, reason=error.reason)
+        if session.state == CONNECTED:
+            session.ending("protocol error: malformed packet: " + error.reason)
+        else:
+            self.log.info("closing {peer}: malformed packet: {reason}",
+                          peer=session.peer, reason=error.reason)
         self.abort()
 
     def handshakeCompleted(self) -> None:
@@ -121,6 +127,7 @@ class MQTTProtocol(Protocol):
                 timer.cancel()
         self._connect_timer = self._keepalive_timer = None
         self.factory.connections.discard(self)
+        self.factory.counters.socket_close += 1
         try:
             self.session.connection_lost()
         except Exception:
@@ -148,7 +155,7 @@ class MQTTProtocol(Protocol):
         grace = self.session.keepalive * 1.5
         silent = self.clock.seconds() - self.last_seen
         if silent >= grace:
-            self.log.info("closing {peer}: keepalive expired", peer=self.session.peer)
+            self.session.ending("keepalive timeout")
             self.abort()
             return
         self._keepalive_timer = self.clock.callLater(grace - silent, self._keepalive_check)
@@ -164,7 +171,10 @@ class MQTTProtocol(Protocol):
             self.closing = True
             self.transport.loseConnection()
 
-    def abort(self) -> None:
+    def abort(self, reason: Optional[str] = None) -> None:
+        """Close at once; ``reason`` (e.g. the listener closing) is logged with the disconnect."""
+        if reason is not None:
+            self.session.ending(reason)
         if not self.closing:
             self.closing = True
             self.transport.abortConnection()
@@ -184,7 +194,8 @@ class MQTTFactory(Factory):
     def __init__(self, registry: SessionRegistry, settings: SessionSettings,
                  authenticator: Authenticator,
                  clock: IReactorTime, max_packet_size: int = 0, connect_timeout: float = 10.0,
-                 max_connections: int = 0, identity_from_certificate: bool = False) -> None:
+                 max_connections: int = 0, identity_from_certificate: bool = False,
+                 counters: Optional[MqttCounters] = None) -> None:
         self.registry = registry
         self.settings = settings
         self.authenticator = authenticator
@@ -196,6 +207,8 @@ class MQTTFactory(Factory):
         #: certificate's CN (``Session.peer_identity``) after the handshake.
         self.identity_from_certificate = identity_from_certificate
         self.connections: Set[MQTTProtocol] = set()
+        #: Shared by every listener of a node: what its metrics show.
+        self.counters = counters if counters is not None else MqttCounters()
 
     def buildProtocol(self, addr: Any) -> Optional[MQTTProtocol]:
         if self.max_connections and len(self.connections) >= self.max_connections:

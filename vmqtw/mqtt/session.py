@@ -156,6 +156,41 @@ class SessionSettings:
     allow_unsubscribe_during_netsplit: bool = False
 
 
+@attrs.define(slots=True, eq=False)
+class MqttCounters:
+    """
+    What the sessions of one node received and sent, as plain integers:
+    the hot path only adds one, and the metrics collector
+    (:mod:`vmqtw.metrics`) reads them when it is scraped.  Names follow
+    VerneMQ's ``mqtt_*`` metrics.
+    """
+
+    connect_received: int = 0
+    #: CONNACKs sent, by return code (0 accepted .. 5 not authorized).
+    connack_sent: List[int] = attrs.field(factory=lambda: [0] * 6)
+    publish_received: int = 0
+    publish_sent: int = 0
+    puback_received: int = 0
+    puback_sent: int = 0
+    pubrec_received: int = 0
+    pubrec_sent: int = 0
+    pubrel_received: int = 0
+    pubrel_sent: int = 0
+    pubcomp_received: int = 0
+    pubcomp_sent: int = 0
+    subscribe_received: int = 0
+    suback_sent: int = 0
+    unsubscribe_received: int = 0
+    unsuback_sent: int = 0
+    pingreq_received: int = 0
+    pingresp_sent: int = 0
+    disconnect_received: int = 0
+    #: PUBLISHes a client may not send (ACL, ``$`` topics): acknowledged, not routed.
+    publish_denied: int = 0
+    socket_open: int = 0
+    socket_close: int = 0
+
+
 @attrs.define(frozen=True, slots=True)
 class ConnectInfo:
     """What an authenticator is told about a connecting client."""
@@ -219,8 +254,10 @@ class Session:
 
     def __init__(self, io: SessionIO, registry: SessionRegistry, settings: SessionSettings,
                  authenticator: Authenticator, peer: Any = None,
-                 on_connected: Optional[Callable[["Session"], None]] = None) -> None:
+                 on_connected: Optional[Callable[["Session"], None]] = None,
+                 counters: Optional[MqttCounters] = None) -> None:
         self.io = io
+        self.counters = counters if counters is not None else MqttCounters()
         self.registry = registry
         self.settings = settings
         self.authenticator = authenticator
@@ -234,6 +271,10 @@ class Session:
         self.subscriber_id: Optional[SubscriberId] = None
         self.username: Optional[str] = None
         self.clean_session = True
+        self.protocol_level = 0
+        #: Why the connection ends, when this side ends it (a protocol
+        #: error, the keepalive, the listener closing); for the log line.
+        self.close_reason: Optional[str] = None
         #: The keepalive in force, in seconds (0 = none); the connection is
         #: dropped after 1.5 times as long without a packet [MQTT-3.1.2-24].
         self.keepalive = 0
@@ -290,12 +331,22 @@ class Session:
 
     def violation(self, reason: str) -> None:
         """A protocol violation: close without answering; the will fires."""
-        self.log.info("closing {peer}: {reason}", peer=self.peer, reason=reason)
+        if self.state == CONNECTED:
+            self.ending("protocol error: " + reason)   # said in the disconnect line
+        else:
+            self.log.info("closing {peer}: {reason}", peer=self.peer, reason=reason)
         self.io.abort()
+
+    def ending(self, reason: str) -> None:
+        """This side closes the connection because of ``reason`` (the first one given stays)."""
+        if self.close_reason is None:
+            self.close_reason = reason
 
     # -- CONNECT --------------------------------------------------------------
 
     def _on_connect(self, connect: P.Connect, now: float) -> None:
+        self.counters.connect_received += 1
+        self.protocol_level = connect.protocol_level
         settings = self.settings
         client_id = connect.client_id
         if not client_id:
@@ -381,6 +432,13 @@ class Session:
         self.queue = queue
         self.state = CONNECTED
         self.io.write(encode(P.ConnAck(P.CONNACK_ACCEPTED, present)))
+        self.counters.connack_sent[P.CONNACK_ACCEPTED] += 1
+        peer = self.peer or (None, None)
+        self.log.info("client {client_id} connected from {host}:{port} (MQTT level {protocol_level}, "
+                      "{kind} session, session present: {present})",
+                      client_id=self.client_id, host=peer[0], port=peer[1],
+                      protocol_level=self.protocol_level,
+                      kind="clean" if self.clean_session else "persistent", present=present)
         if self.on_connected is not None:
             self.on_connected(self)
         queue.attach(self, self._read_check())
@@ -410,6 +468,8 @@ class Session:
         self.state = CLOSED
         self.will = None
         self.io.write(encode(P.ConnAck(return_code, False)))
+        if 0 <= return_code < len(self.counters.connack_sent):
+            self.counters.connack_sent[return_code] += 1
         self.io.close()
 
     # -- the connection ends ----------------------------------------------------
@@ -431,6 +491,7 @@ class Session:
         network failure would (the will is published, a persistent session
         stays).
         """
+        self.ending("disconnected by vmqtw-admin")
         self.io.abort()
 
     def connection_lost(self) -> None:
@@ -442,6 +503,15 @@ class Session:
         self.state = CLOSED
         if state != CONNECTED:
             return
+        if self._disconnected:
+            reason = "client DISCONNECT"
+        elif self.taken_over:
+            reason = "taken over by a new connection"
+        else:
+            reason = self.close_reason or "connection lost"
+        peer = self.peer or (None, None)
+        self.log.info("client {client_id} disconnected from {host}:{port}: {reason}",
+                      client_id=self.client_id, host=peer[0], port=peer[1], reason=reason)
         will = self.will
         self.will = None
         if will is not None and not self._disconnected:
@@ -465,15 +535,19 @@ class Session:
 
     def send_publish(self, message: Message, qos: int, packet_id: Optional[int],
                      dup: bool) -> None:
+        self.counters.publish_sent += 1
         self.io.write(encode_publish(message.topic, message.payload, qos, message.retain,
                                      dup, packet_id))
 
     def send_pubrel(self, packet_id: int) -> None:
+        self.counters.pubrel_sent += 1
         self.io.write(_PUBACK(_PUBREL_BYTE, 2, packet_id))
 
     # -- packets after CONNECT ---------------------------------------------------
 
     def _on_publish(self, publish: P.Publish, now: float) -> None:
+        counters = self.counters
+        counters.publish_received += 1
         if not self.settings.allow_publish_during_netsplit and not self.registry.ready():
             # No acknowledgement: the client resends once the cluster heals
             # (QoS 0 is lost), as VerneMQ does.
@@ -489,12 +563,15 @@ class Session:
         if qos == 2 and publish.packet_id in queue.awaiting_rel:
             # A resend of a QoS 2 message already routed: answer, do not
             # route it again (exactly once) [MQTT-4.3.3-2].
+            counters.pubrec_sent += 1
             self._acknowledge(None, _PUBACK(_PUBREC_BYTE, 2, publish.packet_id))
             return
         allowed = not topic.startswith("$") and self.authenticator.can_publish(
             self.client_id, self.username, topic)
         waiting = None
-        if allowed:
+        if not allowed:
+            counters.publish_denied += 1
+        else:
             waiting = self.registry.publish(Message(
                 new_message_ref(), topic, publish.payload, qos, publish.retain, False, now,
                 self.settings.mountpoint),
@@ -502,8 +579,10 @@ class Session:
         # A denied QoS 1/2 message is still acknowledged, as VerneMQ and the
         # ACL plugins do, so the client does not resend it forever.
         if qos == 1:
+            counters.puback_sent += 1
             self._acknowledge(waiting, _PUBACK(_PUBACK_BYTE, 2, publish.packet_id))
         elif qos == 2:
+            counters.pubrec_sent += 1
             assert publish.packet_id is not None  # the codec refuses QoS > 0 without one
             queue.awaiting_rel.add(publish.packet_id)
             if waiting is not None:
@@ -544,6 +623,10 @@ class Session:
         if not failure.check(BacklogFull, StoreUnavailable):   # counted, or logged once
             self.log.failure("storing a message from {client_id} failed; not acknowledged",
                              failure, client_id=self.client_id)
+        if entry[1][:1] == bytes([_PUBACK_BYTE]):
+            self.counters.puback_sent -= 1      # counted when decided, never sent
+        elif entry[1][:1] == bytes([_PUBREC_BYTE]):
+            self.counters.pubrec_sent -= 1
         entry[0] = True
         entry[1] = b""
         self._flush_acks()
@@ -561,16 +644,19 @@ class Session:
     # The handlers below run only while CONNECTED, when ``queue`` is set.
 
     def _on_puback(self, packet: P.PubAck, now: float) -> None:
+        self.counters.puback_received += 1
         queue = self.queue
         assert queue is not None
         queue.puback(packet.packet_id)
 
     def _on_pubrec(self, packet: P.PubRec, now: float) -> None:
+        self.counters.pubrec_received += 1
         queue = self.queue
         assert queue is not None
         queue.pubrec(packet.packet_id)
 
     def _on_pubcomp(self, packet: P.PubComp, now: float) -> None:
+        self.counters.pubcomp_received += 1
         queue = self.queue
         assert queue is not None
         queue.pubcomp(packet.packet_id)
@@ -580,9 +666,13 @@ class Session:
         queue = self.queue
         assert queue is not None
         queue.awaiting_rel.discard(packet.packet_id)
+        self.counters.pubrel_received += 1
+        self.counters.pubcomp_sent += 1
         self._acknowledge(None, _PUBACK(_PUBCOMP_BYTE, 2, packet.packet_id))
 
     def _on_subscribe(self, subscribe: P.Subscribe, now: float) -> None:
+        self.counters.subscribe_received += 1
+        self.counters.suback_sent += 1
         settings = self.settings
         if not settings.allow_subscribe_during_netsplit and not self.registry.ready():
             self.io.write(encode(P.SubAck(subscribe.packet_id,
@@ -630,17 +720,22 @@ class Session:
                 queue.enqueue(message, qos if qos < message.qos else message.qos)
 
     def _on_unsubscribe(self, unsubscribe: P.Unsubscribe, now: float) -> None:
+        self.counters.unsubscribe_received += 1
         if (not self.settings.allow_unsubscribe_during_netsplit
                 and not self.registry.ready()):
             return  # no UNSUBACK: the client resends after the split heals
         assert self.subscriber_id is not None
         self.registry.unsubscribe(self.subscriber_id, self.clean_session, unsubscribe.topics)
+        self.counters.unsuback_sent += 1
         self.io.write(encode(P.UnsubAck(unsubscribe.packet_id)))
 
     def _on_pingreq(self, packet: P.PingReq, now: float) -> None:
+        self.counters.pingreq_received += 1
+        self.counters.pingresp_sent += 1
         self.io.write(_PINGRESP)
 
     def _on_disconnect(self, packet: P.Disconnect, now: float) -> None:
+        self.counters.disconnect_received += 1
         self._disconnected = True
         self.will = None
         self.io.close()
