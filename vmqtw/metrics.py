@@ -85,8 +85,8 @@ _DATAPLANE = (
     ("cluster_messages_resent", "resent", "messages sent again after a link was lost"),
     ("cluster_duplicates_dropped", "duplicates_dropped", "messages received twice, dropped"),
     ("cluster_messages_restored", "restored", "messages read back from the outbox at start"),
-    ("cluster_messages_dropped_node_left", "dropped_node_left",
-     "messages dropped because their node left the cluster"),
+    ("cluster_messages_orphaned_node_left", "orphaned_node_left",
+     "messages for a node that left the cluster, passed on to its sessions' new homes"),
 )
 
 #: (metric, LinkCounters attribute, description)
