@@ -16,7 +16,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any, List
+from typing import Any, List, Sequence
 
 from vmqtw.testing import mqttbytes as B
 from tests.clusterharness import Partitions
@@ -91,9 +91,11 @@ def connack_code(node: Node, client_id: str) -> int:
         client.close()
 
 
-def start_cluster(nodes: Any) -> List[Node]:
-    made = [nodes.node(label, start=False, host=host, nodename="vmqtw@" + host, **FAST_METADATA)
-            for label, host in zip("ABC", HOSTS)]
+def start_cluster(nodes: Any, hosts: Sequence[str] = HOSTS, **settings: str) -> List[Node]:
+    """Nodes A, B, C... on ``hosts``, started (not joined)."""
+    made = [nodes.node(label, start=False, host=host, nodename="vmqtw@" + host,
+                       **{**FAST_METADATA, **settings})
+            for label, host in zip("ABCDEFG", hosts)]
     for node in made:
         node.start(wait=False)
     for node in made:

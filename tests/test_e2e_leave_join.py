@@ -8,10 +8,10 @@ all its messages, in order.
 """
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Sequence
 
 from tests.nodeharness import Node
-from tests.test_e2e_cluster import FAST_METADATA, admin, cluster_address, name, show
+from tests.test_e2e_cluster import admin, cluster_address, name, show, start_cluster
 from tests.waiting import wait_until
 
 HOSTS = ("127.0.0.60", "127.0.0.61", "127.0.0.62")
@@ -19,13 +19,9 @@ SESSIONS = 12
 MESSAGES = 5
 
 
-def three_nodes(nodes: Any) -> List[Node]:
-    made = [nodes.node(label, start=False, host=host, nodename="vmqtw@" + host, **FAST_METADATA)
-            for label, host in zip("ABC", HOSTS)]
-    for node in made:
-        node.start(wait=False)
-    for node in made:
-        wait_until(node.accepting, 20, what="node %s to accept" % (name(node),))
+def three_nodes(nodes: Any, hosts: Sequence[str] = HOSTS, **settings: str) -> List[Node]:
+    """Three nodes on ``hosts``, joined to the first."""
+    made = start_cluster(nodes, hosts, **settings)
     a = made[0]
     for node in made[1:]:
         done = admin(node, "cluster", "join", "discovery-node=" + cluster_address(a))
@@ -100,12 +96,7 @@ def test_a_node_holding_sessions_joins_and_each_client_id_keeps_one_queue(nodes:
     the other, the two sessions of ``both`` become one, holding every
     message of both queues, and the others stay reachable from any node.
     """
-    a, b = (nodes.node(label, start=False, host=host, nodename="vmqtw@" + host, **FAST_METADATA)
-            for label, host in zip("AB", HOSTS[:2]))
-    for node in (a, b):
-        node.start(wait=False)
-    for node in (a, b):
-        wait_until(node.accepting, 20, what="node %s to accept" % (name(node),))
+    a, b = start_cluster(nodes, HOSTS[:2])
     for node, own in ((a, "only-a"), (b, "only-b")):
         for client_id in ("both", own):
             parked = nodes.client(node, client_id, clean_session=False)

@@ -12,28 +12,16 @@ from typing import Any, List
 
 from tests.nodeharness import Node
 from tests.test_e2e_operator import get, http_node
-from tests.test_e2e_cluster import FAST_METADATA, admin, cluster_address, name, show, show_or_none
+from tests.test_e2e_cluster import admin, name, show, show_or_none
+from tests.test_e2e_leave_join import three_nodes
 from tests.waiting import wait_until
 
 HOSTS = ("127.0.0.63", "127.0.0.64", "127.0.0.65")
 
 
 def shared_nodes(nodes: Any, dsn: str, **settings: str) -> List[Node]:
-    made = [nodes.node(label, start=False, host=host, nodename="vmqtw@" + host,
-                       message_store="postgresql", postgresql__dsn=dsn,
-                       **FAST_METADATA, **settings)
-            for label, host in zip("ABC", HOSTS)]
-    for node in made:
-        node.start(wait=False)
-    for node in made:
-        wait_until(node.accepting, 20, what="node %s to accept" % (name(node),))
-    for node in made[1:]:
-        done = admin(node, "cluster", "join", "discovery-node=" + cluster_address(made[0]))
-        assert done.returncode == 0, done
-    everyone = sorted((name(n), True) for n in made)
-    for node in made:
-        wait_until(lambda node=node: sorted(show(node)) == everyone, 20, what="cluster formed")
-    return made
+    return three_nodes(nodes, HOSTS, message_store="postgresql", postgresql__dsn=dsn,
+                       **settings)
 
 
 def park_with_messages(nodes: Any, on: Node, via: Node, client_id: str, count: int) -> List[bytes]:

@@ -37,7 +37,7 @@ from vmqtw.mqtt.packets import (
     Disconnect, Packet, PingReq, PingResp, Properties, PubAck, PubComp, PubRec,
     PubRel, Publish, SubAck, Subscribe, UnsubAck, Unsubscribe, Will)
 from vmqtw.mqtt.properties import (
-    WILL, decode_properties, encode_properties, read_bin, read_str)
+    WILL, decode_properties, encode_properties, encode_varint, read_bin, read_str)
 from vmqtw.mqtt.reasons import (
     ProtocolError, ProtocolViolation, UnacceptableProtocolLevel)
 
@@ -753,15 +753,7 @@ def _remaining_length(n: int) -> bytes:
         return bytes((n,))
     if n > MAX_REMAINING_LENGTH:
         raise ValueError("packet too large to encode")
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+    return encode_varint(n)
 
 
 def _frame(b0: int, body: bytes) -> bytes:
@@ -1028,14 +1020,20 @@ def _enc_subscribe5(p: Subscribe) -> bytes:
     return _frame(0x82, b"".join(body))
 
 
+def _enc_code_list5(name: str, b0: int, packet_type: int, packet_id: int, codes: Any,
+                    allowed: Any, properties: Any) -> bytes:
+    """SUBACK and UNSUBACK at level 5: id, properties, one reason code per filter."""
+    if not codes:
+        raise ValueError("a level-5 %s needs at least one reason code" % (name,))
+    for code in codes:
+        _check_code(name, code, allowed)
+    return _frame(b0, _H.pack(packet_id) + encode_properties(properties, packet_type)
+                  + bytes(codes))
+
+
 def _enc_suback5(p: SubAck) -> bytes:
-    if not p.return_codes:
-        raise ValueError("SUBACK needs at least one reason code")
-    for code in p.return_codes:
-        _check_code("SUBACK", code, R.SUBACK_CODES)
-    return _frame(0x90, _H.pack(p.packet_id)
-                  + encode_properties(p.properties, SUBACK)
-                  + bytes(p.return_codes))
+    return _enc_code_list5("SUBACK", 0x90, SUBACK, p.packet_id, p.return_codes,
+                           R.SUBACK_CODES, p.properties)
 
 
 def _enc_unsubscribe5(p: Unsubscribe) -> bytes:
@@ -1047,13 +1045,8 @@ def _enc_unsubscribe5(p: Unsubscribe) -> bytes:
 
 
 def _enc_unsuback5(p: UnsubAck) -> bytes:
-    if not p.reason_codes:
-        raise ValueError("a level-5 UNSUBACK needs at least one reason code")
-    for code in p.reason_codes:
-        _check_code("UNSUBACK", code, R.UNSUBACK_CODES)
-    return _frame(0xB0, _H.pack(p.packet_id)
-                  + encode_properties(p.properties, UNSUBACK)
-                  + bytes(p.reason_codes))
+    return _enc_code_list5("UNSUBACK", 0xB0, UNSUBACK, p.packet_id, p.reason_codes,
+                           R.UNSUBACK_CODES, p.properties)
 
 
 _ReasonPacket = Disconnect | Auth
