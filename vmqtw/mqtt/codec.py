@@ -37,7 +37,8 @@ from vmqtw.mqtt.packets import (
     Disconnect, Packet, PingReq, PingResp, Properties, PubAck, PubComp, PubRec,
     PubRel, Publish, SubAck, Subscribe, UnsubAck, Unsubscribe, Will)
 from vmqtw.mqtt.properties import (
-    WILL, decode_properties, encode_properties, encode_varint, read_bin, read_str)
+    WILL, decode_properties, encode_bin as _enc_bin, encode_properties, encode_str as _enc_str,
+    encode_varint, read_bin, read_str)
 from vmqtw.mqtt.reasons import (
     ProtocolError, ProtocolViolation, UnacceptableProtocolLevel)
 
@@ -761,17 +762,7 @@ def _frame(b0: int, body: bytes) -> bytes:
     return b"".join((bytes((b0,)), _remaining_length(len(body)), body))
 
 
-def _enc_str(value: str) -> bytes:
-    raw = value.encode("utf-8")
-    if len(raw) > 0xFFFF:
-        raise ValueError("string longer than 65535 UTF-8 bytes")
-    return _H.pack(len(raw)) + raw
-
-
-def _enc_bin(value: bytes) -> bytes:
-    if len(value) > 0xFFFF:
-        raise ValueError("binary field longer than 65535 bytes")
-    return _H.pack(len(value)) + value
+# _enc_str / _enc_bin: the length-prefixed fields, shared with the properties.
 
 
 def encode_publish(topic: str, payload: bytes, qos: int, retain: bool,

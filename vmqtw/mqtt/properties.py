@@ -397,14 +397,14 @@ def encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _enc_str(value: str) -> bytes:
+def encode_str(value: str) -> bytes:
     raw = value.encode("utf-8")
     if len(raw) > 0xFFFF:
         raise ValueError("string longer than 65535 UTF-8 bytes")
     return _H.pack(len(raw)) + raw
 
 
-def _enc_bin(value: bytes) -> bytes:
+def encode_bin(value: bytes) -> bytes:
     if len(value) > 0xFFFF:
         raise ValueError("binary field longer than 65535 bytes")
     return _H.pack(len(value)) + value
@@ -413,9 +413,9 @@ def _enc_bin(value: bytes) -> bytes:
 def _encode_value(ptype: str, value: object) -> bytes:
     """One single-valued property's value in its wire type."""
     if ptype == UTF8 and isinstance(value, str):
-        return _enc_str(value)
+        return encode_str(value)
     if ptype == BINARY and isinstance(value, bytes):
-        return _enc_bin(value)
+        return encode_bin(value)
     if isinstance(value, int):
         if ptype == BYTE:
             return bytes((value,))
@@ -468,6 +468,6 @@ def encode_properties(props: Optional[Properties], kind: int) -> bytes:
                 raise ValueError("subscription identifier 0")
             parts.append(b"\x0b" + encode_varint(sub_id))
     for name, text in props.user_properties:
-        parts.append(b"\x26" + _enc_str(name) + _enc_str(text))
+        parts.append(b"\x26" + encode_str(name) + encode_str(text))
     body = b"".join(parts)
     return encode_varint(len(body)) + body
