@@ -22,18 +22,17 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from vmqtw.broker.coordinator import Lease, RegistrationCoordinator
+from vmqtw.broker.orphans import Orphans
 from vmqtw.broker.queue import QueueCounters, QueueLimits, SubscriberQueue
 from vmqtw.broker.retain import Author, RetainStore
 from vmqtw.broker.router import Router
 from vmqtw.broker.subscriptions import Subscriptions, all_filters, record_owner
 from vmqtw.cluster.dataplane import OUTBOX_MOUNTPOINT, DataPlane
 from vmqtw.interfaces import IClusterTransport, IMessageStore, IMetadataStore
-from vmqtw.topic import matches
 from vmqtw.trie import RetainTree, SubscriptionTrie
 from vmqtw.types import SUBSCRIBER_PREFIX, Message, SubscriberId
-from vmqtw.waits import joined
 
-__all__ = ["Registry", "MOVED_FORWARDING", "MOVED_GRACE", "HAND_OVER_WAIT", "ORPHAN_WINDOW"]
+__all__ = ["Registry", "MOVED_FORWARDING", "MOVED_GRACE", "HAND_OVER_WAIT"]
 
 #: Seconds a node passes on what still arrives for a session that moved
 #: away (sent before the sender saw the move, or resent after a cut) when
@@ -46,11 +45,6 @@ MOVED_GRACE = 0.5
 #: Seconds a session that moved here waits at most for its old node's
 #: hand-over before delivering what reached this node directly.
 HAND_OVER_WAIT = 3.0
-#: Seconds this node keeps trying to pass on what waited for a node that
-#: left the cluster, while that node's sessions are re-homed.
-ORPHAN_WINDOW = 60.0
-#: Seconds between those tries.
-ORPHAN_RETRY = 0.5
 
 
 class Registry:
@@ -132,10 +126,9 @@ class Registry:
         self._handing_on: Dict[SubscriberId, Tuple[SubscriberQueue, str, IDelayedCall]] = {}
         self.router.moved = self.moved
         self.router.forward_moved = self._forward_moved
-        #: What waited for nodes that left, to pass on once their sessions
-        #: are re-homed: ``[(node, [(sid, message, qos)], deadline)]``.
-        self._orphans: List[Tuple[str, List[Tuple[SubscriberId, Message, int]], float]] = []
-        self._orphan_call: Optional[IDelayedCall] = None
+        #: What waited for nodes that left, passed on once their sessions
+        #: are re-homed.
+        self.orphans = Orphans(self, clock)
         #: Sessions whose hand-over to another node waits for every node to
         #: route to that node before its end marker goes (a draining node
         #: is not done while any does).
@@ -159,7 +152,7 @@ class Registry:
         plane has read back its outbox (None on a lone node).
         """
         if self.dataplane is not None:
-            self.dataplane.on_orphaned = self._orphaned
+            self.dataplane.on_orphaned = self.orphans.orphaned
             return self.dataplane.start(self.router.route_remote, self._handed_over,
                                         self._hand_over_released, self._hand_over_done)
         return None
@@ -176,9 +169,7 @@ class Registry:
                      *(call for _filters, call in self._moved.values())]:
             if call.active():
                 call.cancel()
-        if self._orphan_call is not None and self._orphan_call.active():
-            self._orphan_call.cancel()
-        self._orphan_call = None
+        self.orphans.stop()
         self._expiry_calls.clear()
         self._hold_calls.clear()
         self._awaited.clear()
@@ -750,81 +741,17 @@ class Registry:
             return   # the session came back meanwhile, with this message
         store.delete(subscriber_id, ref)
 
-    # -- what waited for a node that left ---------------------------------------
-
-    def _orphaned(self, gone: str, orphans: List[Any]) -> Optional[Deferred]:
+    def place(self, subscriber_id: SubscriberId, message: Message,
+              qos: int) -> Optional[Deferred]:
         """
-        ``gone`` left the cluster with messages of ours unacknowledged:
-        publishes forwarded to its subscribers and messages handed over to
-        its sessions.  Its persistent sessions are re-homed (by the leave);
-        pass each message on to where they live now, as a move would,
-        stored here until that node has it.  The sessions it held are taken
-        from the records as this node knows them now (the re-homing records
-        come after the membership change that brings us here), and the
-        passing on is tried until :data:`ORPHAN_WINDOW` runs out.
+        Give ``message`` to ``subscriber_id``'s session wherever its record
+        says it lives: its queue here (made if need be), else its node,
+        stored here until that node has it (see :mod:`vmqtw.broker.orphans`).
         """
-        sessions: Dict[SubscriberId, Dict[str, int]] = {}
-        for key, record in self.metadata.items(SUBSCRIBER_PREFIX):
-            if record_owner(record) == gone and record and not record[-1][1]:
-                sessions[SubscriberId(*key)] = all_filters(record)
-        items: List[Tuple[SubscriberId, Message, int]] = []
-        for subscriber_id, message, qos in orphans:
-            if subscriber_id is not None:
-                items.append((subscriber_id, message, qos))
-                continue
-            for sid, filters in sessions.items():
-                granted = max((q for flt, q in filters.items() if matches(flt, message.topic)),
-                              default=-1)
-                if granted >= 0:
-                    items.append((sid, message, min(granted, message.qos)))
-        if not items:
-            return None
-        stored: List[Deferred] = []
-        waiting = [item for item in items if not self._place_orphan(gone, *item, stored)]
-        if waiting:
-            self._orphans.append((gone, waiting, self.clock.seconds() + ORPHAN_WINDOW))
-            if self._orphan_call is None:
-                self._orphan_call = self.clock.callLater(ORPHAN_RETRY, self._place_orphans)
-        return joined(stored)
-
-    def _place_orphans(self) -> None:
-        self._orphan_call = None
-        now = self.clock.seconds()
-        left: List[Tuple[str, List[Tuple[SubscriberId, Message, int]], float]] = []
-        for gone, items, deadline in self._orphans:
-            waiting = [item for item in items if not self._place_orphan(gone, *item, [])]
-            if waiting and now < deadline:
-                left.append((gone, waiting, deadline))
-            elif waiting:
-                self.counters.dropped_offline += len(waiting)
-                self.log.warn("{count} messages for the sessions of {gone}, which left the "
-                              "cluster, found no new home in time: dropped",
-                              count=len(waiting), gone=gone)
-        self._orphans = left
-        if left and self._orphan_call is None:
-            self._orphan_call = self.clock.callLater(ORPHAN_RETRY, self._place_orphans)
-
-    def _place_orphan(self, gone: str, subscriber_id: SubscriberId, message: Message,
-                      qos: int, stored: List[Deferred]) -> bool:
-        """
-        Pass one on (the store writes it waits for go to ``stored``); False
-        while its session is still recorded on ``gone``.
-        """
-        record = self.subscription_table.record(subscriber_id)
-        owner = record_owner(record)
-        if owner == gone:
-            return False
-        if owner is None or record is None or record[-1][1]:
-            return True   # the session ended
-        copy = attrs.evolve(message, dup=True)
-        if owner == self.node:
+        if record_owner(self.subscription_table.record(subscriber_id)) == self.node:
             queue = self.queues.get(subscriber_id) or self._adopt(subscriber_id)
-            waiting = queue.enqueue_handed_over(copy, qos)
-        else:
-            waiting = self._forward_moved(subscriber_id, copy, qos)
-        if waiting is not None:
-            stored.append(waiting)
-        return True
+            return queue.enqueue_handed_over(message, qos)
+        return self._forward_moved(subscriber_id, message, qos)
 
     # -- what the session calls (passed on) -----------------------------------
 

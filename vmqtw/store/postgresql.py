@@ -31,7 +31,7 @@ transaction.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Protocol, Tuple
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
