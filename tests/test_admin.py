@@ -672,3 +672,21 @@ def test_help_of_one_command_and_version():
     out = io.StringIO()
     assert run(["--version"], out, err) == 0
     assert out.getvalue() == "vmqtw-admin %s\n" % (__version__,)
+
+
+def test_metrics_texts_and_handler():
+    from prometheus_client import CollectorRegistry, Counter
+
+    from vmqtw.admin.output import render_metrics
+
+    samples = [("a_total", 3.0, "things counted"), ("b", 0.5, "a ratio")]
+    assert render_metrics(samples) == "a_total = 3\nb = 0.5"
+    assert render_metrics(samples, True) == "# things counted\na_total = 3\n# a ratio\nb = 0.5"
+    assert json.loads(render_metrics(samples, False, "json"))["table"][0] == {
+        "name": "a_total", "value": 3.0}
+    h, transport, _, _ = handlers()
+    assert result(call(transport, "admin.metrics.show")).check(AdminCommandError)
+    registry = CollectorRegistry()
+    Counter("frobs", "frobs made", registry=registry).inc(2)
+    h.metrics = registry
+    assert result(call(transport, "admin.metrics.show")) == [("frobs_total", 2.0, "frobs made")]

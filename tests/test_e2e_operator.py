@@ -45,6 +45,12 @@ def metrics(node: Node) -> Dict[str, float]:
             for sample in family.samples}
 
 
+def admin_command(node: Node, *argv: str) -> Any:
+    """``vmqtw-admin`` against ``node``, as an operator runs it."""
+    from tests.test_e2e_cluster import admin
+    return admin(node, *argv)
+
+
 def http_node(nodes: Any, label: str, host: str = "127.0.0.1", **settings: str) -> Node:
     return nodes.node(label, host=host, listener__http__default="%s:%d" % (host, free_port(host)),
                       log__console__level="info", **settings)
@@ -90,6 +96,16 @@ def test_connects_disconnects_and_metrics_of_a_real_node(nodes: Any) -> None:
     assert moved["router_messages_routed_total"] == 3
     assert after["mqtt_sessions_online"] == 1
     assert all(value >= 0 for value in moved.values())
+
+    # vmqtw-admin metrics show: the same registry, VerneMQ's "name = value".
+    shown = admin_command(node, "metrics", "show")
+    assert shown.returncode == 0, shown
+    lines = dict(line.split(" = ") for line in shown.stdout.splitlines())
+    assert lines["mqtt_publish_received_total"] == "%d" % after["mqtt_publish_received_total"]
+    assert lines["router_subscriptions"] == "1"
+    described = admin_command(node, "--format=json", "metrics", "show", "--with-descriptions")
+    rows = {row["name"]: row for row in json.loads(described.stdout)["table"]}
+    assert rows["router_subscriptions"]["description"]
 
     assert node.stop() in (0, -15)
     log = node.log()

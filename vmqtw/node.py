@@ -375,7 +375,6 @@ def build_node(config: Config, reactor: Any) -> Node:
     serving = MqttServing(listeners, cluster.peers)
     drain = Drain(registry, reactor, serving.suspend, _reachable_others(cluster, transport),
                   transport)
-    admin = register_admin_handlers(transport, cluster, registry, readiness, drain=drain)
 
     metrics = node_registry(config.nodename, MetricSources(
         mqtt=mqtt_counters, queue=registry.counters,
@@ -392,6 +391,8 @@ def build_node(config: Config, reactor: Any) -> Node:
         totals=[("router_messages_routed",
                  "messages routed (published here or received from other nodes)",
                  lambda: registry.published)]))
+    admin = register_admin_handlers(transport, cluster, registry, readiness, drain=drain,
+                                    metrics=metrics)
 
     def health() -> Optional[str]:
         peers = cluster.peers

@@ -24,8 +24,8 @@ from vmqtw.admin.commands import (Invocation, UsageError, command_help, parse_ar
 from vmqtw.admin.inspect import (DEFAULT_LIMIT, RETAIN_COLUMNS, RETAIN_DEFAULT_COLUMNS,
                                  SESSION_COLUMNS, SESSION_DEFAULT_COLUMNS)
 from vmqtw.admin.output import (cluster_rows, disconnect_text, drain_progress_text,
-                                drain_timeout_text, drained_text, leave_text, render_rows,
-                                render_table, render_text, status_rows)
+                                drain_timeout_text, drained_text, leave_text, render_metrics,
+                                render_rows, render_table, render_text, status_rows)
 
 __all__ = ["main", "run", "execute"]
 
@@ -99,6 +99,8 @@ def execute(invocation: Invocation, config: Any, timeout: float = CALL_TIMEOUT,
         return render_rows(args[1], value, fmt)
     if invocation.method == "admin.session.disconnect":
         return render_text(disconnect_text(value), fmt)
+    if invocation.method == "admin.metrics.show":
+        return render_metrics(value, invocation.has_flag("with-descriptions"), fmt)
     return render_text("Done", fmt)
 
 

@@ -53,6 +53,9 @@ COMMANDS: Dict[str, Tuple[str, Tuple[str, ...], str]] = {
     "session disconnect": ("admin.session.disconnect", ("client-id", "mountpoint"),
                            "close the connection of client-id=ID (its will is published, a "
                            "persistent session stays); --cleanup ends its session too"),
+    "metrics show": ("admin.metrics.show", (),
+                     "every counter and gauge of this node, read now (--with-descriptions "
+                     "adds what each counts)"),
     "retain show": ("admin.retain.show", (),
                     "the retained messages; --topic=FILTER (default #) picks them, --payload, "
                     "--topic, --qos, --mountpoint choose the columns, --limit=N (default 100)"),
@@ -69,6 +72,7 @@ COMMAND_FLAGS: Dict[str, Dict[str, str]] = {
         "clean_session", "protocol", "keepalive", "offline_messages", "online_messages",
         "inflight_messages", "topic", "qos")}, "limit": "yes"},
     "session disconnect": {"cleanup": "no"},
+    "metrics show": {"with-descriptions": "no"},
     "retain show": {"topic": "maybe", "payload": "no", "qos": "no", "mountpoint": "no",
                     "limit": "yes"},
 }

@@ -10,7 +10,7 @@ from typing import Any, List, Mapping, Sequence
 
 __all__ = ["render_table", "render_text", "cluster_rows", "status_rows", "leave_text",
            "drain_progress_text", "drained_text", "drain_timeout_text", "render_rows",
-           "disconnect_text"]
+           "disconnect_text", "render_metrics"]
 
 
 def _cell(value: Any) -> str:
@@ -162,3 +162,24 @@ def disconnect_text(result: Mapping[str, Any]) -> str:
     if result.get("ended"):
         return "Done: %s was not connected; its session on %s ended." % (client, node)
     return "%s is not connected (its session stays on %s; --cleanup ends it)." % (client, node)
+
+
+def render_metrics(samples: Sequence[Sequence[Any]], descriptions: bool = False,
+                   fmt: str = "human") -> str:
+    """
+    ``metrics show``: ``name = value`` lines (VerneMQ's form), whole
+    numbers without a fraction; ``--with-descriptions`` puts what each
+    counts above it.  JSON: a table of name, value (and description).
+    """
+    if fmt == "json":
+        rows = [dict({"name": name, "value": value},
+                     **({"description": doc} if descriptions else {}))
+                for name, value, doc in samples]
+        return json.dumps({"type": "table", "table": rows})
+    lines: List[str] = []
+    for name, value, doc in samples:
+        if descriptions:
+            lines.append("# " + doc)
+        number = float(value)
+        lines.append("%s = %s" % (name, int(number) if number.is_integer() else number))
+    return "\n".join(lines)

@@ -70,7 +70,7 @@ class AdminHandlers:
     def __init__(self, transport: Any, cluster: Any, clock: IReactorTime,
                  readiness: Any = None, registry: Any = None,
                  connect_timeout: float = 5.0, poll_interval: float = 0.05,
-                 call_timeout: float = 5.0, drain: Any = None) -> None:
+                 call_timeout: float = 5.0, drain: Any = None, metrics: Any = None) -> None:
         self.transport = transport
         self.cluster = cluster
         self.clock = clock
@@ -82,6 +82,8 @@ class AdminHandlers:
         #: This node's :class:`~vmqtw.broker.drain.Drain` (None: it cannot
         #: be drained, e.g. no MQTT here to stop).
         self.drain = drain
+        #: This node's metrics registry (prometheus_client), for ``metrics show``.
+        self.metrics = metrics
 
     def register(self) -> None:
         for method, handler in (("admin.cluster.show", self.show),
@@ -92,7 +94,8 @@ class AdminHandlers:
                                 ("admin.node.status", self.status),
                                 ("admin.session.show", self.session_show),
                                 ("admin.session.disconnect", self.session_disconnect),
-                                ("admin.retain.show", self.retain_show)):
+                                ("admin.retain.show", self.retain_show),
+                                ("admin.metrics.show", self.metrics_show)):
             self.transport.register_call_handler(method, self._guarded(handler))
         self.transport.register_call_handler(OFFLINE_COUNTS, self.offline_counts)
         self.transport.register_call_handler(DRAIN, self._drain_here)
@@ -281,6 +284,19 @@ class AdminHandlers:
         rows = retain_rows(registry.retained.match(topic_filter))
         return {"rows": select(rows, (), list(columns),
                                limit if isinstance(limit, int) else None)}
+
+    def metrics_show(self, caller: str) -> List[Tuple[str, float, str]]:
+        """``metrics show``: ``(name, value, description)`` of every sample, read now."""
+        if self.metrics is None:
+            raise AdminCommandError("This node keeps no metrics.")
+        samples: List[Tuple[str, float, str]] = []
+        for family in self.metrics.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue   # prometheus_client's creation timestamps
+                samples.append((sample.name, float(sample.value), family.documentation))
+        samples.sort()
+        return samples
 
     # -- cluster leave -k ------------------------------------------------------
     def drain_node(self, caller: str, node: Any, interval: Any, wait_limit: Any) -> defer.Deferred:
@@ -540,10 +556,11 @@ class AdminHandlers:
 
 def register_admin_handlers(transport: Any, cluster: Any, registry: Any = None,
                             readiness: Any = None, clock: Optional[IReactorTime] = None,
-                            connect_timeout: float = 5.0, drain: Any = None) -> AdminHandlers:
+                            connect_timeout: float = 5.0, drain: Any = None,
+                            metrics: Any = None) -> AdminHandlers:
     """Register the admin call handlers of one node; the wiring calls this once."""
     handlers = AdminHandlers(transport, cluster, clock if clock is not None else cluster.clock,
                              readiness=readiness, registry=registry,
-                             connect_timeout=connect_timeout, drain=drain)
+                             connect_timeout=connect_timeout, drain=drain, metrics=metrics)
     handlers.register()
     return handlers
