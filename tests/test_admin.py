@@ -690,3 +690,18 @@ def test_metrics_texts_and_handler():
     Counter("frobs", "frobs made", registry=registry).inc(2)
     h.metrics = registry
     assert result(call(transport, "admin.metrics.show")) == [("frobs_total", 2.0, "frobs made")]
+
+
+def test_listener_command_lines():
+    from vmqtw.admin.cli import _call_args
+
+    assert _call_args(parse_args(["listener", "stop", "address=127.0.0.1", "port=1883", "-k"]),
+                      None) == ("127.0.0.1", 1883, True)
+    assert _call_args(parse_args(["listener", "start", "address=::1", "port=1883"]), None) == (
+        "::1", 1883)
+    with pytest.raises(UsageError, match="port= takes a port number, not '99999'"):
+        parse_args(["listener", "start", "address=a", "port=99999"])
+    with pytest.raises(UsageError, match="-k is only for cluster leave and listener stop"):
+        parse_args(["listener", "start", "address=a", "port=1", "-k"])
+    with pytest.raises(UsageError, match="-i and -t go with cluster leave -k"):
+        parse_args(["listener", "stop", "address=a", "port=1", "-k", "-t", "3"])

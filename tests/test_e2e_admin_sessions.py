@@ -71,3 +71,42 @@ def test_session_show_disconnect_and_retain_show_across_the_cluster(nodes: Any) 
     refused = admin(a, "retain", "show", "--topic=a/#/b")
     assert (refused.returncode, refused.stderr) == (
         1, "vmqtw-admin: 'a/#/b' is not a valid topic filter.\n")
+
+
+def test_listener_show_stop_and_start_on_a_real_node(nodes: Any) -> None:
+    import socket
+
+    node = nodes.node("lst", distributed_cookie="listeners")
+    client = nodes.client(node, "stays")
+    shown = json.loads(admin(node, "--format=json", "listener", "show").stdout)["table"]
+    assert [{k: v for k, v in row.items() if k != "max_conns"} for row in shown] == [
+        {"type": "mqtt", "status": "running", "ip": node.host, "port": node.port,
+         "mountpoint": "", "active_conns": 1, "name": "listener.tcp.default"}], shown
+    where = ("address=" + node.host, "port=%d" % node.port)
+    stopped = admin(node, "listener", "stop", *where)
+    assert stopped.stdout.strip() == "Done: listener.tcp.default on %s:%d is stopped." % (
+        node.host, node.port)
+    assert not node.accepting()
+    assert client.client.is_connected(), "without -k the connections stay"
+    started = admin(node, "listener", "start", *where)
+    assert started.returncode == 0, started
+    assert node.accepting()
+    admin(node, "listener", "stop", *where, "-k")
+    wait_until(lambda: not client.client.is_connected(), 10, what="-k to close the connection")
+    # Someone takes the port meanwhile: the node says so and runs on.
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind((node.host, node.port))
+    squatter.listen(1)
+    try:
+        refused = admin(node, "listener", "start", *where)
+        assert refused.returncode == 1
+        assert refused.stderr.startswith(
+            "vmqtw-admin: listener.tcp.default cannot listen on %s:%d again: " % (
+                node.host, node.port)), refused.stderr
+    finally:
+        squatter.close()
+    assert admin(node, "listener", "start", *where).returncode == 0
+    missing = admin(node, "listener", "stop", "address=10.9.9.9", "port=1")
+    assert missing.stderr == ("vmqtw-admin: No listener on 10.9.9.9:1; the listeners are "
+                              "%s:%d.\n" % (node.host, node.port))

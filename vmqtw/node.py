@@ -44,7 +44,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from vmqtw.admin.server import AdminHandlers, register_admin_handlers
+from vmqtw.admin.server import AdminHandlers, ListenerInfo, register_admin_handlers
 from vmqtw.broker.auth import BrokerAuthenticator
 from vmqtw.broker.coordinator import RegistrationCoordinator
 from vmqtw.broker.queue import QueueLimits
@@ -408,6 +408,17 @@ def build_node(config: Config, reactor: Any) -> Node:
         ListenerService("listener.http." + name, _endpoint(reactor, host, port),
                         monitoring_site(metrics, health), on_failure=top.fail, kind="HTTP")
         for name, (host, port) in sorted(config.http_listeners.items())]
+    # What vmqtw-admin listener show/stop/start work on.
+    admin.listeners = [
+        ListenerInfo(kind, address, service, settings.mountpoint,
+                     config.listener_max_connections if kind != "http" else -1)
+        for kind, table, services in (("mqtt", config.tcp_listeners, listeners),
+                                      ("mqtts", config.ssl_listeners, listeners),
+                                      ("http", config.http_listeners, http))
+        for service in services
+        for name, address in sorted(table.items())
+        if getattr(service, "name", None) == "listener.%s.%s" % (
+            {"mqtt": "tcp", "mqtts": "ssl", "http": "http"}[kind], name)]
 
     # The start order, as one table; stopped in exact reverse.
     steps: List[IService] = [

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, List, Optional
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -190,6 +190,42 @@ class ListenerService(Service):
                 self.log.critical("{sentence}", sentence=str(error))
 
         self.listening.addCallbacks(listening, failed)
+
+    @property
+    def accepting(self) -> bool:
+        """Whether it accepts connections now."""
+        return self.port is not None
+
+    def connection_count(self) -> int:
+        return len(getattr(self.factory, "connections", ()))
+
+    @inlineCallbacks
+    def pause_accepting(self, kill: bool = False) -> Any:
+        """
+        ``vmqtw-admin listener stop``: stop accepting; the connections stay
+        unless ``kill`` (``-k``) closes them too.
+        """
+        if self.port is not None:
+            port, self.port = self.port, None
+            yield maybeDeferred(port.stopListening)
+        if kill:
+            for connection in list(getattr(self.factory, "connections", ())):
+                connection.abort("listener stopped by vmqtw-admin")
+
+    def resume_accepting(self) -> Deferred:
+        """
+        ``vmqtw-admin listener start``: accept again.  A failure (the port
+        taken meanwhile) goes to the caller, not to ``on_failure``: the node
+        runs on without this listener.
+        """
+        if self.port is not None:
+            return succeed(self.port)
+        listening: Deferred = self.endpoint.listen(self.factory)
+
+        def listened(port: Any) -> Any:
+            self.port = port
+            return port
+        return listening.addCallback(listened)
 
     @inlineCallbacks
     def stopService(self) -> Any:

@@ -50,11 +50,21 @@ def _call_args(invocation: Invocation, config: Any) -> tuple:
     if invocation.command == "session disconnect":
         return (invocation.argument("client-id"), invocation.argument("mountpoint") or "",
                 invocation.has_flag("cleanup"))
+    if invocation.command in ("listener stop", "listener start"):
+        where = (invocation.argument("address"), int(invocation.argument("port") or "0"))
+        if invocation.command == "listener stop":
+            return where + (invocation.kill_sessions,)
+        return where
     if invocation.command == "retain show":
         columns, _filters = _columns_and_filters(invocation, RETAIN_COLUMNS,
                                                  RETAIN_DEFAULT_COLUMNS)
         return (invocation.flag("topic") or "#", columns, _limit(invocation))
     return ()
+
+
+#: ``listener show``'s columns (VerneMQ's, and the listener's key).
+LISTENER_COLUMNS = ("type", "status", "ip", "port", "mountpoint", "max_conns", "active_conns",
+                    "name")
 
 
 def _columns_and_filters(invocation: Invocation, known: Sequence[str],
@@ -84,7 +94,7 @@ def execute(invocation: Invocation, config: Any, timeout: float = CALL_TIMEOUT,
                           config.cluster_tls_cafile, config.listener_vmq_clustering)
     with AdminClient(config.listener_vmq_clustering, config.distributed_cookie.encode("utf-8"),
                      config.nodename, timeout=timeout, tls=tls) as client:
-        if invocation.kill_sessions:
+        if invocation.kill_sessions and invocation.command == "cluster leave":
             return render_text(_drain_then_leave(client, invocation, timeout, say),
                                invocation.format)
         value = client.call(invocation.method, args, timeout=timeout)
@@ -99,6 +109,11 @@ def execute(invocation: Invocation, config: Any, timeout: float = CALL_TIMEOUT,
         return render_rows(args[1], value, fmt)
     if invocation.method == "admin.session.disconnect":
         return render_text(disconnect_text(value), fmt)
+    if invocation.method == "admin.listener.show":
+        return render_table(LISTENER_COLUMNS, value, fmt)
+    if invocation.method in ("admin.listener.stop", "admin.listener.start"):
+        return render_text("Done: %s on %s:%s is %s." % (value["name"], value["ip"],
+                                                       value["port"], value["status"]), fmt)
     if invocation.method == "admin.metrics.show":
         return render_metrics(value, invocation.has_flag("with-descriptions"), fmt)
     return render_text("Done", fmt)

@@ -53,6 +53,14 @@ COMMANDS: Dict[str, Tuple[str, Tuple[str, ...], str]] = {
     "session disconnect": ("admin.session.disconnect", ("client-id", "mountpoint"),
                            "close the connection of client-id=ID (its will is published, a "
                            "persistent session stays); --cleanup ends its session too"),
+    "listener show": ("admin.listener.show", (),
+                      "this node's listeners: type, status, address, mountpoint, limits, "
+                      "connections"),
+    "listener stop": ("admin.listener.stop", ("address", "port"),
+                      "stop accepting on address=IP port=N (its connections stay; -k closes "
+                      "them too)"),
+    "listener start": ("admin.listener.start", ("address", "port"),
+                       "accept again on a stopped listener address=IP port=N"),
     "metrics show": ("admin.metrics.show", (),
                      "every counter and gauge of this node, read now (--with-descriptions "
                      "adds what each counts)"),
@@ -78,7 +86,8 @@ COMMAND_FLAGS: Dict[str, Dict[str, str]] = {
 }
 
 _ARG_SYNTAX = {"discovery-node": "discovery-node=NAME@HOST[:PORT]", "node": "node=NAME@HOST",
-               "client-id": "client-id=ID", "mountpoint": "mountpoint=NAME"}
+               "client-id": "client-id=ID", "mountpoint": "mountpoint=NAME",
+               "address": "address=IP", "port": "port=N"}
 
 USAGE = """\
 Usage: {prog} [--config PATH] [--format=human|json] COMMAND [ARG=VALUE ...] [OPTIONS]
@@ -238,6 +247,8 @@ def parse_args(argv: Sequence[str]) -> Invocation:
             raise UsageError("%s does not take %r;%s." % (command, key, takes))
         if not value:
             raise UsageError("The argument %s= of %s needs a value." % (key, command))
+        if key == "port" and not (value.isdigit() and 0 < int(value) <= 65535):
+            raise UsageError("The argument port= takes a port number, not %r." % (value,))
         if any(k == key for k, _ in arguments):
             raise UsageError("The argument %s= is given twice." % (key,))
         arguments.append((key, value))
@@ -249,9 +260,9 @@ def parse_args(argv: Sequence[str]) -> Invocation:
     _check_flags(command, flags)
     if yes and command != "cluster leave":
         raise UsageError("The option --yes is only for cluster leave.")
-    if kill_sessions and command != "cluster leave":
-        raise UsageError("The option -k is only for cluster leave.")
-    if seconds and not kill_sessions:
+    if kill_sessions and command not in ("cluster leave", "listener stop"):
+        raise UsageError("The option -k is only for cluster leave and listener stop.")
+    if seconds and (not kill_sessions or command != "cluster leave"):
         raise UsageError("The options -i and -t go with cluster leave -k.")
     if yes and kill_sessions:
         raise UsageError("-k moves the offline messages to the other nodes and --yes accepts "

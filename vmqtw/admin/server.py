@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -30,7 +31,8 @@ from vmqtw.types import SubscriberId
 from vmqtw.metadata.membership import SelfJoin
 
 __all__ = ["AdminCommandError", "AdminHandlers", "register_admin_handlers", "OFFLINE_COUNTS",
-           "DRAIN", "DRAIN_STATUS", "REHOME", "SESSION_ROWS", "SESSION_DISCONNECT"]
+           "DRAIN", "DRAIN_STATUS", "REHOME", "SESSION_ROWS", "SESSION_DISCONNECT",
+           "ListenerInfo"]
 
 log = Logger()
 
@@ -54,6 +56,24 @@ REHOME = "membership.rehome"
 
 class AdminCommandError(Exception):
     """An operator mistake or refusal; the message is one sentence."""
+
+
+@attrs.frozen
+class ListenerInfo:
+    """One listener as ``listener show`` lists it, with its service to steer."""
+
+    kind: str                         # mqtt, mqtts, http
+    address: Tuple[str, int]
+    service: Any                      # a vmqtw.service.ListenerService
+    mountpoint: str = ""
+    max_connections: int = -1
+
+    def row(self) -> Dict[str, Any]:
+        service = self.service
+        return {"type": self.kind, "status": "running" if service.accepting else "stopped",
+                "ip": self.address[0], "port": self.address[1], "mountpoint": self.mountpoint,
+                "max_conns": self.max_connections, "active_conns": service.connection_count(),
+                "name": service.name}
 
 
 def _where(host: str, port: int) -> str:
@@ -84,6 +104,8 @@ class AdminHandlers:
         self.drain = drain
         #: This node's metrics registry (prometheus_client), for ``metrics show``.
         self.metrics = metrics
+        #: This node's listeners (``listener show/stop/start``).
+        self.listeners: List[ListenerInfo] = []
 
     def register(self) -> None:
         for method, handler in (("admin.cluster.show", self.show),
@@ -95,7 +117,10 @@ class AdminHandlers:
                                 ("admin.session.show", self.session_show),
                                 ("admin.session.disconnect", self.session_disconnect),
                                 ("admin.retain.show", self.retain_show),
-                                ("admin.metrics.show", self.metrics_show)):
+                                ("admin.metrics.show", self.metrics_show),
+                                ("admin.listener.show", self.listener_show),
+                                ("admin.listener.stop", self.listener_stop),
+                                ("admin.listener.start", self.listener_start)):
             self.transport.register_call_handler(method, self._guarded(handler))
         self.transport.register_call_handler(OFFLINE_COUNTS, self.offline_counts)
         self.transport.register_call_handler(DRAIN, self._drain_here)
@@ -297,6 +322,42 @@ class AdminHandlers:
                 samples.append((sample.name, float(sample.value), family.documentation))
         samples.sort()
         return samples
+
+    def listener_show(self, caller: str) -> List[Dict[str, Any]]:
+        """``listener show``: this node's listeners (VerneMQ's columns)."""
+        return [info.row() for info in self.listeners]
+
+    def _listener(self, address: Any, port: Any) -> ListenerInfo:
+        for info in self.listeners:
+            if info.address == (address, port):
+                return info
+        raise AdminCommandError(
+            "No listener on %s:%s; the listeners are %s." % (
+                address, port, ", ".join("%s:%d" % info.address for info in self.listeners)
+                or "none"))
+
+    def listener_stop(self, caller: str, address: Any, port: Any, kill: Any) -> defer.Deferred:
+        """``listener stop address= port= [-k]``: stop accepting (and with -k close)."""
+        try:
+            info = self._listener(address, port)
+        except AdminCommandError:
+            return defer.fail()
+        log.info("listener {name} stopped by {caller}{kill}", name=info.service.name,
+                 caller=caller, kill=" with its connections" if kill else "")
+        return info.service.pause_accepting(bool(kill)).addCallback(lambda _: info.row())
+
+    def listener_start(self, caller: str, address: Any, port: Any) -> defer.Deferred:
+        """``listener start address= port=``: accept again (a configured listener)."""
+        try:
+            info = self._listener(address, port)
+        except AdminCommandError:
+            return defer.fail()
+
+        def failed(failure: Any) -> Any:
+            raise AdminCommandError("%s cannot listen on %s:%d again: %s." % (
+                info.service.name, address, port, failure.getErrorMessage().rstrip(".")))
+        log.info("listener {name} started by {caller}", name=info.service.name, caller=caller)
+        return info.service.resume_accepting().addCallbacks(lambda _: info.row(), failed)
 
     # -- cluster leave -k ------------------------------------------------------
     def drain_node(self, caller: str, node: Any, interval: Any, wait_limit: Any) -> defer.Deferred:
