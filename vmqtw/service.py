@@ -141,4 +141,5 @@ class ListenerService(Service):
             self.port = None
         connections: List[Any] = list(getattr(self.factory, "connections", ()))
         for connection in connections:
-            connection.abort()
+            # MQTT connections say goodbye to MQTT 5.0 clients (0x8B).
+            getattr(connection, "shut_down", connection.abort)()

@@ -14,6 +14,7 @@ are grouped at the end.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 import attrs
@@ -80,6 +81,8 @@ class Registry:
         #: ``persistent_client_expiration`` in seconds; None = never.
         self.session_expiration = session_expiration
         self._expiry_calls: Dict[SubscriberId, IDelayedCall] = {}
+        #: MQTT 5.0 sessions' own expiry intervals (seconds, inf = never).
+        self._session_expiry: Dict[SubscriberId, float] = {}
         self.metadata = metadata
         self.clock = clock
         self.limits = limits
@@ -236,12 +239,16 @@ class Registry:
     # -- expiry ---------------------------------------------------------------
 
     def _schedule_expiry(self, subscriber_id: SubscriberId) -> None:
-        """``persistent_client_expiration`` starts when a session goes offline."""
-        if self.session_expiration is None:
+        """
+        ``persistent_client_expiration`` starts when a session goes offline,
+        or the session's own expiry interval (MQTT 5.0) when it gave one.
+        """
+        expiration = self._session_expiry.get(subscriber_id, self.session_expiration)
+        if expiration is None or expiration == math.inf:
             return
         self._cancel_expiry(subscriber_id)
         self._expiry_calls[subscriber_id] = self.clock.callLater(
-            self.session_expiration, self._expire, subscriber_id)
+            expiration, self._expire, subscriber_id)
 
     def _cancel_expiry(self, subscriber_id: SubscriberId) -> None:
         call = self._expiry_calls.pop(subscriber_id, None)
@@ -253,6 +260,7 @@ class Registry:
         self._expiry_calls.pop(subscriber_id, None)
         if subscriber_id in self.sessions:
             return
+        self._session_expiry.pop(subscriber_id, None)
         queue = self.queues.pop(subscriber_id, None)
         if queue is not None:
             queue.discard()
@@ -378,15 +386,21 @@ class Registry:
         return queue
 
     def unregister(self, subscriber_id: SubscriberId, session: Any,
-                   clean_session: bool) -> None:
+                   clean_session: bool, session_expiry: Optional[float] = None) -> None:
         """
         ``session``'s connection is gone.  A clean session ends with it
         [MQTT-3.1.2-6]; a persistent one stays, offline.  A session that was
         taken over is no longer registered, and this is a no-op for it.
+        ``session_expiry`` (MQTT 5.0; seconds, ``math.inf`` = never) replaces
+        ``persistent_client_expiration`` for this session.
         """
         if self.sessions.get(subscriber_id) is not session:
             return
         del self.sessions[subscriber_id]
+        if session_expiry is None:
+            self._session_expiry.pop(subscriber_id, None)
+        else:
+            self._session_expiry[subscriber_id] = session_expiry
         queue = self.queues.get(subscriber_id)
         if queue is None:
             return

@@ -77,7 +77,7 @@ class Router:
             # Established subscriptions get RETAIN=0 [MQTT-3.3.1-9].
             message = Message(message.ref, message.topic, message.payload,
                               message.qos, False, False, message.timestamp,
-                              message.mountpoint, message.origin)
+                              message.mountpoint, message.origin, message.properties)
         return self._route(message, message.origin is None)
 
     def route_remote(self, message: Message) -> Optional[Deferred]:

@@ -197,8 +197,11 @@ def _parse_connect5_payload(dec: "Decoder", name: str, cflags: int,
     """
     The rest of a level-5 CONNECT (sections 3.1.2.11 and 3.1.3): properties,
     client id, will properties + topic + payload, user name, password (which
-    no longer needs a user name).  Switches the decoder to level 5.
+    no longer needs a user name).  Switches the decoder to level 5 first,
+    so that an error in the rest is known to be a level-5 client's (the
+    server answers it with a CONNACK reason code).
     """
+    dec._switch_to_v5()
     properties, pos = decode_properties(buf, pos, end, CONNECT)
     client_id, pos = _read_str(buf, pos, end, "client identifier")
     will = None
@@ -215,7 +218,6 @@ def _parse_connect5_payload(dec: "Decoder", name: str, cflags: int,
         password, pos = _read_bin(buf, pos, end, "password")
     if pos != end:
         raise ProtocolError("trailing bytes after CONNECT payload")
-    dec._switch_to_v5()
     return Connect(client_id, name, PROTOCOL_LEVEL_5, bool(cflags & 0x02),
                    keepalive, will, username, password, properties)
 

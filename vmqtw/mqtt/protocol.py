@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from vmqtw.mqtt import packets as P
+from vmqtw.mqtt import reasons as R
 from vmqtw.mqtt.codec import Decoder, ProtocolError, UnacceptableProtocolLevel, encode
 from vmqtw.mqtt.session import NEW, Authenticator, Session, SessionRegistry, SessionSettings
 from vmqtw.tls import peer_common_name
@@ -47,7 +48,8 @@ class MQTTProtocol(Protocol):
         self.clock: IReactorTime = factory.clock
         # Built here rather than in connectionMade so that neither is ever
         # None; the peer address is filled in once the connection exists.
-        self.decoder = Decoder(factory.max_packet_size, connect_first=True)
+        self.decoder = Decoder(factory.max_packet_size, connect_first=True,
+                               accept_v5=P.PROTOCOL_LEVEL_5 in factory.settings.protocol_versions)
         self.session = Session(self, factory.registry, factory.settings, factory.authenticator,
                                on_connected=self._session_connected)
         self.closing = False
@@ -103,7 +105,17 @@ class MQTTProtocol(Protocol):
             return
         self.log.info("closing {peer}: malformed packet: {reason}",
                       peer=session.peer, reason=error.reason)
-        self.abort()
+        if session.state == NEW and self.decoder.protocol_level == P.PROTOCOL_LEVEL_5:
+            # A level-5 CONNECT that breaks a rule: CONNACK with the reason
+            # code, then close (section 4.13.1).
+            code = error.reason_code
+            self.write(encode(P.ConnAck(code if code in R.CONNACK_CODES else R.UNSPECIFIED_ERROR,
+                                        False), P.PROTOCOL_LEVEL_5))
+            self.close()
+            return
+        # An MQTT 5.0 client is told why (DISCONNECT with the codec's
+        # reason code, section 4.13.1); a 3.1.1 one is just dropped.
+        session.disconnect(error.reason_code)
 
     def handshakeCompleted(self) -> None:
         """
@@ -149,7 +161,7 @@ class MQTTProtocol(Protocol):
         silent = self.clock.seconds() - self.last_seen
         if silent >= grace:
             self.log.info("closing {peer}: keepalive expired", peer=self.session.peer)
-            self.abort()
+            self.session.disconnect(R.KEEP_ALIVE_TIMEOUT)
             return
         self._keepalive_timer = self.clock.callLater(grace - silent, self._keepalive_check)
 
@@ -168,6 +180,10 @@ class MQTTProtocol(Protocol):
         if not self.closing:
             self.closing = True
             self.transport.abortConnection()
+
+    def shut_down(self) -> None:
+        """The listener stops: an MQTT 5.0 client is told (0x8B) first."""
+        self.session.disconnect(R.SERVER_SHUTTING_DOWN)
 
     def pause_reading(self) -> None:
         self.transport.pauseProducing()

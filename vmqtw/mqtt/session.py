@@ -1,5 +1,5 @@
 """
-The MQTT 3.1/3.1.1 session state machine of one connection.
+The MQTT 3.1/3.1.1/5.0 session state machine of one connection.
 
 Sans-IO: it receives decoded packets with the current time and answers
 through a small :class:`SessionIO` (write bytes, close, pause/resume
@@ -11,9 +11,21 @@ Acknowledgements to a publisher are written in the order the PUBLISHes
 arrived [MQTT-4.6.0-2], even when one of them must first wait for the
 message store; while too many wait, reading from the socket pauses
 (backpressure instead of unbounded buffering).
+
+MQTT 5.0 (a level-5 CONNECT) takes its own branches, each behind one
+``self.level`` test so the 3.1.1 path allocates and checks nothing more:
+reason codes in CONNACK, the acknowledgements and a server DISCONNECT;
+CONNACK properties (assigned client identifier, server keep alive, receive
+maximum, maximum packet size, topic alias maximum, and the features we do
+not offer); the session expiry interval in place of clean session; topic
+aliases from the client; PUBLISH properties passed on to subscribers with
+the message expiry counted down; the client's receive maximum and maximum
+packet size; retain handling; AUTH refused (no enhanced authentication
+method is provided).
 """
 from __future__ import annotations
 
+import math
 import os
 import struct
 from collections import deque
@@ -28,7 +40,8 @@ from twisted.python.failure import Failure
 
 from vmqtw.errors import BacklogFull
 from vmqtw.mqtt import packets as P
-from vmqtw.mqtt.codec import encode, encode_publish
+from vmqtw.mqtt import reasons as R
+from vmqtw.mqtt.codec import encode, encode_publish, encode_publish5
 from vmqtw.topic import parse_shared, validate_filter, validate_topic
 from vmqtw.types import Message, SubscriberId, new_message_ref
 
@@ -40,11 +53,29 @@ _PINGRESP = encode(P.PingResp())
 # Acknowledgements are built for every QoS 1/2 message: fixed header bytes
 # plus the packet id, without a packet object.
 _PUBACK = struct.Struct(">BBH").pack
+#: The same with an MQTT 5.0 reason code (and no properties).
+_PUBACK5 = struct.Struct(">BBHB").pack
+
+#: An empty property set, to tell one left empty by removing a topic alias.
+_NO_PROPERTIES = P.Properties()
 _PUBACK_BYTE, _PUBREC_BYTE, _PUBREL_BYTE, _PUBCOMP_BYTE = 0x40, 0x50, 0x62, 0x70
 
 #: Stop reading from a publisher once this many acknowledgements wait for
 #: storage; resume when half of them are written.
 ACK_BACKLOG_PAUSE = 256
+
+#: The session expiry interval meaning "never" (MQTT 5.0, 3.1.2.11.2).
+EXPIRY_NEVER = 0xFFFFFFFF
+
+#: The MQTT 5.0 CONNACK reason code for each 3.1.1 return code an
+#: authenticator or the session gives (section 3.2.2.2).
+_CONNACK5 = {
+    P.CONNACK_UNACCEPTABLE_PROTOCOL_VERSION: R.UNSUPPORTED_PROTOCOL_VERSION,
+    P.CONNACK_IDENTIFIER_REJECTED: R.CLIENT_IDENTIFIER_NOT_VALID,
+    P.CONNACK_SERVER_UNAVAILABLE: R.SERVER_UNAVAILABLE,
+    P.CONNACK_BAD_USERNAME_OR_PASSWORD: R.BAD_USER_NAME_OR_PASSWORD,
+    P.CONNACK_NOT_AUTHORIZED: R.NOT_AUTHORIZED,
+}
 
 
 class SessionIO(Protocol):
@@ -78,7 +109,12 @@ class SessionQueue(Protocol):
         """The session delivering this queue's messages, or None."""
 
     def attach(self, outlet: "Session",
-               readable: Optional[Callable[[Message], bool]] = None) -> None: ...
+               readable: Optional[Callable[[Message], bool]] = None,
+               receive_maximum: int = 0) -> None: ...
+
+    def discard(self) -> None: ...
+
+    def drop_too_large(self, packet_id: Optional[int]) -> None: ...
 
     def detach(self) -> None: ...
 
@@ -117,7 +153,12 @@ class SessionRegistry(Protocol):
         """Take the session of ``subscriber_id``: its queue, and whether it existed."""
 
     def unregister(self, subscriber_id: SubscriberId, session: Any,
-                   clean_session: bool) -> None: ...
+                   clean_session: bool, session_expiry: Optional[float] = None) -> None:
+        """
+        The connection is gone.  An MQTT 5.0 session passes its
+        ``session_expiry`` (seconds; ``math.inf`` = never) to replace
+        ``persistent_client_expiration``; None keeps that.
+        """
 
     def subscriptions(self, subscriber_id: SubscriberId) -> Dict[str, int]: ...
 
@@ -154,6 +195,18 @@ class SessionSettings:
     allow_publish_during_netsplit: bool = False
     allow_subscribe_during_netsplit: bool = False
     allow_unsubscribe_during_netsplit: bool = False
+    #: ``listener.allowed_protocol_versions``: protocol levels a CONNECT
+    #: may name (3 = MQTT 3.1, 4 = 3.1.1, 5 = 5.0).
+    protocol_versions: Tuple[int, ...] = (3, 4, 5)
+    #: ``max_message_size`` (0 = none), announced to MQTT 5.0 clients as
+    #: their maximum packet size.
+    max_message_size: int = 0
+    #: ``topic_alias_max_client``: the highest topic alias an MQTT 5.0
+    #: client may use (0 = none), announced in CONNACK.
+    topic_alias_max_client: int = 0
+    #: ``receive_max_broker``: QoS 1/2 PUBLISHes an MQTT 5.0 client may
+    #: have unacknowledged towards us, announced in CONNACK.
+    receive_max_broker: int = 65535
 
 
 @attrs.define(frozen=True, slots=True)
@@ -242,6 +295,19 @@ class Session:
         #: is taken over); the packet handlers run only then.
         self.queue: Optional[SessionQueue] = None
         self.taken_over = False
+        #: 4 for MQTT 3.1 and 3.1.1 (same packets), 5 for MQTT 5.0.
+        self.level = P.PROTOCOL_LEVEL_311
+        #: MQTT 5.0: the session expiry interval in force (seconds).
+        self.session_expiry = 0
+        #: MQTT 5.0: the client's maximum packet size (0 = none given).
+        self.max_send_size = 0
+        #: MQTT 5.0: topic alias -> topic, set by the client's PUBLISHes.
+        self.aliases: Optional[Dict[int, str]] = None
+        self._connect_props: Optional[P.Properties] = None
+        self._requested_keepalive = 0
+        self._assigned_id = False
+        #: MQTT 5.0: DISCONNECT 0x04 asked for the will to be published.
+        self._will_on_disconnect = False
         self._disconnected = False
         self._buffered: List[Any] = []
         self._acks: Deque[List[Any]] = deque()
@@ -256,6 +322,7 @@ class Session:
             P.Unsubscribe: self._on_unsubscribe,
             P.PingReq: self._on_pingreq,
             P.Disconnect: self._on_disconnect,
+            P.Auth: self._on_auth,
         }
 
     # -- input ----------------------------------------------------------------
@@ -288,21 +355,53 @@ class Session:
                 self._paused = True
                 self.io.pause_reading()
 
-    def violation(self, reason: str) -> None:
-        """A protocol violation: close without answering; the will fires."""
+    def violation(self, reason: str, code: int = R.PROTOCOL_ERROR) -> None:
+        """
+        A protocol violation: close; the will fires.  An MQTT 5.0 client
+        connected is told why first, with DISCONNECT and ``code``
+        (section 4.13.2); a 3.1.1 one gets no answer [MQTT-4.8.0-1].
+        """
         self.log.info("closing {peer}: {reason}", peer=self.peer, reason=reason)
+        if self.level == P.PROTOCOL_LEVEL_5 and self.state == CONNECTED:
+            self.disconnect(code)
+            return
         self.io.abort()
+
+    def disconnect(self, code: int) -> None:
+        """
+        The server ends an MQTT 5.0 connection with DISCONNECT and a reason
+        code (keep alive timeout, takeover, shutdown, protocol error), then
+        closes after writing it; a 3.1.1 connection is just aborted.
+        """
+        if self.level == P.PROTOCOL_LEVEL_5 and self.state == CONNECTED:
+            self.io.write(encode(P.Disconnect(code), P.PROTOCOL_LEVEL_5))
+            self.io.close()
+        else:
+            self.io.abort()
 
     # -- CONNECT --------------------------------------------------------------
 
     def _on_connect(self, connect: P.Connect, now: float) -> None:
         settings = self.settings
+        level = connect.protocol_level
+        if level == P.PROTOCOL_LEVEL_5:
+            self.level = level
+            if not self._connect5(connect):
+                return
+        if level not in settings.protocol_versions:
+            # [MQTT-3.1.2-2]; a level-5 CONNECT only gets here when the
+            # listener does not allow 5 while its decoder does (never).
+            self._refuse(P.CONNACK_UNACCEPTABLE_PROTOCOL_VERSION)
+            return
         client_id = connect.client_id
         if not client_id:
-            if not connect.clean_session:
+            if not connect.clean_session and self.level != P.PROTOCOL_LEVEL_5:
                 self._refuse(P.CONNACK_IDENTIFIER_REJECTED)  # [MQTT-3.1.3-8]
                 return
-            client_id = "vmqtw-" + os.urandom(12).hex()  # [MQTT-3.1.3-6]
+            # [MQTT-3.1.3-6]; MQTT 5.0 also with clean start 0 (the new id
+            # names no earlier session), told in CONNACK [MQTT-3.2.2-16].
+            client_id = "vmqtw-" + os.urandom(12).hex()
+            self._assigned_id = True
         elif len(client_id) > settings.max_client_id_size:
             self._refuse(P.CONNACK_IDENTIFIER_REJECTED)  # [MQTT-3.1.3-9]
             return
@@ -327,8 +426,9 @@ class Session:
         self.subscriber_id = SubscriberId(settings.mountpoint, client_id)
         self.username = username
         self.clean_session = connect.clean_session
-        keepalive = connect.keepalive
+        keepalive = self._requested_keepalive = connect.keepalive
         if settings.max_keepalive and (keepalive == 0 or keepalive > settings.max_keepalive):
+            # At level 5 the client is told in CONNACK (server keep alive).
             keepalive = settings.max_keepalive
         self.keepalive = keepalive
         self.will = will
@@ -338,6 +438,45 @@ class Session:
         result = maybeDeferred(self.authenticator.authenticate, info)
         result.addCallbacks(self._authenticated, self._authentication_failed,
                             callbackArgs=(now,))
+
+    def _connect5(self, connect: P.Connect) -> bool:
+        """
+        Read the CONNECT properties of an MQTT 5.0 client; False when it was
+        refused.
+        """
+        props = self._connect_props = connect.properties
+        if props is None:
+            return True
+        if props.authentication_method is not None:
+            # Enhanced authentication (section 4.12): no method is provided
+            # (no plugin offers one yet), so every method is refused.
+            self._refuse(R.BAD_AUTHENTICATION_METHOD)
+            return False
+        expiry = props.session_expiry_interval
+        if expiry is not None:
+            self.session_expiry = expiry
+        if props.maximum_packet_size is not None:
+            self.max_send_size = props.maximum_packet_size
+        return True
+
+    def _connack5(self, present: bool) -> bytes:
+        """CONNACK 0x00 of an MQTT 5.0 client, with what it must know of us."""
+        settings = self.settings
+        props = P.Properties()
+        if self._assigned_id:
+            props.assigned_client_identifier = self.client_id
+        if settings.max_keepalive and self.keepalive != self._requested_keepalive:
+            props.server_keep_alive = self.keepalive   # [MQTT-3.2.2-21]
+        if settings.receive_max_broker < 65535:
+            props.receive_maximum = settings.receive_max_broker
+        if settings.max_message_size:
+            props.maximum_packet_size = settings.max_message_size
+        if settings.topic_alias_max_client:
+            props.topic_alias_maximum = settings.topic_alias_max_client
+        # Offered later (issue 10): say so rather than refuse them.
+        props.subscription_identifier_available = 0
+        props.shared_subscription_available = 0
+        return encode(P.ConnAck(R.SUCCESS, present, props), P.PROTOCOL_LEVEL_5)
 
     def _authentication_failed(self, failure: Any) -> None:
         self.log.failure("authentication of {client_id} failed", failure,
@@ -376,14 +515,24 @@ class Session:
                 lease.release()   # the connection went away meanwhile
             return
         assert self.subscriber_id is not None
-        queue, present = self.registry.register(self.subscriber_id, self.clean_session, self,
-                                                lease)
+        if self.level == P.PROTOCOL_LEVEL_5:
+            queue, present = self._register5(lease)
+        else:
+            queue, present = self.registry.register(self.subscriber_id, self.clean_session,
+                                                    self, lease)
         self.queue = queue
         self.state = CONNECTED
-        self.io.write(encode(P.ConnAck(P.CONNACK_ACCEPTED, present)))
+        if self.level == P.PROTOCOL_LEVEL_5:
+            self.io.write(self._connack5(present))
+            self.aliases = {}
+        else:
+            self.io.write(encode(P.ConnAck(P.CONNACK_ACCEPTED, present)))
         if self.on_connected is not None:
             self.on_connected(self)
-        queue.attach(self, self._read_check())
+        receive_maximum = 0
+        if self.level == P.PROTOCOL_LEVEL_5 and self._connect_props is not None:
+            receive_maximum = self._connect_props.receive_maximum or 0
+        queue.attach(self, self._read_check(), receive_maximum)
         buffered, self._buffered = self._buffered, []
         for packet in buffered:
             if self.state != CONNECTED:
@@ -392,6 +541,30 @@ class Session:
         if self._paused and self.state == CONNECTED and len(self._acks) < ACK_BACKLOG_PAUSE // 2:
             self._paused = False
             self.io.resume_reading()
+
+    def _register5(self, lease: Any) -> Tuple[SessionQueue, bool]:
+        """
+        Register an MQTT 5.0 session.  The registry knows 3.1.1's clean
+        session, which is two things at level 5 [MQTT-3.1.2-4..6]: clean
+        start (discard the session there was) and a session expiry of 0
+        (the session ends with the connection).  Registered persistent
+        unless both hold; a clean start with an expiry discards what it
+        found itself; an expiry of 0 without a clean start resumes the
+        session and ends it at :meth:`connection_lost`.
+        """
+        assert self.subscriber_id is not None
+        subscriber_id = self.subscriber_id
+        clean_start = self.clean_session
+        ends = self.session_expiry == 0
+        self.clean_session = clean_start and ends
+        queue, present = self.registry.register(subscriber_id, self.clean_session, self, lease)
+        if clean_start and present:
+            queue.discard()
+            old = list(self.registry.subscriptions(subscriber_id))
+            if old:
+                self.registry.unsubscribe(subscriber_id, False, old)
+            present = False
+        return queue, present
 
     def _read_check(self) -> Optional[Callable[[Message], bool]]:
         """
@@ -406,10 +579,19 @@ class Session:
         return lambda message: can_read(client_id, username, message.topic)
 
     def _refuse(self, return_code: int) -> None:
-        """CONNACK with an error code, then close [MQTT-3.2.2-5]."""
+        """
+        CONNACK with an error code, then close [MQTT-3.2.2-5]; at level 5
+        the 3.1.1 code is given as its reason code [MQTT-3.2.2-7].
+        """
         self.state = CLOSED
         self.will = None
-        self.io.write(encode(P.ConnAck(return_code, False)))
+        if self.level == P.PROTOCOL_LEVEL_5:
+            code = _CONNACK5.get(return_code, return_code)
+            if code not in R.CONNACK_CODES:
+                code = R.UNSPECIFIED_ERROR
+            self.io.write(encode(P.ConnAck(code, False), P.PROTOCOL_LEVEL_5))
+        else:
+            self.io.write(encode(P.ConnAck(return_code, False)))
         self.io.close()
 
     # -- the connection ends ----------------------------------------------------
@@ -423,7 +605,7 @@ class Session:
         if self.queue is not None and self.queue.outlet is self:
             self.queue.detach()
         self.queue = None
-        self.io.abort()
+        self.disconnect(R.SESSION_TAKEN_OVER)
 
     def connection_lost(self) -> None:
         """
@@ -436,18 +618,33 @@ class Session:
             return
         will = self.will
         self.will = None
-        if will is not None and not self._disconnected:
+        if will is not None and (not self._disconnected or self._will_on_disconnect):
             kept = self.registry.publish(Message(new_message_ref(), will.topic, will.payload,
                                                  will.qos, will.retain, False,
                                                  self.registry.clock.seconds(),
-                                                 self.settings.mountpoint))
+                                                 self.settings.mountpoint, None,
+                                                 self._will_properties(will)))
             if kept is not None:
                 # Nobody is left to resend a will the cluster could not take
                 # (a peer's backlog full): say so instead of an unhandled error.
                 kept.addErrback(self._will_lost, will.topic)
         if not self.taken_over and self.subscriber_id is not None:
-            self.registry.unregister(self.subscriber_id, self, self.clean_session)
+            if self.level == P.PROTOCOL_LEVEL_5:
+                expiry = self.session_expiry
+                self.registry.unregister(self.subscriber_id, self, expiry == 0,
+                                         math.inf if expiry == EXPIRY_NEVER else float(expiry))
+            else:
+                self.registry.unregister(self.subscriber_id, self, self.clean_session)
         self.queue = None
+
+    @staticmethod
+    def _will_properties(will: P.Will) -> Optional[P.Properties]:
+        """What of a will's properties its message carries (not the delay)."""
+        props = will.properties
+        if props is None or props.will_delay_interval is None:
+            return props
+        props = attrs.evolve(props, will_delay_interval=None)
+        return None if props == P.Properties() else props
 
     def _will_lost(self, failure: Any, topic: str) -> None:
         self.log.warn("the will of {client_id} on {topic} is lost: {why}",
@@ -457,8 +654,34 @@ class Session:
 
     def send_publish(self, message: Message, qos: int, packet_id: Optional[int],
                      dup: bool) -> None:
+        if self.level == P.PROTOCOL_LEVEL_5:
+            self._send_publish5(message, qos, packet_id, dup)
+            return
         self.io.write(encode_publish(message.topic, message.payload, qos, message.retain,
                                      dup, packet_id))
+
+    def _send_publish5(self, message: Message, qos: int, packet_id: Optional[int],
+                       dup: bool) -> None:
+        """
+        A PUBLISH to an MQTT 5.0 client: the publisher's properties unchanged
+        and in order [MQTT-3.3.2-17/18], [MQTT-3.3.2-20], the message expiry
+        interval lowered by the time the message waited here [MQTT-3.3.2-6];
+        dropped (counted) when larger than the client's maximum packet size
+        [MQTT-3.1.2-25].
+        """
+        props = message.properties
+        if props is not None and props.message_expiry_interval is not None:
+            waited = int(self.registry.clock.seconds() - message.timestamp)
+            if waited > 0:
+                props = attrs.evolve(
+                    props, message_expiry_interval=max(1, props.message_expiry_interval - waited))
+        data = encode_publish5(message.topic, message.payload, qos, message.retain, dup,
+                               packet_id, props)
+        if self.max_send_size and len(data) > self.max_send_size:
+            if self.queue is not None:
+                self.queue.drop_too_large(packet_id)
+            return
+        self.io.write(data)
 
     def send_pubrel(self, packet_id: int) -> None:
         self.io.write(_PUBACK(_PUBREL_BYTE, 2, packet_id))
@@ -472,6 +695,14 @@ class Session:
             return
         topic = publish.topic
         qos = publish.qos
+        props = None
+        if self.level == P.PROTOCOL_LEVEL_5:
+            props = publish.properties
+            if props is not None:
+                resolved = self._publish_properties(topic, props)
+                if resolved is None:
+                    return
+                topic, props = resolved
         max_depth = self.settings.topic_max_depth
         if max_depth and topic.count("/") >= max_depth:
             self.violation("topic deeper than topic_max_depth")
@@ -489,18 +720,59 @@ class Session:
         if allowed:
             waiting = self.registry.publish(Message(
                 new_message_ref(), topic, publish.payload, qos, publish.retain, False, now,
-                self.settings.mountpoint),
+                self.settings.mountpoint, None, props),
                 (self.client_id, self.username) if publish.retain else None)
         # A denied QoS 1/2 message is still acknowledged, as VerneMQ and the
-        # ACL plugins do, so the client does not resend it forever.
+        # ACL plugins do, so the client does not resend it forever; an MQTT
+        # 5.0 client is told it was not authorized (0x87).
         if qos == 1:
-            self._acknowledge(waiting, _PUBACK(_PUBACK_BYTE, 2, publish.packet_id))
+            if allowed or self.level != P.PROTOCOL_LEVEL_5:
+                ack = _PUBACK(_PUBACK_BYTE, 2, publish.packet_id)
+            else:
+                ack = _PUBACK5(_PUBACK_BYTE, 3, publish.packet_id, R.NOT_AUTHORIZED)
+            self._acknowledge(waiting, ack)
         elif qos == 2:
             assert publish.packet_id is not None  # the codec refuses QoS > 0 without one
-            queue.awaiting_rel.add(publish.packet_id)
+            if allowed or self.level != P.PROTOCOL_LEVEL_5:
+                queue.awaiting_rel.add(publish.packet_id)
+                ack = _PUBACK(_PUBREC_BYTE, 2, publish.packet_id)
+            else:
+                # A PUBREC with an error code ends the exchange [MQTT-4.3.3-4]
+                # (no PUBREL follows).
+                ack = _PUBACK5(_PUBREC_BYTE, 3, publish.packet_id, R.NOT_AUTHORIZED)
             if waiting is not None:
                 waiting.addErrback(self._not_routed, publish.packet_id)
-            self._acknowledge(waiting, _PUBACK(_PUBREC_BYTE, 2, publish.packet_id))
+            self._acknowledge(waiting, ack)
+
+    def _publish_properties(self, topic: str, props: P.Properties
+                            ) -> Optional[Tuple[str, Optional[P.Properties]]]:
+        """
+        An MQTT 5.0 PUBLISH's topic alias resolved (or set) and removed from
+        the properties passed on [MQTT-3.3.2-12]; None after a violation.
+        """
+        if props.subscription_identifiers:
+            self.violation("subscription identifier from a client",   # [MQTT-3.3.4-6]
+                           R.PROTOCOL_ERROR)
+            return None
+        alias = props.topic_alias
+        if alias is None:
+            return topic, props
+        if alias > self.settings.topic_alias_max_client:
+            self.violation("topic alias above the maximum",           # [MQTT-3.3.2-9]
+                           R.TOPIC_ALIAS_INVALID)
+            return None
+        aliases = self.aliases
+        assert aliases is not None   # set at level 5 from CONNACK on
+        if topic:
+            aliases[alias] = topic
+        else:
+            known = aliases.get(alias)
+            if known is None:
+                self.violation("unknown topic alias", R.PROTOCOL_ERROR)
+                return None
+            topic = known
+        rest = attrs.evolve(props, topic_alias=None)
+        return topic, (None if rest == _NO_PROPERTIES else rest)
 
     def _acknowledge(self, waiting: Optional[Deferred], ack: bytes) -> None:
         """Write ``ack`` once ``waiting`` fired and every earlier ack is out."""
@@ -571,6 +843,10 @@ class Session:
         """Release a QoS 2 id; PUBCOMP even for an unknown id [MQTT-4.3.3-2]."""
         queue = self.queue
         assert queue is not None
+        if self.level == P.PROTOCOL_LEVEL_5 and packet.packet_id not in queue.awaiting_rel:
+            self._acknowledge(None, _PUBACK5(_PUBCOMP_BYTE, 3, packet.packet_id,
+                                             R.PACKET_IDENTIFIER_NOT_FOUND))
+            return
         queue.awaiting_rel.discard(packet.packet_id)
         self._acknowledge(None, _PUBACK(_PUBCOMP_BYTE, 2, packet.packet_id))
 
@@ -578,7 +854,11 @@ class Session:
         settings = self.settings
         if not settings.allow_subscribe_during_netsplit and not self.registry.ready():
             self.io.write(encode(P.SubAck(subscribe.packet_id,
-                                          [P.SUBACK_FAILURE] * len(subscribe.topics))))
+                                          [P.SUBACK_FAILURE] * len(subscribe.topics)),
+                                 self.level))
+            return
+        if self.level == P.PROTOCOL_LEVEL_5:
+            self._on_subscribe5(subscribe)
             return
         subscriber_id = self.subscriber_id
         queue = self.queue
@@ -609,6 +889,56 @@ class Session:
         else:
             routed.addCallback(lambda _: self._send_retained(queue, granted))
 
+    def _on_subscribe5(self, subscribe: P.Subscribe) -> None:
+        """
+        SUBSCRIBE at level 5: a reason code per filter (section 3.9.3) and
+        the retain handling option [MQTT-3.3.1-9..11].
+        """
+        settings = self.settings
+        subscriber_id = self.subscriber_id
+        queue = self.queue
+        assert subscriber_id is not None and queue is not None
+        props = subscribe.properties
+        if props is not None and props.subscription_identifiers:
+            # Announced as not available in CONNACK.
+            self.io.write(encode(P.SubAck(
+                subscribe.packet_id,
+                [R.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED] * len(subscribe.topics)),
+                P.PROTOCOL_LEVEL_5))
+            return
+        existing = self.registry.subscriptions(subscriber_id)
+        limit = settings.max_subscriptions_per_client
+        granted: List[Tuple[str, int]] = []
+        retained: List[Tuple[str, int]] = []
+        codes: List[int] = []
+        for flt, options in subscribe.topics:
+            qos = options & P.SUB_QOS_MASK
+            if not validate_filter(flt, settings.topic_max_depth):
+                codes.append(R.TOPIC_FILTER_INVALID)
+            elif parse_shared(flt) is not None:
+                codes.append(R.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
+            elif not self.authenticator.can_subscribe(self.client_id, self.username, flt):
+                codes.append(R.NOT_AUTHORIZED)
+            elif limit and flt not in existing and len(existing) >= limit:
+                codes.append(R.QUOTA_EXCEEDED)
+            else:
+                handling = (options & P.SUB_RETAIN_HANDLING_MASK) >> P.SUB_RETAIN_HANDLING_SHIFT
+                if handling == P.RETAIN_SEND or (handling == P.RETAIN_SEND_IF_NEW
+                                                 and flt not in existing):
+                    retained.append((flt, qos))
+                existing[flt] = qos
+                granted.append((flt, qos))
+                codes.append(qos)
+        routed = None
+        if granted:
+            routed = self.registry.subscribe(subscriber_id, self.clean_session, granted)
+        self._acknowledge(routed, encode(P.SubAck(subscribe.packet_id, codes),
+                                         P.PROTOCOL_LEVEL_5))
+        if routed is None:
+            self._send_retained(queue, retained)
+        else:
+            routed.addCallback(lambda _: self._send_retained(queue, retained))
+
     def _send_retained(self, queue: SessionQueue, granted: List[Tuple[str, int]]) -> None:
         if self.state != CONNECTED:
             return
@@ -626,6 +956,14 @@ class Session:
                 and not self.registry.ready()):
             return  # no UNSUBACK: the client resends after the split heals
         assert self.subscriber_id is not None
+        if self.level == P.PROTOCOL_LEVEL_5:
+            # One reason code per filter [MQTT-3.11.3-1].
+            existing = self.registry.subscriptions(self.subscriber_id)
+            codes = [R.SUCCESS if flt in existing else R.NO_SUBSCRIPTION_EXISTED
+                     for flt in unsubscribe.topics]
+            self.registry.unsubscribe(self.subscriber_id, self.clean_session, unsubscribe.topics)
+            self.io.write(encode(P.UnsubAck(unsubscribe.packet_id, codes), P.PROTOCOL_LEVEL_5))
+            return
         self.registry.unsubscribe(self.subscriber_id, self.clean_session, unsubscribe.topics)
         self.io.write(encode(P.UnsubAck(unsubscribe.packet_id)))
 
@@ -633,6 +971,25 @@ class Session:
         self.io.write(_PINGRESP)
 
     def _on_disconnect(self, packet: P.Disconnect, now: float) -> None:
+        if self.level == P.PROTOCOL_LEVEL_5:
+            props = packet.properties
+            if props is not None and props.session_expiry_interval is not None:
+                if self.session_expiry == 0 and props.session_expiry_interval:
+                    self.violation("session expiry set at DISCONNECT after 0",  # [MQTT-3.14.2-2]
+                                   R.PROTOCOL_ERROR)
+                    return
+                self.session_expiry = props.session_expiry_interval
+            if packet.reason_code == R.DISCONNECT_WITH_WILL_MESSAGE:
+                # The client asks for its will (section 3.14.2.1).
+                self._will_on_disconnect = True
         self._disconnected = True
-        self.will = None
+        if not self._will_on_disconnect:
+            self.will = None
         self.io.close()
+
+    def _on_auth(self, packet: P.Auth, now: float) -> None:
+        """
+        No authentication method was accepted at CONNECT (none is offered),
+        so any AUTH is a Protocol Error [MQTT-4.12.0-1].
+        """
+        self.violation("AUTH without an authentication method", R.PROTOCOL_ERROR)
