@@ -73,7 +73,7 @@ def test_v5_connack_says_what_is_not_offered():
     assert client.protocol.session.level == 5
     props = connack.properties
     assert props is not None
-    assert props.subscription_identifier_available == 0
+    assert props.subscription_identifier_available is None   # available
     assert props.shared_subscription_available == 0
     assert props.assigned_client_identifier is None   # the client named itself
     assert props.maximum_qos is None and props.retain_available is None
@@ -495,12 +495,60 @@ def test_suback_reason_codes():
                                    R.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED, 2, R.QUOTA_EXCEEDED]
 
 
-def test_subscription_identifier_not_supported():
-    """3.2.2.3.12: announced as not available, so refused per filter with 0xA1."""
+def test_subscription_identifiers_on_delivery():
+    """[MQTT-3.3.4-3/4]: a delivery carries every matching subscription's identifier."""
     broker = Broker()
     client, _ = connect5(broker)
-    [suback] = subscribe5(broker, client, ("a", 1), properties=B5.props(B5.p_vbi(0x0B, 5)))
-    assert suback.reason_codes == [R.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED]
+    subscribe5(broker, client, ("a/#", 1), properties=B5.props(B5.p_vbi(0x0B, 7)))
+    subscribe5(broker, client, ("a/+", 0), properties=B5.props(B5.p_vbi(0x0B, 300)))
+    subscribe5(broker, client, ("+/b", 2))
+    broker.connect("pub").send(B.publish("a/b", b"x", qos=2, packet_id=1))
+    [got] = client.publishes()
+    assert got.qos == 2   # the highest granted QoS of the matching filters
+    assert got.properties is not None
+    assert got.properties.subscription_identifiers == (7, 300)
+    broker.connect("pub2").send(B.publish("a/c/d", b"y"))
+    [got] = client.publishes()
+    assert got.properties is not None and got.properties.subscription_identifiers == (7,)
+
+
+def test_subscription_identifiers_survive_a_reconnect():
+    """A resumed session still sends the identifiers its subscriptions carry."""
+    broker = Broker()
+    client, _ = connect5(broker, "s", clean_start=False, properties=expiry(100))
+    subscribe5(broker, client, ("t", 1), properties=B5.props(B5.p_vbi(0x0B, 42)))
+    client.drop()
+    client, connack = connect5(broker, "s", clean_start=False, properties=expiry(100))
+    assert connack.session_present
+    broker.connect("pub").send(B.publish("t", b"x", qos=1, packet_id=1))
+    [got] = client.publishes()
+    assert got.properties is not None and got.properties.subscription_identifiers == (42,)
+
+
+def test_no_local():
+    """[MQTT-3.8.3-3]: no local: a client's own messages are not sent back to it."""
+    broker = Broker()
+    client, _ = connect5(broker, "me")
+    subscribe5(broker, client, ("chat", P.subscription_options(1, no_local=True)))
+    other, _ = connect5(broker, "other")
+    subscribe5(broker, other, ("chat", P.subscription_options(1, no_local=True)))
+    client.send(B5.publish("chat", b"mine", qos=1, packet_id=1))
+    assert client.received() == [P.PubAck(1)]   # and no PUBLISH of its own
+    assert [p.payload for p in other.publishes()] == [b"mine"]
+    other.send(B5.publish("chat", b"theirs"))
+    assert [p.payload for p in client.publishes()] == [b"theirs"]
+
+
+def test_retain_as_published():
+    """[MQTT-3.3.1-12]: RETAIN kept as published with the option, cleared without."""
+    broker = Broker()
+    keeps, _ = connect5(broker, "keeps")
+    subscribe5(broker, keeps, ("r", P.subscription_options(0, retain_as_published=True)))
+    plain, _ = connect5(broker, "plain")
+    subscribe5(broker, plain, ("r", 0))
+    broker.connect("pub").send(B.publish("r", b"x", retain=True))
+    assert [p.retain for p in keeps.publishes()] == [True]
+    assert [p.retain for p in plain.publishes()] == [False]
 
 
 def test_unsuback_reason_codes():
@@ -521,3 +569,30 @@ def test_retain_handling(handling, first, again):
     options = P.subscription_options(1, retain_handling=handling)
     assert len(subscribe5(broker, client, ("r", options))) - 1 == first
     assert len(subscribe5(broker, client, ("r", options))) - 1 == again
+
+
+# -- across an in-memory cluster ---------------------------------------------------
+
+
+def test_properties_and_identifiers_across_nodes():
+    """
+    PUBLISH properties cross the data plane with the message; subscription
+    identifiers are the receiving node's (its subscriber's records).
+    """
+    from vmqtw.testing.inprocess_broker import Cluster
+    cluster = Cluster(("A", "B"))
+    try:
+        sub, _ = connect5(cluster["B"], "sub")
+        subscribe5(cluster["B"], sub, ("x/#", 1), properties=B5.props(B5.p_vbi(0x0B, 9)))
+        cluster.settle()
+        pub, _ = connect5(cluster["A"], "pub")
+        pub.send(B5.publish("x/1", b"far", qos=1, packet_id=1, properties=PUBLISH_PROPS))
+        cluster.settle()
+        [got] = sub.publishes()
+        props = got.properties
+        assert props is not None
+        assert props.user_properties == (("b", "2"), ("a", "1"), ("b", "2"))
+        assert (props.content_type, props.correlation_data) == ("application/json", b"\x00corr")
+        assert props.subscription_identifiers == (9,)
+    finally:
+        cluster.stop()

@@ -42,6 +42,7 @@ from vmqtw.errors import BacklogFull
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt import reasons as R
 from vmqtw.mqtt.codec import encode, encode_publish, encode_publish5
+from vmqtw.topic import matches as topic_matches
 from vmqtw.topic import parse_shared, validate_filter, validate_topic
 from vmqtw.types import Message, SubscriberId, new_message_ref
 
@@ -301,6 +302,10 @@ class Session:
         self.session_expiry = 0
         #: MQTT 5.0: the client's maximum packet size (0 = none given).
         self.max_send_size = 0
+        #: MQTT 5.0: filter -> subscription identifier, for the filters
+        #: that have one (the records hold them too; this is the session's
+        #: copy, read on every delivery to it).
+        self._sub_ids: Dict[str, int] = {}
         #: MQTT 5.0: topic alias -> topic, set by the client's PUBLISHes.
         self.aliases: Optional[Dict[int, str]] = None
         self._connect_props: Optional[P.Properties] = None
@@ -474,7 +479,6 @@ class Session:
         if settings.topic_alias_max_client:
             props.topic_alias_maximum = settings.topic_alias_max_client
         # Offered later (issue 10): say so rather than refuse them.
-        props.subscription_identifier_available = 0
         props.shared_subscription_available = 0
         return encode(P.ConnAck(R.SUCCESS, present, props), P.PROTOCOL_LEVEL_5)
 
@@ -525,6 +529,11 @@ class Session:
         if self.level == P.PROTOCOL_LEVEL_5:
             self.io.write(self._connack5(present))
             self.aliases = {}
+            if present:
+                # A resumed session's subscription identifiers.
+                for flt, value in self.registry.subscriptions(self.subscriber_id).items():
+                    if value >> 8:
+                        self._sub_ids[flt] = value >> 8
         else:
             self.io.write(encode(P.ConnAck(P.CONNACK_ACCEPTED, present)))
         if self.on_connected is not None:
@@ -675,6 +684,14 @@ class Session:
             if waited > 0:
                 props = attrs.evolve(
                     props, message_expiry_interval=max(1, props.message_expiry_interval - waited))
+        if self._sub_ids:
+            # Every matching subscription's identifier [MQTT-3.3.4-3/4/5].
+            topic = message.topic
+            ids = tuple(sorted(sub_id for flt, sub_id in self._sub_ids.items()
+                               if topic_matches(flt, topic)))
+            if ids:
+                props = (P.Properties(subscription_identifiers=ids) if props is None
+                         else attrs.evolve(props, subscription_identifiers=ids))
         data = encode_publish5(message.topic, message.payload, qos, message.retain, dup,
                                packet_id, props)
         if self.max_send_size and len(data) > self.max_send_size:
@@ -721,7 +738,9 @@ class Session:
             waiting = self.registry.publish(Message(
                 new_message_ref(), topic, publish.payload, qos, publish.retain, False, now,
                 self.settings.mountpoint, None, props),
-                (self.client_id, self.username) if publish.retain else None)
+                # At level 5 the router also needs it for "no local".
+                (self.client_id, self.username)
+                if publish.retain or self.level == P.PROTOCOL_LEVEL_5 else None)
         # A denied QoS 1/2 message is still acknowledged, as VerneMQ and the
         # ACL plugins do, so the client does not resend it forever; an MQTT
         # 5.0 client is told it was not authorized (0x87).
@@ -899,13 +918,11 @@ class Session:
         queue = self.queue
         assert subscriber_id is not None and queue is not None
         props = subscribe.properties
+        sub_id = 0
         if props is not None and props.subscription_identifiers:
-            # Announced as not available in CONNACK.
-            self.io.write(encode(P.SubAck(
-                subscribe.packet_id,
-                [R.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED] * len(subscribe.topics)),
-                P.PROTOCOL_LEVEL_5))
-            return
+            # Kept with each filter, above the options byte (see
+            # vmqtw.broker.subscriptions).
+            sub_id = props.subscription_identifiers[0]
         existing = self.registry.subscriptions(subscriber_id)
         limit = settings.max_subscriptions_per_client
         granted: List[Tuple[str, int]] = []
@@ -927,11 +944,19 @@ class Session:
                                                  and flt not in existing):
                     retained.append((flt, qos))
                 existing[flt] = qos
-                granted.append((flt, qos))
+                # Options without retain handling (only used here, now).
+                value = (options & ~P.SUB_RETAIN_HANDLING_MASK) | (sub_id << 8)
+                granted.append((flt, value))
                 codes.append(qos)
         routed = None
         if granted:
             routed = self.registry.subscribe(subscriber_id, self.clean_session, granted)
+            sub_ids = self._sub_ids
+            for flt, value in granted:
+                if sub_id:
+                    sub_ids[flt] = sub_id
+                else:
+                    sub_ids.pop(flt, None)
         self._acknowledge(routed, encode(P.SubAck(subscribe.packet_id, codes),
                                          P.PROTOCOL_LEVEL_5))
         if routed is None:
@@ -961,6 +986,8 @@ class Session:
             existing = self.registry.subscriptions(self.subscriber_id)
             codes = [R.SUCCESS if flt in existing else R.NO_SUBSCRIPTION_EXISTED
                      for flt in unsubscribe.topics]
+            for flt in unsubscribe.topics:
+                self._sub_ids.pop(flt, None)
             self.registry.unsubscribe(self.subscriber_id, self.clean_session, unsubscribe.topics)
             self.io.write(encode(P.UnsubAck(unsubscribe.packet_id, codes), P.PROTOCOL_LEVEL_5))
             return
