@@ -596,3 +596,59 @@ def test_properties_and_identifiers_across_nodes():
         assert props.subscription_identifiers == (9,)
     finally:
         cluster.stop()
+
+
+# -- will delay, receive maximum towards us ---------------------------------------------
+
+
+def _will_client(broker: Broker, delay: int, session_expiry: int) -> Client:
+    client, _ = connect5(broker, "w", clean_start=False, properties=expiry(session_expiry),
+                         will_topic="wills/w", will_message=b"late",
+                         will_properties=B5.props(B5.p_u32(0x18, delay)))
+    return client
+
+
+def test_will_delay_interval():
+    """[MQTT-3.1.3-9]: the will waits for its delay."""
+    broker = Broker()
+    watcher = broker.subscriber("watcher", ("wills/#", 0))
+    _will_client(broker, 10, 100).drop()
+    broker.clock.advance(9)
+    assert watcher.publishes() == []
+    broker.clock.advance(1.5)
+    assert [p.payload for p in watcher.publishes()] == [b"late"]
+
+
+def test_will_delay_cancelled_by_a_reconnect():
+    """[MQTT-3.1.3-9]: a client back before the delay passes: no will."""
+    broker = Broker()
+    watcher = broker.subscriber("watcher", ("wills/#", 0))
+    _will_client(broker, 10, 100).drop()
+    broker.clock.advance(5)
+    connect5(broker, "w", clean_start=False, properties=expiry(100))
+    broker.clock.advance(20)
+    assert watcher.publishes() == []
+
+
+def test_will_delay_cut_short_by_session_expiry():
+    """3.1.3.2.2: the will goes when the session ends, if that is earlier."""
+    broker = Broker()
+    watcher = broker.subscriber("watcher", ("wills/#", 0))
+    _will_client(broker, 60, 3).drop()
+    broker.clock.advance(3.5)
+    assert [p.payload for p in watcher.publishes()] == [b"late"]
+
+
+def test_receive_maximum_exceeded():
+    """[MQTT-3.3.4-8]: more unacknowledged QoS 2 than receive_max_broker: DISCONNECT 0x93."""
+    broker = Broker(settings=SessionSettings(receive_max_broker=2))
+    pub, connack = connect5(broker)
+    assert connack.properties is not None and connack.properties.receive_maximum == 2
+    for packet_id in (1, 2):
+        pub.send(B5.publish("t", b"x", qos=2, packet_id=packet_id))
+    assert pub.received() == [P.PubRec(1), P.PubRec(2)]
+    pub.send(B5.ack("PUBREL", 1))
+    pub.send(B5.publish("t", b"x", qos=2, packet_id=3))
+    assert pub.received() == [P.PubComp(1), P.PubRec(3)]
+    pub.send(B5.publish("t", b"x", qos=2, packet_id=4))
+    closed_with(pub, R.RECEIVE_MAXIMUM_EXCEEDED)

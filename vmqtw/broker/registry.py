@@ -83,6 +83,8 @@ class Registry:
         self._expiry_calls: Dict[SubscriberId, IDelayedCall] = {}
         #: MQTT 5.0 sessions' own expiry intervals (seconds, inf = never).
         self._session_expiry: Dict[SubscriberId, float] = {}
+        #: MQTT 5.0 wills waiting for their delay (see :meth:`delay_will`).
+        self._delayed_wills: Dict[SubscriberId, IDelayedCall] = {}
         self.metadata = metadata
         self.clock = clock
         self.limits = limits
@@ -155,10 +157,12 @@ class Registry:
             queue.detach()
         for call in [*self._expiry_calls.values(), *self._hold_calls.values(),
                      *(call for _queue, _node, call in self._handing_on.values()),
-                     *(call for _filters, call in self._moved.values())]:
+                     *(call for _filters, call in self._moved.values()),
+                     *self._delayed_wills.values()]:
             if call.active():
                 call.cancel()
         self._expiry_calls.clear()
+        self._delayed_wills.clear()
         self._hold_calls.clear()
         self._awaited.clear()
         self._handing_on.clear()
@@ -304,8 +308,28 @@ class Registry:
         self.confirm(SUBSCRIBER_PREFIX, subscriber_id.as_key()).addBoth(
             lambda _: lease.release())
 
+    def delay_will(self, subscriber_id: SubscriberId, delay: float,
+                   publish: Callable[[], Any]) -> None:
+        """
+        Call ``publish`` (an MQTT 5.0 will) after ``delay`` seconds, unless
+        the client id registers again first [MQTT-3.1.3-9].
+        """
+        self._cancel_will(subscriber_id)
+        self._delayed_wills[subscriber_id] = self.clock.callLater(
+            delay, self._publish_will, subscriber_id, publish)
+
+    def _publish_will(self, subscriber_id: SubscriberId, publish: Callable[[], Any]) -> None:
+        self._delayed_wills.pop(subscriber_id, None)
+        publish()
+
+    def _cancel_will(self, subscriber_id: SubscriberId) -> None:
+        call = self._delayed_wills.pop(subscriber_id, None)
+        if call is not None and call.active():
+            call.cancel()
+
     def _register(self, subscriber_id: SubscriberId, clean_session: bool,
                   session: Any) -> Tuple[SubscriberQueue, bool]:
+        self._cancel_will(subscriber_id)
         previous = self.sessions.pop(subscriber_id, None)
         if previous is not None:
             previous.take_over()

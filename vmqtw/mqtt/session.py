@@ -176,6 +176,10 @@ class SessionRegistry(Protocol):
     def retained_matching(self, flt: str) -> Iterator[Tuple[Message, Any]]:
         """Retained messages for a new subscription, each with its author or None."""
 
+    def delay_will(self, subscriber_id: SubscriberId, delay: float,
+                   publish: Callable[[], Any]) -> None:
+        """MQTT 5.0: ``publish()`` after ``delay`` unless the client id comes back."""
+
 
 @attrs.define(frozen=True, slots=True)
 class SessionSettings:
@@ -628,15 +632,19 @@ class Session:
         will = self.will
         self.will = None
         if will is not None and (not self._disconnected or self._will_on_disconnect):
-            kept = self.registry.publish(Message(new_message_ref(), will.topic, will.payload,
-                                                 will.qos, will.retain, False,
-                                                 self.registry.clock.seconds(),
-                                                 self.settings.mountpoint, None,
-                                                 self._will_properties(will)))
-            if kept is not None:
-                # Nobody is left to resend a will the cluster could not take
-                # (a peer's backlog full): say so instead of an unhandled error.
-                kept.addErrback(self._will_lost, will.topic)
+            delay = 0.0
+            if will.properties is not None and will.properties.will_delay_interval:
+                # [MQTT-3.1.3-9]: the will waits for its delay, or until the
+                # session ends if that comes first; a client back in time
+                # (this takeover included) cancels it.
+                expiry = self.session_expiry
+                delay = float(min(will.properties.will_delay_interval,
+                                  math.inf if expiry == EXPIRY_NEVER else expiry))
+            if delay <= 0:
+                self._publish_will(will)
+            elif not self.taken_over and self.subscriber_id is not None:
+                self.registry.delay_will(self.subscriber_id, delay,
+                                         lambda: self._publish_will(will))
         if not self.taken_over and self.subscriber_id is not None:
             if self.level == P.PROTOCOL_LEVEL_5:
                 expiry = self.session_expiry
@@ -645,6 +653,17 @@ class Session:
             else:
                 self.registry.unregister(self.subscriber_id, self, self.clean_session)
         self.queue = None
+
+    def _publish_will(self, will: P.Will) -> None:
+        kept = self.registry.publish(Message(new_message_ref(), will.topic, will.payload,
+                                             will.qos, will.retain, False,
+                                             self.registry.clock.seconds(),
+                                             self.settings.mountpoint, None,
+                                             self._will_properties(will)))
+        if kept is not None:
+            # Nobody is left to resend a will the cluster could not take
+            # (a peer's backlog full): say so instead of an unhandled error.
+            kept.addErrback(self._will_lost, will.topic)
 
     @staticmethod
     def _will_properties(will: P.Will) -> Optional[P.Properties]:
@@ -726,6 +745,13 @@ class Session:
             return
         queue = self.queue
         assert queue is not None  # only CONNECTED sessions handle PUBLISH
+        if (qos and self.level == P.PROTOCOL_LEVEL_5
+                and len(self._acks) + len(queue.awaiting_rel) >= self.settings.receive_max_broker
+                and publish.packet_id not in queue.awaiting_rel):
+            # More unacknowledged QoS 1/2 PUBLISHes than the receive
+            # maximum we announced [MQTT-3.3.4-8].
+            self.violation("receive maximum exceeded", R.RECEIVE_MAXIMUM_EXCEEDED)
+            return
         if qos == 2 and publish.packet_id in queue.awaiting_rel:
             # A resend of a QoS 2 message already routed: answer, do not
             # route it again (exactly once) [MQTT-4.3.3-2].
