@@ -168,3 +168,34 @@ def test_paho_v5_connack_properties(nodes):
     assert props.TopicAliasMaximum == 8
     assert not hasattr(props, "SubscriptionIdentifierAvailable")   # available
     assert props.SharedSubscriptionAvailable == 0
+
+
+def test_paho_v5_subscription_options(nodes):
+    """No local, retain as published and subscription identifiers, as paho sends them."""
+    node = nodes.node()
+    client = Paho5(nodes, node, "opts")
+    props = Properties(PacketTypes.SUBSCRIBE)
+    props.SubscriptionIdentifier = 17
+    client.client.on_subscribe = lambda *args: None
+    done = threading.Event()
+    client.client.on_subscribe = lambda *args: done.set()
+    client.client.subscribe("room/#", options=SubscribeOptions(qos=1, noLocal=True,
+                                                                  retainAsPublished=True),
+                            properties=props)
+    assert done.wait(10)
+    client.publish("room/mine", b"echo?", 1)
+    other = Paho5(nodes, node, "other")
+    other.publish("room/kept", b"r", 1, retain=True)
+    [got] = client.wait_for(1)
+    assert (got.topic, got.payload, bool(got.retain)) == ("room/kept", b"r", True)
+    assert got.properties.SubscriptionIdentifier == [17]
+
+
+def test_node_shutdown_tells_v5_clients(nodes):
+    """A node stopping sends DISCONNECT 0x8B Server shutting down to v5 clients."""
+    node = nodes.node()
+    client = Paho5(nodes, node, "stay")
+    client.client.reconnect_delay_set(60, 120)
+    assert node.stop() in (0, -15)
+    wait_until(lambda: client.disconnects, 10, what="DISCONNECT")
+    assert client.disconnects[0].value == 0x8B
