@@ -178,6 +178,10 @@ def test_keep_alive_timeout_disconnect():
     client, _ = connect5(broker, keepalive=10)
     broker.clock.advance(15.1)
     closed_with(client, R.KEEP_ALIVE_TIMEOUT)
+    # A peer that is gone never reads it: aborted after a grace period.
+    assert not getattr(client.transport, "disconnected", False)
+    broker.clock.advance(5)
+    assert client.transport.disconnected
 
 
 def test_takeover_disconnect():

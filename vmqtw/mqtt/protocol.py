@@ -56,6 +56,7 @@ class MQTTProtocol(Protocol):
         self.last_seen = 0.0
         self._connect_timer: Any = None
         self._keepalive_timer: Any = None
+        self._close_timer: Any = None
 
     # -- Protocol -----------------------------------------------------------------
 
@@ -128,10 +129,10 @@ class MQTTProtocol(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.closing = True
-        for timer in (self._connect_timer, self._keepalive_timer):
+        for timer in (self._connect_timer, self._keepalive_timer, self._close_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._connect_timer = self._keepalive_timer = None
+        self._connect_timer = self._keepalive_timer = self._close_timer = None
         self.factory.connections.discard(self)
         try:
             self.session.connection_lost()
@@ -171,10 +172,12 @@ class MQTTProtocol(Protocol):
         if not self.closing:
             self.transport.write(data)
 
-    def close(self) -> None:
+    def close(self, grace: Optional[float] = None) -> None:
         if not self.closing:
             self.closing = True
             self.transport.loseConnection()
+            if grace is not None:
+                self._close_timer = self.clock.callLater(grace, self.transport.abortConnection)
 
     def abort(self) -> None:
         if not self.closing:

@@ -65,6 +65,10 @@ _PUBACK_BYTE, _PUBREC_BYTE, _PUBREL_BYTE, _PUBCOMP_BYTE = 0x40, 0x50, 0x62, 0x70
 #: storage; resume when half of them are written.
 ACK_BACKLOG_PAUSE = 256
 
+#: Seconds a server DISCONNECT may take to reach an MQTT 5.0 client before
+#: the connection is aborted anyway.
+DISCONNECT_GRACE = 5.0
+
 #: The session expiry interval meaning "never" (MQTT 5.0, 3.1.2.11.2).
 EXPIRY_NEVER = 0xFFFFFFFF
 
@@ -84,8 +88,11 @@ class SessionIO(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
-    def close(self) -> None:
-        """Close after writing what is buffered (e.g. after a CONNACK)."""
+    def close(self, grace: Optional[float] = None) -> None:
+        """
+        Close after writing what is buffered (e.g. after a CONNACK); with
+        ``grace``, abort if that takes longer (a peer that stopped reading).
+        """
 
     def abort(self) -> None:
         """Close at once (protocol violation, takeover)."""
@@ -384,7 +391,9 @@ class Session:
         """
         if self.level == P.PROTOCOL_LEVEL_5 and self.state == CONNECTED:
             self.io.write(encode(P.Disconnect(code), P.PROTOCOL_LEVEL_5))
-            self.io.close()
+            # A dead peer (keep alive timeout) never takes the bytes: the
+            # connection must still end, and its will go, soon.
+            self.io.close(DISCONNECT_GRACE)
         else:
             self.io.abort()
 
