@@ -471,7 +471,22 @@ def test_puback_and_pubrec_not_authorized():
     pub.send(B5.publish("forbidden/t", b"x", qos=2, packet_id=2))
     pub.send(B5.publish("ok", b"x", qos=1, packet_id=3))
     assert pub.received() == [P.PubAck(1, R.NOT_AUTHORIZED), P.PubRec(2, R.NOT_AUTHORIZED),
-                              P.PubAck(3)]
+                              P.PubAck(3, R.NO_MATCHING_SUBSCRIBERS)]
+
+
+def test_no_matching_subscribers():
+    """3.4.2.1: PUBACK / PUBREC 0x10 when nobody subscribes; 0x00 when someone does."""
+    broker = Broker()
+    pub, _ = connect5(broker, "pub")
+    pub.send(B5.publish("nobody", b"x", qos=1, packet_id=1))
+    pub.send(B5.publish("nobody", b"x", qos=2, packet_id=2))
+    assert pub.received() == [P.PubAck(1, R.NO_MATCHING_SUBSCRIBERS),
+                              P.PubRec(2, R.NO_MATCHING_SUBSCRIBERS)]
+    pub.send(B5.ack("PUBREL", 2))   # 0x10 is a success code: the exchange goes on
+    assert pub.received() == [P.PubComp(2)]
+    broker.subscriber("someone", ("nobody", 1))
+    pub.send(B5.publish("nobody", b"x", qos=1, packet_id=3))
+    assert pub.received() == [P.PubAck(3)]
 
 
 def test_pubrel_unknown_id():
@@ -481,7 +496,7 @@ def test_pubrel_unknown_id():
     pub.send(B5.ack("PUBREL", 9))
     assert pub.received() == [P.PubComp(9, R.PACKET_IDENTIFIER_NOT_FOUND)]
     pub.send(B5.publish("t", b"x", qos=2, packet_id=4))
-    assert pub.received() == [P.PubRec(4)]
+    assert pub.received() == [P.PubRec(4, R.NO_MATCHING_SUBSCRIBERS)]
     pub.send(B5.ack("PUBREL", 4))
     assert pub.received() == [P.PubComp(4)]
 
@@ -650,9 +665,10 @@ def test_receive_maximum_exceeded():
     assert connack.properties is not None and connack.properties.receive_maximum == 2
     for packet_id in (1, 2):
         pub.send(B5.publish("t", b"x", qos=2, packet_id=packet_id))
-    assert pub.received() == [P.PubRec(1), P.PubRec(2)]
+    nobody = R.NO_MATCHING_SUBSCRIBERS
+    assert pub.received() == [P.PubRec(1, nobody), P.PubRec(2, nobody)]
     pub.send(B5.ack("PUBREL", 1))
     pub.send(B5.publish("t", b"x", qos=2, packet_id=3))
-    assert pub.received() == [P.PubComp(1), P.PubRec(3)]
+    assert pub.received() == [P.PubComp(1), P.PubRec(3, nobody)]
     pub.send(B5.publish("t", b"x", qos=2, packet_id=4))
     closed_with(pub, R.RECEIVE_MAXIMUM_EXCEEDED)

@@ -717,6 +717,11 @@ class Registry:
         return self.router.published
 
     @property
+    def unmatched(self) -> int:
+        """Messages routed that matched no subscription (see :class:`Router`)."""
+        return self.router.unmatched
+
+    @property
     def forwarded(self) -> int:
         return self.dataplane.forwarded if self.dataplane is not None else 0
 

@@ -57,6 +57,9 @@ class Router:
         self.dataplane = dataplane
         #: Messages routed (published here or received from other nodes).
         self.published = 0
+        #: Of those, the ones no subscription matched (anywhere); an MQTT
+        #: 5.0 publisher is told so (PUBACK 0x10 No matching subscribers).
+        self.unmatched = 0
         #: Sessions that moved away from this node lately, by their filters
         #: (kept by the registry): what other nodes still send here for them
         #: goes on to ``forward_moved``.
@@ -108,6 +111,7 @@ class Router:
                 routed = self._route_matches(matches, message, forward, author, retained)
                 return joined([passed_on] if routed is None else [passed_on, routed])
         if not matches:
+            self.unmatched += 1
             return None
         return self._route_matches(matches, message, forward, author, retained)
 

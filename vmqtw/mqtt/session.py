@@ -183,6 +183,10 @@ class SessionRegistry(Protocol):
     def retained_matching(self, flt: str) -> Iterator[Tuple[Message, Any]]:
         """Retained messages for a new subscription, each with its author or None."""
 
+    @property
+    def unmatched(self) -> int:
+        """How many routed messages matched no subscription so far."""
+
     def delay_will(self, subscriber_id: SubscriberId, delay: float,
                    publish: Callable[[], Any]) -> None:
         """MQTT 5.0: ``publish()`` after ``delay`` unless the client id comes back."""
@@ -769,25 +773,35 @@ class Session:
         allowed = not topic.startswith("$") and self.authenticator.can_publish(
             self.client_id, self.username, topic)
         waiting = None
+        matched = True
         if allowed:
+            if qos and self.level == P.PROTOCOL_LEVEL_5:
+                unmatched = self.registry.unmatched
             waiting = self.registry.publish(Message(
                 new_message_ref(), topic, publish.payload, qos, publish.retain, False, now,
                 self.settings.mountpoint, None, props),
                 # At level 5 the router also needs it for "no local".
                 (self.client_id, self.username)
                 if publish.retain or self.level == P.PROTOCOL_LEVEL_5 else None)
+            if qos and self.level == P.PROTOCOL_LEVEL_5:
+                matched = self.registry.unmatched == unmatched
         # A denied QoS 1/2 message is still acknowledged, as VerneMQ and the
         # ACL plugins do, so the client does not resend it forever; an MQTT
         # 5.0 client is told it was not authorized (0x87).
         if qos == 1:
-            if allowed or self.level != P.PROTOCOL_LEVEL_5:
+            if not matched:
+                ack = _PUBACK5(_PUBACK_BYTE, 3, publish.packet_id, R.NO_MATCHING_SUBSCRIBERS)
+            elif allowed or self.level != P.PROTOCOL_LEVEL_5:
                 ack = _PUBACK(_PUBACK_BYTE, 2, publish.packet_id)
             else:
                 ack = _PUBACK5(_PUBACK_BYTE, 3, publish.packet_id, R.NOT_AUTHORIZED)
             self._acknowledge(waiting, ack)
         elif qos == 2:
             assert publish.packet_id is not None  # the codec refuses QoS > 0 without one
-            if allowed or self.level != P.PROTOCOL_LEVEL_5:
+            if not matched:
+                queue.awaiting_rel.add(publish.packet_id)
+                ack = _PUBACK5(_PUBREC_BYTE, 3, publish.packet_id, R.NO_MATCHING_SUBSCRIBERS)
+            elif allowed or self.level != P.PROTOCOL_LEVEL_5:
                 queue.awaiting_rel.add(publish.packet_id)
                 ack = _PUBACK(_PUBREC_BYTE, 2, publish.packet_id)
             else:
