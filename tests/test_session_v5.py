@@ -672,3 +672,16 @@ def test_receive_maximum_exceeded():
     assert pub.received() == [P.PubComp(1), P.PubRec(3, nobody)]
     pub.send(B5.publish("t", b"x", qos=2, packet_id=4))
     closed_with(pub, R.RECEIVE_MAXIMUM_EXCEEDED)
+
+
+def test_retained_message_keeps_its_properties():
+    """3.3.1.3: a retained message is served with the properties it was published with."""
+    broker = Broker()
+    pub, _ = connect5(broker, "pub")
+    pub.send(B5.publish("r/1", b"kept", retain=True, properties=PUBLISH_PROPS))
+    client, _ = connect5(broker, "late")
+    [_suback, got] = subscribe5(broker, client, ("r/#", 0))
+    assert got.retain and got.payload == b"kept"
+    assert got.properties is not None
+    assert got.properties.user_properties == (("b", "2"), ("a", "1"), ("b", "2"))
+    assert got.properties.content_type == "application/json"
