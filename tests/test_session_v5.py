@@ -685,3 +685,15 @@ def test_retained_message_keeps_its_properties():
     assert got.properties is not None
     assert got.properties.user_properties == (("b", "2"), ("a", "1"), ("b", "2"))
     assert got.properties.content_type == "application/json"
+
+
+def test_invalid_topics_get_topic_name_invalid():
+    """A will topic with a wildcard: CONNACK 0x90; a too deep topic: DISCONNECT 0x90."""
+    broker = Broker(settings=SessionSettings(topic_max_depth=3))
+    client = client5(broker)
+    client.send(B5.connect("c1", will_topic="a/+", will_message=b"x"))
+    [connack] = client.received()
+    assert connack.reason_code == R.TOPIC_NAME_INVALID and client.closed
+    client, _ = connect5(broker, "c2")
+    client.send(B5.publish("a/b/c/d", b"x"))
+    closed_with(client, R.TOPIC_NAME_INVALID)

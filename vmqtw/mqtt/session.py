@@ -429,7 +429,10 @@ class Session:
             return
         will = connect.will
         if will is not None and not validate_topic(will.topic, settings.topic_max_depth):
-            self.violation("invalid will topic")
+            if self.level == P.PROTOCOL_LEVEL_5:
+                self._refuse(R.TOPIC_NAME_INVALID)   # 3.2.2.2
+            else:
+                self.violation("invalid will topic")
             return
         if not settings.allow_register_during_netsplit and not self.registry.ready():
             # A netsplit: a client id might be connected on the other side.
@@ -754,7 +757,7 @@ class Session:
                 topic, props = resolved
         max_depth = self.settings.topic_max_depth
         if max_depth and topic.count("/") >= max_depth:
-            self.violation("topic deeper than topic_max_depth")
+            self.violation("topic deeper than topic_max_depth", R.TOPIC_NAME_INVALID)
             return
         queue = self.queue
         assert queue is not None  # only CONNECTED sessions handle PUBLISH
