@@ -13,7 +13,7 @@ message store; while too many wait, reading from the socket pauses
 (backpressure instead of unbounded buffering).
 
 MQTT 5.0 (a level-5 CONNECT) takes its own branches, each behind one
-``self.level`` test so the 3.1.1 path allocates and checks nothing more:
+``self.v5`` test so the 3.1.1 path allocates and checks nothing more:
 reason codes in CONNACK, the acknowledgements and a server DISCONNECT;
 CONNACK properties (assigned client identifier, server keep alive, receive
 maximum, maximum packet size, topic alias maximum, and the features we do
@@ -313,6 +313,8 @@ class Session:
         self.taken_over = False
         #: 4 for MQTT 3.1 and 3.1.1 (same packets), 5 for MQTT 5.0.
         self.level = P.PROTOCOL_LEVEL_311
+        #: ``level == 5``, the one test on the per-packet paths.
+        self.v5 = False
         #: MQTT 5.0: the session expiry interval in force (seconds).
         self.session_expiry = 0
         #: MQTT 5.0: the client's maximum packet size (0 = none given).
@@ -382,7 +384,7 @@ class Session:
         (section 4.13.2); a 3.1.1 one gets no answer [MQTT-4.8.0-1].
         """
         self.log.info("closing {peer}: {reason}", peer=self.peer, reason=reason)
-        if self.level == P.PROTOCOL_LEVEL_5 and self.state == CONNECTED:
+        if self.v5 and self.state == CONNECTED:
             self.disconnect(code)
             return
         self.io.abort()
@@ -393,7 +395,7 @@ class Session:
         code (keep alive timeout, takeover, shutdown, protocol error), then
         closes after writing it; a 3.1.1 connection is just aborted.
         """
-        if self.level == P.PROTOCOL_LEVEL_5 and self.state == CONNECTED:
+        if self.v5 and self.state == CONNECTED:
             self.io.write(encode(P.Disconnect(code), P.PROTOCOL_LEVEL_5))
             # A dead peer (keep alive timeout) never takes the bytes: the
             # connection must still end, and its will go, soon.
@@ -408,6 +410,10 @@ class Session:
         level = connect.protocol_level
         if level == P.PROTOCOL_LEVEL_5:
             self.level = level
+            self.v5 = True
+            # Level-5 handlers where the packet differs: the 3.1.1 ones
+            # stay free of level tests.
+            self._handlers[P.Publish] = self._on_publish5
             if not self._connect5(connect):
                 return
         if level not in settings.protocol_versions:
@@ -417,7 +423,7 @@ class Session:
             return
         client_id = connect.client_id
         if not client_id:
-            if not connect.clean_session and self.level != P.PROTOCOL_LEVEL_5:
+            if not connect.clean_session and not self.v5:
                 self._refuse(P.CONNACK_IDENTIFIER_REJECTED)  # [MQTT-3.1.3-8]
                 return
             # [MQTT-3.1.3-6]; MQTT 5.0 also with clean start 0 (the new id
@@ -429,7 +435,7 @@ class Session:
             return
         will = connect.will
         if will is not None and not validate_topic(will.topic, settings.topic_max_depth):
-            if self.level == P.PROTOCOL_LEVEL_5:
+            if self.v5:
                 self._refuse(R.TOPIC_NAME_INVALID)   # 3.2.2.2
             else:
                 self.violation("invalid will topic")
@@ -539,14 +545,14 @@ class Session:
                 lease.release()   # the connection went away meanwhile
             return
         assert self.subscriber_id is not None
-        if self.level == P.PROTOCOL_LEVEL_5:
+        if self.v5:
             queue, present = self._register5(lease)
         else:
             queue, present = self.registry.register(self.subscriber_id, self.clean_session,
                                                     self, lease)
         self.queue = queue
         self.state = CONNECTED
-        if self.level == P.PROTOCOL_LEVEL_5:
+        if self.v5:
             self.io.write(self._connack5(present))
             self.aliases = {}
             if present:
@@ -559,7 +565,7 @@ class Session:
         if self.on_connected is not None:
             self.on_connected(self)
         receive_maximum = 0
-        if self.level == P.PROTOCOL_LEVEL_5 and self._connect_props is not None:
+        if self.v5 and self._connect_props is not None:
             receive_maximum = self._connect_props.receive_maximum or 0
         queue.attach(self, self._read_check(), receive_maximum)
         buffered, self._buffered = self._buffered, []
@@ -614,7 +620,7 @@ class Session:
         """
         self.state = CLOSED
         self.will = None
-        if self.level == P.PROTOCOL_LEVEL_5:
+        if self.v5:
             code = _CONNACK5.get(return_code, return_code)
             if code not in R.CONNACK_CODES:
                 code = R.UNSPECIFIED_ERROR
@@ -662,7 +668,7 @@ class Session:
                 self.registry.delay_will(self.subscriber_id, delay,
                                          lambda: self._publish_will(will))
         if not self.taken_over and self.subscriber_id is not None:
-            if self.level == P.PROTOCOL_LEVEL_5:
+            if self.v5:
                 expiry = self.session_expiry
                 self.registry.unregister(self.subscriber_id, self, expiry == 0,
                                          math.inf if expiry == EXPIRY_NEVER else float(expiry))
@@ -698,7 +704,7 @@ class Session:
 
     def send_publish(self, message: Message, qos: int, packet_id: Optional[int],
                      dup: bool) -> None:
-        if self.level == P.PROTOCOL_LEVEL_5:
+        if self.v5:
             self._send_publish5(message, qos, packet_id, dup)
             return
         self.io.write(encode_publish(message.topic, message.payload, qos, message.retain,
@@ -747,22 +753,59 @@ class Session:
             return
         topic = publish.topic
         qos = publish.qos
-        props = None
-        if self.level == P.PROTOCOL_LEVEL_5:
-            props = publish.properties
-            if props is not None:
-                resolved = self._publish_properties(topic, props)
-                if resolved is None:
-                    return
-                topic, props = resolved
+        max_depth = self.settings.topic_max_depth
+        if max_depth and topic.count("/") >= max_depth:
+            self.violation("topic deeper than topic_max_depth")
+            return
+        queue = self.queue
+        assert queue is not None  # only CONNECTED sessions handle PUBLISH
+        if qos == 2 and publish.packet_id in queue.awaiting_rel:
+            # A resend of a QoS 2 message already routed: answer, do not
+            # route it again (exactly once) [MQTT-4.3.3-2].
+            self._acknowledge(None, _PUBACK(_PUBREC_BYTE, 2, publish.packet_id))
+            return
+        allowed = not topic.startswith("$") and self.authenticator.can_publish(
+            self.client_id, self.username, topic)
+        waiting = None
+        if allowed:
+            waiting = self.registry.publish(Message(
+                new_message_ref(), topic, publish.payload, qos, publish.retain, False, now,
+                self.settings.mountpoint),
+                (self.client_id, self.username) if publish.retain else None)
+        # A denied QoS 1/2 message is still acknowledged, as VerneMQ and the
+        # ACL plugins do, so the client does not resend it forever.
+        if qos == 1:
+            self._acknowledge(waiting, _PUBACK(_PUBACK_BYTE, 2, publish.packet_id))
+        elif qos == 2:
+            assert publish.packet_id is not None  # the codec refuses QoS > 0 without one
+            queue.awaiting_rel.add(publish.packet_id)
+            if waiting is not None:
+                waiting.addErrback(self._not_routed, publish.packet_id)
+            self._acknowledge(waiting, _PUBACK(_PUBREC_BYTE, 2, publish.packet_id))
+
+    def _on_publish5(self, publish: P.Publish, now: float) -> None:
+        """
+        :meth:`_on_publish` at level 5: topic aliases resolved, properties
+        passed on, reason codes in PUBACK / PUBREC, the receive maximum we
+        announced enforced.
+        """
+        if not self.settings.allow_publish_during_netsplit and not self.registry.ready():
+            return
+        topic = publish.topic
+        qos = publish.qos
+        props = publish.properties
+        if props is not None:
+            resolved = self._publish_properties(topic, props)
+            if resolved is None:
+                return
+            topic, props = resolved
         max_depth = self.settings.topic_max_depth
         if max_depth and topic.count("/") >= max_depth:
             self.violation("topic deeper than topic_max_depth", R.TOPIC_NAME_INVALID)
             return
         queue = self.queue
         assert queue is not None  # only CONNECTED sessions handle PUBLISH
-        if (qos and self.level == P.PROTOCOL_LEVEL_5
-                and len(self._acks) + len(queue.awaiting_rel) >= self.settings.receive_max_broker
+        if (qos and len(self._acks) + len(queue.awaiting_rel) >= self.settings.receive_max_broker
                 and publish.packet_id not in queue.awaiting_rel):
             # More unacknowledged QoS 1/2 PUBLISHes than the receive
             # maximum we announced [MQTT-3.3.4-8].
@@ -778,23 +821,18 @@ class Session:
         waiting = None
         matched = True
         if allowed:
-            if qos and self.level == P.PROTOCOL_LEVEL_5:
-                unmatched = self.registry.unmatched
+            unmatched = self.registry.unmatched
             waiting = self.registry.publish(Message(
                 new_message_ref(), topic, publish.payload, qos, publish.retain, False, now,
                 self.settings.mountpoint, None, props),
-                # At level 5 the router also needs it for "no local".
-                (self.client_id, self.username)
-                if publish.retain or self.level == P.PROTOCOL_LEVEL_5 else None)
-            if qos and self.level == P.PROTOCOL_LEVEL_5:
-                matched = self.registry.unmatched == unmatched
-        # A denied QoS 1/2 message is still acknowledged, as VerneMQ and the
-        # ACL plugins do, so the client does not resend it forever; an MQTT
-        # 5.0 client is told it was not authorized (0x87).
+                # Always: the router also needs it for "no local".
+                (self.client_id, self.username))
+            matched = self.registry.unmatched == unmatched
+        # Refused: told it was not authorized (0x87), acknowledged anyway.
         if qos == 1:
             if not matched:
                 ack = _PUBACK5(_PUBACK_BYTE, 3, publish.packet_id, R.NO_MATCHING_SUBSCRIBERS)
-            elif allowed or self.level != P.PROTOCOL_LEVEL_5:
+            elif allowed:
                 ack = _PUBACK(_PUBACK_BYTE, 2, publish.packet_id)
             else:
                 ack = _PUBACK5(_PUBACK_BYTE, 3, publish.packet_id, R.NOT_AUTHORIZED)
@@ -804,7 +842,7 @@ class Session:
             if not matched:
                 queue.awaiting_rel.add(publish.packet_id)
                 ack = _PUBACK5(_PUBREC_BYTE, 3, publish.packet_id, R.NO_MATCHING_SUBSCRIBERS)
-            elif allowed or self.level != P.PROTOCOL_LEVEL_5:
+            elif allowed:
                 queue.awaiting_rel.add(publish.packet_id)
                 ack = _PUBACK(_PUBREC_BYTE, 2, publish.packet_id)
             else:
@@ -914,7 +952,7 @@ class Session:
         """Release a QoS 2 id; PUBCOMP even for an unknown id [MQTT-4.3.3-2]."""
         queue = self.queue
         assert queue is not None
-        if self.level == P.PROTOCOL_LEVEL_5 and packet.packet_id not in queue.awaiting_rel:
+        if self.v5 and packet.packet_id not in queue.awaiting_rel:
             self._acknowledge(None, _PUBACK5(_PUBCOMP_BYTE, 3, packet.packet_id,
                                              R.PACKET_IDENTIFIER_NOT_FOUND))
             return
@@ -928,7 +966,7 @@ class Session:
                                           [P.SUBACK_FAILURE] * len(subscribe.topics)),
                                  self.level))
             return
-        if self.level == P.PROTOCOL_LEVEL_5:
+        if self.v5:
             self._on_subscribe5(subscribe)
             return
         subscriber_id = self.subscriber_id
@@ -1033,7 +1071,7 @@ class Session:
                 and not self.registry.ready()):
             return  # no UNSUBACK: the client resends after the split heals
         assert self.subscriber_id is not None
-        if self.level == P.PROTOCOL_LEVEL_5:
+        if self.v5:
             # One reason code per filter [MQTT-3.11.3-1].
             existing = self.registry.subscriptions(self.subscriber_id)
             codes = [R.SUCCESS if flt in existing else R.NO_SUBSCRIPTION_EXISTED
@@ -1050,7 +1088,7 @@ class Session:
         self.io.write(_PINGRESP)
 
     def _on_disconnect(self, packet: P.Disconnect, now: float) -> None:
-        if self.level == P.PROTOCOL_LEVEL_5:
+        if self.v5:
             props = packet.properties
             if props is not None and props.session_expiry_interval is not None:
                 if self.session_expiry == 0 and props.session_expiry_interval:
