@@ -697,3 +697,24 @@ def test_invalid_topics_get_topic_name_invalid():
     client, _ = connect5(broker, "c2")
     client.send(B5.publish("a/b/c/d", b"x"))
     closed_with(client, R.TOPIC_NAME_INVALID)
+
+
+def test_fan_out_shares_one_encoding_but_not_identifiers():
+    """Each subscriber gets the publisher's properties, plus only its own identifiers."""
+    broker = Broker()
+    plain = [connect5(broker, "p%d" % i)[0] for i in range(2)]
+    for client in plain:
+        subscribe5(broker, client, ("f", 0))
+    tagged, _ = connect5(broker, "tagged")
+    subscribe5(broker, tagged, ("f", 0), properties=B5.props(B5.p_vbi(0x0B, 4)))
+    pub, _ = connect5(broker, "pub")
+    for payload in (b"1", b"2"):
+        pub.send(B5.publish("f", payload, properties=PUBLISH_PROPS))
+    for client in plain:
+        got = client.publishes()
+        assert [p.payload for p in got] == [b"1", b"2"]
+        assert all(p.properties.user_properties == (("b", "2"), ("a", "1"), ("b", "2"))
+                   and p.properties.subscription_identifiers == () for p in got)
+    got = tagged.publishes()
+    assert [p.properties.subscription_identifiers for p in got] == [(4,), (4,)]
+    assert got[0].properties.content_type == "application/json"

@@ -946,10 +946,13 @@ _ENCODERS: Dict[type, Callable[[Any], bytes]] = {
 
 def encode_publish5(topic: str, payload: bytes, qos: int, retain: bool,
                     dup: bool, packet_id: Optional[int],
-                    properties: Optional[Properties] = None) -> bytes:
+                    properties: Optional[Properties] = None,
+                    block: Optional[bytes] = None) -> bytes:
     """
     Encode one level-5 PUBLISH (section 3.3): :func:`encode_publish` plus
     the property block, a single zero byte when ``properties`` is None.
+    ``block``, when given, is ``properties`` already encoded (one message
+    going to many subscribers is encoded once).
 
     The topic may be empty only with a topic alias [MQTT-3.3.2-1].
     """
@@ -957,7 +960,9 @@ def encode_publish5(topic: str, payload: bytes, qos: int, retain: bool,
     tl = len(t)
     if tl > 0xFFFF:
         raise ValueError("topic longer than 65535 UTF-8 bytes")
-    if properties is None:
+    if block is not None and tl:
+        props = block
+    elif properties is None:
         if not tl:
             raise ValueError("empty topic without a topic alias")
         props = b"\x00"

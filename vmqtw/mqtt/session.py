@@ -42,6 +42,7 @@ from vmqtw.errors import BacklogFull
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt import reasons as R
 from vmqtw.mqtt.codec import encode, encode_publish, encode_publish5
+from vmqtw.mqtt.properties import encode_properties
 from vmqtw.topic import matches as topic_matches
 from vmqtw.topic import parse_shared, validate_filter, validate_topic
 from vmqtw.types import Message, SubscriberId, new_message_ref
@@ -81,6 +82,31 @@ _CONNACK5 = {
     P.CONNACK_BAD_USERNAME_OR_PASSWORD: R.BAD_USER_NAME_OR_PASSWORD,
     P.CONNACK_NOT_AUTHORIZED: R.NOT_AUTHORIZED,
 }
+
+
+class _PropertyBlocks:
+    """
+    The encoded property block of the last PUBLISH properties sent: a
+    message fanned out to many MQTT 5.0 subscribers is delivered to them one
+    after another with the same (never changed) Properties object, so one
+    entry, keyed by identity and holding the object (its id cannot be
+    reused meanwhile), saves all encodings but the first.
+    """
+
+    __slots__ = ("props", "encoded")
+
+    def __init__(self) -> None:
+        self.props: Optional[P.Properties] = None
+        self.encoded = b""
+
+    def block(self, props: P.Properties) -> bytes:
+        if props is not self.props:
+            self.encoded = encode_properties(props, P.PUBLISH)
+            self.props = props
+        return self.encoded
+
+
+_BLOCKS = _PropertyBlocks()
 
 
 class SessionIO(Protocol):
@@ -733,8 +759,14 @@ class Session:
             if ids:
                 props = (P.Properties(subscription_identifiers=ids) if props is None
                          else attrs.evolve(props, subscription_identifiers=ids))
-        data = encode_publish5(message.topic, message.payload, qos, message.retain, dup,
-                               packet_id, props)
+        if props is not None and props is message.properties:
+            # The publisher's properties unchanged: encoded once for every
+            # subscriber of this message (see _PropertyBlocks).
+            data = encode_publish5(message.topic, message.payload, qos, message.retain, dup,
+                                   packet_id, props, _BLOCKS.block(props))
+        else:
+            data = encode_publish5(message.topic, message.payload, qos, message.retain, dup,
+                                   packet_id, props)
         if self.max_send_size and len(data) > self.max_send_size:
             if self.queue is not None:
                 self.queue.drop_too_large(packet_id)
