@@ -718,3 +718,10 @@ def test_fan_out_shares_one_encoding_but_not_identifiers():
     got = tagged.publishes()
     assert [p.properties.subscription_identifiers for p in got] == [(4,), (4,)]
     assert got[0].properties.content_type == "application/json"
+
+
+@pytest.mark.parametrize("v5, properties", [(False, False), (True, False), (True, True)])
+def test_inprocess_bench_runs(v5, properties):
+    """benchmarks/inprocess_bench.py at both levels (a smoke test, nothing timed)."""
+    from benchmarks.inprocess_bench import run
+    assert run(200, 1, 2, v5, properties) > 0
