@@ -221,10 +221,11 @@ def test_3_1_1_violation_still_silent():
 
 
 def test_disconnect_with_will_message_publishes_the_will():
-    """3.14.2.1: DISCONNECT 0x04 publishes the will; 0x00 does not [MQTT-3.1.2-10]."""
+    """[MQTT-3.1.2-8]: only DISCONNECT 0x00 deletes the will; 0x04 or an error keeps it."""
     broker = Broker()
     watcher = broker.subscriber("watcher", ("wills/#", 0))
-    for code, expected in ((R.DISCONNECT_WITH_WILL_MESSAGE, [b"bye"]), (0x00, [])):
+    for code, expected in ((R.DISCONNECT_WITH_WILL_MESSAGE, [b"bye"]), (0x00, []),
+                           (R.UNSPECIFIED_ERROR, [b"bye"])):
         client, _ = connect5(broker, "w", will_topic="wills/w", will_message=b"bye")
         client.send(B5.disconnect(code))
         client.finish_close()

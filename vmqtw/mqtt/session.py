@@ -354,7 +354,7 @@ class Session:
         self._connect_props: Optional[P.Properties] = None
         self._requested_keepalive = 0
         self._assigned_id = False
-        #: MQTT 5.0: DISCONNECT 0x04 asked for the will to be published.
+        #: MQTT 5.0: a DISCONNECT other than 0x00 keeps the will.
         self._will_on_disconnect = False
         self._disconnected = False
         self._buffered: List[Any] = []
@@ -1128,8 +1128,9 @@ class Session:
                                    R.PROTOCOL_ERROR)
                     return
                 self.session_expiry = props.session_expiry_interval
-            if packet.reason_code == R.DISCONNECT_WITH_WILL_MESSAGE:
-                # The client asks for its will (section 3.14.2.1).
+            if packet.reason_code != R.NORMAL_DISCONNECTION:
+                # Only a normal disconnection deletes the will [MQTT-3.1.2-8];
+                # 0x04 asks for it, an error code (0x80...) reports one.
                 self._will_on_disconnect = True
         self._disconnected = True
         if not self._will_on_disconnect:
