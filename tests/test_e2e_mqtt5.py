@@ -199,3 +199,37 @@ def test_node_shutdown_tells_v5_clients(nodes):
     assert node.stop() in (0, -15)
     wait_until(lambda: client.disconnects, 10, what="DISCONNECT")
     assert client.disconnects[0].value == 0x8B
+
+
+def test_paho_v5_properties_survive_a_restart(nodes):
+    """
+    A v5 persistent session's stored messages keep their properties through
+    kill -9 and a restart (message store format 2), its subscription
+    identifier too (the subscriber record), and the expiry is counted down.
+    """
+    node = nodes.node()
+    sub = Paho5(nodes, node, "durable", clean_start=False, session_expiry=3600)
+    props = Properties(PacketTypes.SUBSCRIBE)
+    props.SubscriptionIdentifier = 5
+    done = threading.Event()
+    sub.client.on_subscribe = lambda *args: done.set()
+    sub.client.subscribe("durable/#", options=SubscribeOptions(qos=1), properties=props)
+    assert done.wait(10)
+    sub.stop()
+    pub = Paho5(nodes, node, "pub")
+    message_props = Properties(PacketTypes.PUBLISH)
+    message_props.ContentType = "text/plain"
+    message_props.UserProperty = [("z", "1"), ("a", "2")]
+    message_props.MessageExpiryInterval = 3600
+    pub.publish("durable/1", b"stored", 1, properties=message_props)
+    pub.stop()
+    node.kill9()
+    node.start()
+    back = Paho5(nodes, node, "durable", clean_start=False, session_expiry=3600)
+    [got] = back.wait_for(1)
+    assert got.payload == b"stored"
+    p = got.properties
+    assert p.ContentType == "text/plain"
+    assert p.UserProperty == [("z", "1"), ("a", "2")]
+    assert p.SubscriptionIdentifier == [5]
+    assert 3500 < p.MessageExpiryInterval <= 3600

@@ -726,3 +726,14 @@ def test_inprocess_bench_runs(v5, properties):
     """benchmarks/inprocess_bench.py at both levels (a smoke test, nothing timed)."""
     from benchmarks.inprocess_bench import run
     assert run(200, 1, 2, v5, properties) > 0
+
+
+def test_session_expiry_records_do_not_pile_up():
+    """Sessions ending with their connection leave no expiry entry behind."""
+    broker = Broker()
+    for i in range(5):
+        connect5(broker, "gone%d" % i)[0].drop()
+    connect5(broker, "kept", clean_start=False, properties=expiry(30))[0].drop()
+    assert len(broker.registry._session_expiry) == 1
+    broker.clock.advance(31)
+    assert not broker.registry._session_expiry

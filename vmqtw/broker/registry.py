@@ -421,7 +421,7 @@ class Registry:
         if self.sessions.get(subscriber_id) is not session:
             return
         del self.sessions[subscriber_id]
-        if session_expiry is None:
+        if session_expiry is None or clean_session:
             self._session_expiry.pop(subscriber_id, None)
         else:
             self._session_expiry[subscriber_id] = session_expiry
