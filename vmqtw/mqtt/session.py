@@ -731,7 +731,11 @@ class Session:
     def send_publish(self, message: Message, qos: int, packet_id: Optional[int],
                      dup: bool) -> None:
         if self.v5:
-            self._send_publish5(message, qos, packet_id, dup)
+            if message.properties is not None or self._sub_ids or self.max_send_size:
+                self._send_publish5(message, qos, packet_id, dup)
+            else:
+                self.io.write(encode_publish5(message.topic, message.payload, qos,
+                                              message.retain, dup, packet_id))
             return
         self.io.write(encode_publish(message.topic, message.payload, qos, message.retain,
                                      dup, packet_id))
