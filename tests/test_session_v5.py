@@ -572,12 +572,13 @@ def test_retain_as_published():
 
 
 def test_unsuback_reason_codes():
-    """[MQTT-3.11.3-1]: 0x00 for a removed filter, 0x11 when there was none."""
+    """[MQTT-3.11.3-1]: 0x00 for a removed filter, 0x11 when there was none, 0x8F invalid."""
     broker = Broker()
     client, _ = connect5(broker)
     subscribe5(broker, client, ("a", 1))
-    client.send(B5.unsubscribe(5, ["a", "b"]))
-    assert client.received() == [P.UnsubAck(5, [R.SUCCESS, R.NO_SUBSCRIPTION_EXISTED])]
+    client.send(B5.unsubscribe(5, ["a", "b", "c/#/d"]))
+    assert client.received() == [P.UnsubAck(5, [R.SUCCESS, R.NO_SUBSCRIPTION_EXISTED,
+                                                R.TOPIC_FILTER_INVALID])]
 
 
 @pytest.mark.parametrize("handling, first, again", [(0, 1, 1), (1, 1, 0), (2, 0, 0)])
@@ -737,3 +738,17 @@ def test_session_expiry_records_do_not_pile_up():
     assert len(broker.registry._session_expiry) == 1
     broker.clock.advance(31)
     assert not broker.registry._session_expiry
+
+
+class _Refusing(AnonymousGate):
+    def authenticate(self, info: Any) -> int:
+        return P.CONNACK_BAD_USERNAME_OR_PASSWORD
+
+
+def test_bad_user_name_or_password():
+    """3.2.2.2: an authenticator's 3.1.1 code 4 is CONNACK 0x86 at level 5."""
+    broker = Broker(authenticator=_Refusing(True))
+    client = client5(broker)
+    client.send(B5.connect("c1", username="u", password=b"wrong"))
+    [connack] = client.received()
+    assert connack.reason_code == R.BAD_USER_NAME_OR_PASSWORD and client.closed

@@ -1110,7 +1110,10 @@ class Session:
         if self.v5:
             # One reason code per filter [MQTT-3.11.3-1].
             existing = self.registry.subscriptions(self.subscriber_id)
-            codes = [R.SUCCESS if flt in existing else R.NO_SUBSCRIPTION_EXISTED
+            max_depth = self.settings.topic_max_depth
+            codes = [R.SUCCESS if flt in existing
+                     else R.NO_SUBSCRIPTION_EXISTED if validate_filter(flt, max_depth)
+                     else R.TOPIC_FILTER_INVALID
                      for flt in unsubscribe.topics]
             for flt in unsubscribe.topics:
                 self._sub_ids.pop(flt, None)
