@@ -233,3 +233,14 @@ def test_paho_v5_properties_survive_a_restart(nodes):
     assert p.UserProperty == [("z", "1"), ("a", "2")]
     assert p.SubscriptionIdentifier == [5]
     assert 3500 < p.MessageExpiryInterval <= 3600
+
+
+def test_allowed_protocol_versions_without_5(nodes):
+    """listener.allowed_protocol_versions = 3,4: a paho v5 client is refused (CONNACK 1)."""
+    node = nodes.node(listener__allowed_protocol_versions="3,4")
+    client = Paho5(nodes, node, "v5", connect=False)
+    client.client.connect(node.host, node.port, 60)
+    client.client.loop_start()
+    wait_until(lambda: client.connacks or client.disconnects, 10, what="CONNACK")
+    assert client.connacks and client.connacks[0][1].is_failure
+    nodes.client(node, "v311")   # 3.1.1 still served
