@@ -432,3 +432,19 @@ def test_what_this_turn_holds_for_a_peer_goes_before_a_confirmation_to_it(world)
     b.transport.cast(A, "probe", ("reply",))     # the call's reply, written right after
     settle(clock)
     assert order == ["message", "confirmation"]
+
+
+def test_the_wire_form_carries_v5_properties_and_stays_short_without():
+    """
+    A message with MQTT 5.0 properties crosses with them (in order); one
+    without is the same six fields as before, so mixed-version nodes agree.
+    """
+    from vmqtw.mqtt.packets import Properties
+    props = Properties(content_type="c", user_properties=(("k", "1"), ("k", "0")),
+                       message_expiry_interval=9)
+    message = Message(b"ref-1", "a/b", b"x", 1, False, False, 10.0, "", None, props)
+    wire = msgpack.unpackb(msgpack.packb(encode_message(message)), use_list=False)
+    assert decode_message(wire, "B").properties == props
+    plain = Message(b"ref-2", "a/b", b"x", 1, False, False, 10.0, "")
+    assert len(encode_message(plain)) == 6
+    assert decode_message(encode_message(plain), "B").properties is None

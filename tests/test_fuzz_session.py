@@ -217,7 +217,10 @@ def check_registry(broker: Broker, bystander: Any) -> None:
 
 
 def run_stream(data: bytes, cuts: List[int], dt: float) -> None:
-    broker = Broker(settings=SessionSettings(max_subscriptions_per_client=20),
+    # 3.1/3.1.1 streams, checked against a 3.1.1 reference: level 5 stays
+    # an unacceptable level here (MQTT 5.0 has its own tests).
+    broker = Broker(settings=SessionSettings(max_subscriptions_per_client=20,
+                                             protocol_versions=(3, 4)),
                     connect_timeout=5.0)
     with LogFailures() as logged:
         bystander = broker.subscriber(BYSTANDER, ("#", 0), keepalive=0)

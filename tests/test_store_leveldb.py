@@ -305,3 +305,34 @@ def test_committed_batch_survives_sigkill(tmp_path) -> None:
         assert store.stored_payloads() == 200
     finally:
         resolve(store.close(), clock)
+
+
+# -- MQTT 5.0 properties and the format version -------------------------------
+
+
+def test_v5_properties_round_trip() -> None:
+    """Version 2 keeps a message's PUBLISH properties, user properties in order."""
+    from vmqtw.mqtt.packets import Properties
+    props = Properties(payload_format_indicator=1, message_expiry_interval=30,
+                       content_type="text/plain", response_topic="r/t",
+                       correlation_data=b"\x00c",
+                       user_properties=(("b", "2"), ("a", "1"), ("b", "2")))
+    m = Message(ref=b"r" * 16, topic="a/b", payload=b"p", qos=1, timestamp=5.5,
+                properties=props)
+    data = encoding.encode_message(m)
+    import msgpack
+    assert msgpack.unpackb(data)[0] == 2
+    assert encoding.decode_message(m.ref, data).properties == props
+
+
+def test_plain_messages_keep_the_old_format() -> None:
+    """
+    A message without properties is written exactly as before the version
+    bump (older code can read it), and bytes written by that older encoder
+    -- this literal is its output -- still open.
+    """
+    old = bytes.fromhex("9801a3612f62c402007002c3c2cb41d954fc40100000a26d70")
+    m = encoding.decode_message(b"r" * 16, old)
+    assert (m.topic, m.payload, m.qos, m.retain, m.dup, m.timestamp, m.mountpoint,
+            m.properties) == ("a/b", b"\x00p", 2, True, False, 1700000000.25, "mp", None)
+    assert encoding.encode_message(m) == old

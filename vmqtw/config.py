@@ -410,7 +410,31 @@ class Path:
         return "a path (relative paths are resolved against the working directory)"
 
 
-ValueType = Flag | Integer | ByteSize | Duration | Address | Enum | Identifier | NodeName | Text | Path
+@attrs.frozen(slots=True)
+class Versions:
+    """A comma-separated list of MQTT protocol levels, e.g. ``3,4,5``."""
+
+    known: tuple[int, ...] = (3, 4, 5)
+
+    def parse(self, text: str) -> tuple[int, ...]:
+        levels: list[int] = []
+        for part in text.split(","):
+            part = part.strip()
+            if not _INT_RE.match(part) or int(part) not in self.known:
+                raise _Invalid(f"{_quote(part)} is not a protocol version")
+            if int(part) not in levels:
+                levels.append(int(part))
+        return tuple(sorted(levels))
+
+    def render(self, value: tuple[int, ...]) -> str:
+        return ",".join(str(level) for level in value)
+
+    def describe(self) -> str:
+        return "protocol levels separated by commas, from " + ", ".join(map(str, self.known))
+
+
+ValueType = (Flag | Integer | ByteSize | Duration | Address | Enum | Identifier | NodeName | Text
+             | Path | Versions)
 
 
 # ---------------------------------------------------------------------------
@@ -547,6 +571,11 @@ SCHEMA: tuple[Setting, ...] = (
         "The most connections each listener accepts at the same time; further "
         "connections are closed right after they are accepted."),
     Setting(
+        "listener.allowed_protocol_versions", Versions(), (3, 4, 5),
+        "The MQTT versions clients may speak, as protocol levels: 3 is MQTT "
+        "3.1, 4 is MQTT 3.1.1, 5 is MQTT 5.0.  A CONNECT naming another is "
+        "refused with CONNACK 'unacceptable protocol version'."),
+    Setting(
         "listener.vmq.clustering", Address(), ("127.0.0.1", 44053),
         "Where this node accepts connections from the other nodes of its "
         "cluster, as IP:PORT.  MQTT messages between nodes travel over these "
@@ -629,6 +658,18 @@ SCHEMA: tuple[Setting, ...] = (
         "The longest keep-alive a client may ask for; larger requests are cut "
         "down to it.  65535s, the largest MQTT can express, means no cap.  A "
         "bare number is in seconds."),
+    Setting(
+        "topic_alias_max_client", Integer(minimum=0, maximum=65535), 0,
+        "The highest topic alias an MQTT 5.0 client may use in its PUBLISHes "
+        "(told to it when it connects); a higher one ends its connection "
+        "(DISCONNECT 'topic alias invalid').  0 means clients may not use "
+        "topic aliases."),
+    Setting(
+        "receive_max_broker", Integer(minimum=1, maximum=65535), 65535,
+        "How many QoS 1 and 2 messages an MQTT 5.0 client may send without "
+        "waiting for their acknowledgements, told to it when it connects "
+        "(its receive maximum).  The client's own receive maximum likewise "
+        "narrows max_inflight_messages towards it."),
     Setting(
         "topic_max_depth", Integer(minimum=0), 10,
         "The most levels a topic or topic filter may have (a/b/c has 3); "
@@ -839,6 +880,7 @@ class Config:
     listener_ssl_require_certificate: bool
     listener_ssl_use_identity_as_username: bool
     listener_max_connections: int
+    listener_allowed_protocol_versions: tuple[int, ...]
     listener_vmq_clustering: tuple[str, int]
     listener_vmq_clustering_advertise: tuple[str, int] | None
     cluster_tls_certfile: str | None
@@ -853,6 +895,8 @@ class Config:
     queue_type: str
     retry_interval: float
     max_keepalive: float
+    topic_alias_max_client: int
+    receive_max_broker: int
     topic_max_depth: int
     max_subscriptions_per_client: int
     persistent_client_expiration: float | None
@@ -1013,7 +1057,7 @@ def parse_config(text: str, filename: str, cwd: str | None = None) -> Config:
             # Only listeners are ``<name>`` keys, and they all parse to an
             # address (a test holds every templated setting to that).
             assert isinstance(parsed, tuple), setting.key
-            named[setting.attr][name] = parsed
+            named[setting.attr][name] = (str(parsed[0]), int(parsed[1]))
         else:
             values[setting.attr] = parsed
 

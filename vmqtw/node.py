@@ -215,6 +215,10 @@ def session_settings(config: Config) -> SessionSettings:
         allow_publish_during_netsplit=config.allow_publish_during_netsplit,
         allow_subscribe_during_netsplit=config.allow_subscribe_during_netsplit,
         allow_unsubscribe_during_netsplit=config.allow_unsubscribe_during_netsplit,
+        protocol_versions=config.listener_allowed_protocol_versions,
+        max_message_size=config.max_message_size,
+        topic_alias_max_client=config.topic_alias_max_client,
+        receive_max_broker=config.receive_max_broker,
     )
 
 

@@ -235,4 +235,9 @@ class ListenerService(Service):
             self.port = None
         connections: List[Any] = list(getattr(self.factory, "connections", ()))
         for connection in connections:
-            connection.abort("listener closed (server shutdown or leave)")
+            # MQTT connections say goodbye to MQTT 5.0 clients (0x8B).
+            shut_down = getattr(connection, "shut_down", None)
+            if shut_down is not None:
+                shut_down()
+            else:
+                connection.abort("listener closed (server shutdown or leave)")

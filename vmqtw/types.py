@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import attrs
+
+if TYPE_CHECKING:
+    from vmqtw.mqtt.packets import Properties
 
 __all__ = ["SubscriberId", "Message", "new_message_ref", "MetadataPrefix",
            "SUBSCRIBER_PREFIX", "RETAIN_PREFIX"]
@@ -83,3 +86,9 @@ class Message:
     mountpoint: str = ""
     #: Set when this copy came from another cluster node (never re-forwarded).
     origin: Optional[str] = None
+    #: The MQTT 5.0 PUBLISH properties passed on to subscribers (payload
+    #: format, content type, response topic, correlation data, user
+    #: properties, message expiry as given at ``timestamp``), without the
+    #: publisher's topic alias; None for a 3.1.1 publish or a v5 one without
+    #: any, so the 3.1.1 path allocates nothing more.
+    properties: Optional["Properties"] = None

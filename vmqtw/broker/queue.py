@@ -144,6 +144,11 @@ class QueueCounters:
     dropped_unauthorized: int = 0
     retried: int = 0
     expired_sessions: int = 0
+    #: MQTT 5.0 messages whose message expiry interval ran out in a queue.
+    expired_messages: int = 0
+    #: Messages larger than the maximum packet size their subscriber
+    #: announced: dropped for it, never sent truncated.
+    dropped_too_large: int = 0
 
 
 class SubscriberQueue:
@@ -208,15 +213,23 @@ class SubscriberQueue:
         return len(self.pending) + len(self.inflight) + (len(held) if held else 0)
 
     def attach(self, outlet: Outlet,
-               readable: Optional[Callable[[Message], bool]] = None) -> None:
+               readable: Optional[Callable[[Message], bool]] = None,
+               receive_maximum: int = 0) -> None:
         """
         A connection took this session: resend what was in flight with DUP
         (or PUBREL where PUBREC had arrived) [MQTT-4.4.0-1], then deliver
         what waited.  ``readable(message)``, when given, says whether this
-        client may still receive a message.
+        client may still receive a message.  ``receive_maximum`` (an MQTT
+        5.0 client's, 0 = none given) narrows the in-flight window for this
+        connection [MQTT-3.3.4-9].
         """
         self.outlet = outlet
         self._readable = readable
+        window = self.limits.max_inflight_messages
+        window = MAX_PACKET_ID if window <= 0 else min(window, MAX_PACKET_ID)
+        if receive_maximum and receive_maximum < window:
+            window = receive_maximum
+        self._window = window
         now = self.clock.seconds()
         for packet_id, entry in list(self.inflight.items()):
             entry.sent_at = now
@@ -415,6 +428,8 @@ class SubscriberQueue:
             if self._readable is not None and not self._readable(message):
                 self.counters.dropped_unauthorized += 1
                 return None
+            if message.properties is not None and self._expired(message):
+                return None
             if not self.pending and self._held is None:
                 if qos == 0:
                     outlet.send_publish(message, 0, None, False)
@@ -494,6 +509,11 @@ class SubscriberQueue:
             if self._readable is not None and not self._readable(message):
                 pending.popleft()
                 self.counters.dropped_unauthorized += 1
+                if qos > 0 and self.store is not None:
+                    self.store.delete(self.subscriber_id, message.ref)
+                continue
+            if message.properties is not None and self._expired(message):
+                pending.popleft()
                 if qos > 0 and self.store is not None:
                     self.store.delete(self.subscriber_id, message.ref)
                 continue
@@ -586,6 +606,31 @@ class SubscriberQueue:
         self._loading = False
         self.log.failure("reading stored messages of {subscriber_id} failed", failure,
                          subscriber_id=self.subscriber_id)
+
+    def _expired(self, message: Message) -> bool:
+        """
+        Whether an MQTT 5.0 message's expiry interval ran out while it
+        waited (counted); the session sends the time left with the rest.
+        """
+        assert message.properties is not None
+        interval = message.properties.message_expiry_interval
+        if interval is None or self.clock.seconds() - message.timestamp < interval:
+            return False
+        self.counters.expired_messages += 1
+        return True
+
+    def drop_too_large(self, packet_id: Optional[int]) -> None:
+        """
+        The session found a message too large for its client's maximum
+        packet size [MQTT-3.1.2-25]: it is dropped for this subscriber
+        (counted), and the in-flight entry it was sent under is freed.
+        """
+        self.counters.dropped_too_large += 1
+        if packet_id is None:
+            return
+        entry = self.inflight.pop(packet_id, None)
+        if entry is not None and self.store is not None:
+            self.store.delete(self.subscriber_id, entry.message.ref)
 
     def _send_new(self, outlet: Outlet, message: Message, qos: int) -> None:
         packet_id = self._allocate_packet_id()

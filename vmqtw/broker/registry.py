@@ -14,6 +14,7 @@ are grouped at the end.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 import attrs
@@ -81,6 +82,10 @@ class Registry:
         #: ``persistent_client_expiration`` in seconds; None = never.
         self.session_expiration = session_expiration
         self._expiry_calls: Dict[SubscriberId, IDelayedCall] = {}
+        #: MQTT 5.0 sessions' own expiry intervals (seconds, inf = never).
+        self._session_expiry: Dict[SubscriberId, float] = {}
+        #: MQTT 5.0 wills waiting for their delay (see :meth:`delay_will`).
+        self._delayed_wills: Dict[SubscriberId, IDelayedCall] = {}
         self.metadata = metadata
         self.clock = clock
         self.limits = limits
@@ -166,11 +171,13 @@ class Registry:
             queue.detach()
         for call in [*self._expiry_calls.values(), *self._hold_calls.values(),
                      *(call for _queue, _node, call in self._handing_on.values()),
-                     *(call for _filters, call in self._moved.values())]:
+                     *(call for _filters, call in self._moved.values()),
+                     *self._delayed_wills.values()]:
             if call.active():
                 call.cancel()
         self.orphans.stop()
         self._expiry_calls.clear()
+        self._delayed_wills.clear()
         self._hold_calls.clear()
         self._awaited.clear()
         self._handing_on.clear()
@@ -253,12 +260,16 @@ class Registry:
     # -- expiry ---------------------------------------------------------------
 
     def _schedule_expiry(self, subscriber_id: SubscriberId) -> None:
-        """``persistent_client_expiration`` starts when a session goes offline."""
-        if self.session_expiration is None:
+        """
+        ``persistent_client_expiration`` starts when a session goes offline,
+        or the session's own expiry interval (MQTT 5.0) when it gave one.
+        """
+        expiration = self._session_expiry.get(subscriber_id, self.session_expiration)
+        if expiration is None or expiration == math.inf:
             return
         self._cancel_expiry(subscriber_id)
         self._expiry_calls[subscriber_id] = self.clock.callLater(
-            self.session_expiration, self._expire, subscriber_id)
+            expiration, self._expire, subscriber_id)
 
     def _cancel_expiry(self, subscriber_id: SubscriberId) -> None:
         call = self._expiry_calls.pop(subscriber_id, None)
@@ -270,6 +281,7 @@ class Registry:
         self._expiry_calls.pop(subscriber_id, None)
         if subscriber_id in self.sessions:
             return
+        self._session_expiry.pop(subscriber_id, None)
         queue = self.queues.pop(subscriber_id, None)
         if queue is not None:
             queue.discard()
@@ -336,8 +348,28 @@ class Registry:
         self.confirm(SUBSCRIBER_PREFIX, subscriber_id.as_key()).addBoth(
             lambda _: lease.release())
 
+    def delay_will(self, subscriber_id: SubscriberId, delay: float,
+                   publish: Callable[[], Any]) -> None:
+        """
+        Call ``publish`` (an MQTT 5.0 will) after ``delay`` seconds, unless
+        the client id registers again first [MQTT-3.1.3-9].
+        """
+        self._cancel_will(subscriber_id)
+        self._delayed_wills[subscriber_id] = self.clock.callLater(
+            delay, self._publish_will, subscriber_id, publish)
+
+    def _publish_will(self, subscriber_id: SubscriberId, publish: Callable[[], Any]) -> None:
+        self._delayed_wills.pop(subscriber_id, None)
+        publish()
+
+    def _cancel_will(self, subscriber_id: SubscriberId) -> None:
+        call = self._delayed_wills.pop(subscriber_id, None)
+        if call is not None and call.active():
+            call.cancel()
+
     def _register(self, subscriber_id: SubscriberId, clean_session: bool,
                   session: Any) -> Tuple[SubscriberQueue, bool]:
+        self._cancel_will(subscriber_id)
         previous = self.sessions.pop(subscriber_id, None)
         if previous is not None:
             previous.take_over()
@@ -420,15 +452,21 @@ class Registry:
         return queue
 
     def unregister(self, subscriber_id: SubscriberId, session: Any,
-                   clean_session: bool) -> None:
+                   clean_session: bool, session_expiry: Optional[float] = None) -> None:
         """
         ``session``'s connection is gone.  A clean session ends with it
         [MQTT-3.1.2-6]; a persistent one stays, offline.  A session that was
         taken over is no longer registered, and this is a no-op for it.
+        ``session_expiry`` (MQTT 5.0; seconds, ``math.inf`` = never) replaces
+        ``persistent_client_expiration`` for this session.
         """
         if self.sessions.get(subscriber_id) is not session:
             return
         del self.sessions[subscriber_id]
+        if session_expiry is None or clean_session:
+            self._session_expiry.pop(subscriber_id, None)
+        else:
+            self._session_expiry[subscriber_id] = session_expiry
         queue = self.queues.get(subscriber_id)
         if queue is None:
             return
@@ -796,6 +834,11 @@ class Registry:
     @property
     def published(self) -> int:
         return self.router.published
+
+    @property
+    def unmatched(self) -> int:
+        """Messages routed that matched no subscription (see :class:`Router`)."""
+        return self.router.unmatched
 
     @property
     def forwarded(self) -> int:

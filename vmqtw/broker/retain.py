@@ -7,13 +7,16 @@ without scanning them all.
 
 Value layout: ``(payload, qos, timestamp, author)`` where ``author`` is
 ``(client_id, username)`` or None (values written before authors were kept
-have three fields).
+have three fields), and a fifth field, the MQTT 5.0 PUBLISH property block
+(:func:`~vmqtw.mqtt.properties.pack_message_properties`), only when the
+message has properties: readers of four fields ignore it.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Optional, Tuple
 
 from vmqtw.interfaces import ChangeOrigin, IMetadataStore
+from vmqtw.mqtt.properties import pack_message_properties, unpack_message_properties
 from vmqtw.trie import RetainTree
 from vmqtw.types import RETAIN_PREFIX, Message, MetadataPrefix, new_message_ref
 
@@ -55,8 +58,13 @@ class RetainStore:
         """
         key = (message.mountpoint, message.topic)
         if message.payload:
-            self.metadata.put(RETAIN_PREFIX, key,
-                              (message.payload, message.qos, message.timestamp, author))
+            if message.properties is None:
+                value: Tuple[Any, ...] = (message.payload, message.qos, message.timestamp,
+                                          author)
+            else:
+                value = (message.payload, message.qos, message.timestamp, author,
+                         pack_message_properties(message.properties))
+            self.metadata.put(RETAIN_PREFIX, key, value)
         elif self.metadata.get(RETAIN_PREFIX, key) is not None:
             self.metadata.delete(RETAIN_PREFIX, key)
 
@@ -68,7 +76,9 @@ class RetainStore:
         for topic, value in self.retained.match(flt):
             payload, qos, timestamp = value[0], value[1], value[2]
             author = value[3] if len(value) > 3 else None
-            yield (Message(new_message_ref(), topic, payload, qos, True, False, timestamp),
+            properties = unpack_message_properties(value[4]) if len(value) > 4 else None
+            yield (Message(new_message_ref(), topic, payload, qos, True, False, timestamp,
+                           "", None, properties),
                    author)
 
     def _on_change(self, prefix: MetadataPrefix, key: Tuple[str, str], old: Any, new: Any,

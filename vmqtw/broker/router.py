@@ -24,8 +24,16 @@ from vmqtw.broker.subscriptions import Subscriptions
 from vmqtw.cluster.dataplane import DataPlane
 from vmqtw.errors import BacklogFull
 from vmqtw.trie import SubscriptionTrie
+from vmqtw.topic import matches as topic_matches
 from vmqtw.types import Message, SubscriberId
 from vmqtw.waits import joined
+
+#: Subscription options kept with a filter (see
+#: :mod:`vmqtw.broker.subscriptions`): the low two bits are the QoS, so a
+#: value above 2 carries MQTT 5.0 options and takes the slow path.
+_QOS_BITS = 0x03
+_NO_LOCAL = 0x04
+_RETAIN_AS_PUBLISHED = 0x08
 
 #: ``forward_moved(subscriber_id, message, qos)``: pass a message for a
 #: session that moved away to its new node; None or a Deferred as
@@ -49,6 +57,9 @@ class Router:
         self.dataplane = dataplane
         #: Messages routed (published here or received from other nodes).
         self.published = 0
+        #: Of those, the ones no subscription matched (anywhere); an MQTT
+        #: 5.0 publisher is told so (PUBACK 0x10 No matching subscribers).
+        self.unmatched = 0
         #: Sessions that moved away from this node lately, by their filters
         #: (kept by the registry): what other nodes still send here for them
         #: goes on to ``forward_moved``.
@@ -72,20 +83,22 @@ class Router:
         so that it can be withheld once its author may no longer publish it.
         """
         self.published += 1
-        if message.retain:
+        retained = message.retain
+        if retained:
             self.retain.retain(message, author)
             # Established subscriptions get RETAIN=0 [MQTT-3.3.1-9].
             message = Message(message.ref, message.topic, message.payload,
                               message.qos, False, False, message.timestamp,
-                              message.mountpoint, message.origin)
-        return self._route(message, message.origin is None)
+                              message.mountpoint, message.origin, message.properties)
+        return self._route(message, message.origin is None, author, retained)
 
     def route_remote(self, message: Message) -> Optional[Deferred]:
         """A message another node forwarded: local subscribers only."""
         self.published += 1
         return self._route(message, False)
 
-    def _route(self, message: Message, forward: bool) -> Optional[Deferred]:
+    def _route(self, message: Message, forward: bool, author: Optional[Author] = None,
+               retained: bool = False) -> Optional[Deferred]:
         matches = self.subscriptions.trie.match(message.topic)
         moved = self.moved
         if not forward and moved is not None and len(moved):
@@ -95,11 +108,12 @@ class Router:
             if not matches:
                 return passed_on
             if passed_on is not None:
-                routed = self._route_matches(matches, message, forward)
+                routed = self._route_matches(matches, message, forward, author, retained)
                 return joined([passed_on] if routed is None else [passed_on, routed])
         if not matches:
+            self.unmatched += 1
             return None
-        return self._route_matches(matches, message, forward)
+        return self._route_matches(matches, message, forward, author, retained)
 
     def _pass_on(self, moved: SubscriptionTrie, matches: dict,
                  message: Message) -> Optional[Deferred]:
@@ -111,17 +125,21 @@ class Router:
         for subscriber, granted in moved.match(message.topic).items():
             if subscriber in matches:
                 continue   # back on this node meanwhile
+            granted &= _QOS_BITS
             waiting = forward_moved(cast(SubscriberId, subscriber), message,
                                     granted if granted < published_qos else published_qos)
             if waiting is not None:
                 waits.append(waiting)
         return joined(waits)
 
-    def _route_matches(self, matches: dict, message: Message,
-                       forward: bool) -> Optional[Deferred]:
+    def _route_matches(self, matches: dict, message: Message, forward: bool,
+                       author: Optional[Author] = None,
+                       retained: bool = False) -> Optional[Deferred]:
         queue_for = self.queue_for
         published_qos = message.qos
         targets: List[Tuple[SubscriberQueue, int]] = []
+        #: MQTT 5.0 subscribers with "retain as published": their own copy.
+        as_published: Optional[List[Tuple[SubscriberQueue, int]]] = None
         nodes: Optional[List[str]] = None
         for subscriber, granted in matches.items():
             if isinstance(subscriber, str):
@@ -134,6 +152,19 @@ class Router:
                 continue
             queue = queue_for(cast(SubscriberId, subscriber))
             if queue is not None:
+                if granted > _QOS_BITS:
+                    granted = self._options(cast(SubscriberId, subscriber), message.topic)
+                    if (granted & _NO_LOCAL and author is not None
+                            and author[0] == subscriber.client_id):
+                        continue   # [MQTT-3.8.3-3]
+                    if granted & _RETAIN_AS_PUBLISHED and retained:
+                        if as_published is None:
+                            as_published = []
+                        qos = granted & _QOS_BITS
+                        as_published.append((queue, qos if qos < published_qos
+                                             else published_qos))
+                        continue
+                    granted &= _QOS_BITS
                 targets.append((queue, granted if granted < published_qos else published_qos))
         dataplane = self.dataplane
         if nodes is not None and dataplane is not None and not dataplane.admits(nodes, message):
@@ -151,6 +182,17 @@ class Router:
                 if waits is None:
                     waits = []
                 waits.append(waiting)
+        if as_published is not None:
+            # [MQTT-3.3.1-12]: RETAIN as the publisher set it.
+            kept = Message(message.ref, message.topic, message.payload, message.qos, True,
+                           False, message.timestamp, message.mountpoint, message.origin,
+                           message.properties)
+            for queue, qos in as_published:
+                waiting = queue.enqueue(kept, qos)
+                if waiting is not None:
+                    if waits is None:
+                        waits = []
+                    waits.append(waiting)
         if nodes is not None and dataplane is not None:
             stored = dataplane.forward(nodes, message)
             if stored is not None:
@@ -158,3 +200,22 @@ class Router:
                     waits = []
                 waits.append(stored)
         return joined(waits)
+
+    def _options(self, subscriber: SubscriberId, topic: str) -> int:
+        """
+        The MQTT 5.0 options a message on ``topic`` is delivered with to
+        ``subscriber``, over every filter of it that matches: the trie keeps
+        one value per subscriber (the highest), so overlapping filters are
+        read again here -- the highest QoS, no local only if every matching
+        filter says so, retain as published if any does.
+        """
+        qos = 0
+        no_local = _NO_LOCAL
+        as_published = 0
+        for flt, options in self.subscriptions.local(subscriber).items():
+            if topic_matches(flt, topic):
+                if options & _QOS_BITS > qos:
+                    qos = options & _QOS_BITS
+                no_local &= options
+                as_published |= options & _RETAIN_AS_PUBLISHED
+        return qos | no_local | as_published

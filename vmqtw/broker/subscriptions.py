@@ -11,7 +11,14 @@ SUBSCRIBE does -- and routing never scans all subscriptions.
 Subscriber record (VerneMQ's layout)::
 
     key   = (mountpoint, client_id)
-    value = ((node, clean_session, ((filter, qos), ...)), ...)
+    value = ((node, clean_session, ((filter, options), ...)), ...)
+
+``options`` is the QoS for a 3.1.1 subscription, as it always was; for an
+MQTT 5.0 one it is the SUBSCRIBE options byte (QoS in the low two bits, then
+no local, retain as published, retain handling) plus the subscription
+identifier shifted left by 8.  A plain QoS is such a value with only the
+QoS bits, so records written before MQTT 5.0 read the same; whoever needs
+the QoS masks it with :data:`QOS_BITS`.  The trie keeps the same value.
 
 The last entry names the node the session is registered on.  The pure
 helpers below read a record; :class:`Subscriptions` writes them.
@@ -40,6 +47,11 @@ MovedCallback = Callable[[SubscriberId, Optional[str]], None]
 #: ``on_adopted(subscriber_id, from_node)``: another node gave this node a
 #: persistent session that ``from_node`` held (it left, or leaves).
 AdoptedCallback = Callable[[SubscriberId, Optional[str]], None]
+
+#: The QoS bits of a subscription's options value (see the module docstring).
+QOS_BITS = 0x03
+#: Where the subscription identifier starts in an options value.
+SUBSCRIPTION_ID_SHIFT = 8
 
 #: Every remote node is entered in the trie with this QoS: the node
 #: re-matches and applies its own subscribers' QoS, so the message is
@@ -192,7 +204,7 @@ class Subscriptions:
     def granted_qos(self, subscriber_id: SubscriberId, topic: str, published: int) -> int:
         """The QoS ``subscriber_id`` gets a message on ``topic`` published
         at ``published``: ``min(published, granted)``."""
-        granted = self.trie.match(topic).get(subscriber_id, published)
+        granted = self.trie.match(topic).get(subscriber_id, published) & QOS_BITS
         return granted if granted < published else published
 
     def sessions_on_this_node(self) -> Tuple[List[SubscriberId], List[SubscriberId]]:

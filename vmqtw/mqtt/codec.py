@@ -198,8 +198,11 @@ def _parse_connect5_payload(dec: "Decoder", name: str, cflags: int,
     """
     The rest of a level-5 CONNECT (sections 3.1.2.11 and 3.1.3): properties,
     client id, will properties + topic + payload, user name, password (which
-    no longer needs a user name).  Switches the decoder to level 5.
+    no longer needs a user name).  Switches the decoder to level 5 first,
+    so that an error in the rest is known to be a level-5 client's (the
+    server answers it with a CONNACK reason code).
     """
+    dec._switch_to_v5()
     properties, pos = decode_properties(buf, pos, end, CONNECT)
     client_id, pos = _read_str(buf, pos, end, "client identifier")
     will = None
@@ -216,7 +219,6 @@ def _parse_connect5_payload(dec: "Decoder", name: str, cflags: int,
         password, pos = _read_bin(buf, pos, end, "password")
     if pos != end:
         raise ProtocolError("trailing bytes after CONNECT payload")
-    dec._switch_to_v5()
     return Connect(client_id, name, PROTOCOL_LEVEL_5, bool(cflags & 0x02),
                    keepalive, will, username, password, properties)
 
@@ -927,10 +929,13 @@ _ENCODERS: Dict[type, Callable[[Any], bytes]] = {
 
 def encode_publish5(topic: str, payload: bytes, qos: int, retain: bool,
                     dup: bool, packet_id: Optional[int],
-                    properties: Optional[Properties] = None) -> bytes:
+                    properties: Optional[Properties] = None,
+                    block: Optional[bytes] = None) -> bytes:
     """
     Encode one level-5 PUBLISH (section 3.3): :func:`encode_publish` plus
     the property block, a single zero byte when ``properties`` is None.
+    ``block``, when given, is ``properties`` already encoded (one message
+    going to many subscribers is encoded once).
 
     The topic may be empty only with a topic alias [MQTT-3.3.2-1].
     """
@@ -938,7 +943,9 @@ def encode_publish5(topic: str, payload: bytes, qos: int, retain: bool,
     tl = len(t)
     if tl > 0xFFFF:
         raise ValueError("topic longer than 65535 UTF-8 bytes")
-    if properties is None:
+    if block is not None and tl:
+        props = block
+    elif properties is None:
         if not tl:
             raise ValueError("empty topic without a topic alias")
         props = b"\x00"

@@ -471,3 +471,24 @@ def encode_properties(props: Optional[Properties], kind: int) -> bytes:
         parts.append(b"\x26" + encode_str(name) + encode_str(text))
     body = b"".join(parts)
     return encode_varint(len(body)) + body
+
+
+def pack_message_properties(props: Optional[Properties]) -> Optional[bytes]:
+    """
+    The stored and forwarded form of a message's PUBLISH properties: their
+    own MQTT 5.0 property block, so the message store and the inter-node
+    wire keep them in wire order (user properties with their duplicates)
+    without a format of their own; None when there are none.
+    """
+    if props is None:
+        return None
+    return encode_properties(props, PUBLISH)
+
+
+def unpack_message_properties(data: Optional[bytes]) -> Optional[Properties]:
+    """Inverse of :func:`pack_message_properties`."""
+    if not data:
+        return None
+    buf = bytearray(data)
+    props, _end = decode_properties(buf, 0, len(buf), PUBLISH)
+    return props

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from vmqtw.mqtt import packets as P
+from vmqtw.mqtt import reasons as R
 from vmqtw.mqtt.codec import Decoder, ProtocolError, UnacceptableProtocolLevel, encode
 from vmqtw.mqtt.session import (CONNECTED, NEW, Authenticator, MqttCounters, Session,
                                 SessionRegistry, SessionSettings)
@@ -48,7 +49,8 @@ class MQTTProtocol(Protocol):
         self.clock: IReactorTime = factory.clock
         # Built here rather than in connectionMade so that neither is ever
         # None; the peer address is filled in once the connection exists.
-        self.decoder = Decoder(factory.max_packet_size, connect_first=True)
+        self.decoder = Decoder(factory.max_packet_size, connect_first=True,
+                               accept_v5=P.PROTOCOL_LEVEL_5 in factory.settings.protocol_versions)
         self.session = Session(self, factory.registry, factory.settings, factory.authenticator,
                                on_connected=self._session_connected,
                                counters=factory.counters)
@@ -56,6 +58,7 @@ class MQTTProtocol(Protocol):
         self.last_seen = 0.0
         self._connect_timer: Any = None
         self._keepalive_timer: Any = None
+        self._close_timer: Any = None
 
     # -- Protocol -----------------------------------------------------------------
 
@@ -109,7 +112,17 @@ class MQTTProtocol(Protocol):
         else:
             self.log.info("closing {peer}: malformed packet: {reason}",
                           peer=session.peer, reason=error.reason)
-        self.abort()
+        if session.state == NEW and self.decoder.protocol_level == P.PROTOCOL_LEVEL_5:
+            # A level-5 CONNECT that breaks a rule: CONNACK with the reason
+            # code, then close (section 4.13.1).
+            code = error.reason_code
+            self.write(encode(P.ConnAck(code if code in R.CONNACK_CODES else R.UNSPECIFIED_ERROR,
+                                        False), P.PROTOCOL_LEVEL_5))
+            self.close()
+            return
+        # An MQTT 5.0 client is told why (DISCONNECT with the codec's
+        # reason code, section 4.13.1); a 3.1.1 one is just dropped.
+        session.disconnect(error.reason_code)
 
     def handshakeCompleted(self) -> None:
         """
@@ -122,10 +135,10 @@ class MQTTProtocol(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.closing = True
-        for timer in (self._connect_timer, self._keepalive_timer):
+        for timer in (self._connect_timer, self._keepalive_timer, self._close_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._connect_timer = self._keepalive_timer = None
+        self._connect_timer = self._keepalive_timer = self._close_timer = None
         self.factory.connections.discard(self)
         self.factory.counters.socket_close += 1
         try:
@@ -155,8 +168,7 @@ class MQTTProtocol(Protocol):
         grace = self.session.keepalive * 1.5
         silent = self.clock.seconds() - self.last_seen
         if silent >= grace:
-            self.session.ending("keepalive timeout")
-            self.abort()
+            self.session.disconnect(R.KEEP_ALIVE_TIMEOUT, "keepalive timeout")
             return
         self._keepalive_timer = self.clock.callLater(grace - silent, self._keepalive_check)
 
@@ -166,10 +178,12 @@ class MQTTProtocol(Protocol):
         if not self.closing:
             self.transport.write(data)
 
-    def close(self) -> None:
+    def close(self, grace: Optional[float] = None) -> None:
         if not self.closing:
             self.closing = True
             self.transport.loseConnection()
+            if grace is not None:
+                self._close_timer = self.clock.callLater(grace, self.transport.abortConnection)
 
     def abort(self, reason: Optional[str] = None) -> None:
         """Close at once; ``reason`` (e.g. the listener closing) is logged with the disconnect."""
@@ -178,6 +192,11 @@ class MQTTProtocol(Protocol):
         if not self.closing:
             self.closing = True
             self.transport.abortConnection()
+
+    def shut_down(self) -> None:
+        """The listener stops: an MQTT 5.0 client is told (0x8B) first."""
+        self.session.disconnect(R.SERVER_SHUTTING_DOWN,
+                                "listener closed (server shutdown or leave)")
 
     def pause_reading(self) -> None:
         self.transport.pauseProducing()

@@ -1,5 +1,5 @@
 """
-The MQTT 3.1/3.1.1 session state machine of one connection.
+The MQTT 3.1/3.1.1/5.0 session state machine of one connection.
 
 Sans-IO: it receives decoded packets with the current time and answers
 through a small :class:`SessionIO` (write bytes, close, pause/resume
@@ -11,9 +11,21 @@ Acknowledgements to a publisher are written in the order the PUBLISHes
 arrived [MQTT-4.6.0-2], even when one of them must first wait for the
 message store; while too many wait, reading from the socket pauses
 (backpressure instead of unbounded buffering).
+
+MQTT 5.0 (a level-5 CONNECT) takes its own branches, each behind one
+``self.v5`` test so the 3.1.1 path allocates and checks nothing more:
+reason codes in CONNACK, the acknowledgements and a server DISCONNECT;
+CONNACK properties (assigned client identifier, server keep alive, receive
+maximum, maximum packet size, topic alias maximum, and the features we do
+not offer); the session expiry interval in place of clean session; topic
+aliases from the client; PUBLISH properties passed on to subscribers with
+the message expiry counted down; the client's receive maximum and maximum
+packet size; retain handling; AUTH refused (no enhanced authentication
+method is provided).
 """
 from __future__ import annotations
 
+import math
 import os
 import struct
 from collections import deque
@@ -28,7 +40,10 @@ from twisted.python.failure import Failure
 
 from vmqtw.errors import BacklogFull, StoreUnavailable
 from vmqtw.mqtt import packets as P
-from vmqtw.mqtt.codec import encode, encode_publish
+from vmqtw.mqtt import reasons as R
+from vmqtw.mqtt.codec import encode, encode_publish, encode_publish5
+from vmqtw.mqtt.properties import encode_properties
+from vmqtw.topic import matches as topic_matches
 from vmqtw.topic import parse_shared, validate_filter, validate_topic
 from vmqtw.types import Message, SubscriberId, new_message_ref
 
@@ -40,11 +55,58 @@ _PINGRESP = encode(P.PingResp())
 # Acknowledgements are built for every QoS 1/2 message: fixed header bytes
 # plus the packet id, without a packet object.
 _PUBACK = struct.Struct(">BBH").pack
+#: The same with an MQTT 5.0 reason code (and no properties).
+_PUBACK5 = struct.Struct(">BBHB").pack
+
+#: An empty property set, to tell one left empty by removing a topic alias.
+_NO_PROPERTIES = P.Properties()
 _PUBACK_BYTE, _PUBREC_BYTE, _PUBREL_BYTE, _PUBCOMP_BYTE = 0x40, 0x50, 0x62, 0x70
 
 #: Stop reading from a publisher once this many acknowledgements wait for
 #: storage; resume when half of them are written.
 ACK_BACKLOG_PAUSE = 256
+
+#: Seconds a server DISCONNECT may take to reach an MQTT 5.0 client before
+#: the connection is aborted anyway.
+DISCONNECT_GRACE = 5.0
+
+#: The session expiry interval meaning "never" (MQTT 5.0, 3.1.2.11.2).
+EXPIRY_NEVER = 0xFFFFFFFF
+
+#: The MQTT 5.0 CONNACK reason code for each 3.1.1 return code an
+#: authenticator or the session gives (section 3.2.2.2).
+_CONNACK5 = {
+    P.CONNACK_UNACCEPTABLE_PROTOCOL_VERSION: R.UNSUPPORTED_PROTOCOL_VERSION,
+    P.CONNACK_IDENTIFIER_REJECTED: R.CLIENT_IDENTIFIER_NOT_VALID,
+    P.CONNACK_SERVER_UNAVAILABLE: R.SERVER_UNAVAILABLE,
+    P.CONNACK_BAD_USERNAME_OR_PASSWORD: R.BAD_USER_NAME_OR_PASSWORD,
+    P.CONNACK_NOT_AUTHORIZED: R.NOT_AUTHORIZED,
+}
+
+
+class _PropertyBlocks:
+    """
+    The encoded property block of the last PUBLISH properties sent: a
+    message fanned out to many MQTT 5.0 subscribers is delivered to them one
+    after another with the same (never changed) Properties object, so one
+    entry, keyed by identity and holding the object (its id cannot be
+    reused meanwhile), saves all encodings but the first.
+    """
+
+    __slots__ = ("props", "encoded")
+
+    def __init__(self) -> None:
+        self.props: Optional[P.Properties] = None
+        self.encoded = b""
+
+    def block(self, props: P.Properties) -> bytes:
+        if props is not self.props:
+            self.encoded = encode_properties(props, P.PUBLISH)
+            self.props = props
+        return self.encoded
+
+
+_BLOCKS = _PropertyBlocks()
 
 
 class SessionIO(Protocol):
@@ -52,8 +114,11 @@ class SessionIO(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
-    def close(self) -> None:
-        """Close after writing what is buffered (e.g. after a CONNACK)."""
+    def close(self, grace: Optional[float] = None) -> None:
+        """
+        Close after writing what is buffered (e.g. after a CONNACK); with
+        ``grace``, abort if that takes longer (a peer that stopped reading).
+        """
 
     def abort(self) -> None:
         """Close at once (protocol violation, takeover)."""
@@ -78,7 +143,12 @@ class SessionQueue(Protocol):
         """The session delivering this queue's messages, or None."""
 
     def attach(self, outlet: "Session",
-               readable: Optional[Callable[[Message], bool]] = None) -> None: ...
+               readable: Optional[Callable[[Message], bool]] = None,
+               receive_maximum: int = 0) -> None: ...
+
+    def discard(self) -> None: ...
+
+    def drop_too_large(self, packet_id: Optional[int]) -> None: ...
 
     def detach(self) -> None: ...
 
@@ -117,7 +187,12 @@ class SessionRegistry(Protocol):
         """Take the session of ``subscriber_id``: its queue, and whether it existed."""
 
     def unregister(self, subscriber_id: SubscriberId, session: Any,
-                   clean_session: bool) -> None: ...
+                   clean_session: bool, session_expiry: Optional[float] = None) -> None:
+        """
+        The connection is gone.  An MQTT 5.0 session passes its
+        ``session_expiry`` (seconds; ``math.inf`` = never) to replace
+        ``persistent_client_expiration``; None keeps that.
+        """
 
     def subscriptions(self, subscriber_id: SubscriberId) -> Dict[str, int]: ...
 
@@ -133,6 +208,14 @@ class SessionRegistry(Protocol):
 
     def retained_matching(self, flt: str) -> Iterator[Tuple[Message, Any]]:
         """Retained messages for a new subscription, each with its author or None."""
+
+    @property
+    def unmatched(self) -> int:
+        """How many routed messages matched no subscription so far."""
+
+    def delay_will(self, subscriber_id: SubscriberId, delay: float,
+                   publish: Callable[[], Any]) -> None:
+        """MQTT 5.0: ``publish()`` after ``delay`` unless the client id comes back."""
 
 
 @attrs.define(frozen=True, slots=True)
@@ -154,6 +237,18 @@ class SessionSettings:
     allow_publish_during_netsplit: bool = False
     allow_subscribe_during_netsplit: bool = False
     allow_unsubscribe_during_netsplit: bool = False
+    #: ``listener.allowed_protocol_versions``: protocol levels a CONNECT
+    #: may name (3 = MQTT 3.1, 4 = 3.1.1, 5 = 5.0).
+    protocol_versions: Tuple[int, ...] = (3, 4, 5)
+    #: ``max_message_size`` (0 = none), announced to MQTT 5.0 clients as
+    #: their maximum packet size.
+    max_message_size: int = 0
+    #: ``topic_alias_max_client``: the highest topic alias an MQTT 5.0
+    #: client may use (0 = none), announced in CONNACK.
+    topic_alias_max_client: int = 0
+    #: ``receive_max_broker``: QoS 1/2 PUBLISHes an MQTT 5.0 client may
+    #: have unacknowledged towards us, announced in CONNACK.
+    receive_max_broker: int = 65535
 
 
 @attrs.define(slots=True, eq=False)
@@ -283,6 +378,25 @@ class Session:
         #: is taken over); the packet handlers run only then.
         self.queue: Optional[SessionQueue] = None
         self.taken_over = False
+        #: 4 for MQTT 3.1 and 3.1.1 (same packets), 5 for MQTT 5.0.
+        self.level = P.PROTOCOL_LEVEL_311
+        #: ``level == 5``, the one test on the per-packet paths.
+        self.v5 = False
+        #: MQTT 5.0: the session expiry interval in force (seconds).
+        self.session_expiry = 0
+        #: MQTT 5.0: the client's maximum packet size (0 = none given).
+        self.max_send_size = 0
+        #: MQTT 5.0: filter -> subscription identifier, for the filters
+        #: that have one (the records hold them too; this is the session's
+        #: copy, read on every delivery to it).
+        self._sub_ids: Dict[str, int] = {}
+        #: MQTT 5.0: topic alias -> topic, set by the client's PUBLISHes.
+        self.aliases: Optional[Dict[int, str]] = None
+        self._connect_props: Optional[P.Properties] = None
+        self._requested_keepalive = 0
+        self._assigned_id = False
+        #: MQTT 5.0: a DISCONNECT other than 0x00 keeps the will.
+        self._will_on_disconnect = False
         self._disconnected = False
         self._buffered: List[Any] = []
         self._acks: Deque[List[Any]] = deque()
@@ -297,6 +411,7 @@ class Session:
             P.Unsubscribe: self._on_unsubscribe,
             P.PingReq: self._on_pingreq,
             P.Disconnect: self._on_disconnect,
+            P.Auth: self._on_auth,
         }
 
     # -- input ----------------------------------------------------------------
@@ -329,12 +444,19 @@ class Session:
                 self._paused = True
                 self.io.pause_reading()
 
-    def violation(self, reason: str) -> None:
-        """A protocol violation: close without answering; the will fires."""
+    def violation(self, reason: str, code: int = R.PROTOCOL_ERROR) -> None:
+        """
+        A protocol violation: close; the will fires.  An MQTT 5.0 client
+        connected is told why first, with DISCONNECT and ``code``
+        (section 4.13.2); a 3.1.1 one gets no answer [MQTT-4.8.0-1].
+        """
         if self.state == CONNECTED:
             self.ending("protocol error: " + reason)   # said in the disconnect line
         else:
             self.log.info("closing {peer}: {reason}", peer=self.peer, reason=reason)
+        if self.v5 and self.state == CONNECTED:
+            self.disconnect(code)
+            return
         self.io.abort()
 
     def ending(self, reason: str) -> None:
@@ -342,24 +464,61 @@ class Session:
         if self.close_reason is None:
             self.close_reason = reason
 
+    def disconnect(self, code: int, reason: Optional[str] = None) -> None:
+        """
+        The server ends an MQTT 5.0 connection with DISCONNECT and a reason
+        code (keep alive timeout, takeover, shutdown, protocol error), then
+        closes after writing it; a 3.1.1 connection is just aborted.
+        ``reason`` is what the disconnect line of the log says.
+        """
+        if reason is not None:
+            self.ending(reason)
+        if self.v5 and self.state == CONNECTED:
+            self.io.write(encode(P.Disconnect(code), P.PROTOCOL_LEVEL_5))
+            # A dead peer (keep alive timeout) never takes the bytes: the
+            # connection must still end, and its will go, soon.
+            self.io.close(DISCONNECT_GRACE)
+        else:
+            self.io.abort()
+
     # -- CONNECT --------------------------------------------------------------
 
     def _on_connect(self, connect: P.Connect, now: float) -> None:
         self.counters.connect_received += 1
         self.protocol_level = connect.protocol_level
         settings = self.settings
+        level = connect.protocol_level
+        if level == P.PROTOCOL_LEVEL_5:
+            self.level = level
+            self.v5 = True
+            # Level-5 handlers where the packet differs: the 3.1.1 ones
+            # stay free of level tests.
+            self._handlers[P.Publish] = self._on_publish5
+            if not self._connect5(connect):
+                return
+        if level not in settings.protocol_versions:
+            # [MQTT-3.1.2-2]; a level-5 CONNECT only gets here when the
+            # listener does not allow 5 while its decoder does (never).
+            self._refuse(P.CONNACK_UNACCEPTABLE_PROTOCOL_VERSION)
+            return
         client_id = connect.client_id
         if not client_id:
-            if not connect.clean_session:
+            if not connect.clean_session and not self.v5:
                 self._refuse(P.CONNACK_IDENTIFIER_REJECTED)  # [MQTT-3.1.3-8]
                 return
-            client_id = "vmqtw-" + os.urandom(12).hex()  # [MQTT-3.1.3-6]
+            # [MQTT-3.1.3-6]; MQTT 5.0 also with clean start 0 (the new id
+            # names no earlier session), told in CONNACK [MQTT-3.2.2-16].
+            client_id = "vmqtw-" + os.urandom(12).hex()
+            self._assigned_id = True
         elif len(client_id) > settings.max_client_id_size:
             self._refuse(P.CONNACK_IDENTIFIER_REJECTED)  # [MQTT-3.1.3-9]
             return
         will = connect.will
         if will is not None and not validate_topic(will.topic, settings.topic_max_depth):
-            self.violation("invalid will topic")
+            if self.v5:
+                self._refuse(R.TOPIC_NAME_INVALID)   # 3.2.2.2
+            else:
+                self.violation("invalid will topic")
             return
         if not settings.allow_register_during_netsplit and not self.registry.ready():
             # A netsplit: a client id might be connected on the other side.
@@ -378,8 +537,9 @@ class Session:
         self.subscriber_id = SubscriberId(settings.mountpoint, client_id)
         self.username = username
         self.clean_session = connect.clean_session
-        keepalive = connect.keepalive
+        keepalive = self._requested_keepalive = connect.keepalive
         if settings.max_keepalive and (keepalive == 0 or keepalive > settings.max_keepalive):
+            # At level 5 the client is told in CONNACK (server keep alive).
             keepalive = settings.max_keepalive
         self.keepalive = keepalive
         self.will = will
@@ -389,6 +549,44 @@ class Session:
         result = maybeDeferred(self.authenticator.authenticate, info)
         result.addCallbacks(self._authenticated, self._authentication_failed,
                             callbackArgs=(now,))
+
+    def _connect5(self, connect: P.Connect) -> bool:
+        """
+        Read the CONNECT properties of an MQTT 5.0 client; False when it was
+        refused.
+        """
+        props = self._connect_props = connect.properties
+        if props is None:
+            return True
+        if props.authentication_method is not None:
+            # Enhanced authentication (section 4.12): no method is provided
+            # (no plugin offers one yet), so every method is refused.
+            self._refuse(R.BAD_AUTHENTICATION_METHOD)
+            return False
+        expiry = props.session_expiry_interval
+        if expiry is not None:
+            self.session_expiry = expiry
+        if props.maximum_packet_size is not None:
+            self.max_send_size = props.maximum_packet_size
+        return True
+
+    def _connack5(self, present: bool) -> bytes:
+        """CONNACK 0x00 of an MQTT 5.0 client, with what it must know of us."""
+        settings = self.settings
+        props = P.Properties()
+        if self._assigned_id:
+            props.assigned_client_identifier = self.client_id
+        if settings.max_keepalive and self.keepalive != self._requested_keepalive:
+            props.server_keep_alive = self.keepalive   # [MQTT-3.2.2-21]
+        if settings.receive_max_broker < 65535:
+            props.receive_maximum = settings.receive_max_broker
+        if settings.max_message_size:
+            props.maximum_packet_size = settings.max_message_size
+        if settings.topic_alias_max_client:
+            props.topic_alias_maximum = settings.topic_alias_max_client
+        # Offered later (issue 10): say so rather than refuse them.
+        props.shared_subscription_available = 0
+        return encode(P.ConnAck(R.SUCCESS, present, props), P.PROTOCOL_LEVEL_5)
 
     def _authentication_failed(self, failure: Any) -> None:
         self.log.failure("authentication of {client_id} failed", failure,
@@ -427,11 +625,23 @@ class Session:
                 lease.release()   # the connection went away meanwhile
             return
         assert self.subscriber_id is not None
-        queue, present = self.registry.register(self.subscriber_id, self.clean_session, self,
-                                                lease)
+        if self.v5:
+            queue, present = self._register5(lease)
+        else:
+            queue, present = self.registry.register(self.subscriber_id, self.clean_session,
+                                                    self, lease)
         self.queue = queue
         self.state = CONNECTED
-        self.io.write(encode(P.ConnAck(P.CONNACK_ACCEPTED, present)))
+        if self.v5:
+            self.io.write(self._connack5(present))
+            self.aliases = {}
+            if present:
+                # A resumed session's subscription identifiers.
+                for flt, value in self.registry.subscriptions(self.subscriber_id).items():
+                    if value >> 8:
+                        self._sub_ids[flt] = value >> 8
+        else:
+            self.io.write(encode(P.ConnAck(P.CONNACK_ACCEPTED, present)))
         self.counters.connack_sent[P.CONNACK_ACCEPTED] += 1
         peer = self.peer or (None, None)
         self.log.info("client {client_id} connected from {host}:{port} (MQTT level {protocol_level}, "
@@ -441,7 +651,10 @@ class Session:
                       kind="clean" if self.clean_session else "persistent", present=present)
         if self.on_connected is not None:
             self.on_connected(self)
-        queue.attach(self, self._read_check())
+        receive_maximum = 0
+        if self.v5 and self._connect_props is not None:
+            receive_maximum = self._connect_props.receive_maximum or 0
+        queue.attach(self, self._read_check(), receive_maximum)
         buffered, self._buffered = self._buffered, []
         for packet in buffered:
             if self.state != CONNECTED:
@@ -450,6 +663,30 @@ class Session:
         if self._paused and self.state == CONNECTED and len(self._acks) < ACK_BACKLOG_PAUSE // 2:
             self._paused = False
             self.io.resume_reading()
+
+    def _register5(self, lease: Any) -> Tuple[SessionQueue, bool]:
+        """
+        Register an MQTT 5.0 session.  The registry knows 3.1.1's clean
+        session, which is two things at level 5 [MQTT-3.1.2-4..6]: clean
+        start (discard the session there was) and a session expiry of 0
+        (the session ends with the connection).  Registered persistent
+        unless both hold; a clean start with an expiry discards what it
+        found itself; an expiry of 0 without a clean start resumes the
+        session and ends it at :meth:`connection_lost`.
+        """
+        assert self.subscriber_id is not None
+        subscriber_id = self.subscriber_id
+        clean_start = self.clean_session
+        ends = self.session_expiry == 0
+        self.clean_session = clean_start and ends
+        queue, present = self.registry.register(subscriber_id, self.clean_session, self, lease)
+        if clean_start and present:
+            queue.discard()
+            old = list(self.registry.subscriptions(subscriber_id))
+            if old:
+                self.registry.unsubscribe(subscriber_id, False, old)
+            present = False
+        return queue, present
 
     def _read_check(self) -> Optional[Callable[[Message], bool]]:
         """
@@ -464,10 +701,19 @@ class Session:
         return lambda message: can_read(client_id, username, message.topic)
 
     def _refuse(self, return_code: int) -> None:
-        """CONNACK with an error code, then close [MQTT-3.2.2-5]."""
+        """
+        CONNACK with an error code, then close [MQTT-3.2.2-5]; at level 5
+        the 3.1.1 code is given as its reason code [MQTT-3.2.2-7].
+        """
         self.state = CLOSED
         self.will = None
-        self.io.write(encode(P.ConnAck(return_code, False)))
+        if self.v5:
+            code = _CONNACK5.get(return_code, return_code)
+            if code not in R.CONNACK_CODES:
+                code = R.UNSPECIFIED_ERROR
+            self.io.write(encode(P.ConnAck(code, False), P.PROTOCOL_LEVEL_5))
+        else:
+            self.io.write(encode(P.ConnAck(return_code, False)))
         if 0 <= return_code < len(self.counters.connack_sent):
             self.counters.connack_sent[return_code] += 1
         self.io.close()
@@ -483,7 +729,7 @@ class Session:
         if self.queue is not None and self.queue.outlet is self:
             self.queue.detach()
         self.queue = None
-        self.io.abort()
+        self.disconnect(R.SESSION_TAKEN_OVER)
 
     def close_by_admin(self) -> None:
         """
@@ -491,8 +737,7 @@ class Session:
         network failure would (the will is published, a persistent session
         stays).
         """
-        self.ending("disconnected by vmqtw-admin")
-        self.io.abort()
+        self.disconnect(R.ADMINISTRATIVE_ACTION, "disconnected by vmqtw-admin")
 
     def connection_lost(self) -> None:
         """
@@ -514,18 +759,48 @@ class Session:
                       client_id=self.client_id, host=peer[0], port=peer[1], reason=reason)
         will = self.will
         self.will = None
-        if will is not None and not self._disconnected:
-            kept = self.registry.publish(Message(new_message_ref(), will.topic, will.payload,
-                                                 will.qos, will.retain, False,
-                                                 self.registry.clock.seconds(),
-                                                 self.settings.mountpoint))
-            if kept is not None:
-                # Nobody is left to resend a will the cluster could not take
-                # (a peer's backlog full): say so instead of an unhandled error.
-                kept.addErrback(self._will_lost, will.topic)
+        if will is not None and (not self._disconnected or self._will_on_disconnect):
+            delay = 0.0
+            if will.properties is not None and will.properties.will_delay_interval:
+                # [MQTT-3.1.3-9]: the will waits for its delay, or until the
+                # session ends if that comes first; a client back in time
+                # (this takeover included) cancels it.
+                expiry = self.session_expiry
+                delay = float(min(will.properties.will_delay_interval,
+                                  math.inf if expiry == EXPIRY_NEVER else expiry))
+            if delay <= 0:
+                self._publish_will(will)
+            elif not self.taken_over and self.subscriber_id is not None:
+                self.registry.delay_will(self.subscriber_id, delay,
+                                         lambda: self._publish_will(will))
         if not self.taken_over and self.subscriber_id is not None:
-            self.registry.unregister(self.subscriber_id, self, self.clean_session)
+            if self.v5:
+                expiry = self.session_expiry
+                self.registry.unregister(self.subscriber_id, self, expiry == 0,
+                                         math.inf if expiry == EXPIRY_NEVER else float(expiry))
+            else:
+                self.registry.unregister(self.subscriber_id, self, self.clean_session)
         self.queue = None
+
+    def _publish_will(self, will: P.Will) -> None:
+        kept = self.registry.publish(Message(new_message_ref(), will.topic, will.payload,
+                                             will.qos, will.retain, False,
+                                             self.registry.clock.seconds(),
+                                             self.settings.mountpoint, None,
+                                             self._will_properties(will)))
+        if kept is not None:
+            # Nobody is left to resend a will the cluster could not take
+            # (a peer's backlog full): say so instead of an unhandled error.
+            kept.addErrback(self._will_lost, will.topic)
+
+    @staticmethod
+    def _will_properties(will: P.Will) -> Optional[P.Properties]:
+        """What of a will's properties its message carries (not the delay)."""
+        props = will.properties
+        if props is None or props.will_delay_interval is None:
+            return props
+        props = attrs.evolve(props, will_delay_interval=None)
+        return None if props == P.Properties() else props
 
     def _will_lost(self, failure: Any, topic: str) -> None:
         self.log.warn("the will of {client_id} on {topic} is lost: {why}",
@@ -536,8 +811,52 @@ class Session:
     def send_publish(self, message: Message, qos: int, packet_id: Optional[int],
                      dup: bool) -> None:
         self.counters.publish_sent += 1
+        if self.v5:
+            if message.properties is not None or self._sub_ids or self.max_send_size:
+                self._send_publish5(message, qos, packet_id, dup)
+            else:
+                self.io.write(encode_publish5(message.topic, message.payload, qos,
+                                              message.retain, dup, packet_id))
+            return
         self.io.write(encode_publish(message.topic, message.payload, qos, message.retain,
                                      dup, packet_id))
+
+    def _send_publish5(self, message: Message, qos: int, packet_id: Optional[int],
+                       dup: bool) -> None:
+        """
+        A PUBLISH to an MQTT 5.0 client: the publisher's properties unchanged
+        and in order [MQTT-3.3.2-17/18], [MQTT-3.3.2-20], the message expiry
+        interval lowered by the time the message waited here [MQTT-3.3.2-6];
+        dropped (counted) when larger than the client's maximum packet size
+        [MQTT-3.1.2-25].
+        """
+        props = message.properties
+        if props is not None and props.message_expiry_interval is not None:
+            waited = int(self.registry.clock.seconds() - message.timestamp)
+            if waited > 0:
+                props = attrs.evolve(
+                    props, message_expiry_interval=max(1, props.message_expiry_interval - waited))
+        if self._sub_ids:
+            # Every matching subscription's identifier [MQTT-3.3.4-3/4/5].
+            topic = message.topic
+            ids = tuple(sorted(sub_id for flt, sub_id in self._sub_ids.items()
+                               if topic_matches(flt, topic)))
+            if ids:
+                props = (P.Properties(subscription_identifiers=ids) if props is None
+                         else attrs.evolve(props, subscription_identifiers=ids))
+        if props is not None and props is message.properties:
+            # The publisher's properties unchanged: encoded once for every
+            # subscriber of this message (see _PropertyBlocks).
+            data = encode_publish5(message.topic, message.payload, qos, message.retain, dup,
+                                   packet_id, props, _BLOCKS.block(props))
+        else:
+            data = encode_publish5(message.topic, message.payload, qos, message.retain, dup,
+                                   packet_id, props)
+        if self.max_send_size and len(data) > self.max_send_size:
+            if self.queue is not None:
+                self.queue.drop_too_large(packet_id)
+            return
+        self.io.write(data)
 
     def send_pubrel(self, packet_id: int) -> None:
         self.counters.pubrel_sent += 1
@@ -588,6 +907,113 @@ class Session:
             if waiting is not None:
                 waiting.addErrback(self._not_routed, publish.packet_id)
             self._acknowledge(waiting, _PUBACK(_PUBREC_BYTE, 2, publish.packet_id))
+
+    def _on_publish5(self, publish: P.Publish, now: float) -> None:
+        """
+        :meth:`_on_publish` at level 5: topic aliases resolved, properties
+        passed on, reason codes in PUBACK / PUBREC, the receive maximum we
+        announced enforced.
+        """
+        counters = self.counters
+        counters.publish_received += 1
+        if not self.settings.allow_publish_during_netsplit and not self.registry.ready():
+            return
+        topic = publish.topic
+        qos = publish.qos
+        props = publish.properties
+        if props is not None:
+            resolved = self._publish_properties(topic, props)
+            if resolved is None:
+                return
+            topic, props = resolved
+        max_depth = self.settings.topic_max_depth
+        if max_depth and topic.count("/") >= max_depth:
+            self.violation("topic deeper than topic_max_depth", R.TOPIC_NAME_INVALID)
+            return
+        queue = self.queue
+        assert queue is not None  # only CONNECTED sessions handle PUBLISH
+        if (qos and len(self._acks) + len(queue.awaiting_rel) >= self.settings.receive_max_broker
+                and publish.packet_id not in queue.awaiting_rel):
+            # More unacknowledged QoS 1/2 PUBLISHes than the receive
+            # maximum we announced [MQTT-3.3.4-8].
+            self.violation("receive maximum exceeded", R.RECEIVE_MAXIMUM_EXCEEDED)
+            return
+        if qos == 2 and publish.packet_id in queue.awaiting_rel:
+            # A resend of a QoS 2 message already routed: answer, do not
+            # route it again (exactly once) [MQTT-4.3.3-2].
+            counters.pubrec_sent += 1
+            self._acknowledge(None, _PUBACK(_PUBREC_BYTE, 2, publish.packet_id))
+            return
+        allowed = not topic.startswith("$") and self.authenticator.can_publish(
+            self.client_id, self.username, topic)
+        waiting = None
+        matched = True
+        if not allowed:
+            counters.publish_denied += 1
+        else:
+            unmatched = self.registry.unmatched
+            waiting = self.registry.publish(Message(
+                new_message_ref(), topic, publish.payload, qos, publish.retain, False, now,
+                self.settings.mountpoint, None, props),
+                # Always: the router also needs it for "no local".
+                (self.client_id, self.username))
+            matched = self.registry.unmatched == unmatched
+        # Refused: told it was not authorized (0x87), acknowledged anyway.
+        if qos == 1:
+            counters.puback_sent += 1
+            if not matched:
+                ack = _PUBACK5(_PUBACK_BYTE, 3, publish.packet_id, R.NO_MATCHING_SUBSCRIBERS)
+            elif allowed:
+                ack = _PUBACK(_PUBACK_BYTE, 2, publish.packet_id)
+            else:
+                ack = _PUBACK5(_PUBACK_BYTE, 3, publish.packet_id, R.NOT_AUTHORIZED)
+            self._acknowledge(waiting, ack)
+        elif qos == 2:
+            counters.pubrec_sent += 1
+            assert publish.packet_id is not None  # the codec refuses QoS > 0 without one
+            if not matched:
+                queue.awaiting_rel.add(publish.packet_id)
+                ack = _PUBACK5(_PUBREC_BYTE, 3, publish.packet_id, R.NO_MATCHING_SUBSCRIBERS)
+            elif allowed:
+                queue.awaiting_rel.add(publish.packet_id)
+                ack = _PUBACK(_PUBREC_BYTE, 2, publish.packet_id)
+            else:
+                # A PUBREC with an error code ends the exchange [MQTT-4.3.3-4]
+                # (no PUBREL follows).
+                ack = _PUBACK5(_PUBREC_BYTE, 3, publish.packet_id, R.NOT_AUTHORIZED)
+            if waiting is not None:
+                waiting.addErrback(self._not_routed, publish.packet_id)
+            self._acknowledge(waiting, ack)
+
+    def _publish_properties(self, topic: str, props: P.Properties
+                            ) -> Optional[Tuple[str, Optional[P.Properties]]]:
+        """
+        An MQTT 5.0 PUBLISH's topic alias resolved (or set) and removed from
+        the properties passed on [MQTT-3.3.2-12]; None after a violation.
+        """
+        if props.subscription_identifiers:
+            self.violation("subscription identifier from a client",   # [MQTT-3.3.4-6]
+                           R.PROTOCOL_ERROR)
+            return None
+        alias = props.topic_alias
+        if alias is None:
+            return topic, props
+        if alias > self.settings.topic_alias_max_client:
+            self.violation("topic alias above the maximum",           # [MQTT-3.3.2-9]
+                           R.TOPIC_ALIAS_INVALID)
+            return None
+        aliases = self.aliases
+        assert aliases is not None   # set at level 5 from CONNACK on
+        if topic:
+            aliases[alias] = topic
+        else:
+            known = aliases.get(alias)
+            if known is None:
+                self.violation("unknown topic alias", R.PROTOCOL_ERROR)
+                return None
+            topic = known
+        rest = attrs.evolve(props, topic_alias=None)
+        return topic, (None if rest == _NO_PROPERTIES else rest)
 
     def _acknowledge(self, waiting: Optional[Deferred], ack: bytes) -> None:
         """Write ``ack`` once ``waiting`` fired and every earlier ack is out."""
@@ -665,6 +1091,10 @@ class Session:
         """Release a QoS 2 id; PUBCOMP even for an unknown id [MQTT-4.3.3-2]."""
         queue = self.queue
         assert queue is not None
+        if self.v5 and packet.packet_id not in queue.awaiting_rel:
+            self._acknowledge(None, _PUBACK5(_PUBCOMP_BYTE, 3, packet.packet_id,
+                                             R.PACKET_IDENTIFIER_NOT_FOUND))
+            return
         queue.awaiting_rel.discard(packet.packet_id)
         self.counters.pubrel_received += 1
         self.counters.pubcomp_sent += 1
@@ -676,7 +1106,11 @@ class Session:
         settings = self.settings
         if not settings.allow_subscribe_during_netsplit and not self.registry.ready():
             self.io.write(encode(P.SubAck(subscribe.packet_id,
-                                          [P.SUBACK_FAILURE] * len(subscribe.topics))))
+                                          [P.SUBACK_FAILURE] * len(subscribe.topics)),
+                                 self.level))
+            return
+        if self.v5:
+            self._on_subscribe5(subscribe)
             return
         subscriber_id = self.subscriber_id
         queue = self.queue
@@ -707,6 +1141,62 @@ class Session:
         else:
             routed.addCallback(lambda _: self._send_retained(queue, granted))
 
+    def _on_subscribe5(self, subscribe: P.Subscribe) -> None:
+        """
+        SUBSCRIBE at level 5: a reason code per filter (section 3.9.3) and
+        the retain handling option [MQTT-3.3.1-9..11].
+        """
+        settings = self.settings
+        subscriber_id = self.subscriber_id
+        queue = self.queue
+        assert subscriber_id is not None and queue is not None
+        props = subscribe.properties
+        sub_id = 0
+        if props is not None and props.subscription_identifiers:
+            # Kept with each filter, above the options byte (see
+            # vmqtw.broker.subscriptions).
+            sub_id = props.subscription_identifiers[0]
+        existing = self.registry.subscriptions(subscriber_id)
+        limit = settings.max_subscriptions_per_client
+        granted: List[Tuple[str, int]] = []
+        retained: List[Tuple[str, int]] = []
+        codes: List[int] = []
+        for flt, options in subscribe.topics:
+            qos = options & P.SUB_QOS_MASK
+            if not validate_filter(flt, settings.topic_max_depth):
+                codes.append(R.TOPIC_FILTER_INVALID)
+            elif parse_shared(flt) is not None:
+                codes.append(R.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
+            elif not self.authenticator.can_subscribe(self.client_id, self.username, flt):
+                codes.append(R.NOT_AUTHORIZED)
+            elif limit and flt not in existing and len(existing) >= limit:
+                codes.append(R.QUOTA_EXCEEDED)
+            else:
+                handling = (options & P.SUB_RETAIN_HANDLING_MASK) >> P.SUB_RETAIN_HANDLING_SHIFT
+                if handling == P.RETAIN_SEND or (handling == P.RETAIN_SEND_IF_NEW
+                                                 and flt not in existing):
+                    retained.append((flt, qos))
+                existing[flt] = qos
+                # Options without retain handling (only used here, now).
+                value = (options & ~P.SUB_RETAIN_HANDLING_MASK) | (sub_id << 8)
+                granted.append((flt, value))
+                codes.append(qos)
+        routed = None
+        if granted:
+            routed = self.registry.subscribe(subscriber_id, self.clean_session, granted)
+            sub_ids = self._sub_ids
+            for flt, value in granted:
+                if sub_id:
+                    sub_ids[flt] = sub_id
+                else:
+                    sub_ids.pop(flt, None)
+        self._acknowledge(routed, encode(P.SubAck(subscribe.packet_id, codes),
+                                         P.PROTOCOL_LEVEL_5))
+        if routed is None:
+            self._send_retained(queue, retained)
+        else:
+            routed.addCallback(lambda _: self._send_retained(queue, retained))
+
     def _send_retained(self, queue: SessionQueue, granted: List[Tuple[str, int]]) -> None:
         if self.state != CONNECTED:
             return
@@ -725,6 +1215,20 @@ class Session:
                 and not self.registry.ready()):
             return  # no UNSUBACK: the client resends after the split heals
         assert self.subscriber_id is not None
+        if self.v5:
+            # One reason code per filter [MQTT-3.11.3-1].
+            existing = self.registry.subscriptions(self.subscriber_id)
+            max_depth = self.settings.topic_max_depth
+            codes = [R.SUCCESS if flt in existing
+                     else R.NO_SUBSCRIPTION_EXISTED if validate_filter(flt, max_depth)
+                     else R.TOPIC_FILTER_INVALID
+                     for flt in unsubscribe.topics]
+            for flt in unsubscribe.topics:
+                self._sub_ids.pop(flt, None)
+            self.registry.unsubscribe(self.subscriber_id, self.clean_session, unsubscribe.topics)
+            self.counters.unsuback_sent += 1
+            self.io.write(encode(P.UnsubAck(unsubscribe.packet_id, codes), P.PROTOCOL_LEVEL_5))
+            return
         self.registry.unsubscribe(self.subscriber_id, self.clean_session, unsubscribe.topics)
         self.counters.unsuback_sent += 1
         self.io.write(encode(P.UnsubAck(unsubscribe.packet_id)))
@@ -736,6 +1240,26 @@ class Session:
 
     def _on_disconnect(self, packet: P.Disconnect, now: float) -> None:
         self.counters.disconnect_received += 1
+        if self.v5:
+            props = packet.properties
+            if props is not None and props.session_expiry_interval is not None:
+                if self.session_expiry == 0 and props.session_expiry_interval:
+                    self.violation("session expiry set at DISCONNECT after 0",  # [MQTT-3.14.2-2]
+                                   R.PROTOCOL_ERROR)
+                    return
+                self.session_expiry = props.session_expiry_interval
+            if packet.reason_code != R.NORMAL_DISCONNECTION:
+                # Only a normal disconnection deletes the will [MQTT-3.1.2-8];
+                # 0x04 asks for it, an error code (0x80...) reports one.
+                self._will_on_disconnect = True
         self._disconnected = True
-        self.will = None
+        if not self._will_on_disconnect:
+            self.will = None
         self.io.close()
+
+    def _on_auth(self, packet: P.Auth, now: float) -> None:
+        """
+        No authentication method was accepted at CONNECT (none is offered),
+        so any AUTH is a Protocol Error [MQTT-4.12.0-1].
+        """
+        self.violation("AUTH without an authentication method", R.PROTOCOL_ERROR)

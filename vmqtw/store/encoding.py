@@ -18,6 +18,10 @@ so a prefix scan returns a subscriber's refs in the order they were written.
 
 Messages are msgpack arrays with a leading format version, never pickle: the
 file format must be readable by future versions and must not execute code.
+Version 1 (8 fields) is a message without MQTT 5.0 properties, written as
+before them, so a store written by older code opens and older code can read
+what 3.1.1 traffic writes; version 2 adds a ninth field, the PUBLISH
+property block (:func:`vmqtw.mqtt.properties.pack_message_properties`).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from typing import Tuple
 
 import msgpack
 
+from vmqtw.mqtt.properties import pack_message_properties, unpack_message_properties
 from vmqtw.types import Message, SubscriberId
 
 __all__ = ["MSG_PREFIX", "IDX_PREFIX", "FORMAT_VERSION", "StoreNotOpen",
@@ -34,7 +39,10 @@ __all__ = ["MSG_PREFIX", "IDX_PREFIX", "FORMAT_VERSION", "StoreNotOpen",
 
 MSG_PREFIX = b"msg/"
 IDX_PREFIX = b"idx/"
-FORMAT_VERSION = 1
+#: The newest message format written (see the module docstring).
+FORMAT_VERSION = 2
+#: The format of a message without properties (the only one before v5).
+FORMAT_VERSION_PLAIN = 1
 
 _LEN = struct.Struct(">I")
 _SEQ = struct.Struct(">Q")
@@ -104,17 +112,28 @@ def encode_message(msg: Message) -> bytes:
     The stored form of everything but ``ref`` (it is in the key) and
     ``origin`` (only meaningful while a message is in transit).
     """
+    if msg.properties is None:
+        return msgpack.packb(
+            (FORMAT_VERSION_PLAIN, msg.topic, msg.payload, msg.qos, msg.retain,
+             msg.dup, msg.timestamp, msg.mountpoint), use_bin_type=True)
     return msgpack.packb(
         (FORMAT_VERSION, msg.topic, msg.payload, msg.qos, msg.retain,
-         msg.dup, msg.timestamp, msg.mountpoint), use_bin_type=True)
+         msg.dup, msg.timestamp, msg.mountpoint,
+         pack_message_properties(msg.properties)), use_bin_type=True)
 
 
 def decode_message(ref: bytes, data: bytes) -> Message:
-    """Inverse of :func:`encode_message`."""
+    """Inverse of :func:`encode_message`; reads both format versions."""
     fields = msgpack.unpackb(data, raw=False, use_list=False)
-    if not fields or fields[0] != FORMAT_VERSION:
+    version = fields[0] if fields else None
+    if version == FORMAT_VERSION_PLAIN and len(fields) == 8:
+        _, topic, payload, qos, retain, dup, timestamp, mountpoint = fields
+        properties = None
+    elif version == FORMAT_VERSION and len(fields) == 9:
+        _, topic, payload, qos, retain, dup, timestamp, mountpoint, packed = fields
+        properties = unpack_message_properties(packed)
+    else:
         raise ValueError("unknown message format %r" % (fields[:1],))
-    _, topic, payload, qos, retain, dup, timestamp, mountpoint = fields
     return Message(ref=ref, topic=topic, payload=payload, qos=qos,
                    retain=retain, dup=dup, timestamp=timestamp,
-                   mountpoint=mountpoint)
+                   mountpoint=mountpoint, properties=properties)
