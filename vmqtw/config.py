@@ -797,8 +797,14 @@ SCHEMA: tuple[Setting, ...] = (
         "The least severe log messages written to the console."),
     Setting(
         "systree_enabled", Flag(), False,
-        "When on, the broker publishes its statistics under $SYS/.",
-        pending="nothing is published under $SYS/ yet (issue 11)"),
+        "When on, every systree_interval the node publishes each of its metrics "
+        "(those of GET /metrics) to $SYS/<nodename>/<metric>, the name's _ "
+        "turned into / (mqtt_publish_received -> $SYS/<node>/mqtt/publish/"
+        "received), QoS 0, not retained.  Subscribe to $SYS/# to see every node."),
+    Setting(
+        "systree_interval", Duration(unit="ms", min_seconds=0.1), 20.0,
+        "How often the $SYS/ topics are published (systree_enabled).  A bare "
+        "number is in milliseconds, as in VerneMQ."),
 )
 
 _BY_KEY: dict[str, Setting] = {s.key: s for s in SCHEMA}
@@ -923,6 +929,7 @@ class Config:
     cluster_heartbeat_timeout: float
     log_console_level: str
     systree_enabled: bool
+    systree_interval: float
     # Not keys: where the values came from, and platform_data_dir made absolute.
     source: str
     data_dir: str

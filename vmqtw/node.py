@@ -55,6 +55,7 @@ from vmqtw.cluster.dataplane import DataPlane
 from vmqtw.cluster.link import TcpTransport
 from vmqtw.cluster.readiness import Readiness
 from vmqtw.broker.drain import Drain
+from vmqtw.broker.systree import SysTree, registry_samples
 from vmqtw.cluster.serving import MqttServing
 from vmqtw.config import Config
 from vmqtw.http import health_reason, monitoring_site
@@ -424,6 +425,11 @@ def build_node(config: Config, reactor: Any) -> Node:
         if getattr(service, "name", None) == "listener.%s.%s" % (
             {"mqtt": "tcp", "mqtts": "ssl", "http": "http"}[kind], name)]
 
+    # $SYS/<nodename>/...: the metrics, every systree_interval.
+    systree = (SysTree(config.nodename, registry_samples(metrics), registry.publish, reactor,
+                       config.systree_interval, settings.mountpoint)
+               if config.systree_enabled else None)
+
     # The start order, as one table; stopped in exact reverse.
     steps: List[IService] = [
         # metadata → message-store → registry → data-plane → cluster-transport
@@ -431,6 +437,8 @@ def build_node(config: Config, reactor: Any) -> Node:
         *([Step("passwd-pool", pool.start, pool.stop).service()] if pool is not None else []),
         Step("auth", authenticator.start, authenticator.stop).service(),
         Step("drain", lambda: None, drain.stop).service(),
+        *([Step("systree", systree.start, systree.stop).service()] if systree is not None
+          else []),
         *http,
         serving,
     ]
