@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 
 from tests.clusterharness import free_port
 from tests.test_e2e_cluster import admin
-from tests.test_tls import Pki
+from tests.test_tls import Pki, issue
 from tests.waiting import wait_until
 from vmqtw.testing import mqttbytes as B
 
@@ -48,20 +48,29 @@ def ws_node(nodes: Any, name: str, **settings: str) -> Any:
     return node
 
 
-def ws_client(nodes: Any, port: int, client_id: str, cafile: Optional[str] = None) -> Any:
-    """A paho client over ws (or wss, given ``cafile``) on /mqtt, with its CONNACK."""
+def ws_client(nodes: Any, port: int, client_id: str, cafile: Optional[str] = None,
+              identity: Optional[Tuple[str, str]] = None, username: Optional[str] = None,
+              refused_ok: bool = False) -> Any:
+    """
+    A paho client over ws (or wss, given ``cafile``; with a client
+    certificate, given ``identity`` = (certfile, keyfile)) on /mqtt, with
+    its CONNACK.
+    """
     holder = nodes.client(types.SimpleNamespace(host=HOST, port=port), client_id, connect=False)
     paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                        protocol=mqtt.MQTTv311, transport="websockets")
     paho.ws_set_options(path="/mqtt")
     if cafile is not None:
-        paho.tls_set(ca_certs=cafile)
+        certfile, keyfile = identity if identity is not None else (None, None)
+        paho.tls_set(ca_certs=cafile, certfile=certfile, keyfile=keyfile)
+    if username is not None:
+        paho.username_pw_set(username, None)
     paho.on_message = holder._on_message
     paho.on_connect = holder._on_connect
     paho.reconnect_delay_set(60, 60)
     nodes.clients.append(paho)
     holder.client = paho
-    return holder.connect()
+    return holder.connect(refused_ok=refused_ok)
 
 
 def pubsub_both_ways(ws: Any, tcp: Any) -> None:
@@ -251,3 +260,35 @@ def test_paho_over_wss(nodes: Any, tmp_path: Any) -> None:
     pubsub_both_ways(wss, tcp)
     shown = json.loads(admin(node, "--format=json", "listener", "show").stdout)["table"]
     assert sorted(row["type"] for row in shown) == ["mqtt", "mqttws", "mqttwss"]
+
+
+def test_wss_certificate_identity_as_username(nodes: Any, tmp_path: Any) -> None:
+    """
+    listener.wss.use_identity_as_username: the client certificate's CN is
+    the user name, whatever CONNECT says, and no password is asked for
+    (vmq_passwd on, empty file); a wss client without a certificate gets
+    CONNACK 5 [MQTT-3.2.2-5].
+    """
+    pki = Pki.create(str(tmp_path / "pki"))
+    (tmp_path / "ident").mkdir()
+    (tmp_path / "ident" / "vmq.passwd").write_text("")
+    wss_port = free_port(HOST)
+    node = ws_node(nodes, "ident", **{
+        "listener.wss.default": "%s:%d" % (HOST, wss_port),
+        "listener.wss.certfile": pki.certfile, "listener.wss.keyfile": pki.keyfile,
+        "listener.wss.cafile": pki.cafile, "listener.wss.use_identity_as_username": "on",
+        "allow_anonymous": "off", "plugins.vmq_passwd": "on",
+        "vmq_passwd.password_file": "./vmq.passwd"})
+    wait_until(lambda: _accepting(wss_port), 10, what="wss listener")
+    alice = ws_client(nodes, wss_port, "a", cafile=pki.cafile, username="mallory",
+                      identity=pki.client_files("alice", issue(pki.ca, ["alice"])))
+    assert alice.connacks[-1][1].getName() == "Success"
+    shown = admin(node, "--format=json", "session", "show", "--client_id", "--user")
+    assert json.loads(shown.stdout)["table"] == [{"client_id": "a", "user": "alice"}], shown
+    anonymous = ws_client(nodes, wss_port, "anon", cafile=pki.cafile, username="alice",
+                          refused_ok=True)
+    assert anonymous.connacks[-1][1].getName() == "Not authorized"
+    # The plain ws listener of the same node takes no identity: alice's
+    # name without her password is refused by vmq_passwd (CONNACK 4).
+    plain = ws_client(nodes, node.ws_port, "plain", username="alice", refused_ok=True)
+    assert plain.connacks[-1][1].getName() == "Bad user name or password"

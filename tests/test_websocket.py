@@ -14,17 +14,21 @@ import os
 import struct
 from typing import Any, List, Optional, Sequence, Tuple
 
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from tests.test_tls import Pki
+from vmqtw.config import Config, ConfigError, parse_config
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt.codec import Decoder
 from vmqtw.mqtt.websocket import (MAX_HANDSHAKE_BYTES, Accept, MQTTWebSocketFactory, Refuse,
                                   answer_opening)
 from vmqtw.testing import mqttbytes as B
 from vmqtw.testing.inprocess_broker import Broker
+from vmqtw.tls import wss_options_from_config
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 BINARY, TEXT, CLOSE = 0x2, 0x1, 0x8
@@ -350,3 +354,72 @@ def test_backpressure_pauses_the_socket():
     assert client.transport.producerState == "paused"
     client.protocol.mqtt.resume_reading()
     assert client.transport.producerState == "producing"
+
+
+# -- configuration -------------------------------------------------------------------
+
+
+def _problems(text: str) -> List[str]:
+    try:
+        parse_config(text, "vernemq.conf")
+    except ConfigError as error:
+        return [str(problem) for problem in error.problems]
+    return []
+
+
+def test_ws_and_wss_listeners_parse_with_their_own_tls_keys():
+    config = parse_config("listener.ws.default = 127.0.0.1:8080\n"
+                          "listener.ws.inside = 10.0.0.1:8080\n"
+                          "listener.wss.default = 127.0.0.1:8443\n"
+                          "listener.wss.certfile = /etc/s.crt\n"
+                          "listener.wss.keyfile = /etc/s.key\n"
+                          "listener.wss.cafile = /etc/ca.crt\n"
+                          "listener.wss.require_certificate = on\n", "vernemq.conf")
+    assert config.ws_listeners == {"default": ("127.0.0.1", 8080), "inside": ("10.0.0.1", 8080)}
+    assert config.wss_listeners == {"default": ("127.0.0.1", 8443)}
+    assert (config.listener_wss_certfile, config.listener_wss_keyfile,
+            config.listener_wss_cafile) == ("/etc/s.crt", "/etc/s.key", "/etc/ca.crt")
+    assert config.listener_wss_require_certificate
+    assert config.listener_ssl_certfile is None  # the ssl keys are not the wss ones
+    assert Config.default().ws_listeners == {} and Config.default().wss_listeners == {}
+
+
+def test_wss_without_its_certificate_is_a_config_error_naming_the_keys():
+    problems = _problems("listener.ssl.certfile = /etc/s.crt\nlistener.ssl.keyfile = /etc/s.key\n"
+                         "listener.wss.default = 127.0.0.1:8443\n")
+    assert problems == [
+        "vernemq.conf:3: listener.wss.default: a TLS listener needs listener.wss.certfile, "
+        "which is not set; allowed: listener.wss.default together with "
+        "listener.wss.certfile = <PEM file>",
+        "vernemq.conf:3: listener.wss.default: a TLS listener needs listener.wss.keyfile, "
+        "which is not set; allowed: listener.wss.default together with "
+        "listener.wss.keyfile = <PEM file>"]
+
+
+def test_wss_client_certificate_settings_need_the_wss_cafile():
+    problems = _problems("listener.wss.require_certificate = on\n"
+                         "listener.wss.use_identity_as_username = on\n")
+    assert [p.split(": ")[1] for p in problems] == [
+        "listener.wss.require_certificate", "listener.wss.use_identity_as_username"]
+    assert all("listener.wss.cafile" in p for p in problems)
+
+
+def test_a_ws_listener_on_a_port_in_use_by_another_listener():
+    problems = _problems("listener.tcp.default = 127.0.0.1:1883\n"
+                         "listener.ws.default = 127.0.0.1:1883\n")
+    assert problems == [
+        "vernemq.conf:2: listener.ws.default: 127.0.0.1:1883 is already used by "
+        "listener.tcp.default (line 1); allowed: a different IP:PORT for every listener "
+        "(or port 0)"]
+
+
+def test_wss_options_loaded_and_checked(tmp_path: Any):
+    pki = Pki.create(str(tmp_path))
+    config = parse_config("listener.wss.default = 127.0.0.1:8443\n"
+                          "listener.wss.certfile = %s\nlistener.wss.keyfile = %s\n"
+                          % (pki.certfile, pki.keyfile), "vernemq.conf")
+    assert wss_options_from_config(config) is not None
+    assert wss_options_from_config(Config.default()) is None
+    missing = config.replace(listener_wss_certfile=str(tmp_path / "nope.crt"))
+    with pytest.raises(ConfigError, match="listener.wss.certfile"):
+        wss_options_from_config(missing)
