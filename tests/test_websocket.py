@@ -188,6 +188,7 @@ def test_upgrade_answers_101_with_mqtt_subprotocol_and_accept_key():
     expected = base64.b64encode(hashlib.sha1(key + WS_GUID).digest()).decode()
     assert headers["sec-websocket-accept"] == expected
     assert "sec-websocket-extensions" not in headers  # no permessage-deflate
+    assert "server" not in headers
     assert not client.closed
 
 
@@ -423,3 +424,42 @@ def test_wss_options_loaded_and_checked(tmp_path: Any):
     missing = config.replace(listener_wss_certfile=str(tmp_path / "nope.crt"))
     with pytest.raises(ConfigError, match="listener.wss.certfile"):
         wss_options_from_config(missing)
+
+
+# -- wiring ----------------------------------------------------------------------------
+
+
+def test_a_node_serves_ws_as_its_other_mqtt_listeners(tmp_path: Any):
+    """
+    build_node: the ws listener is one of the MQTT listeners (closed when
+    the node is removed from its cluster, as they are), with the node's
+    limits, and listed by ``listener show`` as VerneMQ's mqttws.
+    """
+    from tests.test_node import RecordingReactor
+    from vmqtw.node import build_node
+
+    reactor = RecordingReactor()
+    config = Config.default().replace(
+        platform_data_dir=str(tmp_path / "data"), message_store="memory",
+        listener_vmq_clustering=("127.0.0.1", 44053), connect_timeout=7.0,
+        listener_max_connections=3, tcp_listeners={"default": ("127.0.0.1", 41883)},
+        ws_listeners={"default": ("127.0.0.1", 48080)})
+    node = build_node(config, reactor)
+    reactor.node = node
+    serving = node.service.getServiceNamed("mqtt-listeners")
+    assert [listener.name for listener in serving.listeners] == [
+        "listener.tcp.default", "listener.ws.default"]
+    ws = serving.listeners[1]
+    assert isinstance(ws.factory, MQTTWebSocketFactory)
+    assert (ws.factory.mqtt.connect_timeout, ws.factory.mqtt.max_connections) == (7.0, 3)
+    assert [(info.kind, info.address) for info in node.admin.listeners] == [
+        ("mqtt", ("127.0.0.1", 41883)), ("mqttws", ("127.0.0.1", 48080))]
+    node.service.startService()
+    try:
+        assert [p[0] for p in reactor.tcpServers if p[0] == 48080] == [48080]
+        assert ws.port is not None
+        peers = node.metadata.peers
+        peers.leave(peers.node)
+        assert not serving.serving and ws.port is None
+    finally:
+        node.service.stopService()

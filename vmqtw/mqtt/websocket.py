@@ -165,7 +165,7 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
         if (self.state == WebSocketServerProtocol.STATE_CONNECTING
                 and len(self.data) + len(data) > MAX_HANDSHAKE_BYTES):
             log.info("closing {peer}: WebSocket upgrade request over {limit} bytes",
-                          peer=self.mqtt.session.peer, limit=MAX_HANDSHAKE_BYTES)
+                     peer=self.mqtt.session.peer, limit=MAX_HANDSHAKE_BYTES)
             self.mqtt.abort()
             return
         super().dataReceived(data)
@@ -186,7 +186,7 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
         answer = answer_opening(request.path, request.protocols)
         if isinstance(answer, Refuse):
             log.info("refusing WebSocket client {peer}: {reason}",
-                          peer=self.mqtt.session.peer, reason=answer.reason)
+                     peer=self.mqtt.session.peer, reason=answer.reason)
             raise ConnectionDeny(answer.code, answer.reason)
         return answer.subprotocol
 
@@ -235,8 +235,9 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
     noisy = False
 
     def __init__(self, mqtt: MQTTFactory, clock: IReactorTime, secure: bool = False) -> None:
+        # No Server header: the library and its version are nobody's business.
         super().__init__(url="%s://localhost/mqtt" % ("wss" if secure else "ws",),
-                         protocols=list(SUBPROTOCOLS), reactor=clock)
+                         protocols=list(SUBPROTOCOLS), server=None, reactor=clock)
         self.mqtt = mqtt
         # No HTML status page for a plain GET; the CONNECT deadline of the
         # MQTT side bounds the upgrade, so autobahn's own timer stays off;
