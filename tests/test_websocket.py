@@ -463,3 +463,13 @@ def test_a_node_serves_ws_as_its_other_mqtt_listeners(tmp_path: Any):
         assert not serving.serving and ws.port is None
     finally:
         node.service.stopService()
+
+
+def test_ws_and_wss_ports_are_probed_before_the_node_starts():
+    """A taken ws/wss port stops twistd with the key named (vmqtw.startup)."""
+    from vmqtw.startup import listener_addresses
+
+    config = Config.default().replace(ws_listeners={"default": ("127.0.0.1", 8080)},
+                                      wss_listeners={"default": ("127.0.0.1", 8443)})
+    keys = [key for key, _host, _port in listener_addresses(config)]
+    assert "listener.ws.default" in keys and "listener.wss.default" in keys
