@@ -12,12 +12,13 @@ import base64
 import hashlib
 import os
 import struct
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
 from tests.test_tls import Pki
@@ -193,11 +194,19 @@ def test_upgrade_answers_101_with_mqtt_subprotocol_and_accept_key():
 
 
 def test_client_offering_no_subprotocol_refused_before_any_mqtt():
+    """Refused with one info line: nothing a client causes is logged as a warning."""
     _, factory = ws_broker()
     client = WSClient(factory)
-    head = client.upgrade(protocols=None)
+    events: List[Dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        head = client.upgrade(protocols=None)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
     assert head.startswith(b"HTTP/1.1 400"), head
     assert client.closed
+    assert [(e["log_level"], e["log_namespace"]) for e in events] == [
+        (LogLevel.info, "vmqtw.mqtt.websocket")], events
 
 
 def test_client_offering_another_subprotocol_refused():

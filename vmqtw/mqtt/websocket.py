@@ -34,6 +34,7 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from txaio.tx import make_logger
 from zope.interface import implementer
 
 from vmqtw.mqtt.protocol import MQTTFactory, MQTTProtocol, _IConnection
@@ -147,6 +148,10 @@ class WebSocketStream:
 class MQTTWebSocketProtocol(WebSocketServerProtocol):
     """One WebSocket connection carrying one MQTT connection."""
 
+    #: autobahn's own log lines (three per refused upgrade, one at warning
+    #: level, anyone can cause) are kept to errors; this module logs the
+    #: refusals and closes an operator needs, at info, once each.
+    log = make_logger(level="error")
     factory: "MQTTWebSocketFactory"
     # The TCP (or TLS) connection; set by Twisted before connectionMade.
     transport: _IConnection
