@@ -30,6 +30,9 @@ setup(
         # The postgresql message store (imported only when it is chosen).
         "psycopg>=3.1",
         "prometheus-client>=0.17",
+        # WebSocket listeners (listener.ws / listener.wss): the framing,
+        # handshake and closing handshake are autobahn's, not hand-written.
+        "autobahn[twisted]>=23.1",
     ],
     extras_require={
         "test": [

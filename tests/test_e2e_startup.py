@@ -85,7 +85,7 @@ def assert_one_sentence(result: subprocess.CompletedProcess, sentence: str) -> N
 
 @pytest.mark.parametrize("daemon", [False, True], ids=["nodaemon", "daemon"])
 @pytest.mark.parametrize("key", ["listener.tcp.default", "listener.vmq.clustering",
-                                 "listener.http.default"])
+                                 "listener.http.default", "listener.ws.default"])
 def test_a_taken_port_ends_the_node_with_one_sentence(tmp_path: Any, taken: socket.socket,
                                                       daemon: bool, key: str) -> None:
     port, cluster_port = free_ports(HOST, 2)

@@ -555,6 +555,46 @@ SCHEMA: tuple[Setting, ...] = (
         "When on, the common name of a client certificate is used as the MQTT "
         "user name, replacing whatever the CONNECT packet carries."),
     Setting(
+        "listener.ws.<name>", Address(), None,
+        "An MQTT listener over WebSocket, as IP:PORT: browsers and other "
+        "WebSocket clients connect to ws://IP:PORT/mqtt offering the "
+        "subprotocol mqtt (or mqttv3.1); a client offering neither is "
+        "refused.  MQTT travels in binary messages; a text message closes "
+        "the connection.  <name> is any word you choose; none is defined by "
+        "default.",
+        example="127.0.0.1:8080", attr="ws_listeners"),
+    Setting(
+        "listener.wss.<name>", Address(), None,
+        "An MQTT listener over WebSocket and TLS (wss://IP:PORT/mqtt), as "
+        "IP:PORT.  <name> is any word you choose; none is defined by default.  "
+        "Needs listener.wss.certfile and listener.wss.keyfile (the wss "
+        "listeners have their own TLS keys, as in VerneMQ).",
+        example="127.0.0.1:8443", attr="wss_listeners"),
+    Setting(
+        "listener.wss.certfile", Path(), None,
+        "The PEM file with the certificate (chain) the WebSocket TLS "
+        "listeners present.",
+        example="./etc/server.crt"),
+    Setting(
+        "listener.wss.keyfile", Path(), None,
+        "The PEM file with the private key of listener.wss.certfile.",
+        example="./etc/server.key"),
+    Setting(
+        "listener.wss.cafile", Path(), None,
+        "The PEM file with the certificate authorities that client "
+        "certificates on the WebSocket TLS listeners are checked against.  "
+        "Needed when listener.wss.require_certificate is on.",
+        example="./etc/ca.crt"),
+    Setting(
+        "listener.wss.require_certificate", Flag(), False,
+        "When on, WebSocket TLS clients must present a certificate signed by "
+        "a CA in listener.wss.cafile, or the handshake fails."),
+    Setting(
+        "listener.wss.use_identity_as_username", Flag(), False,
+        "When on, the common name of a WebSocket TLS client's certificate is "
+        "used as the MQTT user name, replacing whatever the CONNECT packet "
+        "carries."),
+    Setting(
         "listener.http.<name>", Address(), None,
         "An HTTP listener for monitoring, as IP:PORT: GET /metrics answers the "
         "node's metrics in the Prometheus text format, GET /health 200 OK "
@@ -880,6 +920,13 @@ class Config:
     tcp_listeners: Listeners
     ssl_listeners: Listeners
     http_listeners: Listeners
+    ws_listeners: Listeners
+    wss_listeners: Listeners
+    listener_wss_certfile: str | None
+    listener_wss_keyfile: str | None
+    listener_wss_cafile: str | None
+    listener_wss_require_certificate: bool
+    listener_wss_use_identity_as_username: bool
     listener_ssl_certfile: str | None
     listener_ssl_keyfile: str | None
     listener_ssl_cafile: str | None
@@ -1093,22 +1140,8 @@ def _cross_check(values: Mapping[str, Any], lines: Mapping[str, int],
                  problem: Callable[[int, str, str, str], None]) -> None:
     """Problems no single value shows: TLS without a certificate, two listeners on one port."""
     ssl = values["ssl_listeners"]
-    for name in sorted(ssl):
-        key = f"listener.ssl.{name}"
-        for needed in ("listener_ssl_certfile", "listener_ssl_keyfile"):
-            if values[needed] is None:
-                needed_key = needed.replace("listener_ssl_", "listener.ssl.")
-                problem(lines[key], key, f"a TLS listener needs {needed_key}, which is not set",
-                        f"{key} together with {needed_key} = <PEM file>")
-    if values["listener_ssl_require_certificate"] and values["listener_ssl_cafile"] is None:
-        key = "listener.ssl.require_certificate"
-        problem(lines[key], key, "client certificates cannot be checked without listener.ssl.cafile",
-                "on together with listener.ssl.cafile = <PEM file>, or off")
-    if values["listener_ssl_use_identity_as_username"] and values["listener_ssl_cafile"] is None:
-        key = "listener.ssl.use_identity_as_username"
-        problem(lines.get(key, 0), key,
-                "a certificate's name cannot be trusted without listener.ssl.cafile",
-                "on together with listener.ssl.cafile = <PEM file>, or off")
+    for kind in ("ssl", "wss"):
+        _cross_check_tls(kind, values, lines, problem)
     _cross_check_cluster_tls(values, lines, problem)
     if values["cluster_heartbeat_timeout"] <= values["cluster_heartbeat_interval"]:
         key = "cluster.heartbeat_timeout"
@@ -1120,6 +1153,8 @@ def _cross_check(values: Mapping[str, Any], lines: Mapping[str, int],
     addresses: list[tuple[str, tuple[str, int]]] = [
         (f"listener.tcp.{n}", a) for n, a in values["tcp_listeners"].items()]
     addresses += [(f"listener.ssl.{n}", a) for n, a in ssl.items()]
+    addresses += [(f"listener.ws.{n}", a) for n, a in values["ws_listeners"].items()]
+    addresses += [(f"listener.wss.{n}", a) for n, a in values["wss_listeners"].items()]
     addresses += [(f"listener.http.{n}", a) for n, a in values["http_listeners"].items()]
     addresses.append(("listener.vmq.clustering", values["listener_vmq_clustering"]))
     first: dict[tuple[str, int], str] = {}
@@ -1138,6 +1173,32 @@ def _cross_check(values: Mapping[str, Any], lines: Mapping[str, int],
                     "a different IP:PORT for every listener (or port 0)")
         else:
             first[address] = key
+
+
+def _cross_check_tls(kind: str, values: Mapping[str, Any], lines: Mapping[str, int],
+                     problem: Callable[[int, str, str, str], None]) -> None:
+    """
+    The TLS keys of one kind of listener (``ssl``, or ``wss``, which has
+    its own keys as in VerneMQ): a listener needs a certificate and key, a
+    client certificate check needs a CA file.
+    """
+    prefix = f"listener.{kind}."
+    attr = f"listener_{kind}_"
+    for name in sorted(values[f"{kind}_listeners"]):
+        key = prefix + name
+        for needed in ("certfile", "keyfile"):
+            if values[attr + needed] is None:
+                problem(lines[key], key, f"a TLS listener needs {prefix}{needed}, which is not set",
+                        f"{key} together with {prefix}{needed} = <PEM file>")
+    if values[attr + "require_certificate"] and values[attr + "cafile"] is None:
+        key = prefix + "require_certificate"
+        problem(lines[key], key, f"client certificates cannot be checked without {prefix}cafile",
+                f"on together with {prefix}cafile = <PEM file>, or off")
+    if values[attr + "use_identity_as_username"] and values[attr + "cafile"] is None:
+        key = prefix + "use_identity_as_username"
+        problem(lines.get(key, 0), key,
+                f"a certificate's name cannot be trusted without {prefix}cafile",
+                f"on together with {prefix}cafile = <PEM file>, or off")
 
 
 _CLUSTER_TLS_FILES = ("cluster.tls.keyfile", "cluster.tls.cafile")

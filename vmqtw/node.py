@@ -64,9 +64,11 @@ from vmqtw.metadata.node import MetadataNode
 from vmqtw.metrics import MetricSources, node_registry
 from vmqtw.mqtt.protocol import MQTTFactory
 from vmqtw.mqtt.session import MqttCounters, SessionSettings
+from vmqtw.mqtt.websocket import MQTTWebSocketFactory
 from vmqtw.service import CallbackService, ListenerService, OrderedMultiService
 from vmqtw.startup import ExitStatus, StartupError, data_dir_error, leveldb_sentence, startup_error
-from vmqtw.tls import TLSServerFactory, cluster_tls_from_config, server_options_from_config
+from vmqtw.tls import (TLSServerFactory, cluster_tls_from_config, server_options_from_config,
+                       wss_options_from_config)
 
 __all__ = ["BrokerCore", "Node", "Step", "build_broker_core", "build_node",
            "end_sessions_of_a_removed_node", "queue_limits", "session_settings"]
@@ -301,6 +303,7 @@ def build_node(config: Config, reactor: Any) -> Node:
     authenticator.load()
     # Likewise the TLS certificate and key: checked before anything opens.
     tls_options = server_options_from_config(config)
+    wss_options = wss_options_from_config(config)
     cluster_tls = cluster_tls_from_config(config)
 
     try:
@@ -375,6 +378,30 @@ def build_node(config: Config, reactor: Any) -> Node:
         listeners.append(ListenerService("listener.ssl." + name, _endpoint(reactor, host, port),
                                          TLSServerFactory(tls_options, factory, reactor),
                                          on_failure=top.fail))
+    # WebSocket listeners: the same MQTT protocol, its bytes in binary messages.
+    for name, (host, port) in sorted(config.ws_listeners.items()):
+        factory = MQTTFactory(registry, settings, authenticator, reactor,
+                              max_packet_size=config.max_message_size,
+                              connect_timeout=config.connect_timeout,
+                              max_connections=config.listener_max_connections,
+                              counters=mqtt_counters)
+        listeners.append(ListenerService("listener.ws." + name, _endpoint(reactor, host, port),
+                                         MQTTWebSocketFactory(factory, reactor),
+                                         on_failure=top.fail))
+    wss_settings = attrs.evolve(
+        settings, use_identity_as_username=config.listener_wss_use_identity_as_username)
+    for name, (host, port) in sorted(config.wss_listeners.items()):
+        factory = MQTTFactory(registry, wss_settings, authenticator, reactor,
+                              max_packet_size=config.max_message_size,
+                              connect_timeout=config.connect_timeout,
+                              max_connections=config.listener_max_connections,
+                              identity_from_certificate=config.listener_wss_cafile is not None,
+                              counters=mqtt_counters)
+        listeners.append(ListenerService(
+            "listener.wss." + name, _endpoint(reactor, host, port),
+            TLSServerFactory(wss_options, MQTTWebSocketFactory(factory, reactor, secure=True),
+                             reactor),
+            on_failure=top.fail))
 
     # Closed while this node is removed from its cluster, or drained for a leave.
     serving = MqttServing(listeners, cluster.peers)
@@ -419,11 +446,14 @@ def build_node(config: Config, reactor: Any) -> Node:
                      config.listener_max_connections if kind != "http" else -1)
         for kind, table, services in (("mqtt", config.tcp_listeners, listeners),
                                       ("mqtts", config.ssl_listeners, listeners),
+                                      ("mqttws", config.ws_listeners, listeners),
+                                      ("mqttwss", config.wss_listeners, listeners),
                                       ("http", config.http_listeners, http))
         for service in services
         for name, address in sorted(table.items())
         if getattr(service, "name", None) == "listener.%s.%s" % (
-            {"mqtt": "tcp", "mqtts": "ssl", "http": "http"}[kind], name)]
+            {"mqtt": "tcp", "mqtts": "ssl", "mqttws": "ws", "mqttwss": "wss",
+             "http": "http"}[kind], name)]
 
     # $SYS/<nodename>/...: the metrics, every systree_interval.
     systree = (SysTree(config.nodename, registry_samples(metrics), registry.publish, reactor,

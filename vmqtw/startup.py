@@ -92,6 +92,8 @@ def listener_addresses(config: Any) -> List[Tuple[str, str, int]]:
     found: List[Tuple[str, str, int]] = []
     for prefix, listeners in (("listener.tcp.", config.tcp_listeners),
                               ("listener.ssl.", config.ssl_listeners),
+                              ("listener.ws.", getattr(config, "ws_listeners", {})),
+                              ("listener.wss.", getattr(config, "wss_listeners", {})),
                               ("listener.http.", getattr(config, "http_listeners", {}))):
         for name, (host, port) in sorted(listeners.items()):
             found.append((prefix + name, host, port))

@@ -52,7 +52,7 @@ from vmqtw.config import Config, ConfigError
 
 __all__ = ["load_server_options", "server_options_from_config", "TLSServerFactory",
            "peer_common_name", "ClusterTLS", "TLSClientFactory", "check_node_certificate",
-           "cluster_tls_from_config"]
+           "cluster_tls_from_config", "wss_options_from_config"]
 
 log = Logger()
 
@@ -203,6 +203,24 @@ def server_options_from_config(config: Config) -> Optional[CertificateOptions]:
     return load_server_options(config.listener_ssl_certfile, config.listener_ssl_keyfile,
                                config.listener_ssl_cafile,
                                config.listener_ssl_require_certificate)
+
+
+def wss_options_from_config(config: Config) -> Optional[CertificateOptions]:
+    """
+    The options of the node's WebSocket TLS listeners (their own
+    ``listener.wss.*`` keys, as in VerneMQ), or ``None`` when it has none.
+    """
+    if not config.wss_listeners:
+        return None
+    if config.listener_wss_certfile is None or config.listener_wss_keyfile is None:
+        raise ConfigError("a WebSocket TLS listener needs listener.wss.certfile and "
+                          "listener.wss.keyfile")
+    if config.listener_wss_use_identity_as_username and config.listener_wss_cafile is None:
+        raise ConfigError("listener.wss.use_identity_as_username is on but listener.wss.cafile "
+                          "is not set; without it no client certificate is ever asked for")
+    return load_server_options(config.listener_wss_certfile, config.listener_wss_keyfile,
+                               config.listener_wss_cafile,
+                               config.listener_wss_require_certificate, prefix="listener.wss")
 
 
 class _ServerTLSProtocol(BufferingTLSTransport):
