@@ -62,7 +62,7 @@ class AdminCommandError(Exception):
 class ListenerInfo:
     """One listener as ``listener show`` lists it, with its service to steer."""
 
-    kind: str                         # mqtt, mqtts, http
+    kind: str                         # mqtt, mqtts, mqttws, mqttwss, http
     address: Tuple[str, int]
     service: Any                      # a vmqtw.service.ListenerService
     mountpoint: str = ""
