@@ -31,6 +31,7 @@ transaction.
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, List, Optional, Protocol, Tuple
 
 import attrs
@@ -93,6 +94,14 @@ class Database(Protocol):
     def close(self) -> Deferred: ...
 
 
+class _DaemonThread(threading.Thread):
+    """The worker thread: a daemon, so it never keeps the process from exiting."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.daemon = True
+
+
 class ThreadedDatabase:
     """
     The production runner: one psycopg connection used by one worker
@@ -110,6 +119,9 @@ class ThreadedDatabase:
         self.reactor = reactor
         self.connect_timeout = connect_timeout
         self.pool = ThreadPool(1, 1, "vmqtw-postgresql")
+        # A daemon thread: whatever is left of it never keeps the process
+        # from exiting (twistd's shutdown, a node stopped mid-transaction).
+        self.pool.threadFactory = _DaemonThread
         self.pool.start()
         self.connection: Any = None
 
