@@ -33,7 +33,7 @@ reverse order, each awaited.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Mapping, Optional, Tuple
 
 import attrs
 from twisted.application.service import IService
@@ -357,51 +357,43 @@ def build_node(config: Config, reactor: Any) -> Node:
     top = OrderedMultiService(on_failure=fatal)
     settings = session_settings(config)
     mqtt_counters = MqttCounters()
+    # Every MQTT listener: the same protocol over TCP, TLS, WebSocket, secure
+    # WebSocket; ``kinds`` keeps (kind, address) for vmqtw-admin listener show.
     listeners: List[IService] = []
-    for name, (host, port) in sorted(config.tcp_listeners.items()):
-        factory = MQTTFactory(registry, settings, authenticator, reactor,
-                              max_packet_size=config.max_message_size,
-                              connect_timeout=config.connect_timeout,
-                              max_connections=config.listener_max_connections,
-                              counters=mqtt_counters)
-        listeners.append(ListenerService("listener.tcp." + name, _endpoint(reactor, host, port),
-                                         factory, on_failure=top.fail))
-    tls_settings = attrs.evolve(
-        settings, use_identity_as_username=config.listener_ssl_use_identity_as_username)
-    for name, (host, port) in sorted(config.ssl_listeners.items()):
-        factory = MQTTFactory(registry, tls_settings, authenticator, reactor,
-                              max_packet_size=config.max_message_size,
-                              connect_timeout=config.connect_timeout,
-                              max_connections=config.listener_max_connections,
-                              identity_from_certificate=config.listener_ssl_cafile is not None,
-                              counters=mqtt_counters)
-        listeners.append(ListenerService("listener.ssl." + name, _endpoint(reactor, host, port),
-                                         TLSServerFactory(tls_options, factory, reactor),
-                                         on_failure=top.fail))
+    kinds: List[Tuple[str, Tuple[str, int], ListenerService]] = []
+
+    def mqtt_listeners(kind: str, key: str, table: Mapping[str, Tuple[str, int]],
+                       listener_settings: SessionSettings, wrap: Callable[[Any], Any],
+                       identity_from_certificate: bool = False) -> None:
+        for name, (host, port) in sorted(table.items()):
+            factory = MQTTFactory(registry, listener_settings, authenticator, reactor,
+                                  max_packet_size=config.max_message_size,
+                                  connect_timeout=config.connect_timeout,
+                                  max_connections=config.listener_max_connections,
+                                  identity_from_certificate=identity_from_certificate,
+                                  counters=mqtt_counters)
+            service = ListenerService("listener.%s.%s" % (key, name),
+                                      _endpoint(reactor, host, port), wrap(factory),
+                                      on_failure=top.fail)
+            listeners.append(service)
+            kinds.append((kind, (host, port), service))
+
+    mqtt_listeners("mqtt", "tcp", config.tcp_listeners, settings, lambda factory: factory)
+    mqtt_listeners("mqtts", "ssl", config.ssl_listeners,
+                   attrs.evolve(settings, use_identity_as_username=(
+                       config.listener_ssl_use_identity_as_username)),
+                   lambda factory: TLSServerFactory(tls_options, factory, reactor),
+                   identity_from_certificate=config.listener_ssl_cafile is not None)
     # WebSocket listeners: the same MQTT protocol, its bytes in binary messages.
-    for name, (host, port) in sorted(config.ws_listeners.items()):
-        factory = MQTTFactory(registry, settings, authenticator, reactor,
-                              max_packet_size=config.max_message_size,
-                              connect_timeout=config.connect_timeout,
-                              max_connections=config.listener_max_connections,
-                              counters=mqtt_counters)
-        listeners.append(ListenerService("listener.ws." + name, _endpoint(reactor, host, port),
-                                         MQTTWebSocketFactory(factory, reactor),
-                                         on_failure=top.fail))
-    wss_settings = attrs.evolve(
-        settings, use_identity_as_username=config.listener_wss_use_identity_as_username)
-    for name, (host, port) in sorted(config.wss_listeners.items()):
-        factory = MQTTFactory(registry, wss_settings, authenticator, reactor,
-                              max_packet_size=config.max_message_size,
-                              connect_timeout=config.connect_timeout,
-                              max_connections=config.listener_max_connections,
-                              identity_from_certificate=config.listener_wss_cafile is not None,
-                              counters=mqtt_counters)
-        listeners.append(ListenerService(
-            "listener.wss." + name, _endpoint(reactor, host, port),
-            TLSServerFactory(wss_options, MQTTWebSocketFactory(factory, reactor, secure=True),
-                             reactor),
-            on_failure=top.fail))
+    mqtt_listeners("mqttws", "ws", config.ws_listeners, settings,
+                   lambda factory: MQTTWebSocketFactory(factory, reactor))
+    mqtt_listeners("mqttwss", "wss", config.wss_listeners,
+                   attrs.evolve(settings, use_identity_as_username=(
+                       config.listener_wss_use_identity_as_username)),
+                   lambda factory: TLSServerFactory(
+                       wss_options, MQTTWebSocketFactory(factory, reactor, secure=True),
+                       reactor),
+                   identity_from_certificate=config.listener_wss_cafile is not None)
 
     # Closed while this node is removed from its cluster, or drained for a leave.
     serving = MqttServing(listeners, cluster.peers)
@@ -436,24 +428,18 @@ def build_node(config: Config, reactor: Any) -> Node:
                              store_failing=bool(getattr(store, "failing", False)))
 
     # Monitoring stays up while MQTT is closed (removed, leaving): /health says why.
-    http: List[IService] = [
-        ListenerService("listener.http." + name, _endpoint(reactor, host, port),
-                        monitoring_site(metrics, health), on_failure=top.fail, kind="HTTP")
+    monitoring = [
+        ((host, port), ListenerService("listener.http." + name, _endpoint(reactor, host, port),
+                                       monitoring_site(metrics, health), on_failure=top.fail,
+                                       kind="HTTP"))
         for name, (host, port) in sorted(config.http_listeners.items())]
+    http: List[IService] = [service for _address, service in monitoring]
     # What vmqtw-admin listener show/stop/start work on.
     admin.listeners = [
         ListenerInfo(kind, address, service, settings.mountpoint,
-                     config.listener_max_connections if kind != "http" else -1)
-        for kind, table, services in (("mqtt", config.tcp_listeners, listeners),
-                                      ("mqtts", config.ssl_listeners, listeners),
-                                      ("mqttws", config.ws_listeners, listeners),
-                                      ("mqttwss", config.wss_listeners, listeners),
-                                      ("http", config.http_listeners, http))
-        for service in services
-        for name, address in sorted(table.items())
-        if getattr(service, "name", None) == "listener.%s.%s" % (
-            {"mqtt": "tcp", "mqtts": "ssl", "mqttws": "ws", "mqttwss": "wss",
-             "http": "http"}[kind], name)]
+                     config.listener_max_connections)
+        for kind, address, service in kinds] + [
+        ListenerInfo("http", address, service) for address, service in monitoring]
 
     # $SYS/<nodename>/...: the metrics, every systree_interval.
     systree = (SysTree(config.nodename, registry_samples(metrics), registry.publish, reactor,
