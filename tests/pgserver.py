@@ -44,7 +44,7 @@ def postgres_bindir() -> Optional[str]:
 class PostgresServer:
     """One server for one test session (or one pytest worker)."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = False) -> None:
         bindir = postgres_bindir()
         if bindir is None:
             raise RuntimeError(INSTALL_HINT)
@@ -58,6 +58,10 @@ class PostgresServer:
             entry = pwd.getpwnam(self.user)
             os.chown(self.directory, entry.pw_uid, entry.pw_gid)
         self.started = False
+        #: False (tests): no fsync, asynchronous commit -- fast, and a
+        #: crash of the test machine loses nothing anyone needs.  True
+        #: (benchmarks): PostgreSQL's defaults, a commit is on disk.
+        self.durable = durable
 
     def _run(self, *argv: str) -> None:
         command: List[str] = list(argv)
@@ -81,9 +85,9 @@ class PostgresServer:
 
     def resume(self) -> None:
         """Start it again on the same port."""
-        options = ("-p %d -c listen_addresses=127.0.0.1 -k %s -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off" % (
-                       self.port, self.directory))
+        options = "-p %d -c listen_addresses=127.0.0.1 -k %s" % (self.port, self.directory)
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "-o", options, "-w",
                   "-l", os.path.join(self.directory, "log"), "start")
         self.started = True

@@ -15,7 +15,7 @@ import re
 import socket
 import struct
 import types
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import paho.mqtt.client as mqtt
 

@@ -752,6 +752,13 @@ SCHEMA: tuple[Setting, ...] = (
         "postgresql.connect_timeout", Duration(unit="s", min_seconds=1), 5.0,
         "How long the postgresql message store waits for the database when it "
         "(re)connects."),
+    Setting(
+        "postgresql.query_timeout", Duration(unit="s", min_seconds=1), 10.0,
+        "How long one transaction of the postgresql message store may take "
+        "(a statement timeout on the server, and a TCP user timeout so that a "
+        "database behind a cut network is noticed too).  When it is exceeded "
+        "the node treats the database as unavailable: it acknowledges nothing "
+        "it could not store, and reconnects for the next transaction."),
     # -- plugins ------------------------------------------------------------
     Setting(
         "plugins.vmq_passwd", Flag(), False,
@@ -958,6 +965,7 @@ class Config:
     leveldb_sync: bool
     postgresql_dsn: str | None
     postgresql_connect_timeout: float
+    postgresql_query_timeout: float
     plugins_vmq_passwd: bool
     vmq_passwd_password_file: str
     plugins_vmq_acl: bool

@@ -63,8 +63,10 @@ class PostgresStoreFactory:
             raise ConfigError("message_store = postgresql needs postgresql.dsn, the database "
                               "every node of the cluster shares.")
         timeout = max(1, int(config.postgresql_connect_timeout))
-        return PostgresMessageStore(lambda: ThreadedDatabase(dsn, reactor, timeout), reactor,
-                                    config.nodename)
+        query_timeout = config.postgresql_query_timeout
+        return PostgresMessageStore(
+            lambda: ThreadedDatabase(dsn, reactor, timeout, query_timeout), reactor,
+            config.nodename)
 
 
 memory = MemoryStoreFactory()
