@@ -162,3 +162,53 @@ def test_a_missing_certificate_ends_with_one_sentence(tmp_path: Any, daemon: boo
     [line] = [line for line in result.stderr.splitlines() if line.startswith("vmqtw: ")]
     assert "listener.ssl.certfile" in line and str(missing) in line, output
     assert not (tmp_path / "data").exists()          # refused before anything opened
+
+
+def _locks_held_by(pid: int) -> List[int]:
+    """Inodes of the POSIX locks ``pid`` holds (from /proc/locks)."""
+    held = []
+    with open("/proc/locks") as locks:
+        for line in locks:
+            fields = line.split()
+            if fields[1] == "->":      # a waiter, not a holder
+                continue
+            if fields[1] == "POSIX" and int(fields[4]) == pid:
+                held.append(int(fields[5].split(":")[2]))
+    return held
+
+
+def test_a_daemonized_node_holds_its_leveldb_locks_itself(tmp_path: Any) -> None:
+    """
+    twistd forks to daemonize, and a child inherits no fcntl lock (nor
+    the thread that compacts a LevelDB): the daemon itself must hold the
+    lock of each of its LevelDBs, so that a second node on the same
+    directory is refused rather than writing beside it.
+    """
+    port, cluster_port = free_ports(HOST, 2)
+    config = tmp_path / "vernemq.conf"
+    config.write_text("".join("%s = %s\n" % item
+                              for item in base_settings(port, cluster_port).items()))
+    pidfile = tmp_path / "twistd.pid"
+    try:
+        started = subprocess.run([TWISTD, "--pidfile=%s" % pidfile,
+                                  "--logfile=%s" % (tmp_path / "node.log"), "vmqtw",
+                                  "--config", str(config)],
+                                 cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+        assert started.returncode == 0, started.stdout + started.stderr
+
+        def accepting() -> bool:
+            try:
+                socket.create_connection((HOST, port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+        wait_until(accepting, 30, what="the daemonized node to listen")
+        daemon = int(pidfile.read_text())
+        held = _locks_held_by(daemon)
+        for store in ("metadata", "msgstore"):
+            inode = os.stat(tmp_path / "data" / store / "LOCK").st_ino
+            assert inode in held, "the daemon does not hold %s/LOCK" % store
+    finally:
+        for pid in processes_using(str(config)):
+            os.kill(pid, 9)
+        wait_until(lambda: not processes_using(str(config)), 15, what="the daemon to end")

@@ -6,7 +6,10 @@ runs are in tests/test_e2e_startup.py.
 """
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from typing import Any, List
 
 import plyvel
@@ -198,17 +201,51 @@ def test_the_clustering_port_and_the_message_store_fail_in_their_keys_words(tmp_
         "listener.vmq.clustering 127.0.0.1:44053 cannot listen: address already in use"]
 
 
+def _hold_leveldb(path: str) -> "subprocess.Popen[str]":
+    """Another process holding the LevelDB at ``path`` until its stdin closes."""
+    os.makedirs(path, exist_ok=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import plyvel, sys; db = plyvel.DB(sys.argv[1], "
+         "create_if_missing=True); print('held', flush=True); sys.stdin.read()", path],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    return holder
+
+
 def test_build_node_on_a_data_dir_in_use_says_so(tmp_path: Any) -> None:
     config = Config.default().replace(platform_data_dir=str(tmp_path / "data"),
                                       message_store="memory")
-    first = build_node(config, MemoryReactorClock())
+    holder = _hold_leveldb(str(tmp_path / "data" / "metadata"))
     try:
         with pytest.raises(StartupError) as info:
             build_node(config, MemoryReactorClock())
     finally:
-        first.metadata.store.close()
+        holder.communicate("", timeout=10)
     assert str(info.value) == ("platform_data_dir %s is in use by another vmqtw node "
                                "(LevelDB lock held)" % config.data_dir)
+
+
+def test_build_node_leaves_the_metadata_leveldb_to_the_first_step(tmp_path: Any) -> None:
+    """
+    Nothing opens a LevelDB before twistd forks (a child inherits neither
+    its lock nor its compaction thread): building the node only probes the
+    lock; the node's metadata step opens it.
+    """
+    config = Config.default().replace(platform_data_dir=str(tmp_path / "data"),
+                                      message_store="memory")
+    node = build_node(config, MemoryReactorClock())
+    store = node.metadata.store
+    assert not store.opened
+    probe = plyvel.DB(str(tmp_path / "data" / "metadata"),   # not locked by the node
+                      create_if_missing=True)
+    probe.close()
+    node.metadata.start()
+    try:
+        assert store.opened and store.actor
+        with pytest.raises(plyvel.IOError):
+            plyvel.DB(str(tmp_path / "data" / "metadata"))
+    finally:
+        node.metadata.stop()
 
 
 def test_build_node_on_a_data_dir_that_is_a_file_says_so(tmp_path: Any) -> None:

@@ -66,7 +66,8 @@ from vmqtw.mqtt.protocol import MQTTFactory
 from vmqtw.mqtt.session import MqttCounters, SessionSettings
 from vmqtw.mqtt.websocket import MQTTWebSocketFactory
 from vmqtw.service import CallbackService, ListenerService, OrderedMultiService
-from vmqtw.startup import ExitStatus, StartupError, data_dir_error, leveldb_sentence, startup_error
+from vmqtw.startup import (ExitStatus, StartupError, data_dir_error, leveldb_sentence,
+                           probe_leveldb_lock, startup_error)
 from vmqtw.tls import (TLSServerFactory, cluster_tls_from_config, server_options_from_config,
                        wss_options_from_config)
 
@@ -280,7 +281,16 @@ def _explained_steps(steps: List[Step], config: Config, store: IMessageStore) ->
             return StartupError(leveldb_sentence(config.data_dir, path, failure.value))
         return failure.value
 
-    explain = {"cluster-transport": transport_failure, "message-store": store_failure}
+    def metadata_failure(failure: Failure) -> Any:
+        # plyvel.IOError is an OSError: a LevelDB lock held, unreadable files.
+        if isinstance(failure.value, OSError) and not isinstance(failure.value, StartupError):
+            return StartupError(leveldb_sentence(config.data_dir,
+                                                 os.path.join(config.data_dir, "metadata"),
+                                                 failure.value))
+        return failure.value
+
+    explain = {"cluster-transport": transport_failure, "message-store": store_failure,
+               "metadata": metadata_failure}
     return [attrs.evolve(step, start=_explaining(step.start, explain[step.name]))
             if step.name in explain else step for step in steps]
 
@@ -324,16 +334,16 @@ def build_node(config: Config, reactor: Any) -> Node:
                              heartbeat_interval=config.cluster_heartbeat_interval,
                              heartbeat_timeout=config.cluster_heartbeat_timeout,
                              tls=cluster_tls)
-    try:
-        cluster = MetadataNode(config.nodename, transport, reactor, data_dir=config.data_dir,
-                               address=config.cluster_advertised_address,
-                               lazy_tick=config.metadata_lazy_tick,
-                               exchange_tick=config.metadata_exchange_tick,
-                               gossip_interval=config.metadata_gossip_interval)
-    except OSError as error:  # plyvel.IOError is one: a LevelDB lock held, unreadable files
-        raise StartupError(leveldb_sentence(config.data_dir,
-                                            os.path.join(config.data_dir, "metadata"),
-                                            error)) from None
+    # The metadata LevelDB opens with the node's first step, after twistd
+    # forked (see ReplicatedMetadataStore.open); a lock held by another
+    # node is found now, so a daemonized start still fails in the foreground.
+    probe_leveldb_lock(config.data_dir, os.path.join(config.data_dir, "metadata"))
+    cluster = MetadataNode(config.nodename, transport, reactor, data_dir=config.data_dir,
+                           address=config.cluster_advertised_address,
+                           lazy_tick=config.metadata_lazy_tick,
+                           exchange_tick=config.metadata_exchange_tick,
+                           gossip_interval=config.metadata_gossip_interval,
+                           open_store_at_start=True)
     readiness = Readiness(cluster.peers)
     store = find_store_factory(config.message_store).build(config, reactor)
     core = build_broker_core(config.nodename, reactor, replication=cluster, store=store,

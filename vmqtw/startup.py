@@ -5,8 +5,9 @@ configuration key and the cause, a non-zero exit, no traceback.
 Why this module: twistd gives a plugin two moments to fail.  In
 ``makeService`` (before twistd forks when it daemonizes) a ``SystemExit``
 prints its message and the command exits non-zero; this is where what can
-be checked early is checked (:func:`probe_listeners`, and the metadata
-LevelDB that :func:`vmqtw.node.build_node` opens).  In ``startService``
+be checked early is checked (:func:`probe_listeners`, and the LevelDB
+locks, :func:`probe_leveldb_lock`; the LevelDBs themselves open after the
+fork, since a child inherits neither their locks nor their threads).  In ``startService``
 (after the fork, before the daemon tells its parent it started) an
 exception makes the parent exit 1.  Past that, with the reactor running,
 only the process's own exit status is left (:class:`ExitStatus`): twistd
@@ -29,7 +30,8 @@ from types import TracebackType
 from typing import Any, Callable, Iterable, List, Optional, Tuple, Type
 
 __all__ = ["ExitStatus", "StartupError", "install_excepthook", "leveldb_sentence",
-           "listen_sentence", "listener_addresses", "probe_listen", "probe_listeners",
+           "listen_sentence", "listener_addresses", "probe_leveldb_lock", "probe_listen",
+           "probe_listeners",
            "startup_error"]
 
 
@@ -131,6 +133,30 @@ def probe_listeners(addresses: Iterable[Tuple[str, str, int]],
     """Probe every address; the first that cannot be bound raises StartupError."""
     for key, host, port in addresses:
         probe(key, host, port)
+
+
+def probe_leveldb_lock(data_dir: str, path: str) -> None:
+    """
+    Raise StartupError when another process holds the LevelDB at ``path``
+    (its ``LOCK`` file, locked with ``fcntl`` as LevelDB itself does), or
+    the directory cannot be used.  A probe before twistd forks, so that a
+    daemonized start still fails in the foreground with the sentence; the
+    LevelDB itself is opened after the fork (a lock is not inherited by a
+    child).  Like :func:`probe_listen`, it reserves nothing.
+    """
+    import fcntl
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd = os.open(os.path.join(path, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise StartupError(leveldb_sentence(data_dir, path, error)) from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise StartupError("platform_data_dir %s is in use by another vmqtw node "
+                           "(LevelDB lock held)" % data_dir) from None
+    finally:
+        os.close(fd)   # closing releases the lock
 
 
 def data_dir_error(data_dir: str, error: OSError) -> StartupError:

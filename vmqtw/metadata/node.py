@@ -48,7 +48,8 @@ class MetadataNode:
                  outstanding_limit: int = 250_000,
                  exchange_on_up_delay: Optional[float] = 1.0,
                  aae_timeout: float = 60.0,
-                 actor_factory: Callable[[str], str] = random_actor) -> None:
+                 actor_factory: Callable[[str], str] = random_actor,
+                 open_store_at_start: bool = False) -> None:
         self.node = node
         self.transport = transport
         self.clock = clock
@@ -56,7 +57,7 @@ class MetadataNode:
         self.store = ReplicatedMetadataStore(
             node, clock,
             os.path.join(data_dir, "metadata") if data_dir else None,
-            actor_factory=actor_factory)
+            actor_factory=actor_factory, open_now=not open_store_at_start)
         self.peers: Optional[PeerService] = None
         self._static = frozenset(members) if members is not None else None
         if self._static is None:
@@ -90,7 +91,13 @@ class MetadataNode:
         return static | {self.node}
 
     def start(self) -> None:
-        """Start gossip, the plumtree ticks and (if enabled) GC."""
+        """
+        Open the store if ``open_store_at_start`` left it closed (a daemon
+        opens its LevelDB after the fork: see
+        :meth:`ReplicatedMetadataStore.open`), then start gossip, the
+        plumtree ticks and (if enabled) GC.
+        """
+        self.store.open()
         if self.peers is not None:
             self.peers.start()
         self.broadcast.start()

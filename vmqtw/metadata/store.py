@@ -80,7 +80,8 @@ class ReplicatedMetadataStore:
 
     def __init__(self, node: str, clock: IReactorTime,
                  data_dir: Optional[str] = None,
-                 actor_factory: Callable[[str], str] = random_actor) -> None:
+                 actor_factory: Callable[[str], str] = random_actor,
+                 open_now: bool = True) -> None:
         self.node = node
         self.clock = clock
         self.tree = HashTree()
@@ -101,25 +102,47 @@ class ReplicatedMetadataStore:
         #: The last dot this actor used, across all keys.
         self._counter = 0
         self._reserved = 0
+        #: Where the LevelDB is (None: in memory only), and whether
+        #: :meth:`open` has run.
+        self.data_dir = data_dir
+        self.opened = False
+        #: This node's DVV actor id (read from the LevelDB by :meth:`open`).
+        self.actor = ""
+        if open_now:
+            self.open()
+
+    def open(self) -> None:
+        """
+        Open the LevelDB (if any) and load what it holds.  Separate from
+        the constructor so that a node that daemonizes opens it after the
+        fork: LevelDB's file lock is not inherited by a child process, and
+        neither is the background thread that compacts it (a store opened
+        before the fork would never compact in the daemon, and another
+        process could open it beside it).
+        """
+        if self.opened:
+            return
+        self.opened = True
+        data_dir = self.data_dir
         if data_dir is not None:
             import plyvel
             os.makedirs(data_dir, exist_ok=True)
-            self._db = plyvel.DB(data_dir, create_if_missing=True)
-            actor = self._db.get(_ACTOR_KEY)
+            db = self._db = plyvel.DB(data_dir, create_if_missing=True)
+            actor = db.get(_ACTOR_KEY)
             if actor is None:
-                self.actor = actor_factory(node)
-                self._db.put(_ACTOR_KEY, encode(self.actor), sync=True)
+                self.actor = self._actor_factory(self.node)
+                db.put(_ACTOR_KEY, encode(self.actor), sync=True)
             else:
                 self.actor = decode(actor)
-            reserved = self._db.get(_COUNTER_KEY)
+            reserved = db.get(_COUNTER_KEY)
             if reserved is not None:
                 self._counter = self._reserved = decode(reserved)
             self._load()
             # Reserve now, while nothing waits on this thread.
             self._reserved = self._counter + _COUNTER_BLOCK
-            self._db.put(_COUNTER_KEY, encode(self._reserved), sync=True)
+            db.put(_COUNTER_KEY, encode(self._reserved), sync=True)
         else:
-            self.actor = actor_factory(node)
+            self.actor = self._actor_factory(self.node)
 
     def _load(self) -> None:
         db = self._db
