@@ -16,7 +16,7 @@ what gets measured.
     .venv/bin/python -m benchmarks.store_bench --store postgresql --dsn 'host=db ...'
 
 Without ``--dsn`` a throwaway PostgreSQL server is started from the
-installed binaries (``tests/pgserver.py``; run from the checkout) with
+installed binaries (``vmqtw.testing.pgserver``) with
 PostgreSQL's durable defaults (fsync, synchronous commit), and removed at
 the end; ``--fast-pg`` turns those off as the tests do.
 """
@@ -100,7 +100,7 @@ async def bench_postgresql(reactor: Any, args: argparse.Namespace) -> Dict[str, 
     server = None
     dsn = args.dsn
     if dsn is None:
-        from tests.pgserver import PostgresServer
+        from vmqtw.testing.pgserver import PostgresServer
         server = PostgresServer(durable=not args.fast_pg).start()
         dsn = server.dsn(schema=server.new_schema())
     try:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 from typing import Any
 
+from tests.clusterharness import free_port
 from tests.nodeharness import TWISTD
 from tests.waiting import wait_until
 from vmqtw.auth.passwd import hash_password
@@ -149,8 +150,10 @@ def test_sighup_rereads_acl_at_once(nodes):
 def test_missing_password_file_refuses_to_start(tmp_path):
     """A node with plugins.vmq_passwd on and no password file exits non-zero, naming both."""
     config = tmp_path / "vernemq.conf"
+    # A free clustering port: the default (44053) may be another node's.
     config.write_text("listener.tcp.default = 127.0.0.1:0\nplatform_data_dir = ./data\n"
-                      "plugins.vmq_passwd = on\nvmq_passwd.password_file = ./missing.passwd\n")
+                      "listener.vmq.clustering = 127.0.0.1:%d\n" % free_port()
+                      + "plugins.vmq_passwd = on\nvmq_passwd.password_file = ./missing.passwd\n")
     result = subprocess.run([TWISTD, "-n", "--pidfile=", "vmqtw", "--config", str(config)],
                             cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
