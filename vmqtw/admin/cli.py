@@ -5,6 +5,9 @@
     vmqtw-admin cluster join discovery-node=vmqtw@10.0.0.2[:44053]
     vmqtw-admin cluster leave node=vmqtw@10.0.0.3 [--yes | -k [-i 5] [-t 60]]
     vmqtw-admin --format=json cluster status
+    vmqtw-admin set allow_publish_during_netsplit=on [--local]
+    vmqtw-admin show max_offline_messages
+    vmqtw-admin plugin show
 
 The configuration file names the node (``nodename``), where it listens
 for cluster links (``listener.vmq.clustering``), the cookie to prove and,
