@@ -38,6 +38,7 @@ __all__ = [
     "ByteSize",
     "Config",
     "ConfigError",
+    "describe_runtime_key",
     "Duration",
     "Enum",
     "Flag",
@@ -45,6 +46,7 @@ __all__ = [
     "Integer",
     "NodeName",
     "PENDING_NOTE",
+    "RUNTIME_KEYS",
     "Path",
     "Problem",
     "SCHEMA",
@@ -52,6 +54,8 @@ __all__ = [
     "Text",
     "load_config",
     "parse_config",
+    "parse_runtime_value",
+    "render_runtime_value",
     "render_default_config",
     "render_quickstart_config",
 ]
@@ -1232,6 +1236,61 @@ def _cross_check_cluster_tls(values: Mapping[str, Any], lines: Mapping[str, int]
             problem(lines[key], key,
                     f"set, but TLS between nodes is off because {certfile_key} is not set",
                     f"{key} together with {certfile_key} = <PEM file>, or neither")
+
+
+# ---------------------------------------------------------------------------
+# Keys a running node can change (``vmqtw-admin set KEY=VALUE``)
+
+#: The keys ``vmqtw-admin set`` may change on a running node, as VerneMQ's
+#: ``vmq-admin set``: those read where they are used (the netsplit gates,
+#: the queues' limits, the console log's level), so a change takes effect
+#: at once.  Anything captured when a part is built (listeners, stores,
+#: the cluster's timers) needs a restart.
+RUNTIME_KEYS: tuple[str, ...] = (
+    "allow_register_during_netsplit",
+    "allow_publish_during_netsplit",
+    "allow_subscribe_during_netsplit",
+    "allow_unsubscribe_during_netsplit",
+    "trade_consistency",
+    "max_inflight_messages",
+    "max_online_messages",
+    "max_offline_messages",
+    "log.console.level",
+)
+
+
+def parse_runtime_value(key: str, text: str) -> Any:
+    """
+    ``text`` parsed for the run-time key ``key`` by the key's own schema
+    type, so ``set`` accepts exactly what the configuration file accepts.
+    Otherwise :class:`ConfigError` with one sentence in the file's form
+    (``key: what is wrong; allowed: what is allowed``), or saying that the
+    key cannot change on a running node.
+    """
+    found = _lookup(key)
+    if found is None:
+        suggestion = _suggest(key)
+        hint = f" (did you mean {suggestion}?)" if suggestion else ""
+        raise ConfigError(f"{key}: unknown key{hint}; allowed: {', '.join(RUNTIME_KEYS)}")
+    setting, _name = found
+    if setting.key not in RUNTIME_KEYS:
+        raise ConfigError(f"{key} cannot be changed on a running node: set it in the "
+                          f"configuration file and restart the node (set can change "
+                          f"{', '.join(RUNTIME_KEYS)})")
+    try:
+        return setting.type.parse(text)
+    except _Invalid as e:
+        raise ConfigError(f"{key}: {e}; allowed: {setting.type.describe()}") from None
+
+
+def render_runtime_value(key: str, value: Any) -> str:
+    """A run-time key's value as the configuration file spells it (``on``, ``20``)."""
+    return str(_BY_KEY[key].type.render(value))
+
+
+def describe_runtime_key(key: str) -> str:
+    """What a run-time key allows (for ``set --help``)."""
+    return str(_BY_KEY[key].type.describe())
 
 
 def load_config(path: str, cwd: str | None = None) -> Config:

@@ -44,7 +44,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from vmqtw.admin.inspect import plugin_rows
 from vmqtw.admin.server import AdminHandlers, ListenerInfo, register_admin_handlers
+from vmqtw.admin.settings import RuntimeSettings
 from vmqtw.broker.auth import BrokerAuthenticator
 from vmqtw.broker.coordinator import RegistrationCoordinator
 from vmqtw.broker.queue import QueueLimits
@@ -244,6 +246,8 @@ class Node:
     metrics: Any = None
     #: Why the node is not healthy now, or None (``GET /health``).
     health: Optional[Callable[[], Optional[str]]] = None
+    #: What ``vmqtw-admin set`` changes (its ``log_filter`` is the console's).
+    runtime: Optional[RuntimeSettings] = None
     #: The process's exit status: set when the node stops because it
     #: could not start (twistd's wiring makes the process end with it).
     exit_status: ExitStatus = attrs.field(factory=ExitStatus)
@@ -388,18 +392,18 @@ def build_node(config: Config, reactor: Any) -> Node:
             listeners.append(service)
             kinds.append((kind, (host, port), service))
 
+    ssl_settings = attrs.evolve(settings, use_identity_as_username=(
+        config.listener_ssl_use_identity_as_username))
+    wss_settings = attrs.evolve(settings, use_identity_as_username=(
+        config.listener_wss_use_identity_as_username))
     mqtt_listeners("mqtt", "tcp", config.tcp_listeners, settings, lambda factory: factory)
-    mqtt_listeners("mqtts", "ssl", config.ssl_listeners,
-                   attrs.evolve(settings, use_identity_as_username=(
-                       config.listener_ssl_use_identity_as_username)),
+    mqtt_listeners("mqtts", "ssl", config.ssl_listeners, ssl_settings,
                    lambda factory: TLSServerFactory(tls_options, factory, reactor),
                    identity_from_certificate=config.listener_ssl_cafile is not None)
     # WebSocket listeners: the same MQTT protocol, its bytes in binary messages.
     mqtt_listeners("mqttws", "ws", config.ws_listeners, settings,
                    lambda factory: MQTTWebSocketFactory(factory, reactor))
-    mqtt_listeners("mqttwss", "wss", config.wss_listeners,
-                   attrs.evolve(settings, use_identity_as_username=(
-                       config.listener_wss_use_identity_as_username)),
+    mqtt_listeners("mqttwss", "wss", config.wss_listeners, wss_settings,
                    lambda factory: TLSServerFactory(
                        wss_options, MQTTWebSocketFactory(factory, reactor, secure=True),
                        reactor),
@@ -427,6 +431,11 @@ def build_node(config: Config, reactor: Any) -> Node:
                  lambda: registry.published)]))
     admin = register_admin_handlers(transport, cluster, registry, readiness, drain=drain,
                                     metrics=metrics)
+    # vmqtw-admin set/show: the knobs every listener's sessions and the queues read at use.
+    runtime = RuntimeSettings.from_config(config, [settings, ssl_settings, wss_settings],
+                                          registry)
+    admin.settings = runtime
+    admin.plugins = plugin_rows(config, store, cluster.store, authenticator)
 
     def health() -> Optional[str]:
         peers = cluster.peers
@@ -472,4 +481,5 @@ def build_node(config: Config, reactor: Any) -> Node:
         top.addService(step)
     return Node(config=config, metadata=cluster, transport=transport, readiness=readiness,
                 store=store, registry=registry, authenticator=authenticator, admin=admin, drain=drain,
-                service=top, metrics=metrics, health=health, exit_status=exit_status)
+                service=top, metrics=metrics, health=health, runtime=runtime,
+                exit_status=exit_status)

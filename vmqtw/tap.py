@@ -13,7 +13,7 @@ import signal
 from typing import Any
 
 from twisted.application.service import IService
-from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate, Logger,
+from twisted.logger import (FilteringLogObserver, LogLevelFilterPredicate, Logger,
                             globalLogPublisher)
 from twisted.python import usage
 
@@ -46,14 +46,12 @@ class Options(usage.Options):
             raise SystemExit("vmqtw: " + str(error)) from None
 
 
-def _log_level_filter(level_name: str) -> None:
+def _log_level_filter(predicate: LogLevelFilterPredicate) -> None:
     """
-    Apply ``log.console.level`` to whatever observers twistd installed.
+    Put ``predicate`` (``log.console.level``, changed at run time by
+    ``vmqtw-admin set``) in front of whatever observers twistd installed.
     twistd offers no hook for this, so its observers are wrapped in place.
     """
-    # The schema says "warning"; Twisted names that level "warn".
-    level = LogLevel.levelWithName({"warning": "warn"}.get(level_name, level_name))
-    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
     observers = list(getattr(globalLogPublisher, "_observers", ()))
     for observer in observers:
         if isinstance(observer, FilteringLogObserver):
@@ -98,7 +96,10 @@ def makeService(options: Options) -> IService:
     install_excepthook()
     node.exit_status.install()
     _reload_on_sighup(reactor, node.authenticator.reload)
-    node.service.before_start = lambda: _log_level_filter(config.log_console_level)
+    runtime = node.runtime
+    if runtime is not None:
+        log_filter = runtime.log_filter
+        node.service.before_start = lambda: _log_level_filter(log_filter)
     log.info("vmqtw {version} node {node} starting (config {config})",
              version=__version__, node=config.nodename, config=config.source)
     return node.service

@@ -5,6 +5,9 @@
     vmqtw-admin cluster join discovery-node=vmqtw@10.0.0.2[:44053]
     vmqtw-admin cluster leave node=vmqtw@10.0.0.3 [--yes | -k [-i 5] [-t 60]]
     vmqtw-admin --format=json cluster status
+    vmqtw-admin set allow_publish_during_netsplit=on [--local]
+    vmqtw-admin show max_offline_messages
+    vmqtw-admin plugin show
 
 The configuration file names the node (``nodename``), where it listens
 for cluster links (``listener.vmq.clustering``), the cookie to prove and,
@@ -21,11 +24,12 @@ from typing import Any, Callable, List, Optional, Sequence, TextIO, Tuple
 from vmqtw.admin.client import AdminClient, AdminError, tls_context
 from vmqtw.admin.commands import (Invocation, UsageError, command_help, parse_args,
                                   parse_node_address, usage_text)
-from vmqtw.admin.inspect import (DEFAULT_LIMIT, RETAIN_COLUMNS, RETAIN_DEFAULT_COLUMNS,
+from vmqtw.admin.inspect import (DEFAULT_LIMIT, PLUGIN_COLUMNS, RETAIN_COLUMNS, RETAIN_DEFAULT_COLUMNS,
                                  SESSION_COLUMNS, SESSION_DEFAULT_COLUMNS)
 from vmqtw.admin.output import (cluster_rows, disconnect_text, drain_progress_text,
                                 drain_timeout_text, drained_text, leave_text, render_metrics,
-                                render_rows, render_table, render_text, status_rows)
+                                render_rows, render_table, render_text, set_text,
+                                status_rows)
 
 __all__ = ["main", "run", "execute"]
 
@@ -55,12 +59,19 @@ def _call_args(invocation: Invocation, config: Any) -> tuple:
         if invocation.command == "listener stop":
             return where + (invocation.kill_sessions,)
         return where
+    if invocation.command == "set":
+        return ([list(pair) for pair in invocation.arguments], invocation.has_flag("local"))
+    if invocation.command == "show":
+        return ([key for _name, key in invocation.arguments], invocation.has_flag("local"))
     if invocation.command == "retain show":
         columns, _filters = _columns_and_filters(invocation, RETAIN_COLUMNS,
                                                  RETAIN_DEFAULT_COLUMNS)
         return (invocation.flag("topic") or "#", columns, _limit(invocation))
     return ()
 
+
+#: ``show KEY``'s columns.
+SETTING_COLUMNS = ("node", "key", "value")
 
 #: ``listener show``'s columns (VerneMQ's, and the listener's key).
 LISTENER_COLUMNS = ("type", "status", "ip", "port", "mountpoint", "max_conns", "active_conns",
@@ -114,6 +125,12 @@ def execute(invocation: Invocation, config: Any, timeout: float = CALL_TIMEOUT,
     if invocation.method in ("admin.listener.stop", "admin.listener.start"):
         return render_text("Done: %s on %s:%s is %s." % (value["name"], value["ip"],
                                                        value["port"], value["status"]), fmt)
+    if invocation.method == "admin.plugin.show":
+        return render_table(PLUGIN_COLUMNS, value, fmt)
+    if invocation.method == "admin.setting.set":
+        return render_text(set_text(value), fmt)
+    if invocation.method == "admin.setting.show":
+        return render_rows(SETTING_COLUMNS, value, fmt)
     if invocation.method == "admin.metrics.show":
         return render_metrics(value, invocation.has_flag("with-descriptions"), fmt)
     return render_text("Done", fmt)

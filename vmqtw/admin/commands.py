@@ -15,6 +15,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import attrs
 
+from vmqtw.config import RUNTIME_KEYS, ConfigError, describe_runtime_key, parse_runtime_value
+
 __all__ = ["UsageError", "Invocation", "parse_args", "parse_node_address",
            "COMMANDS", "COMMAND_FLAGS", "USAGE", "DEFAULT_CONFIG", "DEFAULT_INTERVAL",
            "DEFAULT_TIMEOUT"]
@@ -64,9 +66,26 @@ COMMANDS: Dict[str, Tuple[str, Tuple[str, ...], str]] = {
     "metrics show": ("admin.metrics.show", (),
                      "every counter and gauge of this node, read now (--with-descriptions "
                      "adds what each counts)"),
+    "plugin show": ("admin.plugin.show", (),
+                    "the plugins in force on this node: its message store, metadata store "
+                    "and auth plugins, the hooks each serves, its code and settings"),
+    "set": ("admin.setting.set", (),
+            "change KEY=VALUE at once on every node (--local: this one), until restart"),
+    "show": ("admin.setting.show", (),
+             "each node's value of KEY (one or more; none: every key set can change), or "
+             "with --local this node's only"),
     "retain show": ("admin.retain.show", (),
                     "the retained messages; --topic=FILTER (default #) picks them, --payload, "
                     "--topic, --qos, --mountpoint choose the columns, --limit=N (default 100)"),
+}
+
+#: The help of a command whose one line in the overview cannot say it all.
+LONG_HELP: Dict[str, str] = {
+    "set": ("change KEY=VALUE (one or more) at once on every node of the cluster, or with "
+            "--local on this node only.  The values are checked as the configuration file "
+            "checks them.  They are not kept across a restart: put them in the "
+            "configuration file too.  KEY is one of: " + "; ".join(
+                "%s (%s)" % (key, describe_runtime_key(key)) for key in RUNTIME_KEYS)),
 }
 
 #: Arguments a command may leave out.
@@ -81,6 +100,8 @@ COMMAND_FLAGS: Dict[str, Dict[str, str]] = {
         "inflight_messages", "topic", "qos")}, "limit": "yes"},
     "session disconnect": {"cleanup": "no"},
     "metrics show": {"with-descriptions": "no"},
+    "set": {"local": "no"},
+    "show": {"local": "no"},
     "retain show": {"topic": "maybe", "payload": "no", "qos": "no", "mountpoint": "no",
                     "limit": "yes"},
 }
@@ -147,12 +168,16 @@ class Invocation:
 def command_help(prog: str, command: str) -> str:
     """The help of one command: its syntax and what it does."""
     _method, allowed, text = COMMANDS[command]
+    text = LONG_HELP.get(command, text)
     optional = OPTIONAL_ARGUMENTS.get(command, ())
     syntax = " ".join(("[%s]" if key in optional else "%s") % (_ARG_SYNTAX[key],)
                       for key in allowed)
     flags = COMMAND_FLAGS.get(command, {})
     if command == "cluster leave":
         syntax += " [--yes | -k [-i SECONDS] [-t SECONDS]]"
+    elif command in ("set", "show"):
+        syntax = ("KEY=VALUE [KEY=VALUE ...]" if command == "set" else "[KEY ...]") + \
+            " [--local]"
     elif flags:
         syntax += " [--OPTION[=VALUE] ...]"
     return "Usage: %s [--config PATH] [--format=human|json] %s %s\n\n%s\n" % (
@@ -235,6 +260,10 @@ def parse_args(argv: Sequence[str]) -> Invocation:
     if not command_words:
         raise UsageError("No command given; the commands are: %s." % (_allowed_commands(),))
     command = " ".join(command_words)
+    if command_words[0] in ("set", "show") and (command_words[0] == "set" or pairs
+                                                 or len(command_words) > 1):
+        return _setting_command(command_words, pairs, flags, config, fmt, yes, kill_sessions,
+                                bool(seconds))
     if command not in COMMANDS:
         raise UsageError("Unknown command %r; the commands are: %s." % (command, _allowed_commands()))
     method, allowed, _ = COMMANDS[command]
@@ -270,6 +299,51 @@ def parse_args(argv: Sequence[str]) -> Invocation:
     return Invocation(command, method, tuple(arguments), config, fmt, yes, kill_sessions,
                       seconds.get("interval", DEFAULT_INTERVAL),
                       seconds.get("timeout", DEFAULT_TIMEOUT), tuple(flags))
+
+
+def _setting_command(words: Sequence[str], pairs: Sequence[str],
+                     flags: Sequence[Tuple[str, Optional[str]]], config: str, fmt: str,
+                     yes: bool, kill_sessions: bool, seconds: bool) -> Invocation:
+    """
+    ``set KEY=VALUE ...`` / ``show [KEY ...]``: their keys are the
+    configuration's, so they are checked here by the schema's own types
+    (the configuration file's sentence) before any node is asked.
+    """
+    command = words[0]
+    method = COMMANDS[command][0]
+    _check_flags(command, flags)
+    if yes or kill_sessions or seconds:
+        raise UsageError("%s takes KEY%s and --local only." % (
+            command, "=VALUE" if command == "set" else ""))
+    arguments: List[Tuple[str, str]] = []
+    if command == "set":
+        if len(words) > 1:
+            raise UsageError("set takes KEY=VALUE, not %r." % (words[1],))
+        if not pairs:
+            raise UsageError("set needs KEY=VALUE, e.g. set allow_publish_during_netsplit=on.")
+        for pair in pairs:
+            key, _, value = pair.partition("=")
+            try:
+                parse_runtime_value(key, value)
+            except ConfigError as e:
+                raise UsageError(str(e)) from None
+            if any(k == key for k, _ in arguments):
+                raise UsageError("The key %s is given twice." % (key,))
+            arguments.append((key, value))
+    else:
+        if pairs:
+            raise UsageError("show takes keys without values, not %r." % (pairs[0],))
+        for key in words[1:]:
+            if key not in RUNTIME_KEYS:
+                try:
+                    parse_runtime_value(key, "")
+                except ConfigError as e:
+                    if "unknown key" in str(e):
+                        raise UsageError(str(e)) from None
+                raise UsageError("%s is not a run-time setting; show knows %s." % (
+                    key, ", ".join(RUNTIME_KEYS)))
+            arguments.append(("key", key))
+    return Invocation(command, method, tuple(arguments), config, fmt, flags=tuple(flags))
 
 
 def _check_flags(command: str, flags: Sequence[Tuple[str, Optional[str]]]) -> None:

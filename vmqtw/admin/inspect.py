@@ -10,13 +10,14 @@ asked for, one per subscription of a session, as ``vmq-admin session show
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from vmqtw.broker.subscriptions import local_filters
 
 __all__ = ["SESSION_COLUMNS", "SESSION_DEFAULT_COLUMNS", "RETAIN_COLUMNS",
            "RETAIN_DEFAULT_COLUMNS", "SUBSCRIPTION_COLUMNS", "session_rows", "retain_rows",
-           "matches", "select", "DEFAULT_LIMIT"]
+           "matches", "select", "DEFAULT_LIMIT", "PLUGIN_COLUMNS", "plugin_rows"]
 
 #: Every column of ``session show``; ``topic`` and ``qos`` make one row per
 #: subscription.
@@ -135,3 +136,63 @@ def select(rows: Iterable[Row], filters: Sequence[Tuple[str, str]],
             if limit is not None and len(chosen) >= limit:
                 break
     return chosen
+
+
+#: ``plugin show``'s columns: VerneMQ's (plugin, type, hooks, the code
+#: behind them), and what the plugin is configured with.
+PLUGIN_COLUMNS: Tuple[str, ...] = ("plugin", "type", "hooks", "module", "settings")
+
+#: The hooks each kind of plugin serves, by VerneMQ's names.
+_STORE_HOOKS = ("msg_store_write", "msg_store_read", "msg_store_delete", "msg_store_find")
+_METADATA_HOOKS = ("metadata_put", "metadata_get", "metadata_delete", "metadata_fold",
+                   "metadata_subscribe")
+
+
+def _code(thing: Any) -> str:
+    """``module:Class`` of the object serving a plugin's hooks."""
+    kind = type(thing)
+    return "%s:%s" % (kind.__module__, kind.__qualname__)
+
+
+def plugin_rows(config: Any, store: Any, metadata: Any,
+                authenticator: Any = None) -> List[Row]:
+    """
+    The plugins in force on a node, ``plugin show``'s rows: its message
+    store (``message_store``), its metadata store, and the auth plugins
+    that are on (``plugins.vmq_passwd``, ``plugins.vmq_acl``,
+    ``allow_anonymous``).  Built once at start: none of them changes while
+    the node runs.  A PostgreSQL DSN may hold a password, so it is never
+    shown, only that it is set.
+    """
+    store_settings = ""
+    if config.message_store == "leveldb":
+        store_settings = "path=%s, leveldb.sync=%s" % (
+            getattr(store, "path", ""), "on" if config.leveldb_sync else "off")
+    elif config.message_store == "postgresql":
+        store_settings = "postgresql.dsn (not shown)"
+    rows: List[Row] = [
+        {"plugin": config.message_store, "type": "message_store",
+         "hooks": list(_STORE_HOOKS), "module": _code(store), "settings": store_settings},
+        {"plugin": "plumtree", "type": "metadata_store", "hooks": list(_METADATA_HOOKS),
+         "module": _code(metadata), "settings": "path=%s" % (
+             os.path.join(str(config.data_dir), "metadata"),)},
+    ]
+    def auth_code(part: str) -> str:
+        """The class deciding for an auth plugin (the authenticator's file snapshot)."""
+        if authenticator is None:
+            return ""
+        return _code(getattr(authenticator, part) if part else authenticator)
+    if config.plugins_vmq_passwd:
+        rows.append({"plugin": "vmq_passwd", "type": "auth", "hooks": ["auth_on_register"],
+                     "module": auth_code("passwords"),
+                     "settings": "vmq_passwd.password_file=%s" % (
+                         config.vmq_passwd_password_file,)})
+    if config.plugins_vmq_acl:
+        rows.append({"plugin": "vmq_acl", "type": "auth",
+                     "hooks": ["auth_on_publish", "auth_on_subscribe"], "module": auth_code("acl"),
+                     "settings": "vmq_acl.acl_file=%s" % (config.vmq_acl_acl_file,)})
+    if config.allow_anonymous:
+        rows.append({"plugin": "allow_anonymous", "type": "auth",
+                     "hooks": ["auth_on_register"], "module": auth_code(""),
+                     "settings": "allow_anonymous=on"})
+    return rows

@@ -10,7 +10,7 @@ from typing import Any, List, Mapping, Sequence
 
 __all__ = ["render_table", "render_text", "cluster_rows", "status_rows", "leave_text",
            "drain_progress_text", "drained_text", "drain_timeout_text", "render_rows",
-           "disconnect_text", "render_metrics"]
+           "disconnect_text", "render_metrics", "set_text"]
 
 
 def _cell(value: Any) -> str:
@@ -183,3 +183,16 @@ def render_metrics(samples: Sequence[Sequence[Any]], descriptions: bool = False,
         number = float(value)
         lines.append("%s = %s" % (name, int(number) if number.is_integer() else number))
     return "\n".join(lines)
+
+
+def set_text(result: Mapping[str, Any]) -> str:
+    """
+    What ``set`` did: the values now in force and where.  A value in
+    force that differs from the one asked for (a traded flag while
+    ``trade_consistency`` is on) is visible in it.
+    """
+    values = ", ".join("%s=%s" % (key, value) for key, value in result.get("values", ()))
+    nodes = list(result.get("nodes", ()))
+    return "Done: %s on %s (until %s restart%s)." % (
+        values, ", ".join(nodes), "it" if len(nodes) == 1 else "they",
+        "s" if len(nodes) == 1 else "")

@@ -14,7 +14,7 @@ the drain on the leaving node, :mod:`vmqtw.broker.drain`).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import attrs
 from twisted.internet import defer
@@ -26,13 +26,14 @@ from vmqtw.admin.inspect import (SESSION_COLUMNS, SUBSCRIPTION_COLUMNS, retain_r
                                  session_rows)
 from vmqtw.broker.subscriptions import record_owner
 from vmqtw.cluster.auth import is_admin_name
+from vmqtw.config import RUNTIME_KEYS, ConfigError, parse_runtime_value
 from vmqtw.topic import validate_filter
 from vmqtw.types import SubscriberId
 from vmqtw.metadata.membership import SelfJoin
 
 __all__ = ["AdminCommandError", "AdminHandlers", "register_admin_handlers", "OFFLINE_COUNTS",
            "DRAIN", "DRAIN_STATUS", "REHOME", "SESSION_ROWS", "SESSION_DISCONNECT",
-           "ListenerInfo"]
+           "SETTING_SET", "SETTING_SHOW", "ListenerInfo"]
 
 log = Logger()
 
@@ -49,6 +50,11 @@ SESSION_ROWS = "admin.peer.session_rows"
 #: Peer call: ``(mountpoint, client_id, cleanup)`` -> ``(was connected,
 #: ended)``: the node the session is registered on closes it.
 SESSION_DISCONNECT = "admin.peer.session_disconnect"
+#: Peer call: ``(assignments)`` -> ``[[key, value now in force]]``: ``set``
+#: without ``--local`` asks every member to apply ``[[key, text]]``.
+SETTING_SET = "admin.peer.setting_set"
+#: Peer call: ``(keys)`` -> ``[[key, value in force]]`` (``show KEY``).
+SETTING_SHOW = "admin.peer.setting_show"
 #: Peer call: ``(gone, survivors)`` -> how many persistent sessions of
 #: ``gone`` the node asked now keeps (it rewrote its share of the records).
 REHOME = "membership.rehome"
@@ -106,6 +112,12 @@ class AdminHandlers:
         self.metrics = metrics
         #: This node's listeners (``listener show/stop/start``).
         self.listeners: List[ListenerInfo] = []
+        #: The plugins in force on this node (``plugin show``), rows of
+        #: :func:`vmqtw.admin.inspect.plugin_rows`.
+        self.plugins: List[Dict[str, Any]] = []
+        #: This node's :class:`~vmqtw.admin.settings.RuntimeSettings`
+        #: (``set`` / ``show``); None where nothing can change at run time.
+        self.settings: Any = None
 
     def register(self) -> None:
         for method, handler in (("admin.cluster.show", self.show),
@@ -120,7 +132,10 @@ class AdminHandlers:
                                 ("admin.metrics.show", self.metrics_show),
                                 ("admin.listener.show", self.listener_show),
                                 ("admin.listener.stop", self.listener_stop),
-                                ("admin.listener.start", self.listener_start)):
+                                ("admin.listener.start", self.listener_start),
+                                ("admin.plugin.show", self.plugin_show),
+                                ("admin.setting.set", self.setting_set),
+                                ("admin.setting.show", self.setting_show)):
             self.transport.register_call_handler(method, self._guarded(handler))
         self.transport.register_call_handler(OFFLINE_COUNTS, self.offline_counts)
         self.transport.register_call_handler(DRAIN, self._drain_here)
@@ -128,6 +143,8 @@ class AdminHandlers:
         self.transport.register_call_handler(REHOME, self._rehome_here)
         self.transport.register_call_handler(SESSION_ROWS, self._session_rows_here)
         self.transport.register_call_handler(SESSION_DISCONNECT, self._disconnect_here)
+        self.transport.register_call_handler(SETTING_SET, self._setting_set_here)
+        self.transport.register_call_handler(SETTING_SHOW, self._setting_show_here)
 
     def _guarded(self, handler: Any) -> Any:
         def guarded(caller: str, *args: Any) -> Any:
@@ -358,6 +375,125 @@ class AdminHandlers:
                 info.service.name, address, port, failure.getErrorMessage().rstrip(".")))
         log.info("listener {name} started by {caller}", name=info.service.name, caller=caller)
         return info.service.resume_accepting().addCallbacks(lambda _: info.row(), failed)
+
+    # -- plugins and run-time settings ---------------------------------------------
+    def plugin_show(self, caller: str) -> List[Dict[str, Any]]:
+        """``plugin show``: the message store, metadata store and auth plugins in force here."""
+        return [dict(row) for row in self.plugins]
+
+    def setting_set(self, caller: str, assignments: Any, local: Any) -> defer.Deferred:
+        """
+        ``set KEY=VALUE ...``: every value is checked here first (nothing
+        changes anywhere if one is wrong), then applied on this node and,
+        unless ``local``, on every other member.  ``{"nodes": [where it is
+        in force], "values": [[key, value]]}``; a member that does not
+        answer keeps its value and the command fails naming it.
+        """
+        try:
+            pairs = self._assignments(assignments)
+        except AdminCommandError:
+            return defer.fail()
+
+        def done(result: Tuple[List[Tuple[str, Any]], List[str]]) -> Dict[str, Any]:
+            answers, unreachable = result
+            nodes = [node for node, _values in answers]
+            said = ", ".join("%s=%s" % (key, text) for key, text in pairs)
+            if unreachable:
+                raise AdminCommandError(
+                    "%s is in force on %s, but %s did not answer and keep%s the old value." % (
+                        said, ", ".join(nodes) or "no node", ", ".join(unreachable),
+                        "s" if len(unreachable) == 1 else ""))
+            values = answers[0][1] if answers else []
+            log.info("{caller} set {said} on {nodes}", caller=caller, said=said,
+                     nodes=", ".join(nodes))
+            return {"nodes": nodes, "values": values}
+        return self._on_members(bool(local), SETTING_SET, (pairs,),
+                                lambda: self._setting_set_here(caller, pairs)).addCallback(done)
+
+    def setting_show(self, caller: str, keys: Any, local: Any) -> defer.Deferred:
+        """
+        ``show KEY ...``: each member's value in force (``local``: this
+        node's only); no keys shows every run-time key.  ``{"rows": [{node,
+        key, value}], "unreachable": [nodes]}``.
+        """
+        if not isinstance(keys, (list, tuple)) or not all(isinstance(k, str) for k in keys):
+            return defer.fail(AdminCommandError("show needs the keys to show."))
+        wanted = list(keys) or list(RUNTIME_KEYS)
+        for key in wanted:
+            if key not in RUNTIME_KEYS:
+                return defer.fail(AdminCommandError(
+                    "%s is not a run-time setting; show knows %s." % (
+                        key, ", ".join(RUNTIME_KEYS))))
+
+        def rows(result: Tuple[List[Tuple[str, Any]], List[str]]) -> Dict[str, Any]:
+            answers, unreachable = result
+            return {"rows": [{"node": node, "key": key, "value": value}
+                             for node, values in answers for key, value in values],
+                    "unreachable": unreachable}
+        return self._on_members(bool(local), SETTING_SHOW, (wanted,),
+                                lambda: self._setting_show_here(caller, wanted)).addCallback(rows)
+
+    def _assignments(self, assignments: Any) -> List[Tuple[str, str]]:
+        """``[[key, text]]`` checked by the schema's types, or one sentence why not."""
+        if self.settings is None:
+            raise AdminCommandError("This node has no run-time settings.")
+        if not isinstance(assignments, (list, tuple)) or not assignments:
+            raise AdminCommandError("set needs KEY=VALUE.")
+        pairs: List[Tuple[str, str]] = []
+        for pair in assignments:
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2
+                    and all(isinstance(p, str) for p in pair)):
+                raise AdminCommandError("set needs KEY=VALUE.")
+            key, text = pair
+            try:
+                parse_runtime_value(key, text)
+            except ConfigError as e:
+                raise AdminCommandError(str(e)) from None
+            pairs.append((key, text))
+        return pairs
+
+    def _setting_set_here(self, caller: str, assignments: Any) -> List[Tuple[str, str]]:
+        pairs = self._assignments(assignments)
+        return [(key, self.settings.set(key, text)) for key, text in pairs]
+
+    def _setting_show_here(self, caller: str, keys: Any) -> List[Tuple[str, str]]:
+        if self.settings is None:
+            raise AdminCommandError("This node has no run-time settings.")
+        return [(key, self.settings.show(key)) for key in keys if key in RUNTIME_KEYS]
+
+    def _on_members(self, local: bool, method: str, args: Tuple[Any, ...],
+                    here: Any) -> defer.Deferred:
+        """
+        ``here()`` on this node and, unless ``local``, ``method(*args)`` on
+        every other member, concurrently.  Fires with ``([(node, answer)]
+        sorted by node, [members that did not answer])``; this node's own
+        failure fails the whole.
+        """
+        me = self.cluster.node
+        members = [me] if local else sorted(set(self.cluster.members()) | {me})
+        unreachable: List[str] = []
+        asked: List[defer.Deferred] = []
+        def of(member: str) -> Callable[[Any], Tuple[str, Any]]:
+            return lambda answer: (member, answer)
+
+        for member in members:
+            if member == me:
+                asked.append(defer.maybeDeferred(here).addCallback(of(member)))
+            elif self.transport.connected(member):
+                def no_answer(failure: Any, member: str = member) -> None:
+                    log.info("{member} did not answer {method}: {why}", member=member,
+                             method=method, why=failure.getErrorMessage())
+                    unreachable.append(member)
+                asked.append(self.transport.call(member, method, args, self.call_timeout)
+                             .addCallbacks(of(member), no_answer))
+            else:
+                unreachable.append(member)
+
+        def gathered(answers: List[Any]) -> Tuple[List[Tuple[str, Any]], List[str]]:
+            return ([answer for answer in answers if answer is not None],
+                    sorted(unreachable))
+        return defer.gatherResults(asked, consumeErrors=True).addCallbacks(
+            gathered, lambda failure: failure.value.subFailure)
 
     # -- cluster leave -k ------------------------------------------------------
     def drain_node(self, caller: str, node: Any, interval: Any, wait_limit: Any) -> defer.Deferred:

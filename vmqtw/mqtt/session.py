@@ -218,9 +218,13 @@ class SessionRegistry(Protocol):
         """MQTT 5.0: ``publish()`` after ``delay`` unless the client id comes back."""
 
 
-@attrs.define(frozen=True, slots=True)
+@attrs.define(slots=True)
 class SessionSettings:
-    """The configuration a session consults, copied once from the Config."""
+    """
+    The configuration a session consults, copied once from the Config.
+    Not frozen: ``vmqtw-admin set`` changes the netsplit flags of a running
+    node here (:mod:`vmqtw.admin.settings`), and sessions read them at use.
+    """
 
     max_client_id_size: int = 100
     topic_max_depth: int = 10
