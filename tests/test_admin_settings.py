@@ -127,6 +127,18 @@ def test_trade_consistency_turns_the_three_traded_flags_on_and_gives_them_back()
                 s.allow_unsubscribe_during_netsplit) == (False, True, False)
 
 
+def test_trade_consistency_on_in_the_file_can_be_turned_off_at_run_time():
+    """The flags go back to what the file wrote, not to the folded values."""
+    settings, sessions, _ = runtime(trade_consistency="on",
+                                    allow_unsubscribe_during_netsplit="on")
+    assert all(s.allow_publish_during_netsplit for s in sessions)
+    settings.set("trade_consistency", "off")
+    for s in sessions:
+        assert (s.allow_publish_during_netsplit, s.allow_subscribe_during_netsplit,
+                s.allow_unsubscribe_during_netsplit) == (False, False, True)
+    assert settings.show("allow_publish_during_netsplit") == "off"
+
+
 def test_queue_limits_apply_to_new_sessions_and_to_existing_queues_at_once():
     settings, _, registry = runtime(max_offline_messages="10")
     store = MemoryMessageStore()

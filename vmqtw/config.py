@@ -992,6 +992,10 @@ class Config:
     # Not keys: where the values came from, and platform_data_dir made absolute.
     source: str
     data_dir: str
+    #: The three traded flags as the file wrote them, before
+    #: ``trade_consistency`` turned them on: what they go back to when
+    #: ``vmqtw-admin set trade_consistency=off`` runs.
+    netsplit_flags_as_written: tuple[bool, bool, bool] = (False, False, False)
 
     @classmethod
     def default(cls, cwd: str | None = None) -> Config:
@@ -1012,6 +1016,11 @@ class Config:
         flags on, and a new ``platform_data_dir`` re-resolves ``data_dir``
         against the current working directory unless ``data_dir`` is given.
         """
+        written = list(self.netsplit_flags_as_written)
+        for i, attr in enumerate(_NETSPLIT_TRADED):
+            if attr in changes:
+                written[i] = bool(changes[attr])
+        changes.setdefault("netsplit_flags_as_written", (written[0], written[1], written[2]))
         if changes.get("trade_consistency"):
             for attr in _NETSPLIT_TRADED:
                 changes[attr] = True
@@ -1022,7 +1031,7 @@ class Config:
 
 def _check_config_matches_schema() -> None:
     """Fail at import if ``Config`` and ``SCHEMA`` disagree: drift is a bug, not a surprise."""
-    expected = [s.attr for s in SCHEMA] + ["source", "data_dir"]
+    expected = [s.attr for s in SCHEMA] + ["source", "data_dir", "netsplit_flags_as_written"]
     actual = [a.name for a in attrs.fields(Config)]
     if sorted(expected) != sorted(actual) or len(set(expected)) != len(expected):
         raise RuntimeError(f"Config fields {actual} do not match SCHEMA {expected}")
@@ -1140,12 +1149,15 @@ def parse_config(text: str, filename: str, cwd: str | None = None) -> Config:
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: p.line))
 
+    written = (values[_NETSPLIT_TRADED[0]], values[_NETSPLIT_TRADED[1]],
+               values[_NETSPLIT_TRADED[2]])
     if values["trade_consistency"]:
         for attr in _NETSPLIT_TRADED:
             values[attr] = True
     base = os.getcwd() if cwd is None else cwd
     data_dir = os.path.normpath(os.path.join(base, values["platform_data_dir"]))
-    return Config(source=filename, data_dir=data_dir, **values)
+    return Config(source=filename, data_dir=data_dir, netsplit_flags_as_written=written,
+                  **values)
 
 
 def _cross_check(values: Mapping[str, Any], lines: Mapping[str, int],

@@ -68,11 +68,12 @@ class RuntimeSettings:
     def from_config(cls, config: Config, sessions: Sequence[SessionSettings] = (),
                     registry: Any = None) -> "RuntimeSettings":
         """
-        The values of ``config``.  Its flags already hold ``trade_consistency``
-        (:class:`~vmqtw.config.Config`), so with it on in the file, turning it
-        off at run time leaves the three flags on.
+        The values of ``config``; the traded flags as the file wrote them
+        (``trade_consistency`` is OR-ed in at use), so that turning it off
+        at run time gives back what the file said.
         """
         values = {key: getattr(config, key.replace(".", "_")) for key in RUNTIME_KEYS}
+        values.update(zip(TRADED, config.netsplit_flags_as_written))
         settings = cls(values, list(sessions), registry,
                        LogLevelFilterPredicate(defaultLogLevel=log_level(
                            config.log_console_level)))
