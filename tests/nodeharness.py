@@ -49,6 +49,8 @@ class Node:
         self.config_path = os.path.join(directory, "vernemq.conf")
         self.log_path = os.path.join(directory, "node.log")
         self.process: Optional[subprocess.Popen] = None
+        #: Extra environment of the process (e.g. PYTHONPATH for a plugin).
+        self.env: Dict[str, str] = {}
         os.makedirs(directory, exist_ok=True)
 
     def write_config(self) -> None:
@@ -63,7 +65,8 @@ class Node:
         self.process = subprocess.Popen(
             [TWISTD, "-n", *(() if pidfile else ("--pidfile=",)), "vmqtw",
              "--config", self.config_path],
-            cwd=self.directory, stdout=log, stderr=subprocess.STDOUT)
+            cwd=self.directory, stdout=log, stderr=subprocess.STDOUT,
+            env=dict(os.environ, **self.env) if self.env else None)
         log.close()
         if wait:
             wait_until(self.accepting, 20, what="node to accept on %d" % self.port)

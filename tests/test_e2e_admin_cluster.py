@@ -1,7 +1,7 @@
 """
 Every ``vmqtw-admin`` command of the operator's toolkit (issue 11) against
 ONE real three-node cluster shared by this module's tests (``twistd -n
-vmqtw`` on 127.0.0.80, .81 and .82, joined with ``cluster join``): the
+vmqtw`` on 127.0.0.80, .81 and .82 (.83-.85 on a second xdist worker), joined with ``cluster join``): the
 console script as an operator runs it (and ``twistd vmqtw-admin`` once),
 its human table and its ``--format=json``, and its errors, each one
 sentence on stderr and a non-zero exit.
@@ -22,9 +22,10 @@ the partition's nft rules hit every socket on them.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -36,7 +37,18 @@ from tests.waiting import wait_until
 from vmqtw.mqtt import packets as P
 from vmqtw.testing import mqttbytes as B
 
-HOSTS = ("127.0.0.80", "127.0.0.81", "127.0.0.82")
+def _hosts() -> Tuple[str, str, str]:
+    """
+    Loopback IPs of this pytest worker's cluster: the netsplit test cuts
+    links by IP, so a cluster of the module on another worker (xdist may
+    split the module) must not share them.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    base = 80 + 3 * (int(worker[2:]) if worker[2:].isdigit() else 0)
+    return ("127.0.0.%d" % base, "127.0.0.%d" % (base + 1), "127.0.0.%d" % (base + 2))
+
+
+HOSTS = _hosts()
 
 
 class Cluster:

@@ -437,8 +437,29 @@ class Versions:
         return "protocol levels separated by commas, from " + ", ".join(map(str, self.known))
 
 
+@attrs.frozen(slots=True)
+class Names:
+    """A comma-separated list of plugin-style names, e.g. ``scram,token``."""
+
+    def parse(self, text: str) -> tuple[str, ...]:
+        names: list[str] = []
+        for part in text.split(","):
+            part = part.strip()
+            if not _IDENTIFIER_RE.match(part):
+                raise _Invalid(f"{_quote(part)} is not a name")
+            if part not in names:
+                names.append(part)
+        return tuple(names)
+
+    def render(self, value: tuple[str, ...]) -> str:
+        return ",".join(value)
+
+    def describe(self) -> str:
+        return "names (letters, digits and _) separated by commas"
+
+
 ValueType = (Flag | Integer | ByteSize | Duration | Address | Enum | Identifier | NodeName | Text
-             | Path | Versions)
+             | Path | Versions | Names)
 
 
 # ---------------------------------------------------------------------------
@@ -777,6 +798,14 @@ SCHEMA: tuple[Setting, ...] = (
     Setting(
         "vmq_acl.acl_file", Path(), "./etc/vmq.acl",
         "The access control list used when plugins.vmq_acl is on."),
+    Setting(
+        "enhanced_auth.plugins", Names(), None,
+        "MQTT 5.0 enhanced authentication: the plugins (IEnhancedAuthFactory, "
+        "found in vmqtw/plugins directories as message stores are) whose "
+        "authentication methods clients may name in CONNECT.  A client that "
+        "names a method none of them speaks is refused (CONNACK 0x8C); one "
+        "that completes a method's exchange needs no password.",
+        example="my_scram"),
     # -- cluster ------------------------------------------------------------
     Setting(
         "allow_register_during_netsplit", Flag(), False,
@@ -974,6 +1003,7 @@ class Config:
     vmq_passwd_password_file: str
     plugins_vmq_acl: bool
     vmq_acl_acl_file: str
+    enhanced_auth_plugins: tuple[str, ...] | None
     allow_register_during_netsplit: bool
     allow_publish_during_netsplit: bool
     allow_subscribe_during_netsplit: bool

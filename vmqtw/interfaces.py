@@ -120,6 +120,51 @@ class IMessageStoreFactory(Interface):
         """
 
 
+class IEnhancedAuthenticator(Interface):
+    """
+    One MQTT 5.0 enhanced authentication method (section 4.12), such as
+    ``SCRAM-SHA-256`` or a token scheme: a client names it in CONNECT's
+    Authentication Method, and the broker relays Authentication Data
+    between the client and this object until it decides.
+
+    Each call returns an :class:`vmqtw.auth.enhanced.AuthStep` (or a
+    Deferred firing with one): ``success`` (the client is authenticated,
+    as ``username``; CONNACK 0 carries the step's data), ``continue``
+    (an AUTH 0x18 carries the step's data to the client, whose answer
+    comes to :meth:`proceed` with the step's ``exchange``), or ``fail``
+    (CONNACK, or DISCONNECT on re-authentication, with its reason code).
+    A method that succeeded replaces the password check: the method is
+    the proof.  ACLs still apply, to the user name the step gave.
+    """
+
+    method = Attribute("The Authentication Method it speaks, e.g. 'SCRAM-SHA-256'.")
+
+    def begin(info, data):
+        """
+        A client starts an exchange, at CONNECT or when it re-authenticates
+        (AUTH 0x19): ``info`` is a :class:`vmqtw.mqtt.session.ConnectInfo`
+        (client id, user name and password as sent, peer), ``data`` the
+        client's Authentication Data (bytes or None).
+        """
+
+    def proceed(exchange, data):
+        """The client answered a ``continue`` step with ``data``."""
+
+
+class IEnhancedAuthFactory(Interface):
+    """
+    A plugin (also providing ``twisted.plugin.IPlugin``) that builds an
+    enhanced authenticator; found with ``getPlugins`` in
+    :mod:`vmqtw.plugins` and turned on by naming it in
+    ``enhanced_auth.plugins``.
+    """
+
+    name = Attribute("The name ``enhanced_auth.plugins`` lists it by.")
+
+    def build(config, reactor):
+        """Return an :class:`IEnhancedAuthenticator` for ``config``."""
+
+
 class IMetadataStore(Interface):
     """
     Cluster-wide metadata: subscriptions and retained messages.

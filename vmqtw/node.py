@@ -68,6 +68,7 @@ from vmqtw.mqtt.protocol import MQTTFactory
 from vmqtw.mqtt.session import MqttCounters, SessionSettings
 from vmqtw.mqtt.websocket import MQTTWebSocketFactory
 from vmqtw.service import CallbackService, ListenerService, OrderedMultiService
+from vmqtw.auth.enhanced import UnknownAuthPlugin, build_enhanced_authenticators
 from vmqtw.startup import (ExitStatus, StartupError, data_dir_error, leveldb_sentence,
                            probe_leveldb_lock, startup_error)
 from vmqtw.tls import (TLSServerFactory, cluster_tls_from_config, server_options_from_config,
@@ -370,6 +371,12 @@ def build_node(config: Config, reactor: Any) -> Node:
 
     top = OrderedMultiService(on_failure=fatal)
     settings = session_settings(config)
+    if config.enhanced_auth_plugins:
+        try:
+            settings.enhanced_auth = build_enhanced_authenticators(
+                config.enhanced_auth_plugins, config, reactor)
+        except UnknownAuthPlugin as error:
+            raise StartupError("enhanced_auth.plugins: %s" % (error,)) from None
     mqtt_counters = MqttCounters()
     # Every MQTT listener: the same protocol over TCP, TLS, WebSocket, secure
     # WebSocket; ``kinds`` keeps (kind, address) for vmqtw-admin listener show.
@@ -435,7 +442,8 @@ def build_node(config: Config, reactor: Any) -> Node:
     runtime = RuntimeSettings.from_config(config, [settings, ssl_settings, wss_settings],
                                           registry)
     admin.settings = runtime
-    admin.plugins = plugin_rows(config, store, cluster.store, authenticator)
+    admin.plugins = plugin_rows(config, store, cluster.store, authenticator,
+                                settings.enhanced_auth)
 
     def health() -> Optional[str]:
         peers = cluster.peers

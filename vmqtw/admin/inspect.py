@@ -155,7 +155,8 @@ def _code(thing: Any) -> str:
 
 
 def plugin_rows(config: Any, store: Any, metadata: Any,
-                authenticator: Any = None) -> List[Row]:
+                authenticator: Any = None,
+                enhanced_auth: Optional[Dict[str, Any]] = None) -> List[Row]:
     """
     The plugins in force on a node, ``plugin show``'s rows: its message
     store (``message_store``), its metadata store, and the auth plugins
@@ -195,4 +196,11 @@ def plugin_rows(config: Any, store: Any, metadata: Any,
         rows.append({"plugin": "allow_anonymous", "type": "auth",
                      "hooks": ["auth_on_register"], "module": auth_code(""),
                      "settings": "allow_anonymous=on"})
+    # enhanced_auth.plugins: one row per method, by the plugin that gave it.
+    methods = enhanced_auth or {}
+    for name, (method, authenticator_of_method) in zip(config.enhanced_auth_plugins or (),
+                                                       methods.items()):
+        rows.append({"plugin": name, "type": "enhanced_auth", "hooks": ["on_auth_m5"],
+                     "module": _code(authenticator_of_method),
+                     "settings": "method=%s" % (method,)})
     return rows

@@ -20,8 +20,9 @@ maximum, maximum packet size, topic alias maximum, and the features we do
 not offer); the session expiry interval in place of clean session; topic
 aliases from the client; PUBLISH properties passed on to subscribers with
 the message expiry counted down; the client's receive maximum and maximum
-packet size; retain handling; AUTH refused (no enhanced authentication
-method is provided).
+packet size; retain handling; enhanced authentication (section 4.12) by
+the methods plugins provide, at CONNECT and when the client
+re-authenticates, any other method refused with 0x8C.
 """
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ from vmqtw.topic import parse_shared, validate_filter, validate_topic
 from vmqtw.types import Message, SubscriberId, new_message_ref
 
 NEW, CONNECTING, CONNECTED, CLOSED = range(4)
+
+#: ``Session._auth_exchange`` while the authenticator works on a step.
+_IN_FLIGHT = object()
 
 #: Pre-encoded packets that never change.
 _PINGRESP = encode(P.PingResp())
@@ -253,6 +257,10 @@ class SessionSettings:
     #: ``receive_max_broker``: QoS 1/2 PUBLISHes an MQTT 5.0 client may
     #: have unacknowledged towards us, announced in CONNACK.
     receive_max_broker: int = 65535
+    #: MQTT 5.0 enhanced authentication: Authentication Method -> its
+    #: :class:`~vmqtw.interfaces.IEnhancedAuthenticator` (the plugins of
+    #: ``enhanced_auth.plugins``); a method not here gets 0x8C.
+    enhanced_auth: Dict[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.define(slots=True, eq=False)
@@ -399,6 +407,16 @@ class Session:
         self._connect_props: Optional[P.Properties] = None
         self._requested_keepalive = 0
         self._assigned_id = False
+        #: MQTT 5.0 enhanced authentication (section 4.12): the method the
+        #: client chose at CONNECT and its authenticator (None: none chosen,
+        #: so any AUTH is a protocol error); the exchange waiting for the
+        #: client's next AUTH 0x18 (None while no step is asked of it); the
+        #: data the last successful step gives the client.
+        self._auth_method: Optional[str] = None
+        self._enhanced: Any = None
+        self._auth_exchange: Any = None
+        self._auth_waiting = False
+        self._auth_data: Optional[bytes] = None
         #: MQTT 5.0: a DISCONNECT other than 0x00 keeps the will.
         self._will_on_disconnect = False
         self._disconnected = False
@@ -439,6 +457,9 @@ class Session:
         elif state == CONNECTING:
             if type(packet) is P.Connect:
                 self.violation("second CONNECT")
+                return
+            if self._auth_method is not None:
+                self._during_connect_auth(packet, now)
                 return
             # Pipelined behind a CONNECT that is still being authenticated:
             # keep it, and stop reading more until the CONNECT is decided,
@@ -550,6 +571,14 @@ class Session:
         self.state = CONNECTING
         info = ConnectInfo(client_id, username, password, self.peer, connect.clean_session,
                            identity)
+        if self._enhanced is not None:
+            # The method is the proof: it replaces the password check.
+            props = self._connect_props
+            data = props.authentication_data if props is not None else None
+            step = maybeDeferred(self._enhanced.begin, info, data)
+            step.addCallbacks(self._connect_auth_step, self._authentication_failed,
+                              callbackArgs=(now,))
+            return
         result = maybeDeferred(self.authenticator.authenticate, info)
         result.addCallbacks(self._authenticated, self._authentication_failed,
                             callbackArgs=(now,))
@@ -562,11 +591,16 @@ class Session:
         props = self._connect_props = connect.properties
         if props is None:
             return True
-        if props.authentication_method is not None:
-            # Enhanced authentication (section 4.12): no method is provided
-            # (no plugin offers one yet), so every method is refused.
-            self._refuse(R.BAD_AUTHENTICATION_METHOD)
-            return False
+        method = props.authentication_method
+        if method is not None:
+            # Enhanced authentication (section 4.12): a method no plugin
+            # speaks is refused [MQTT-4.12.0-1's counterpart, 3.2.2.2.19].
+            enhanced = self.settings.enhanced_auth.get(method)
+            if enhanced is None:
+                self._refuse(R.BAD_AUTHENTICATION_METHOD)
+                return False
+            self._auth_method = method
+            self._enhanced = enhanced
         expiry = props.session_expiry_interval
         if expiry is not None:
             self.session_expiry = expiry
@@ -590,6 +624,10 @@ class Session:
             props.topic_alias_maximum = settings.topic_alias_max_client
         # Offered later (issue 10): say so rather than refuse them.
         props.shared_subscription_available = 0
+        if self._auth_method is not None:
+            props.authentication_method = self._auth_method   # 3.2.2.3.17
+            if self._auth_data is not None:
+                props.authentication_data = self._auth_data
         return encode(P.ConnAck(R.SUCCESS, present, props), P.PROTOCOL_LEVEL_5)
 
     def _authentication_failed(self, failure: Any) -> None:
@@ -1263,7 +1301,113 @@ class Session:
 
     def _on_auth(self, packet: P.Auth, now: float) -> None:
         """
-        No authentication method was accepted at CONNECT (none is offered),
-        so any AUTH is a Protocol Error [MQTT-4.12.0-1].
+        AUTH from a connected client: re-authentication (0x19) with the
+        method of its CONNECT [MQTT-4.12.1-1], or its answer (0x18) to a
+        step of one.  Without a method at CONNECT any AUTH is a Protocol
+        Error [MQTT-4.12.0-1].
         """
-        self.violation("AUTH without an authentication method", R.PROTOCOL_ERROR)
+        if self._auth_method is None:
+            self.violation("AUTH without an authentication method", R.PROTOCOL_ERROR)
+            return
+        props = packet.properties
+        if props is None or props.authentication_method != self._auth_method:
+            self.violation("AUTH with another authentication method", R.PROTOCOL_ERROR)
+            return
+        data = props.authentication_data
+        if packet.reason_code == R.RE_AUTHENTICATE and not self._auth_waiting \
+                and self._auth_exchange is None:
+            self._auth_exchange = _IN_FLIGHT
+            info = ConnectInfo(self.client_id, self.username, None, self.peer,
+                               self.clean_session, self.peer_identity)
+            step = maybeDeferred(self._enhanced.begin, info, data)
+        elif packet.reason_code == R.CONTINUE_AUTHENTICATION and self._auth_waiting:
+            step = self._proceed(data)
+        else:
+            self.violation("unexpected AUTH %#x" % packet.reason_code, R.PROTOCOL_ERROR)
+            return
+        step.addCallbacks(self._reauth_step, self._reauth_failed)
+
+    def _proceed(self, data: Optional[bytes]) -> Any:
+        """Hand the client's answer to the authenticator (one step at a time)."""
+        exchange, self._auth_exchange = self._auth_exchange, _IN_FLIGHT
+        self._auth_waiting = False
+        return maybeDeferred(self._enhanced.proceed, exchange, data)
+
+    def _send_auth(self, code: int, data: Optional[bytes]) -> None:
+        props = P.Properties()
+        props.authentication_method = self._auth_method
+        if data is not None:
+            props.authentication_data = data
+        self.io.write(encode(P.Auth(code, props), P.PROTOCOL_LEVEL_5))
+
+    def _during_connect_auth(self, packet: Any, now: float) -> None:
+        """
+        A packet while a CONNECT with an authentication method is decided:
+        only the client's AUTH 0x18 answer to our step, or DISCONNECT, may
+        come [MQTT-3.1.2-30].
+        """
+        kind = type(packet)
+        if kind is P.Disconnect:
+            self.io.close()
+            return
+        props = packet.properties if kind is P.Auth else None
+        if (kind is not P.Auth or not self._auth_waiting
+                or packet.reason_code != R.CONTINUE_AUTHENTICATION
+                or props is None or props.authentication_method != self._auth_method):
+            self.violation("%s during enhanced authentication" % kind.__name__,
+                           R.PROTOCOL_ERROR)
+            return
+        step = self._proceed(props.authentication_data)
+        step.addCallbacks(self._connect_auth_step, self._authentication_failed,
+                          callbackArgs=(now,))
+
+    def _connect_auth_step(self, step: Any, now: float) -> None:
+        """The authenticator's answer during CONNECT."""
+        if self.state != CONNECTING:
+            return  # the connection went away meanwhile
+        outcome = getattr(step, "outcome", None)
+        if outcome == "success":
+            self._auth_exchange = None
+            self._auth_data = step.data
+            if step.username is not None:
+                self.username = step.username
+            self._authenticated(P.CONNACK_ACCEPTED, now)
+        elif outcome == "continue":
+            self._auth_exchange = step.exchange
+            self._auth_waiting = True
+            self._send_auth(R.CONTINUE_AUTHENTICATION, step.data)
+        elif outcome == "fail":
+            code = step.reason_code
+            self._refuse(code if code in R.CONNACK_CODES and code >= 0x80
+                         else R.NOT_AUTHORIZED)
+        else:
+            self.log.error("enhanced authentication {method} answered {step!r}, not an AuthStep",
+                           method=self._auth_method, step=step)
+            self._refuse(R.UNSPECIFIED_ERROR)
+
+    def _reauth_step(self, step: Any) -> None:
+        """The authenticator's answer during a re-authentication."""
+        if self.state != CONNECTED:
+            return
+        outcome = getattr(step, "outcome", None)
+        if outcome == "success":
+            self._auth_exchange = None
+            if step.username is not None:
+                self.username = step.username
+            self._send_auth(R.SUCCESS, step.data)
+        elif outcome == "continue":
+            self._auth_exchange = step.exchange
+            self._auth_waiting = True
+            self._send_auth(R.CONTINUE_AUTHENTICATION, step.data)
+        else:
+            # [MQTT-4.12.1-2]: a failed re-authentication ends the connection.
+            code = step.reason_code if outcome == "fail" else R.UNSPECIFIED_ERROR
+            if code not in R.DISCONNECT_CODES or code < 0x80:
+                code = R.NOT_AUTHORIZED
+            self.disconnect(code, "re-authentication failed")
+
+    def _reauth_failed(self, failure: Any) -> None:
+        self.log.failure("re-authentication of {client_id} failed", failure,
+                         client_id=self.client_id)
+        if self.state == CONNECTED:
+            self.disconnect(R.UNSPECIFIED_ERROR, "re-authentication failed")

@@ -1,0 +1,128 @@
+"""
+MQTT 5.0 enhanced authentication (section 4.12): the steps an
+:class:`~vmqtw.interfaces.IEnhancedAuthenticator` answers with, and how
+the plugins named in ``enhanced_auth.plugins`` are found.
+
+The session (:mod:`vmqtw.mqtt.session`) runs the exchange: it relays
+Authentication Data between the client (CONNECT, AUTH 0x18, AUTH 0x19)
+and the authenticator of the method the client named, and turns each
+step into CONNACK, AUTH or DISCONNECT.  Nothing here does I/O; a plugin
+may (it returns a Deferred).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, Optional
+
+import attrs
+from twisted.logger import Logger
+from twisted.plugin import getPlugins
+
+import vmqtw.plugins
+from vmqtw.interfaces import IEnhancedAuthenticator, IEnhancedAuthFactory
+
+__all__ = ["AuthStep", "UnknownAuthPlugin", "build_enhanced_authenticators",
+           "available_auth_plugins"]
+
+log = Logger()
+
+#: The reason code of a failed step unless the authenticator says another
+#: (0x87 Not authorized; 0x86 Bad user name or password and 0x8C Bad
+#: authentication method are the others that fit).
+NOT_AUTHORIZED = 0x87
+
+
+@attrs.frozen(slots=True)
+class AuthStep:
+    """
+    One answer of an authenticator.  Build it with :meth:`success`,
+    :meth:`more` or :meth:`fail` rather than by hand.
+    """
+
+    outcome: str
+    #: Authentication Data for the client (CONNACK, AUTH), or None.
+    data: Optional[bytes] = None
+    #: Whatever the authenticator needs to go on (``continue`` only); it is
+    #: handed back to :meth:`IEnhancedAuthenticator.proceed`.
+    exchange: Any = None
+    #: Who the client is, once ``success`` (ACLs use it; None keeps the
+    #: user name of CONNECT).
+    username: Optional[str] = None
+    #: ``fail`` only: the CONNACK / DISCONNECT reason code.
+    reason_code: int = NOT_AUTHORIZED
+
+    @classmethod
+    def success(cls, data: Optional[bytes] = None,
+                username: Optional[str] = None) -> "AuthStep":
+        return cls("success", data, None, username)
+
+    @classmethod
+    def more(cls, data: Optional[bytes], exchange: Any) -> "AuthStep":
+        return cls("continue", data, exchange)
+
+    @classmethod
+    def fail(cls, reason_code: int = NOT_AUTHORIZED) -> "AuthStep":
+        return cls("fail", reason_code=reason_code)
+
+
+class UnknownAuthPlugin(KeyError):
+    """
+    ``enhanced_auth.plugins`` names a plugin that is not installed, or two
+    plugins that speak the same method (a client could not say which).
+    """
+
+    def __init__(self, name: str, available: Iterable[str]) -> None:
+        super().__init__(name)
+        self.name = name
+        self.available = sorted(available)
+
+    #: Set when the name is known but its method is another plugin's.
+    clash: Optional[str] = None
+
+    @classmethod
+    def same_method(cls, name: str, method: str) -> "UnknownAuthPlugin":
+        error = cls(name, ())
+        error.clash = method
+        return error
+
+    def __str__(self) -> str:
+        if self.clash is not None:
+            return ("plugin %r speaks %r, which an earlier plugin of the list already does"
+                    % (self.name, self.clash))
+        return "unknown enhanced authentication plugin %r; available: %s" % (
+            self.name, ", ".join(self.available) or "(none installed)")
+
+
+def _factories() -> Dict[str, IEnhancedAuthFactory]:
+    found: Dict[str, IEnhancedAuthFactory] = {}
+    for factory in getPlugins(IEnhancedAuthFactory, vmqtw.plugins):
+        if factory.name in found:
+            log.warn("two enhanced authentication plugins are named {name!r}: "
+                     "{kept!r} is used, {ignored!r} ignored",
+                     name=factory.name, kept=found[factory.name], ignored=factory)
+            continue
+        found[factory.name] = factory
+    return found
+
+
+def available_auth_plugins() -> list:
+    """Names of every installed enhanced authentication plugin, sorted."""
+    return sorted(_factories())
+
+
+def build_enhanced_authenticators(names: Iterable[str], config: Any,
+                                  reactor: Any) -> Dict[str, IEnhancedAuthenticator]:
+    """
+    The authenticators of the plugins ``names``, by the method each speaks;
+    :class:`UnknownAuthPlugin` for a name no plugin has.
+    """
+    factories = _factories()
+    methods: Dict[str, IEnhancedAuthenticator] = {}
+    for name in names:
+        factory = factories.get(name)
+        if factory is None:
+            raise UnknownAuthPlugin(name, factories)
+        authenticator = factory.build(config, reactor)
+        if authenticator.method in methods:
+            raise UnknownAuthPlugin.same_method(name, authenticator.method)
+        methods[authenticator.method] = authenticator
+    return methods
