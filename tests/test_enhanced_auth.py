@@ -100,6 +100,15 @@ def auth_packet(packet: Any, code: int, data: Optional[bytes]) -> None:
     assert packet.properties.authentication_data == data
 
 
+def refused_at_connect(broker: Broker, properties: bytes) -> int:
+    """The reason code of the CONNACK refusing a CONNECT with ``properties`` (closed)."""
+    client = client5(broker)
+    client.send(B5.connect("c1", properties=properties))
+    [connack] = broker.answer(client)
+    assert isinstance(connack, P.ConnAck) and client.closed, connack
+    return int(connack.reason_code)
+
+
 def authenticated(broker: Broker, challenge: Challenge, client_id: str = "c1") -> Client:
     client = client5(broker)
     client.send(B5.connect(client_id, properties=method_props(b"hello")))
@@ -145,18 +154,13 @@ def test_a_wrong_answer_is_refused_with_the_methods_reason_code():
 
 def test_a_method_can_refuse_at_once():
     broker = broker_with(Challenge())
-    client = client5(broker)
-    client.send(B5.connect("c1", properties=method_props(b"refuse me")))
-    [connack] = broker.answer(client)
-    assert connack.reason_code == R.BANNED and client.closed
+    assert refused_at_connect(broker, method_props(b"refuse me")) == R.BANNED
 
 
 def test_a_method_no_plugin_speaks_is_refused_with_0x8c():
     broker = broker_with(Challenge())
-    client = client5(broker)
-    client.send(B5.connect("c1", properties=method_props(b"hello", method="SCRAM-SHA-256")))
-    [connack] = broker.answer(client)
-    assert connack.reason_code == R.BAD_AUTHENTICATION_METHOD and client.closed
+    assert refused_at_connect(broker, method_props(b"hello", method="SCRAM-SHA-256")) \
+        == R.BAD_AUTHENTICATION_METHOD
 
 
 @pytest.mark.parametrize("packet", [
@@ -224,18 +228,12 @@ def test_a_method_that_raises_refuses_with_server_unavailable():
         def proceed(self, exchange: Any, data: Any) -> Any:
             raise AssertionError("not reached")
     broker = broker_with(Broken())
-    client = client5(broker)
-    client.send(B5.connect("c1", properties=method_props(b"hello")))
-    [connack] = broker.answer(client)
-    assert connack.reason_code == R.SERVER_UNAVAILABLE and client.closed
+    assert refused_at_connect(broker, method_props(b"hello")) == R.SERVER_UNAVAILABLE
 
 
 def test_clients_without_a_method_still_go_through_the_password_check():
     broker = broker_with(Challenge(), refuse_passwords=True)
-    client = client5(broker)
-    client.send(B5.connect("c1"))
-    [connack] = broker.answer(client)
-    assert connack.reason_code == R.NOT_AUTHORIZED
+    assert refused_at_connect(broker, B5.NO_PROPS) == R.NOT_AUTHORIZED
 
 
 # -- re-authentication ------------------------------------------------------------

@@ -14,16 +14,11 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, Optional
 
 import attrs
-from twisted.logger import Logger
-from twisted.plugin import getPlugins
-
-import vmqtw.plugins
 from vmqtw.interfaces import IEnhancedAuthenticator, IEnhancedAuthFactory
+from vmqtw.pluginlookup import factories_by_name
 
 __all__ = ["AuthStep", "UnknownAuthPlugin", "build_enhanced_authenticators",
            "available_auth_plugins"]
-
-log = Logger()
 
 #: The reason code of a failed step unless the authenticator says another
 #: (0x87 Not authorized; 0x86 Bad user name or password and 0x8C Bad
@@ -93,15 +88,7 @@ class UnknownAuthPlugin(KeyError):
 
 
 def _factories() -> Dict[str, IEnhancedAuthFactory]:
-    found: Dict[str, IEnhancedAuthFactory] = {}
-    for factory in getPlugins(IEnhancedAuthFactory, vmqtw.plugins):
-        if factory.name in found:
-            log.warn("two enhanced authentication plugins are named {name!r}: "
-                     "{kept!r} is used, {ignored!r} ignored",
-                     name=factory.name, kept=found[factory.name], ignored=factory)
-            continue
-        found[factory.name] = factory
-    return found
+    return factories_by_name(IEnhancedAuthFactory, "enhanced authentication")
 
 
 def available_auth_plugins() -> list:

@@ -10,16 +10,10 @@ from __future__ import annotations
 
 from typing import Dict, List
 
-from twisted.logger import Logger
-from twisted.plugin import getPlugins
-
-import vmqtw.plugins
 from vmqtw.interfaces import IMessageStoreFactory
+from vmqtw.pluginlookup import factories_by_name
 
 __all__ = ["UnknownStore", "find_store_factory", "available_stores"]
-
-log = Logger()
-
 
 class UnknownStore(KeyError):
     """No store plugin has the requested name; the message lists those that
@@ -37,16 +31,7 @@ class UnknownStore(KeyError):
 
 def _factories() -> Dict[str, IMessageStoreFactory]:
     """Every store factory by name; on a name clash the first found wins."""
-    found: Dict[str, IMessageStoreFactory] = {}
-    for factory in getPlugins(IMessageStoreFactory, vmqtw.plugins):
-        if factory.name in found:
-            log.warn("two message store plugins are named {name!r}: "
-                     "{kept!r} is used, {ignored!r} ignored",
-                     name=factory.name, kept=found[factory.name],
-                     ignored=factory)
-            continue
-        found[factory.name] = factory
-    return found
+    return factories_by_name(IMessageStoreFactory, "message store")
 
 
 def available_stores() -> List[str]:
