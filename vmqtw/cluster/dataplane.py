@@ -62,7 +62,7 @@ from vmqtw.waits import joined
 __all__ = ["DataPlane", "DataPlaneCounters", "BacklogFull", "CHANNEL",
            "OUTBOX_MOUNTPOINT", "outbox_id", "encode_message", "decode_message",
            "MessageReceiver", "HandOverReceiver", "HandOverReleased", "HandOverDone",
-           "HandOverToken"]
+           "HandOverToken", "SharedCopy", "SharedReceiver", "encode_target", "decode_target"]
 
 log = Logger(namespace="vmqtw.cluster.dataplane")
 
@@ -76,11 +76,15 @@ OUTBOX_MOUNTPOINT = "\x00outbox"
 
 #: Frame tags on :data:`CHANNEL`.
 #: ("m", epoch, base, entries): the numbered entries written in one reactor
-#: turn, each ``(seq, redelivery, message)`` for a forwarded message or
-#: ``(seq, redelivery, message, subscriber key, qos)`` for a handed-over one;
-#: ``base`` is the sender's acknowledged position (see Inbound.receive).
+#: turn, each ``(seq, redelivery, message)`` for a forwarded message,
+#: ``(seq, redelivery, message, target)`` for one forwarded to the member
+#: of a shared subscription this node chose (``target`` as
+#: :func:`encode_target`), or ``(seq, redelivery, message, subscriber key,
+#: qos)`` for a handed-over one; ``base`` is the sender's acknowledged
+#: position (see Inbound.receive).
 NUMBERED = "m"
-UNNUMBERED = "m0"   # ("m0", message): QoS 0, at most once
+#: ("m0", message) or ("m0", message, target): QoS 0, at most once.
+UNNUMBERED = "m0"
 ACK = "a"           # ("a", epoch, upto)
 #: ("h", epoch or None, upto, gap): "your stream is safe here up to
 #: ``upto``; send the rest again" -- on every new link, and (``gap`` true)
@@ -119,6 +123,27 @@ def decode_message(data: tuple, origin: str, dup: bool = False) -> Message:
     ref, topic, payload, qos, timestamp, mountpoint, packed = data
     return Message(ref, topic, payload, qos, False, dup, timestamp, mountpoint, origin,
                    unpack_message_properties(packed))
+
+
+def encode_target(subscriber_id: SubscriberId, group: str) -> tuple:
+    """The member a shared-subscription copy is for, as plain wire data:
+    ``(mountpoint, client id, $share/<group>/<filter>)``."""
+    return (subscriber_id.mountpoint, subscriber_id.client_id, group)
+
+
+def decode_target(data: tuple) -> Tuple[SubscriberId, str]:
+    mountpoint, client_id, group = data
+    return SubscriberId(mountpoint, client_id), group
+
+
+@attrs.frozen(slots=True)
+class SharedCopy:
+    """An outbound entry for the member of a shared subscription another
+    node holds (see :meth:`DataPlane.forward_shared`)."""
+
+    message: Message
+    subscriber_id: SubscriberId
+    group: str
 
 
 def entry_size(message: Message) -> int:
@@ -168,6 +193,10 @@ class _Peer:
 #: ``on_message(message)``: route a forwarded message to local subscribers
 #: only; None when every copy is safe, else a Deferred firing when it is.
 MessageReceiver = Callable[[Message], Optional[Deferred]]
+#: ``route_shared(message, subscriber_id, group)``: deliver a message this
+#: node's ``subscriber_id`` was chosen for on the shared subscription
+#: ``group`` (or to another member there); None or a Deferred as above.
+SharedReceiver = Callable[[Message, SubscriberId, str], Optional[Deferred]]
 #: ``on_hand_over(subscriber_id, message, qos)``: enqueue a handed-over one.
 HandOverReceiver = Callable[[SubscriberId, Message, int], Optional[Deferred]]
 #: ``on_released(subscriber_id, ref)``: the new owner has a handed-over
@@ -220,6 +249,8 @@ class DataPlane:
         self.store = store if store is not None and getattr(store, "durable", False) else None
         self._limit = limit
         self.route: MessageReceiver = _nothing
+        #: Set by the router (it routes shared subscriptions).
+        self.route_shared: SharedReceiver = _nothing
         self.deliver_handed_over: HandOverReceiver = _nothing
         self.on_released: HandOverReleased = _nothing
         self.on_hand_over_done: HandOverDone = _nothing
@@ -379,6 +410,38 @@ class DataPlane:
         return joined([stored for stored in (self._forward_one(node, message) for node in nodes)
                        if stored is not None])
 
+    def forward_shared(self, node: str, message: Message, subscriber_id: SubscriberId,
+                       group: str) -> Optional[Deferred]:
+        """
+        ``message`` to ``node`` for its member ``subscriber_id`` of the
+        shared subscription ``group``, which this node chose: kept and
+        acknowledged like :meth:`forward` (ask :meth:`admits` first).
+        """
+        if not message.qos:
+            self.counters.forwarded += 1
+            self.flush_to(node)
+            if self.transport.connected(node):
+                self.transport.cast(node, CHANNEL, (UNNUMBERED, encode_message(message),
+                                                    encode_target(subscriber_id, group)))
+            else:
+                self.counters.dropped_qos0 += 1
+            return None
+        if node in self._left:
+            self.counters.orphaned_node_left += 1
+            return self.on_orphaned(node, [(subscriber_id, message, message.qos)])
+        self.counters.forwarded += 1
+        peer = self._peer(node)
+        body = SharedCopy(message, subscriber_id, group)
+        if peer.outbound.push(body, entry_size(message), message.ref) is None:
+            self.counters.refused_backlog_full += 1
+            raise BacklogFull(node)
+        stored = None
+        if self.store is not None:
+            assert peer.outbox is not None
+            stored = self.store.write(peer.outbox, message)
+        self._send(peer)
+        return stored
+
     def _forward_one(self, node: str, message: Message) -> Optional[Deferred]:
         if node in self._left:
             # Routed by a subscriber record not yet re-homed after ``node``
@@ -461,6 +524,9 @@ class DataPlane:
                 items.append((entry.seq, entry.redelivery or (message is not None and message.dup),
                               None if message is None else encode_message(message),
                               subscriber_id.as_key(), qos))
+            elif body.__class__ is SharedCopy:
+                items.append((entry.seq, entry.redelivery, encode_message(body.message),
+                              encode_target(body.subscriber_id, body.group)))
             else:
                 items.append((entry.seq, entry.redelivery, encode_message(body)))
             if len(items) == BATCH_ENTRIES:
@@ -540,7 +606,10 @@ class DataPlane:
                 self._released(peer, peer.outbound.acknowledge(frame[1], frame[2]))
             elif tag == UNNUMBERED:
                 self.counters.received_remote += 1
-                self.route(decode_message(frame[1], name))
+                if len(frame) == 2:
+                    self.route(decode_message(frame[1], name))
+                else:
+                    self.route_shared(decode_message(frame[1], name), *decode_target(frame[2]))
             elif tag == HELLO:
                 peer = self._peer(name)
                 _, epoch, upto, gap = frame
@@ -578,6 +647,9 @@ class DataPlane:
         self.counters.received_remote += 1
         if len(item) == 3:
             waiting = self.route(decode_message(item[2], name, redelivery))
+        elif len(item) == 4:
+            waiting = self.route_shared(decode_message(item[2], name, redelivery),
+                                        *decode_target(item[3]))
         else:
             encoded, key, qos = item[2], item[3], item[4]
             if encoded is None:
@@ -647,6 +719,9 @@ class DataPlane:
                 body = entry.body
                 if isinstance(body, Message):
                     orphans.append((None, body, body.qos))
+                elif isinstance(body, SharedCopy):
+                    # Its member's session is re-homed with the rest.
+                    orphans.append((body.subscriber_id, body.message, body.message.qos))
                 elif body[1] is not None:
                     orphans.append((SubscriberId(*body[0]) if not isinstance(body[0], SubscriberId)
                                     else body[0], body[1], body[2]))
