@@ -366,3 +366,21 @@ def test_member_on_another_node_disconnecting_mid_stream_loses_nothing() -> None
     got = spread({"other": other}, cluster)
     counts = Counter(got["other"])
     assert sorted(counts) == list(range(1, 26)) and set(counts.values()) == {1}
+
+
+def test_local_only_requeue_crosses_nodes_rather_than_drop() -> None:
+    """Under local_only, new messages stay on the node; the acknowledged
+    ones of a member whose session ended go to a member elsewhere when
+    none is left here, rather than being lost."""
+    cluster = Cluster()
+    cluster["A"].registry.subscription_table.shared.policy = "local_only"
+    slow = cluster["A"].subscriber("slow", (SHARE, 1))
+    elsewhere = cluster["B"].subscriber("elsewhere", (SHARE, 1))
+    cluster.settle()
+    publish_many(cluster["A"].connect("pub"), 5)
+    cluster.settle(0.5)
+    assert len(payloads(slow)) == 5 and payloads(elsewhere) == []
+    slow.drop()
+    got = spread({"elsewhere": elsewhere}, cluster)
+    assert got["elsewhere"] == [1, 2, 3, 4, 5]
+    assert cluster["A"].registry.router.shared_counters.requeued == 5

@@ -328,12 +328,21 @@ class Router:
         """
         ``gone``'s session ended with these QoS 1/2 messages of shared
         subscriptions queued or in flight: each goes to another member of
-        its group (VerneMQ publishes them to the group again), or is
+        its group (VerneMQ publishes them to the group again; under
+        ``local_only`` one on another node when none is left here), or is
         counted as dropped when the group has no other member.
         """
+        shared = self.shared
         for message, group_name in messages:
-            group = self.shared.groups.get(group_name)
-            choice = None if group is None else self.shared.choose(group, self._state, gone)
+            group = shared.groups.get(group_name)
+            choice = None
+            if group is not None:
+                choice = shared.choose(group, self._state, gone)
+                if choice is None and shared.policy == "local_only":
+                    # Acknowledged to its publisher already: a member on
+                    # another node rather than none (the policy decides
+                    # where new messages go, not which ones are lost).
+                    choice = shared.choose(group, self._state, gone, policy="prefer_local")
             if group is None or choice is None:
                 self.shared_counters.dropped += 1
                 continue

@@ -185,13 +185,15 @@ class SharedGroups:
 
     def choose(self, group: Group, state: Callable[[SubscriberId], int],
                exclude: Optional[SubscriberId] = None,
-               exclude_node: Optional[str] = None) -> Optional[Choice]:
+               exclude_node: Optional[str] = None,
+               policy: Optional[str] = None) -> Optional[Choice]:
         """
-        The member of ``group`` that gets the next message, by the policy;
-        None when it has no member to deliver to.  ``state(subscriber_id)``
-        tells :data:`ONLINE`, :data:`OFFLINE` or :data:`ABSENT` for a local
-        member; ``exclude`` is never chosen (a member whose session is
-        ending), nor members recorded on ``exclude_node``.
+        The member of ``group`` that gets the next message, by ``policy``
+        (this node's unless given); None when it has no member to deliver
+        to.  ``state(subscriber_id)`` tells :data:`ONLINE`, :data:`OFFLINE`
+        or :data:`ABSENT` for a local member; ``exclude`` is never chosen (a
+        member whose session is ending), nor members recorded on
+        ``exclude_node``.
         """
         online: List[Choice] = []
         offline: List[Choice] = []
@@ -203,7 +205,8 @@ class SharedGroups:
                 online.append((sid, None, options))
             elif seen == OFFLINE:
                 offline.append((sid, None, options))
-        policy = self.policy
+        if policy is None:
+            policy = self.policy
         remote: List[Choice] = []
         if policy != "local_only":
             remote = [(sid, node, 0) for sid, node in group.remote.items()
