@@ -62,7 +62,7 @@ from vmqtw.waits import joined
 __all__ = ["DataPlane", "DataPlaneCounters", "BacklogFull", "CHANNEL",
            "OUTBOX_MOUNTPOINT", "outbox_id", "encode_message", "decode_message",
            "MessageReceiver", "HandOverReceiver", "HandOverReleased", "HandOverDone",
-           "HandOverToken", "SharedCopy", "SharedReceiver", "encode_target", "decode_target"]
+           "HandOverToken", "SharedCopy", "SharedToken", "shared_outbox_id", "SharedReceiver", "encode_target", "decode_target"]
 
 log = Logger(namespace="vmqtw.cluster.dataplane")
 
@@ -144,6 +144,26 @@ class SharedCopy:
     message: Message
     subscriber_id: SubscriberId
     group: str
+
+
+def shared_outbox_id(peer: str, subscriber_id: SubscriberId, group: str) -> SubscriberId:
+    """
+    The outbox queue of what waits for ``peer``'s acknowledgement for one
+    member of a shared subscription: the target must survive a restart with
+    the message (a plain copy would reach no member).  Under the outbox
+    mountpoint, so whoever skips outboxes skips these; the parts are joined
+    by U+0000, which no MQTT string, group or node name holds.
+    """
+    return SubscriberId(OUTBOX_MOUNTPOINT, "\x00".join(
+        (peer, subscriber_id.mountpoint, subscriber_id.client_id, group)))
+
+
+@attrs.frozen(slots=True)
+class SharedToken:
+    """The release handle of a shared copy: its outbox queue and ref."""
+
+    outbox: SubscriberId
+    ref: bytes
 
 
 def entry_size(message: Message) -> int:
@@ -342,18 +362,29 @@ class DataPlane:
         store = self.store
         assert store is not None
 
+        name, shared = sid.client_id, None
+        if "\x00" in name:
+            # A shared subscription member's copies (see shared_outbox_id).
+            name, mountpoint, client_id, group = name.split("\x00", 3)
+            shared = (SubscriberId(mountpoint, client_id), group)
+
         def requeue(messages: List[Optional[Message]]) -> None:
-            peer = self._peer(sid.client_id)
+            peer = self._peer(name)
             for message in messages:
                 if message is None:
                     continue
                 # Sent before the restart, maybe received: a redelivery.
-                peer.outbound.push(message, entry_size(message), message.ref,
-                                   redelivery=True, force=True)
+                if shared is None:
+                    peer.outbound.push(message, entry_size(message), message.ref,
+                                       redelivery=True, force=True)
+                else:
+                    peer.outbound.push(SharedCopy(message, *shared), entry_size(message),
+                                       SharedToken(sid, message.ref), redelivery=True,
+                                       force=True)
                 self.counters.restored += 1
             if messages:
                 log.info("{count} messages for {peer} kept from before the restart",
-                         count=len(messages), peer=sid.client_id)
+                         count=len(messages), peer=name)
             self._send(peer)
 
         return gatherResults([store.read(sid, ref) for ref in refs],
@@ -432,13 +463,13 @@ class DataPlane:
         self.counters.forwarded += 1
         peer = self._peer(node)
         body = SharedCopy(message, subscriber_id, group)
-        if peer.outbound.push(body, entry_size(message), message.ref) is None:
+        outbox = shared_outbox_id(node, subscriber_id, group)
+        if peer.outbound.push(body, entry_size(message), SharedToken(outbox, message.ref)) is None:
             self.counters.refused_backlog_full += 1
             raise BacklogFull(node)
         stored = None
         if self.store is not None:
-            assert peer.outbox is not None
-            stored = self.store.write(peer.outbox, message)
+            stored = self.store.write(outbox, message)
         self._send(peer)
         return stored
 
@@ -553,6 +584,9 @@ class DataPlane:
                 continue
             if token.__class__ is HandOverToken:
                 self.on_released(token.subscriber_id, token.ref)
+            elif token.__class__ is SharedToken:
+                if store is not None:
+                    store.delete(token.outbox, token.ref)
             elif store is not None and sid is not None:
                 store.delete(sid, token)
 
