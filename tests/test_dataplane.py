@@ -504,3 +504,26 @@ def test_a_shared_copy_survives_a_crash_of_the_sender_with_its_target(world, sto
     assert a2.plane.counters.restored == 2
     settle(clock)
     assert store2.subscribers().result == []   # released once acknowledged
+
+
+def test_shared_copies_for_a_node_that_left_go_back_to_the_group(world, stores):
+    """Not to the member's new home as a plain orphan: another member of the
+    group gets them (the router chooses, without the node that left)."""
+    clock, net = world
+    store = stores(clock)
+    a, b = Side(net, clock, A, store=store), Side(net, clock, B)
+    connect(a, b)
+    a.plane.keep_peers([A, B])
+    net.partition([[A], [B]])
+    a.plane.forward_shared(B, msg(0), MEMBER, GROUP)
+    settle(clock)
+    orphaned: List[Any] = []
+    a.plane.on_orphaned = lambda node, items: orphaned.append(("plain", node, items))
+    a.plane.on_shared_orphaned = lambda node, items: orphaned.append(("shared", node, items))
+    a.plane.keep_peers([A])
+    assert a.plane.backlog() == {} and store.subscribers().result == []
+    [(kind, node, [(sid, message, group)])] = orphaned
+    assert (kind, node, sid, message.ref, group) == ("shared", B, MEMBER, msg(0).ref, GROUP)
+    # Chosen for B after it left (a record not yet re-homed): the same way.
+    a.plane.forward_shared(B, msg(1), MEMBER, GROUP)
+    assert [kind for kind, _n, _i in orphaned] == ["shared", "shared"]

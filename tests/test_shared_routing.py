@@ -384,3 +384,17 @@ def test_local_only_requeue_crosses_nodes_rather_than_drop() -> None:
     got = spread({"elsewhere": elsewhere}, cluster)
     assert got["elsewhere"] == [1, 2, 3, 4, 5]
     assert cluster["A"].registry.router.shared_counters.requeued == 5
+
+
+def test_copies_for_a_node_that_left_go_to_a_member_elsewhere() -> None:
+    from vmqtw.types import Message
+
+    cluster = Cluster()
+    on_b = cluster["B"].subscriber("on-b", (SHARE, 1))
+    on_c = cluster["C"].subscriber("on-c", (SHARE, 1))
+    cluster.settle()
+    router = cluster["A"].registry.router
+    gone = on_b.protocol.session.subscriber_id
+    router._shared_orphaned("B", [(gone, Message(b"o" * 16, "t/x", b"orphan", 1), SHARE)])
+    cluster.settle(0.5)
+    assert payloads(on_c) == [b"orphan"] and payloads(on_b) == []

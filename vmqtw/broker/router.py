@@ -93,6 +93,7 @@ class Router:
         self.shared_counters = SharedCounters()
         if dataplane is not None:
             dataplane.route_shared = self.route_shared_remote
+            dataplane.on_shared_orphaned = self._shared_orphaned
 
     def publish(self, message: Message,
                 author: Optional[Author] = None) -> Optional[Deferred]:
@@ -326,7 +327,15 @@ class Router:
         self.shared_counters.dropped += 1
         return None
 
-    def requeue_shared(self, gone: SubscriberId, messages: List[Tuple[Message, str]]) -> None:
+    def _shared_orphaned(self, node: str,
+                         orphans: List[Tuple[SubscriberId, Message, str]]) -> None:
+        """Shared copies for members on ``node``, which left the cluster:
+        to another member of each group, on any other node."""
+        for subscriber_id, message, group_name in orphans:
+            self.requeue_shared(subscriber_id, [(message, group_name)], node)
+
+    def requeue_shared(self, gone: SubscriberId, messages: List[Tuple[Message, str]],
+                       gone_node: Optional[str] = None) -> None:
         """
         ``gone``'s session ended with these QoS 1/2 messages of shared
         subscriptions queued or in flight: each goes to another member of
@@ -339,12 +348,13 @@ class Router:
             group = shared.groups.get(group_name)
             choice = None
             if group is not None:
-                choice = shared.choose(group, self._state, gone)
+                choice = shared.choose(group, self._state, gone, gone_node)
                 if choice is None and shared.policy == "local_only":
                     # Acknowledged to its publisher already: a member on
                     # another node rather than none (the policy decides
                     # where new messages go, not which ones are lost).
-                    choice = shared.choose(group, self._state, gone, policy="prefer_local")
+                    choice = shared.choose(group, self._state, gone, gone_node,
+                                           policy="prefer_local")
             if group is None or choice is None:
                 self.shared_counters.dropped += 1
                 continue

@@ -62,7 +62,8 @@ from vmqtw.waits import joined
 __all__ = ["DataPlane", "DataPlaneCounters", "BacklogFull", "CHANNEL",
            "OUTBOX_MOUNTPOINT", "outbox_id", "encode_message", "decode_message",
            "MessageReceiver", "HandOverReceiver", "HandOverReleased", "HandOverDone",
-           "HandOverToken", "SharedCopy", "SharedToken", "shared_outbox_id", "SharedReceiver", "encode_target", "decode_target"]
+           "HandOverToken", "SharedCopy", "SharedToken", "shared_outbox_id", "SharedReceiver",
+           "SharedOrphanReceiver", "encode_target", "decode_target"]
 
 log = Logger(namespace="vmqtw.cluster.dataplane")
 
@@ -217,6 +218,10 @@ MessageReceiver = Callable[[Message], Optional[Deferred]]
 #: node's ``subscriber_id`` was chosen for on the shared subscription
 #: ``group`` (or to another member there); None or a Deferred as above.
 SharedReceiver = Callable[[Message, SubscriberId, str], Optional[Deferred]]
+#: ``on_shared_orphaned(node, [(subscriber_id, message, group), ...])``:
+#: shared copies for members on ``node``, which left the cluster: another
+#: member of each group gets them.
+SharedOrphanReceiver = Callable[[str, List[Tuple[SubscriberId, Message, str]]], None]
 #: ``on_hand_over(subscriber_id, message, qos)``: enqueue a handed-over one.
 HandOverReceiver = Callable[[SubscriberId, Message, int], Optional[Deferred]]
 #: ``on_released(subscriber_id, ref)``: the new owner has a handed-over
@@ -271,6 +276,7 @@ class DataPlane:
         self.route: MessageReceiver = _nothing
         #: Set by the router (it routes shared subscriptions).
         self.route_shared: SharedReceiver = _nothing
+        self.on_shared_orphaned: SharedOrphanReceiver = _nothing
         self.deliver_handed_over: HandOverReceiver = _nothing
         self.on_released: HandOverReleased = _nothing
         self.on_hand_over_done: HandOverDone = _nothing
@@ -459,7 +465,8 @@ class DataPlane:
             return None
         if node in self._left:
             self.counters.orphaned_node_left += 1
-            return self.on_orphaned(node, [(subscriber_id, message, message.qos)])
+            self.on_shared_orphaned(node, [(subscriber_id, message, group)])
+            return None
         self.counters.forwarded += 1
         peer = self._peer(node)
         body = SharedCopy(message, subscriber_id, group)
@@ -749,13 +756,13 @@ class DataPlane:
                     call.cancel()
             entries = list(peer.outbound.entries())
             orphans: List[Orphan] = []
+            shared: List[Tuple[SubscriberId, Message, str]] = []
             for entry in entries:
                 body = entry.body
                 if isinstance(body, Message):
                     orphans.append((None, body, body.qos))
                 elif isinstance(body, SharedCopy):
-                    # Its member's session is re-homed with the rest.
-                    orphans.append((body.subscriber_id, body.message, body.message.qos))
+                    shared.append((body.subscriber_id, body.message, body.group))
                 elif body[1] is not None:
                     orphans.append((SubscriberId(*body[0]) if not isinstance(body[0], SubscriberId)
                                     else body[0], body[1], body[2]))
@@ -768,6 +775,9 @@ class DataPlane:
             self._released(peer, entries)
             if orphans:
                 self.on_orphaned(name, orphans)
+            if shared:
+                self.counters.orphaned_node_left += len(shared)
+                self.on_shared_orphaned(name, shared)
 
     # -- inspection ------------------------------------------------------------------
 
