@@ -398,3 +398,29 @@ def test_copies_for_a_node_that_left_go_to_a_member_elsewhere() -> None:
     router._shared_orphaned("B", [(gone, Message(b"o" * 16, "t/x", b"orphan", 1), SHARE)])
     cluster.settle(0.5)
     assert payloads(on_c) == [b"orphan"] and payloads(on_b) == []
+
+
+def test_v5_publisher_told_no_matching_subscribers_only_when_no_member_may_get_it() -> None:
+    """PUBACK 0x10 when a group matched but local_only found no member here;
+    0x00 when a member got it."""
+    cluster = Cluster()
+    cluster["A"].registry.subscription_table.shared.policy = "local_only"
+    cluster["B"].subscriber("far", (SHARE, 1))
+    cluster.settle()
+    publisher, _ = connect5(cluster["A"], "pub5")
+    publisher.send(B5.publish("t/x", b"1", qos=1, packet_id=1))
+    assert publisher.received() == [P.PubAck(1, R.NO_MATCHING_SUBSCRIBERS)]
+    cluster["A"].subscriber("near", (SHARE, 1))
+    publisher.send(B5.publish("t/x", b"2", qos=1, packet_id=2))
+    assert publisher.received() == [P.PubAck(2)]
+
+
+def test_a_copy_for_a_group_gone_from_the_receiving_node_is_counted_dropped() -> None:
+    from vmqtw.types import Message
+
+    broker = Broker()
+    router = broker.registry.router
+    client = broker.connect("was-member")
+    sid = client.protocol.session.subscriber_id
+    assert router.route_shared_remote(Message(b"g" * 16, "t/x", b"x", 1), sid, SHARE) is None
+    assert router.shared_counters.dropped == 1 and client.received() == []

@@ -268,6 +268,9 @@ class Router:
             if message.qos:
                 return fail(BacklogFull(nodes))
             choices = [(group, choice) for group, choice in choices if choice[1] is None]
+        if not matches and not choices:
+            self.unmatched += 1   # (no member this node may choose)
+            return None
         routed = self._route_matches(matches, message, True, author, retained) if matches \
             else None
         if routed is not None and routed.called and isinstance(routed.result, Failure):
@@ -312,17 +315,19 @@ class Router:
         """
         self.published += 1
         group = self.shared.groups.get(group_name)
+        if group is None:
+            # The group has no member here any more (they unsubscribed
+            # while the copy travelled).
+            self.shared_counters.dropped += 1
+            return None
         queue = self.queue_for(subscriber_id)
-        options = 0 if group is None else group.local.get(subscriber_id, -1)
+        options = group.local.get(subscriber_id, -1)
         if queue is not None and queue.online and options >= 0:
-            return self._deliver_shared(cast(Group, group), (subscriber_id, None, options),
-                                        message)
-        if group is not None:
-            other = self.shared.local_online(group, self._state)
-            if other is not None:
-                return self._deliver_shared(group, other, message)
-        if (message.qos and queue is not None and not queue.clean_session
-                and group is not None and options >= 0):
+            return self._deliver_shared(group, (subscriber_id, None, options), message)
+        other = self.shared.local_online(group, self._state)
+        if other is not None:
+            return self._deliver_shared(group, other, message)
+        if message.qos and queue is not None and not queue.clean_session and options >= 0:
             return self._deliver_shared(group, (subscriber_id, None, options), message)
         self.shared_counters.dropped += 1
         return None
