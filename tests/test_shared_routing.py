@@ -424,3 +424,34 @@ def test_a_copy_for_a_group_gone_from_the_receiving_node_is_counted_dropped() ->
     sid = client.protocol.session.subscriber_id
     assert router.route_shared_remote(Message(b"g" * 16, "t/x", b"x", 1), sid, SHARE) is None
     assert router.shared_counters.dropped == 1 and client.received() == []
+
+
+def test_qos2_in_flight_goes_on_unless_the_member_already_owns_it() -> None:
+    """A QoS 2 message the member answered with PUBREC is its own [MQTT-4.3.3];
+    one it never acknowledged goes to another member."""
+    broker = Broker()
+    member = broker.subscriber("m", (SHARE, 2))
+    publisher = broker.connect("pub")
+    publish_many(publisher, 2, qos=2)
+    first, second = member.publishes()
+    member.send(B.pubrec(first.packet_id))
+    other = broker.subscriber("o", (SHARE, 2))
+    member.drop()
+    assert payloads(other) == [second.payload]
+
+
+def test_a_persistent_member_keeps_what_it_held_for_its_return() -> None:
+    """
+    As VerneMQ's offline queue does: a persistent session that goes offline
+    keeps the messages queued and in flight to it (they are its own, and
+    stored); only the end of the session hands them to the group.
+    """
+    broker = Broker()
+    member = broker.subscriber("keeper", (SHARE, 1), clean_session=False)
+    publish_many(broker.connect("pub"), 3)
+    assert len(payloads(member)) == 3
+    other = broker.subscriber("other", (SHARE, 1))
+    member.drop()
+    assert payloads(other) == []
+    back = broker.connect("keeper", clean_session=False)
+    assert sorted(payloads(back)) == [b"1", b"2", b"3"]
