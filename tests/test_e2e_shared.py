@@ -16,6 +16,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from tests.nodeharness import Node
 from tests.test_e2e_cluster import FAST_METADATA, admin, cluster_address, name, show
 from tests.test_e2e_mqtt5 import Paho5
+from tests.test_e2e_operator import http_node, metrics
 from tests.waiting import wait_until
 from vmqtw.mqtt import packets as P
 from vmqtw.testing import mqttbytes as B
@@ -105,7 +106,7 @@ def test_one_node_member_dropping_mid_stream_loses_nothing(nodes: Any) -> None:
     A member that never acknowledges holds messages in flight and queued;
     when its connection drops (clean session) they reach the other member.
     """
-    node = nodes.node()
+    node = http_node(nodes, "node")
     silent = silent_member(node, "silent", "$share/g/work/#")
     other = nodes.client(node, "other")
     assert other.subscribe(("$share/g/work/#", 1)) == [1]
@@ -116,6 +117,11 @@ def test_one_node_member_dropping_mid_stream_loses_nothing(nodes: Any) -> None:
     assert sorted(p for _t, p, _q, _r in other.wait_for(60, timeout=20)) == sorted(sent)
     time.sleep(0.3)
     assert Counter(p for _t, p, _q, _r in other.received()) == Counter(sent)
+    seen = metrics(node)
+    # Members took turns: the silent one was given every second message.
+    assert seen["shared_subscription_messages_requeued_total"] == 30
+    assert seen["shared_subscription_messages_delivered_total"] == 60 + 30
+    assert seen["shared_subscription_messages_dropped_total"] == 0
 
 
 # -- three nodes ----------------------------------------------------------------------
