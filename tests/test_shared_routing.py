@@ -455,3 +455,24 @@ def test_a_persistent_member_keeps_what_it_held_for_its_return() -> None:
     assert payloads(other) == []
     back = broker.connect("keeper", clean_session=False)
     assert sorted(payloads(back)) == [b"1", b"2", b"3"]
+
+
+def test_groups_come_back_with_a_restart_and_its_stored_messages() -> None:
+    """The group structure is rebuilt from the records at start, like the
+    trie: a persistent member restored offline takes what comes while it is
+    the only member, and gets what it held before the restart."""
+    from vmqtw.store.memory import MemoryMessageStore
+
+    store = MemoryMessageStore()
+    store.open()
+    broker = Broker(store=store)
+    member = broker.subscriber("keeper", (SHARE, 1), clean_session=False)
+    member.drop()
+    publish_many(broker.connect("pub"), 2)
+    broker.registry.stop()
+    after = Broker(store=store, metadata=broker.metadata)
+    [group] = after.registry.subscription_table.shared.groups.values()
+    assert group.name == SHARE and [sid.client_id for sid in group.local] == ["keeper"]
+    publish_many(after.connect("pub"), 1, first_id=3)
+    back = after.connect("keeper", clean_session=False)
+    assert sorted(drain(back)) == [b"1", b"2", b"3"]
