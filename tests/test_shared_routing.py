@@ -476,3 +476,21 @@ def test_groups_come_back_with_a_restart_and_its_stored_messages() -> None:
     publish_many(after.connect("pub"), 1, first_id=3)
     back = after.connect("keeper", clean_session=False)
     assert sorted(drain(back)) == [b"1", b"2", b"3"]
+
+
+def test_a_member_moving_to_another_node_is_followed() -> None:
+    """The record moves, the groups follow on every node: what is chosen for
+    the member after the move goes to its new node."""
+    cluster = Cluster()
+    first = cluster["A"].subscriber("mover", (SHARE, 1), clean_session=False)
+    cluster.settle()
+    publisher = cluster["C"].connect("pub")
+    publish_many(publisher, 2)
+    assert spread({"mover": first}, cluster)["mover"] == [1, 2]
+    moved = cluster["B"].connect("mover", clean_session=False)
+    assert moved.connack.session_present
+    cluster.settle()
+    group = cluster["C"].registry.subscription_table.shared.groups[SHARE]
+    assert list(group.remote.values()) == ["B"]
+    publish_many(publisher, 2, first_id=3)
+    assert spread({"moved": moved}, cluster)["moved"] == [3, 4]
