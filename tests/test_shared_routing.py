@@ -494,3 +494,14 @@ def test_a_member_moving_to_another_node_is_followed() -> None:
     assert list(group.remote.values()) == ["B"]
     publish_many(publisher, 2, first_id=3)
     assert spread({"moved": moved}, cluster)["moved"] == [3, 4]
+
+
+def test_v5_member_gets_its_subscription_identifier() -> None:
+    """[MQTT-3.3.4-3]: a delivery through a shared subscription carries the
+    identifier given with it."""
+    broker = Broker()
+    client, _ = connect5(broker, "ids")
+    subscribe5(broker, client, (SHARE, 1), properties=B5.props(B5.p_vbi(0x0B, 9)))
+    broker.connect("pub").send(B.publish("t/x", b"m", qos=1, packet_id=1))
+    [got] = client.publishes()
+    assert got.properties is not None and got.properties.subscription_identifiers == (9,)

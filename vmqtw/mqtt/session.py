@@ -342,6 +342,13 @@ class AnonymousGate:
         return True
 
 
+def _routed_filter(flt: str) -> str:
+    """The filter a subscription matches topics with: a shared one's own
+    (``$share/<group>/<filter>``), so its identifier is sent too."""
+    shared = parse_shared(flt) if flt.startswith("$share/") else None
+    return flt if shared is None else shared[1]
+
+
 class Session:
     """One connection's MQTT state; see the module docstring."""
 
@@ -840,7 +847,7 @@ class Session:
             # Every matching subscription's identifier [MQTT-3.3.4-3/4/5].
             topic = message.topic
             ids = tuple(sorted(sub_id for flt, sub_id in self._sub_ids.items()
-                               if topic_matches(flt, topic)))
+                               if topic_matches(_routed_filter(flt), topic)))
             if ids:
                 props = (P.Properties(subscription_identifiers=ids) if props is None
                          else attrs.evolve(props, subscription_identifiers=ids))
