@@ -36,6 +36,20 @@ says which local members are online.  Policies, by VerneMQ's names
 Within the candidates of a tier the members take turns (round-robin per
 group), which spreads load as evenly as VerneMQ's random pick and keeps
 tests deterministic.
+
+The node a message is published on chooses, for every group, and sends a
+copy naming the member to that member's node (the data plane's target
+field); a node never serves groups with the plain copies it receives.  The
+receiving node delivers to the named member if it is online there, else to
+another online member there, else (QoS 1/2) to the named member's queue if
+its session is persistent, else counts a drop.
+
+A member whose session ends (a clean session disconnecting, an expiring one
+expiring, a takeover by a clean session) hands the QoS 1/2 messages it had
+not acknowledged to another member of the group, as VerneMQ publishes a dead
+queue's messages to the group again.  A persistent member that only goes
+offline keeps them in its offline queue for its return, as VerneMQ does;
+new messages go to the members that are online meanwhile.
 """
 from __future__ import annotations
 
