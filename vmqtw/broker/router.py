@@ -344,9 +344,10 @@ class Router:
         """
         ``gone``'s session ended with these QoS 1/2 messages of shared
         subscriptions queued or in flight: each goes to another member of
-        its group (VerneMQ publishes them to the group again; under
-        ``local_only`` one on another node when none is left here), or is
-        counted as dropped when the group has no other member.
+        its group (under ``local_only`` one on another node when none is
+        left here), or is counted as dropped when the group has no other
+        member.  VerneMQ loses them with the queue; they were acknowledged
+        to their publishers.
         """
         shared = self.shared
         for message, group_name in messages:

@@ -46,10 +46,13 @@ its session is persistent, else counts a drop.
 
 A member whose session ends (a clean session disconnecting, an expiring one
 expiring, a takeover by a clean session) hands the QoS 1/2 messages it had
-not acknowledged to another member of the group, as VerneMQ publishes a dead
-queue's messages to the group again.  A persistent member that only goes
-offline keeps them in its offline queue for its return, as VerneMQ does;
-new messages go to the members that are online meanwhile.
+not acknowledged to another member of the group.  VerneMQ does not: the
+queue of a clean session stops with its last connection and what it held
+is gone (``vmq_queue`` cleans it up), which loses messages whose publisher
+was acknowledged; here they go on.  A persistent member that only goes
+offline keeps them in its offline queue for its return, as VerneMQ's
+offline queue does; new messages go to the members that are online
+meanwhile.
 """
 from __future__ import annotations
 
