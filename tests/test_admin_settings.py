@@ -14,7 +14,7 @@ import pytest
 from twisted.internet import defer, task
 from twisted.logger import LogLevel, PredicateResult
 
-from tests.test_admin import ADMIN, FakePeers, FakeTransport, call, result
+from tests.test_admin import FakePeers, FakeTransport, call, result
 from tests.test_queue import message
 from vmqtw.admin.cli import _call_args
 from vmqtw.admin.commands import UsageError, command_help, parse_args

@@ -604,6 +604,29 @@ def test_21_invalid_filters_refused_never_stored(default: Ctx) -> None:
     default.assert_serves()
 
 
+def test_21_well_formed_shared_filters_granted_beside_malformed_ones(default: Ctx) -> None:
+    """
+    Case 21 for ``$share``: ``$share/<group>/<filter>`` is granted and
+    routes (one member of the group gets each message); the malformed forms
+    (no filter, a wildcard in the group) are still refused with 0x80.
+    """
+    member = connected(default.node)
+    publisher = connected(default.node)
+    try:
+        member.send(B.subscribe(7, [("$share/case21/case21/shared", 1), ("$share/case21", 1),
+                                    ("$share/c+/case21/shared", 1), ("$share/c#/x", 1)]))
+        assert member.read(1) == [P.SubAck(7, [1, 0x80, 0x80, 0x80])]
+        publisher.send(B.publish("case21/shared", b"one", qos=1, packet_id=1))
+        assert publisher.read(1) == [P.PubAck(1)]
+        [got] = member.read(1)
+        assert isinstance(got, P.Publish) and got.payload == b"one"
+        member.send(B.puback(got.packet_id))
+    finally:
+        member.close()
+        publisher.close()
+    default.assert_serves()
+
+
 def deep_topic(levels: int, size: int) -> str:
     topic = "/".join(["a"] * levels)
     return topic + "z" * (size - len(topic))

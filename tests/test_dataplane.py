@@ -448,3 +448,82 @@ def test_the_wire_form_carries_v5_properties_and_stays_short_without():
     plain = Message(b"ref-2", "a/b", b"x", 1, False, False, 10.0, "")
     assert len(encode_message(plain)) == 6
     assert decode_message(encode_message(plain), "B").properties is None
+
+
+# -- shared subscriptions: the copy names its member -------------------------------
+
+MEMBER = SubscriberId("mp", "member-1")
+GROUP = "$share/g/t/+"
+
+
+def shared_sink(side: Side) -> List[Tuple[str, SubscriberId, str, bool]]:
+    got: List[Tuple[str, SubscriberId, str, bool]] = []
+
+    def route_shared(message: Message, subscriber_id: SubscriberId, group: str) -> None:
+        got.append((message.topic, subscriber_id, group, message.dup))
+    side.plane.route_shared = route_shared
+    return got
+
+
+def test_a_shared_copy_reaches_its_named_member_not_the_plain_route(world):
+    """QoS 0 and 1 copies for a shared subscription member carry the target;
+    plain copies keep their three-field item."""
+    clock, net = world
+    a, b = Side(net, clock, A), Side(net, clock, B)
+    got = shared_sink(b)
+    connect(a, b)
+    a.plane.forward_shared(B, msg(0, qos=0), MEMBER, GROUP)
+    a.plane.forward_shared(B, msg(1), MEMBER, GROUP)
+    a.plane.forward([B], msg(2))
+    settle(clock)
+    assert got == [("t/0", MEMBER, GROUP, False), ("t/1", MEMBER, GROUP, False)]
+    assert b.topics() == ["t/2"]
+    assert a.plane.backlog() == {}
+
+
+def test_a_shared_copy_survives_a_crash_of_the_sender_with_its_target(world, stores):
+    clock, net = world
+    store = stores(clock)
+    a = Side(net, clock, A, store=store)
+    b = Side(net, clock, B)
+    got = shared_sink(b)
+    connect(a, b)
+    undo = net.drop(lambda src, dst, channel, m: channel == CHANNEL and src == A)
+    written = [a.plane.forward_shared(B, msg(n), MEMBER, GROUP) for n in range(2)]
+    settle(clock)
+    assert all(d.called for d in written)      # the PUBACK could go out
+    a.crash()
+    store.close()
+    undo()
+    store2 = stores(clock)
+    a2 = Side(net, clock, A, store=store2)
+    connect(a2, b)
+    settle(clock)
+    assert got == [("t/0", MEMBER, GROUP, True), ("t/1", MEMBER, GROUP, True)]
+    assert b.topics() == []
+    assert a2.plane.counters.restored == 2
+    settle(clock)
+    assert store2.subscribers().result == []   # released once acknowledged
+
+
+def test_shared_copies_for_a_node_that_left_go_back_to_the_group(world, stores):
+    """Not to the member's new home as a plain orphan: another member of the
+    group gets them (the router chooses, without the node that left)."""
+    clock, net = world
+    store = stores(clock)
+    a, b = Side(net, clock, A, store=store), Side(net, clock, B)
+    connect(a, b)
+    a.plane.keep_peers([A, B])
+    net.partition([[A], [B]])
+    a.plane.forward_shared(B, msg(0), MEMBER, GROUP)
+    settle(clock)
+    orphaned: List[Any] = []
+    a.plane.on_orphaned = lambda node, items: orphaned.append(("plain", node, items))
+    a.plane.on_shared_orphaned = lambda node, items: orphaned.append(("shared", node, items))
+    a.plane.keep_peers([A])
+    assert a.plane.backlog() == {} and store.subscribers().result == []
+    [(kind, node, [(sid, message, group)])] = orphaned
+    assert (kind, node, sid, message.ref, group) == ("shared", B, MEMBER, msg(0).ref, GROUP)
+    # Chosen for B after it left (a record not yet re-homed): the same way.
+    a.plane.forward_shared(B, msg(1), MEMBER, GROUP)
+    assert [kind for kind, _n, _i in orphaned] == ["shared", "shared"]

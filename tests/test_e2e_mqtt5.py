@@ -167,7 +167,7 @@ def test_paho_v5_connack_properties(nodes):
     assert props.AssignedClientIdentifier.startswith("vmqtw-")
     assert props.TopicAliasMaximum == 8
     assert not hasattr(props, "SubscriptionIdentifierAvailable")   # available
-    assert props.SharedSubscriptionAvailable == 0
+    assert props.SharedSubscriptionAvailable == 1
 
 
 def test_paho_v5_subscription_options(nodes):

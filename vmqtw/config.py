@@ -736,6 +736,14 @@ SCHEMA: tuple[Setting, ...] = (
         "(its receive maximum).  The client's own receive maximum likewise "
         "narrows max_inflight_messages towards it."),
     Setting(
+        "shared_subscription_policy", Enum(("prefer_local", "local_only", "random")),
+        "prefer_local",
+        "Which member of a shared subscription ($share/<group>/<filter>) gets a "
+        "message published on this node: prefer_local takes an online member on "
+        "this node, else one on another node, else an offline persistent member "
+        "here; local_only keeps to members on this node; random takes any "
+        "online member here or member elsewhere.  Members take turns."),
+    Setting(
         "topic_max_depth", Integer(minimum=0), 10,
         "The most levels a topic or topic filter may have (a/b/c has 3); "
         "deeper ones are refused.  0 means no limit (not recommended: deep "
@@ -990,6 +998,7 @@ class Config:
     max_keepalive: float
     topic_alias_max_client: int
     receive_max_broker: int
+    shared_subscription_policy: str
     topic_max_depth: int
     max_subscriptions_per_client: int
     persistent_client_expiration: float | None

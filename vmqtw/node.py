@@ -358,6 +358,7 @@ def build_node(config: Config, reactor: Any) -> Node:
                              buffer_limit=config.outgoing_clustering_buffer_size,
                              coordinate_registrations=config.coordinate_registrations)
     registry = core.registry
+    registry.subscription_table.shared.policy = config.shared_subscription_policy
     if cluster.peers is not None:
         cluster.peers.on_removed(lambda: end_sessions_of_a_removed_node(registry))
 
@@ -435,7 +436,16 @@ def build_node(config: Config, reactor: Any) -> Node:
         ],
         totals=[("router_messages_routed",
                  "messages routed (published here or received from other nodes)",
-                 lambda: registry.published)]))
+                 lambda: registry.published),
+                ("shared_subscription_messages_delivered",
+                 "copies given to a shared subscription member's queue on this node",
+                 lambda: registry.router.shared_counters.delivered),
+                ("shared_subscription_messages_dropped",
+                 "messages a shared subscription group had no member to take",
+                 lambda: registry.router.shared_counters.dropped),
+                ("shared_subscription_messages_requeued",
+                 "QoS 1/2 messages of an ended member's session given to another member",
+                 lambda: registry.router.shared_counters.requeued)]))
     admin = register_admin_handlers(transport, cluster, registry, readiness, drain=drain,
                                     metrics=metrics)
     # vmqtw-admin set/show: the knobs every listener's sessions and the queues read at use.

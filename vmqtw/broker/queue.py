@@ -107,6 +107,11 @@ def yield_to_direct(held: Iterable[Waiting], pending: Iterable[Waiting]
     return kept, moved
 
 
+#: ``requeue(subscriber_id, [(message, group filter), ...])``: a session
+#: ended with these QoS 1/2 messages of shared subscriptions undelivered.
+SharedRequeue = Callable[[SubscriberId, List[Tuple[Message, str]]], None]
+
+
 class Outlet(Protocol):
     """What a queue needs of a connected session to deliver through it."""
 
@@ -159,7 +164,7 @@ class SubscriberQueue:
     __slots__ = ("subscriber_id", "clean_session", "limits", "clock", "store",
                  "counters", "pending", "inflight", "awaiting_rel", "outlet",
                  "_next_packet_id", "_retry_call", "_window", "_qos_for", "_loading",
-                 "_readable", "_held", "_handed_refs")
+                 "_readable", "_held", "_handed_refs", "_shared", "_requeue")
 
     def __init__(self, subscriber_id: SubscriberId, clean_session: bool,
                  limits: QueueLimits, clock: IReactorTime,
@@ -198,6 +203,11 @@ class SubscriberQueue:
         #: for another subscriber, or both before and after the sender saw
         #: the move), and is dropped.
         self._handed_refs: Optional[Set[bytes]] = None
+        #: Refs of messages queued through a shared subscription, with the
+        #: group's filter (None until one is): when the session ends they
+        #: go to ``_requeue`` for another member of the group.
+        self._shared: Optional[Dict[bytes, str]] = None
+        self._requeue: Optional[SharedRequeue] = None
         window = limits.max_inflight_messages
         self._window = MAX_PACKET_ID if window <= 0 else min(window, MAX_PACKET_ID)
 
@@ -258,6 +268,16 @@ class SubscriberQueue:
         session): forget everything and remove stored copies.
         """
         self.detach()
+        shared = self._shared
+        requeue: List[Tuple[Message, str]] = []
+        if shared:
+            # Not taken to the grave: another member of the group gets them.
+            requeue = [(entry.message, shared[entry.message.ref])
+                       for entry in self.inflight.values()
+                       if entry.state == AWAIT_ACK and entry.message.ref in shared]
+            requeue.extend((message, shared[message.ref]) for message, qos in self.pending
+                           if qos > 0 and isinstance(message, Message) and message.ref in shared)
+        self._shared = None
         if self.store is not None:
             refs = [m if isinstance(m, bytes) else m.ref for m, q in self.pending if q > 0]
             refs.extend(e.message.ref for e in self.inflight.values()
@@ -274,6 +294,8 @@ class SubscriberQueue:
         self.pending.clear()
         self.inflight.clear()
         self.awaiting_rel.clear()
+        if requeue and self._requeue is not None:
+            self._requeue(self.subscriber_id, requeue)
 
     def hand_over(self, send: Callable[[Message, int, bool], Any],
                   done: Optional[Callable[[], Any]] = None) -> None:
@@ -466,6 +488,33 @@ class SubscriberQueue:
         if self.store is not None:
             return self._store_waiting(message)
         return None
+
+    def enqueue_shared(self, message: Message, qos: int, group: str,
+                       requeue: SharedRequeue) -> Optional[Deferred]:
+        """
+        :meth:`enqueue` for a message that came through the shared
+        subscription ``group``: should the session end before the
+        subscriber acknowledged it, ``requeue`` gets it back (see
+        :meth:`discard`).  A persistent session that merely goes offline
+        keeps it for its return, as VerneMQ's offline queue does.
+        """
+        if qos > 0:
+            shared = self._shared
+            if shared is None:
+                shared = self._shared = {}
+            elif len(shared) > 64 + 2 * (len(self.pending) + len(self.inflight)):
+                self._prune_shared(shared)
+            shared[message.ref] = group
+            self._requeue = requeue
+        return self.enqueue(message, qos)
+
+    def _prune_shared(self, shared: Dict[bytes, str]) -> None:
+        """Forget the refs of shared messages no longer held (acknowledged,
+        dropped): amortized, so the acknowledgement path stays as it is."""
+        held = {entry.message.ref for entry in self.inflight.values()}
+        held.update(m if isinstance(m, bytes) else m.ref for m, _qos in self.pending)
+        for ref in [ref for ref in shared if ref not in held]:
+            del shared[ref]
 
     def _store_waiting(self, message: Message) -> Deferred:
         """

@@ -16,10 +16,14 @@ from __future__ import annotations
 
 from typing import Callable, List, Optional, Tuple, cast
 
+import attrs
 from twisted.internet.defer import Deferred, fail
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from vmqtw.broker.queue import SubscriberQueue
 from vmqtw.broker.retain import Author, RetainStore
+from vmqtw.broker.shared import ABSENT, OFFLINE, ONLINE, Choice, Group
 from vmqtw.broker.subscriptions import Subscriptions
 from vmqtw.cluster.dataplane import DataPlane
 from vmqtw.errors import BacklogFull
@@ -40,11 +44,28 @@ _RETAIN_AS_PUBLISHED = 0x08
 #: :meth:`SubscriberQueue.enqueue`.
 MovedForwarder = Callable[[SubscriberId, Message, int], Optional[Deferred]]
 
-__all__ = ["Router"]
+__all__ = ["Router", "SharedCounters"]
+
+
+@attrs.define(slots=True)
+class SharedCounters:
+    """What shared subscriptions did on this node (metrics read them)."""
+
+    #: Copies given to the queue of a member on this node (one sent to a
+    #: member on another node is counted there).
+    delivered: int = 0
+    #: Copies no member of the group could take (none left, or the one
+    #: named by another node gone and no other online there).
+    dropped: int = 0
+    #: QoS 1/2 messages of a member whose session ended, given to another
+    #: member of its group.
+    requeued: int = 0
 
 
 class Router:
     """Routes published messages to queues and other nodes."""
+
+    log = Logger()
 
     def __init__(self, subscriptions: Subscriptions, retain: RetainStore,
                  queue_for: Callable[[SubscriberId], Optional[SubscriberQueue]],
@@ -65,6 +86,14 @@ class Router:
         #: goes on to ``forward_moved``.
         self.moved: Optional[SubscriptionTrie] = None
         self.forward_moved: Optional[MovedForwarder] = None
+        #: Shared subscription groups (kept by ``subscriptions``).
+        self.shared = subscriptions.shared
+        #: The groups by name (the same dict, for a cheap test per publish).
+        self._groups = self.shared.groups
+        self.shared_counters = SharedCounters()
+        if dataplane is not None:
+            dataplane.route_shared = self.route_shared_remote
+            dataplane.on_shared_orphaned = self._shared_orphaned
 
     def publish(self, message: Message,
                 author: Optional[Author] = None) -> Optional[Deferred]:
@@ -100,6 +129,12 @@ class Router:
     def _route(self, message: Message, forward: bool, author: Optional[Author] = None,
                retained: bool = False) -> Optional[Deferred]:
         matches = self.subscriptions.trie.match(message.topic)
+        if forward and self._groups:
+            # Shared groups are served by the node the message was
+            # published on, never again by the nodes it is forwarded to.
+            groups = self.shared.matching(message.topic)
+            if groups:
+                return self._route_with_groups(matches, groups, message, author, retained)
         moved = self.moved
         if not forward and moved is not None and len(moved):
             # Sent here by a node that had not yet seen a session move away
@@ -200,6 +235,148 @@ class Router:
                     waits = []
                 waits.append(stored)
         return joined(waits)
+
+    # -- shared subscriptions ---------------------------------------------------
+
+    def _state(self, subscriber_id: SubscriberId) -> int:
+        """What :meth:`SharedGroups.choose` needs to know of a local member."""
+        queue = self.queue_for(subscriber_id)
+        if queue is None:
+            return ABSENT
+        return ONLINE if queue.online else OFFLINE
+
+    def _route_with_groups(self, matches: dict, groups: List[Group], message: Message,
+                           author: Optional[Author], retained: bool) -> Optional[Deferred]:
+        """
+        Plain subscribers as always, and one member of each matching group
+        [MQTT-4.8.2]: chosen first, so that a QoS 1/2 publish a peer has no
+        room for is refused before any copy is queued anywhere.
+        """
+        choices: List[Tuple[Group, Choice]] = []
+        nodes: List[str] = []
+        for group in groups:
+            choice = self.shared.choose(group, self._state)
+            if choice is None:
+                self.shared_counters.dropped += 1
+                continue
+            choices.append((group, choice))
+            if choice[1] is not None:
+                nodes.append(choice[1])
+        dataplane = self.dataplane
+        if nodes and dataplane is not None and not dataplane.admits(nodes, message):
+            dataplane.refused(message)
+            if message.qos:
+                return fail(BacklogFull(nodes))
+            choices = [(group, choice) for group, choice in choices if choice[1] is None]
+        if not matches and not choices:
+            self.unmatched += 1   # (no member this node may choose)
+            return None
+        routed = self._route_matches(matches, message, True, author, retained) if matches \
+            else None
+        if routed is not None and routed.called and isinstance(routed.result, Failure):
+            return routed   # refused whole: the client resends it
+        waits: List[Deferred] = [] if routed is None else [routed]
+        for group, choice in choices:
+            waiting = self._deliver_shared(group, choice, message, retained)
+            if waiting is not None:
+                waits.append(waiting)
+        return joined(waits)
+
+    def _deliver_shared(self, group: Group, choice: Choice, message: Message,
+                        retained: bool = False) -> Optional[Deferred]:
+        """Give ``message`` to the chosen member: its queue, or its node."""
+        subscriber_id, node, options = choice
+        if node is not None:
+            dataplane = self.dataplane
+            if dataplane is None:
+                return None
+            return dataplane.forward_shared(node, message, subscriber_id, group.name)
+        queue = self.queue_for(subscriber_id)
+        if queue is None:
+            return None
+        self.shared_counters.delivered += 1
+        qos = options & _QOS_BITS
+        if qos > message.qos:
+            qos = message.qos
+        if retained and options & _RETAIN_AS_PUBLISHED:
+            # [MQTT-3.3.1-12]: RETAIN as the publisher set it.
+            message = attrs.evolve(message, retain=True)
+        return queue.enqueue_shared(message, qos, group.name, self.requeue_shared)
+
+    def route_shared_remote(self, message: Message, subscriber_id: SubscriberId,
+                            group_name: str) -> Optional[Deferred]:
+        """
+        Another node chose ``subscriber_id`` (recorded on this node) for
+        ``message`` on the shared subscription ``group_name``: deliver to
+        it if it is online here, else to another online member of the group
+        here, else (QoS 1/2) to its queue if its session is persistent, else
+        count a drop.  Never routed to anything else: the sending node
+        served every other subscription.
+        """
+        self.published += 1
+        group = self.shared.groups.get(group_name)
+        if group is None:
+            # The group has no member here any more (they unsubscribed
+            # while the copy travelled).
+            self.shared_counters.dropped += 1
+            return None
+        queue = self.queue_for(subscriber_id)
+        options = group.local.get(subscriber_id, -1)
+        if queue is not None and queue.online and options >= 0:
+            return self._deliver_shared(group, (subscriber_id, None, options), message)
+        other = self.shared.local_online(group, self._state)
+        if other is not None:
+            return self._deliver_shared(group, other, message)
+        if message.qos and queue is not None and not queue.clean_session and options >= 0:
+            return self._deliver_shared(group, (subscriber_id, None, options), message)
+        self.shared_counters.dropped += 1
+        return None
+
+    def _shared_orphaned(self, node: str,
+                         orphans: List[Tuple[SubscriberId, Message, str]]) -> None:
+        """Shared copies for members on ``node``, which left the cluster:
+        to another member of each group, on any other node."""
+        for subscriber_id, message, group_name in orphans:
+            self.requeue_shared(subscriber_id, [(message, group_name)], node)
+
+    def requeue_shared(self, gone: SubscriberId, messages: List[Tuple[Message, str]],
+                       gone_node: Optional[str] = None) -> None:
+        """
+        ``gone``'s session ended with these QoS 1/2 messages of shared
+        subscriptions queued or in flight: each goes to another member of
+        its group (under ``local_only`` one on another node when none is
+        left here), or is counted as dropped when the group has no other
+        member.  VerneMQ loses them with the queue; they were acknowledged
+        to their publishers.
+        """
+        shared = self.shared
+        for message, group_name in messages:
+            group = shared.groups.get(group_name)
+            choice = None
+            if group is not None:
+                choice = shared.choose(group, self._state, gone, gone_node)
+                if choice is None and shared.policy == "local_only":
+                    # Acknowledged to its publisher already: a member on
+                    # another node rather than none (the policy decides
+                    # where new messages go, not which ones are lost).
+                    choice = shared.choose(group, self._state, gone, gone_node,
+                                           policy="prefer_local")
+            if group is None or choice is None:
+                self.shared_counters.dropped += 1
+                continue
+            self.shared_counters.requeued += 1
+            try:
+                waiting = self._deliver_shared(group, choice, message)
+            except BacklogFull:
+                self._requeue_failed(Failure(), gone)
+                continue
+            if waiting is not None:
+                waiting.addErrback(self._requeue_failed, gone)
+
+    def _requeue_failed(self, failure: Failure, gone: SubscriberId) -> None:
+        self.shared_counters.dropped += 1
+        self.log.failure("passing on a shared subscription message of {client_id} failed",
+                         failure, client_id=gone.client_id)
 
     def _options(self, subscriber: SubscriberId, topic: str) -> int:
         """

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 from typing import Callable, Collection, Dict, Iterable, List, Optional, Set, Tuple
 
+from vmqtw.broker.shared import SHARED_START, SharedGroups, shared_members
 from vmqtw.interfaces import ChangeOrigin, IMetadataStore
 from vmqtw.trie import SubscriptionTrie
 from vmqtw.types import SUBSCRIBER_PREFIX, MetadataPrefix, SubscriberId
@@ -170,6 +171,9 @@ class Subscriptions:
         #: False while :meth:`start` folds the store (restore, not adoption).
         self._following = False
         self.trie = SubscriptionTrie()
+        #: Shared subscription groups (``$share/...`` filters), which the
+        #: trie never holds: the router picks one member per group.
+        self.shared = SharedGroups(node)
         #: ``(node, filter) -> number of that node's sessions subscribed``.
         self._remote_refs: Dict[Tuple[str, str], int] = {}
         self._unsubscribe: Optional[Callable[[], None]] = None
@@ -325,16 +329,31 @@ class Subscriptions:
         before = local_filters(old, node)
         after = local_filters(new, node)
         trie = self.trie
+        shared = False
         for flt in before:
             if flt not in after:
+                if flt.startswith(SHARED_START):
+                    shared = True
+                    continue
                 trie.remove(flt, subscriber_id)
         for flt, qos in after.items():
             if before.get(flt) != qos:
+                if flt.startswith(SHARED_START):
+                    shared = True
+                    continue
                 trie.add(flt, subscriber_id, qos)
         remote_before = remote_filters(old, node)
         remote_after = remote_filters(new, node)
         if remote_before != remote_after:
-            self._count_remote(remote_before - remote_after, remote_after - remote_before)
+            gone = remote_before - remote_after
+            added = remote_after - remote_before
+            if any(flt.startswith(SHARED_START) for _node, flt in gone | added):
+                shared = True
+                gone = {pair for pair in gone if not pair[1].startswith(SHARED_START)}
+                added = {pair for pair in added if not pair[1].startswith(SHARED_START)}
+            self._count_remote(gone, added)
+        if shared:
+            self.shared.set_member(subscriber_id, *shared_members(new, node))
         if (origin is not ChangeOrigin.LOCAL and record_clean_session(old, node) is not None
                 and record_clean_session(new, node) is None):
             # Another node wrote this node out of the record: the session

@@ -62,7 +62,8 @@ from vmqtw.waits import joined
 __all__ = ["DataPlane", "DataPlaneCounters", "BacklogFull", "CHANNEL",
            "OUTBOX_MOUNTPOINT", "outbox_id", "encode_message", "decode_message",
            "MessageReceiver", "HandOverReceiver", "HandOverReleased", "HandOverDone",
-           "HandOverToken"]
+           "HandOverToken", "SharedCopy", "SharedToken", "shared_outbox_id", "SharedReceiver",
+           "SharedOrphanReceiver", "encode_target", "decode_target"]
 
 log = Logger(namespace="vmqtw.cluster.dataplane")
 
@@ -76,11 +77,15 @@ OUTBOX_MOUNTPOINT = "\x00outbox"
 
 #: Frame tags on :data:`CHANNEL`.
 #: ("m", epoch, base, entries): the numbered entries written in one reactor
-#: turn, each ``(seq, redelivery, message)`` for a forwarded message or
-#: ``(seq, redelivery, message, subscriber key, qos)`` for a handed-over one;
-#: ``base`` is the sender's acknowledged position (see Inbound.receive).
+#: turn, each ``(seq, redelivery, message)`` for a forwarded message,
+#: ``(seq, redelivery, message, target)`` for one forwarded to the member
+#: of a shared subscription this node chose (``target`` as
+#: :func:`encode_target`), or ``(seq, redelivery, message, subscriber key,
+#: qos)`` for a handed-over one; ``base`` is the sender's acknowledged
+#: position (see Inbound.receive).
 NUMBERED = "m"
-UNNUMBERED = "m0"   # ("m0", message): QoS 0, at most once
+#: ("m0", message) or ("m0", message, target): QoS 0, at most once.
+UNNUMBERED = "m0"
 ACK = "a"           # ("a", epoch, upto)
 #: ("h", epoch or None, upto, gap): "your stream is safe here up to
 #: ``upto``; send the rest again" -- on every new link, and (``gap`` true)
@@ -119,6 +124,47 @@ def decode_message(data: tuple, origin: str, dup: bool = False) -> Message:
     ref, topic, payload, qos, timestamp, mountpoint, packed = data
     return Message(ref, topic, payload, qos, False, dup, timestamp, mountpoint, origin,
                    unpack_message_properties(packed))
+
+
+def encode_target(subscriber_id: SubscriberId, group: str) -> tuple:
+    """The member a shared-subscription copy is for, as plain wire data:
+    ``(mountpoint, client id, $share/<group>/<filter>)``."""
+    return (subscriber_id.mountpoint, subscriber_id.client_id, group)
+
+
+def decode_target(data: tuple) -> Tuple[SubscriberId, str]:
+    mountpoint, client_id, group = data
+    return SubscriberId(mountpoint, client_id), group
+
+
+@attrs.frozen(slots=True)
+class SharedCopy:
+    """An outbound entry for the member of a shared subscription another
+    node holds (see :meth:`DataPlane.forward_shared`)."""
+
+    message: Message
+    subscriber_id: SubscriberId
+    group: str
+
+
+def shared_outbox_id(peer: str, subscriber_id: SubscriberId, group: str) -> SubscriberId:
+    """
+    The outbox queue of what waits for ``peer``'s acknowledgement for one
+    member of a shared subscription: the target must survive a restart with
+    the message (a plain copy would reach no member).  Under the outbox
+    mountpoint, so whoever skips outboxes skips these; the parts are joined
+    by U+0000, which no MQTT string, group or node name holds.
+    """
+    return SubscriberId(OUTBOX_MOUNTPOINT, "\x00".join(
+        (peer, subscriber_id.mountpoint, subscriber_id.client_id, group)))
+
+
+@attrs.frozen(slots=True)
+class SharedToken:
+    """The release handle of a shared copy: its outbox queue and ref."""
+
+    outbox: SubscriberId
+    ref: bytes
 
 
 def entry_size(message: Message) -> int:
@@ -168,6 +214,14 @@ class _Peer:
 #: ``on_message(message)``: route a forwarded message to local subscribers
 #: only; None when every copy is safe, else a Deferred firing when it is.
 MessageReceiver = Callable[[Message], Optional[Deferred]]
+#: ``route_shared(message, subscriber_id, group)``: deliver a message this
+#: node's ``subscriber_id`` was chosen for on the shared subscription
+#: ``group`` (or to another member there); None or a Deferred as above.
+SharedReceiver = Callable[[Message, SubscriberId, str], Optional[Deferred]]
+#: ``on_shared_orphaned(node, [(subscriber_id, message, group), ...])``:
+#: shared copies for members on ``node``, which left the cluster: another
+#: member of each group gets them.
+SharedOrphanReceiver = Callable[[str, List[Tuple[SubscriberId, Message, str]]], None]
 #: ``on_hand_over(subscriber_id, message, qos)``: enqueue a handed-over one.
 HandOverReceiver = Callable[[SubscriberId, Message, int], Optional[Deferred]]
 #: ``on_released(subscriber_id, ref)``: the new owner has a handed-over
@@ -220,6 +274,9 @@ class DataPlane:
         self.store = store if store is not None and getattr(store, "durable", False) else None
         self._limit = limit
         self.route: MessageReceiver = _nothing
+        #: Set by the router (it routes shared subscriptions).
+        self.route_shared: SharedReceiver = _nothing
+        self.on_shared_orphaned: SharedOrphanReceiver = _nothing
         self.deliver_handed_over: HandOverReceiver = _nothing
         self.on_released: HandOverReleased = _nothing
         self.on_hand_over_done: HandOverDone = _nothing
@@ -311,18 +368,29 @@ class DataPlane:
         store = self.store
         assert store is not None
 
+        name, shared = sid.client_id, None
+        if "\x00" in name:
+            # A shared subscription member's copies (see shared_outbox_id).
+            name, mountpoint, client_id, group = name.split("\x00", 3)
+            shared = (SubscriberId(mountpoint, client_id), group)
+
         def requeue(messages: List[Optional[Message]]) -> None:
-            peer = self._peer(sid.client_id)
+            peer = self._peer(name)
             for message in messages:
                 if message is None:
                     continue
                 # Sent before the restart, maybe received: a redelivery.
-                peer.outbound.push(message, entry_size(message), message.ref,
-                                   redelivery=True, force=True)
+                if shared is None:
+                    peer.outbound.push(message, entry_size(message), message.ref,
+                                       redelivery=True, force=True)
+                else:
+                    peer.outbound.push(SharedCopy(message, *shared), entry_size(message),
+                                       SharedToken(sid, message.ref), redelivery=True,
+                                       force=True)
                 self.counters.restored += 1
             if messages:
                 log.info("{count} messages for {peer} kept from before the restart",
-                         count=len(messages), peer=sid.client_id)
+                         count=len(messages), peer=name)
             self._send(peer)
 
         return gatherResults([store.read(sid, ref) for ref in refs],
@@ -378,6 +446,39 @@ class DataPlane:
             return None
         return joined([stored for stored in (self._forward_one(node, message) for node in nodes)
                        if stored is not None])
+
+    def forward_shared(self, node: str, message: Message, subscriber_id: SubscriberId,
+                       group: str) -> Optional[Deferred]:
+        """
+        ``message`` to ``node`` for its member ``subscriber_id`` of the
+        shared subscription ``group``, which this node chose: kept and
+        acknowledged like :meth:`forward` (ask :meth:`admits` first).
+        """
+        if not message.qos:
+            self.counters.forwarded += 1
+            self.flush_to(node)
+            if self.transport.connected(node):
+                self.transport.cast(node, CHANNEL, (UNNUMBERED, encode_message(message),
+                                                    encode_target(subscriber_id, group)))
+            else:
+                self.counters.dropped_qos0 += 1
+            return None
+        if node in self._left:
+            self.counters.orphaned_node_left += 1
+            self.on_shared_orphaned(node, [(subscriber_id, message, group)])
+            return None
+        self.counters.forwarded += 1
+        peer = self._peer(node)
+        body = SharedCopy(message, subscriber_id, group)
+        outbox = shared_outbox_id(node, subscriber_id, group)
+        if peer.outbound.push(body, entry_size(message), SharedToken(outbox, message.ref)) is None:
+            self.counters.refused_backlog_full += 1
+            raise BacklogFull(node)
+        stored = None
+        if self.store is not None:
+            stored = self.store.write(outbox, message)
+        self._send(peer)
+        return stored
 
     def _forward_one(self, node: str, message: Message) -> Optional[Deferred]:
         if node in self._left:
@@ -461,6 +562,9 @@ class DataPlane:
                 items.append((entry.seq, entry.redelivery or (message is not None and message.dup),
                               None if message is None else encode_message(message),
                               subscriber_id.as_key(), qos))
+            elif body.__class__ is SharedCopy:
+                items.append((entry.seq, entry.redelivery, encode_message(body.message),
+                              encode_target(body.subscriber_id, body.group)))
             else:
                 items.append((entry.seq, entry.redelivery, encode_message(body)))
             if len(items) == BATCH_ENTRIES:
@@ -487,6 +591,9 @@ class DataPlane:
                 continue
             if token.__class__ is HandOverToken:
                 self.on_released(token.subscriber_id, token.ref)
+            elif token.__class__ is SharedToken:
+                if store is not None:
+                    store.delete(token.outbox, token.ref)
             elif store is not None and sid is not None:
                 store.delete(sid, token)
 
@@ -540,7 +647,10 @@ class DataPlane:
                 self._released(peer, peer.outbound.acknowledge(frame[1], frame[2]))
             elif tag == UNNUMBERED:
                 self.counters.received_remote += 1
-                self.route(decode_message(frame[1], name))
+                if len(frame) == 2:
+                    self.route(decode_message(frame[1], name))
+                else:
+                    self.route_shared(decode_message(frame[1], name), *decode_target(frame[2]))
             elif tag == HELLO:
                 peer = self._peer(name)
                 _, epoch, upto, gap = frame
@@ -578,6 +688,9 @@ class DataPlane:
         self.counters.received_remote += 1
         if len(item) == 3:
             waiting = self.route(decode_message(item[2], name, redelivery))
+        elif len(item) == 4:
+            waiting = self.route_shared(decode_message(item[2], name, redelivery),
+                                        *decode_target(item[3]))
         else:
             encoded, key, qos = item[2], item[3], item[4]
             if encoded is None:
@@ -643,10 +756,13 @@ class DataPlane:
                     call.cancel()
             entries = list(peer.outbound.entries())
             orphans: List[Orphan] = []
+            shared: List[Tuple[SubscriberId, Message, str]] = []
             for entry in entries:
                 body = entry.body
                 if isinstance(body, Message):
                     orphans.append((None, body, body.qos))
+                elif isinstance(body, SharedCopy):
+                    shared.append((body.subscriber_id, body.message, body.group))
                 elif body[1] is not None:
                     orphans.append((SubscriberId(*body[0]) if not isinstance(body[0], SubscriberId)
                                     else body[0], body[1], body[2]))
@@ -659,6 +775,9 @@ class DataPlane:
             self._released(peer, entries)
             if orphans:
                 self.on_orphaned(name, orphans)
+            if shared:
+                self.counters.orphaned_node_left += len(shared)
+                self.on_shared_orphaned(name, shared)
 
     # -- inspection ------------------------------------------------------------------
 

@@ -354,6 +354,13 @@ class AnonymousGate:
         return True
 
 
+def _routed_filter(flt: str) -> str:
+    """The filter a subscription matches topics with: a shared one's own
+    (``$share/<group>/<filter>``), so its identifier is sent too."""
+    shared = parse_shared(flt) if flt.startswith("$share/") else None
+    return flt if shared is None else shared[1]
+
+
 class Session:
     """One connection's MQTT state; see the module docstring."""
 
@@ -622,8 +629,8 @@ class Session:
             props.maximum_packet_size = settings.max_message_size
         if settings.topic_alias_max_client:
             props.topic_alias_maximum = settings.topic_alias_max_client
-        # Offered later (issue 10): say so rather than refuse them.
-        props.shared_subscription_available = 0
+        # Said outright, though absence means the same (3.2.2.3.18).
+        props.shared_subscription_available = 1
         if self._auth_method is not None:
             props.authentication_method = self._auth_method   # 3.2.2.3.17
             if self._auth_data is not None:
@@ -882,7 +889,7 @@ class Session:
             # Every matching subscription's identifier [MQTT-3.3.4-3/4/5].
             topic = message.topic
             ids = tuple(sorted(sub_id for flt, sub_id in self._sub_ids.items()
-                               if topic_matches(flt, topic)))
+                               if topic_matches(_routed_filter(flt), topic)))
             if ids:
                 props = (P.Properties(subscription_identifiers=ids) if props is None
                          else attrs.evolve(props, subscription_identifiers=ids))
@@ -1163,7 +1170,6 @@ class Session:
         codes: List[int] = []
         for flt, qos in subscribe.topics:
             if (not validate_filter(flt, settings.topic_max_depth)
-                    or parse_shared(flt) is not None
                     or not self.authenticator.can_subscribe(self.client_id, self.username, flt)
                     or (limit and flt not in existing and len(existing) >= limit)):
                 codes.append(P.SUBACK_FAILURE)  # [MQTT-3.9.3-2]
@@ -1178,6 +1184,9 @@ class Session:
             # anywhere after the SUBACK reaches this subscriber.
             routed = self.registry.subscribe(subscriber_id, self.clean_session, granted)
         self._acknowledge(routed, encode(P.SubAck(subscribe.packet_id, codes)))
+        # Retained messages go to new non-shared subscriptions only
+        # (MQTT 5.0 section 4.8.2, VerneMQ for 3.1.1 as well).
+        granted = [(flt, qos) for flt, qos in granted if parse_shared(flt) is None]
         if routed is None:
             self._send_retained(queue, granted)
         else:
@@ -1204,19 +1213,24 @@ class Session:
         retained: List[Tuple[str, int]] = []
         codes: List[int] = []
         for flt, options in subscribe.topics:
+            if options & P.SUB_NO_LOCAL and validate_filter(flt, settings.topic_max_depth) \
+                    and parse_shared(flt) is not None:
+                self.violation("no local on a shared subscription")   # [MQTT-3.8.3-4]
+                return
+        for flt, options in subscribe.topics:
             qos = options & P.SUB_QOS_MASK
             if not validate_filter(flt, settings.topic_max_depth):
                 codes.append(R.TOPIC_FILTER_INVALID)
-            elif parse_shared(flt) is not None:
-                codes.append(R.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
             elif not self.authenticator.can_subscribe(self.client_id, self.username, flt):
                 codes.append(R.NOT_AUTHORIZED)
             elif limit and flt not in existing and len(existing) >= limit:
                 codes.append(R.QUOTA_EXCEEDED)
             else:
                 handling = (options & P.SUB_RETAIN_HANDLING_MASK) >> P.SUB_RETAIN_HANDLING_SHIFT
-                if handling == P.RETAIN_SEND or (handling == P.RETAIN_SEND_IF_NEW
-                                                 and flt not in existing):
+                if parse_shared(flt) is not None:
+                    pass   # no retained messages on shared subscriptions (4.8.2)
+                elif handling == P.RETAIN_SEND or (handling == P.RETAIN_SEND_IF_NEW
+                                                   and flt not in existing):
                     retained.append((flt, qos))
                 existing[flt] = qos
                 # Options without retain handling (only used here, now).
