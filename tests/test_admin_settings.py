@@ -139,6 +139,17 @@ def test_trade_consistency_on_in_the_file_can_be_turned_off_at_run_time():
     assert settings.show("allow_publish_during_netsplit") == "off"
 
 
+def test_the_shared_subscription_policy_changes_for_the_next_message():
+    from vmqtw.broker.shared import SharedGroups
+    settings, _, registry = runtime()
+    registry.subscription_table = attrs.make_class("Table", ["shared"])(SharedGroups("n@h"))
+    assert settings.show("shared_subscription_policy") == "prefer_local"
+    assert settings.set("shared_subscription_policy", "local_only") == "local_only"
+    assert registry.subscription_table.shared.policy == "local_only"
+    with pytest.raises(ConfigError):
+        settings.set("shared_subscription_policy", "round_robin")
+
+
 def test_queue_limits_apply_to_new_sessions_and_to_existing_queues_at_once():
     settings, _, registry = runtime(max_offline_messages="10")
     store = MemoryMessageStore()

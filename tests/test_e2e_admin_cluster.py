@@ -323,7 +323,8 @@ def test_show_and_set_cluster_wide_and_local_with_a_queue_bound(cluster: Cluster
                                    "allow_subscribe_during_netsplit",
                                    "allow_unsubscribe_during_netsplit", "trade_consistency",
                                    "max_inflight_messages", "max_online_messages",
-                                   "max_offline_messages", "log.console.level")]
+                                   "max_offline_messages", "log.console.level",
+                                   "shared_subscription_policy")]
 
     # --local: B only, and at once for a session parked on B before the change.
     parked = cluster.nodes.client(b, "qb-parked", clean_session=False)
@@ -357,13 +358,14 @@ def test_show_and_set_cluster_wide_and_local_with_a_queue_bound(cluster: Cluster
             "and restart the node (set can change allow_register_during_netsplit, "
             "allow_publish_during_netsplit, allow_subscribe_during_netsplit, "
             "allow_unsubscribe_during_netsplit, trade_consistency, max_inflight_messages, "
-            "max_online_messages, max_offline_messages, log.console.level)", code=2)
+            "max_online_messages, max_offline_messages, log.console.level, "
+            "shared_subscription_policy)", code=2)
     refused(a, ["show", "listener.tcp.default"],
             "listener.tcp.default is not a run-time setting; show knows "
             "allow_register_during_netsplit, allow_publish_during_netsplit, "
             "allow_subscribe_during_netsplit, allow_unsubscribe_during_netsplit, "
             "trade_consistency, max_inflight_messages, max_online_messages, "
-            "max_offline_messages, log.console.level.", code=2)
+            "max_offline_messages, log.console.level, shared_subscription_policy.", code=2)
 
 
 def test_set_the_console_log_level_on_every_node(cluster: Cluster) -> None:

@@ -1307,6 +1307,7 @@ RUNTIME_KEYS: tuple[str, ...] = (
     "max_online_messages",
     "max_offline_messages",
     "log.console.level",
+    "shared_subscription_policy",
 )
 
 

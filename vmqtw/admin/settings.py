@@ -105,6 +105,9 @@ class RuntimeSettings:
             self._apply_limits(key, value)
         elif key == "log.console.level":
             self.log_filter.setLogLevelForNamespace("", log_level(value))
+        elif key == "shared_subscription_policy" and self.registry is not None:
+            # Read at every choice: the next message of every group follows it.
+            self.registry.subscription_table.shared.policy = value
         shown = self.show(key)
         log.info("{key} set to {value} (until the node restarts)", key=key, value=shown)
         return shown
