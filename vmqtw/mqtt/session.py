@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import os
 import struct
-from collections import deque
+from collections import OrderedDict, deque
 from typing import (Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Protocol,
                     Set, Tuple)
 
@@ -42,7 +42,7 @@ from vmqtw.errors import BacklogFull, StoreUnavailable
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt import reasons as R
 from vmqtw.mqtt.codec import encode, encode_publish, encode_publish5
-from vmqtw.mqtt.properties import encode_properties
+from vmqtw.mqtt.properties import encode_properties, encode_varint
 from vmqtw.topic import matches as topic_matches
 from vmqtw.topic import parse_shared, validate_filter, validate_topic
 from vmqtw.types import Message, SubscriberId, new_message_ref
@@ -107,6 +107,27 @@ class _PropertyBlocks:
 
 
 _BLOCKS = _PropertyBlocks()
+
+_ALIAS = struct.Struct(">BH").pack
+
+
+def _with_alias(block: bytes, alias: int) -> bytes:
+    """
+    A PUBLISH property block (length first) with a topic alias added in
+    front: the other properties stay encoded as they were, in order, so a
+    message fanned out keeps its one shared encoding.
+    """
+    length = 0
+    shift = 0
+    pos = 0
+    while True:
+        byte = block[pos]
+        pos += 1
+        length |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            break
+        shift += 7
+    return b"".join((encode_varint(length + 3), _ALIAS(0x23, alias), block[pos:]))
 
 
 class SessionIO(Protocol):
@@ -246,6 +267,9 @@ class SessionSettings:
     #: ``topic_alias_max_client``: the highest topic alias an MQTT 5.0
     #: client may use (0 = none), announced in CONNACK.
     topic_alias_max_client: int = 0
+    #: ``topic_alias_max_broker``: the most topic aliases we use towards an
+    #: MQTT 5.0 client (0 = none), within the client's topic alias maximum.
+    topic_alias_max_broker: int = 0
     #: ``receive_max_broker``: QoS 1/2 PUBLISHes an MQTT 5.0 client may
     #: have unacknowledged towards us, announced in CONNACK.
     receive_max_broker: int = 65535
@@ -392,6 +416,12 @@ class Session:
         self._sub_ids: Dict[str, int] = {}
         #: MQTT 5.0: topic alias -> topic, set by the client's PUBLISHes.
         self.aliases: Optional[Dict[int, str]] = None
+        #: MQTT 5.0: how many topic aliases we may use towards the client:
+        #: min(its topic alias maximum, ``topic_alias_max_broker``).
+        self._alias_max = 0
+        #: topic -> alias we gave it on this connection, least recently
+        #: used first (see :meth:`_send_publish5`).
+        self._out_aliases: "OrderedDict[str, int]" = OrderedDict()
         self._connect_props: Optional[P.Properties] = None
         self._requested_keepalive = 0
         self._assigned_id = False
@@ -568,6 +598,10 @@ class Session:
             self.session_expiry = expiry
         if props.maximum_packet_size is not None:
             self.max_send_size = props.maximum_packet_size
+        if props.topic_alias_maximum:
+            # [MQTT-3.3.2-11]: never above what the client accepts.
+            self._alias_max = min(props.topic_alias_maximum,
+                                  self.settings.topic_alias_max_broker)
         return True
 
     def _connack5(self, present: bool) -> bytes:
@@ -812,7 +846,8 @@ class Session:
                      dup: bool) -> None:
         self.counters.publish_sent += 1
         if self.v5:
-            if message.properties is not None or self._sub_ids or self.max_send_size:
+            if (message.properties is not None or self._sub_ids or self.max_send_size
+                    or self._alias_max):
                 self._send_publish5(message, qos, packet_id, dup)
             else:
                 self.io.write(encode_publish5(message.topic, message.payload, qos,
@@ -844,18 +879,44 @@ class Session:
             if ids:
                 props = (P.Properties(subscription_identifiers=ids) if props is None
                          else attrs.evolve(props, subscription_identifiers=ids))
-        if props is not None and props is message.properties:
+        if props is None:
+            block = b"\x00"
+        elif props is message.properties:
             # The publisher's properties unchanged: encoded once for every
             # subscriber of this message (see _PropertyBlocks).
-            data = encode_publish5(message.topic, message.payload, qos, message.retain, dup,
-                                   packet_id, props, _BLOCKS.block(props))
+            block = _BLOCKS.block(props)
         else:
-            data = encode_publish5(message.topic, message.payload, qos, message.retain, dup,
-                                   packet_id, props)
+            block = encode_properties(props, P.PUBLISH)
+        topic = message.topic
+        alias = 0
+        if self._alias_max:
+            aliases = self._out_aliases
+            alias = aliases.get(topic, 0)
+            if alias:
+                # The client knows it: the alias alone [MQTT-3.3.2-12].
+                topic = ""
+            elif len(aliases) < self._alias_max:
+                alias = len(aliases) + 1
+            else:
+                # All taken: the least recently used one changes topic.
+                alias = aliases[next(iter(aliases))]
+            block = _with_alias(block, alias)
+        data = encode_publish5(topic, message.payload, qos, message.retain, dup,
+                               packet_id, None, block)
         if self.max_send_size and len(data) > self.max_send_size:
+            # Not sent: a new alias is not taken either, since the client
+            # never learns it.
             if self.queue is not None:
                 self.queue.drop_too_large(packet_id)
             return
+        if alias:
+            aliases = self._out_aliases
+            if topic:
+                if len(aliases) >= self._alias_max:
+                    aliases.popitem(last=False)
+                aliases[topic] = alias
+            else:
+                aliases.move_to_end(message.topic)
         self.io.write(data)
 
     def send_pubrel(self, packet_id: int) -> None:
