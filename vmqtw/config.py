@@ -718,6 +718,12 @@ SCHEMA: tuple[Setting, ...] = (
         "(its receive maximum).  The client's own receive maximum likewise "
         "narrows max_inflight_messages towards it."),
     Setting(
+        "max_message_rate", Integer(minimum=0), 0,
+        "The most PUBLISH packets per second one client may send; past it, "
+        "reading from that client pauses until the second is over (it is "
+        "slowed down, not disconnected, and nothing is dropped).  0 means no "
+        "limit."),
+    Setting(
         "topic_max_depth", Integer(minimum=0), 10,
         "The most levels a topic or topic filter may have (a/b/c has 3); "
         "deeper ones are refused.  0 means no limit (not recommended: deep "
@@ -958,6 +964,7 @@ class Config:
     topic_alias_max_client: int
     topic_alias_max_broker: int
     receive_max_broker: int
+    max_message_rate: int
     topic_max_depth: int
     max_subscriptions_per_client: int
     persistent_client_expiration: float | None

@@ -223,6 +223,7 @@ def session_settings(config: Config) -> SessionSettings:
         topic_alias_max_client=config.topic_alias_max_client,
         topic_alias_max_broker=config.topic_alias_max_broker,
         receive_max_broker=config.receive_max_broker,
+        max_message_rate=config.max_message_rate,
     )
 
 

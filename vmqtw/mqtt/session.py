@@ -34,7 +34,7 @@ from typing import (Any, Callable, Deque, Dict, Iterable, Iterator, List, Option
 
 import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -61,6 +61,8 @@ _PUBACK5 = struct.Struct(">BBHB").pack
 #: An empty property set, to tell one left empty by removing a topic alias.
 _NO_PROPERTIES = P.Properties()
 _PUBACK_BYTE, _PUBREC_BYTE, _PUBREL_BYTE, _PUBCOMP_BYTE = 0x40, 0x50, 0x62, 0x70
+#: The first byte of the acknowledgements a refused publish may get.
+_ACK_KINDS = (bytes([_PUBACK_BYTE]), bytes([_PUBREC_BYTE]))
 
 #: Stop reading from a publisher once this many acknowledgements wait for
 #: storage; resume when half of them are written.
@@ -273,6 +275,10 @@ class SessionSettings:
     #: ``receive_max_broker``: QoS 1/2 PUBLISHes an MQTT 5.0 client may
     #: have unacknowledged towards us, announced in CONNACK.
     receive_max_broker: int = 65535
+    #: ``max_message_rate``: PUBLISHes per second one client may send
+    #: before reading from it pauses for the rest of the second (0 = no
+    #: limit).
+    max_message_rate: int = 0
 
 
 @attrs.define(slots=True, eq=False)
@@ -431,6 +437,11 @@ class Session:
         self._buffered: List[Any] = []
         self._acks: Deque[List[Any]] = deque()
         self._paused = False
+        #: ``max_message_rate``: the second counted, PUBLISHes in it, and
+        #: the call resuming a throttled connection.
+        self._rate_second = 0
+        self._rate_count = 0
+        self._throttle_call: Optional[IDelayedCall] = None
         self._handlers: Dict[type, Callable[[Any, float], None]] = {
             P.Publish: self._on_publish,
             P.PubAck: self._on_puback,
@@ -696,7 +707,8 @@ class Session:
             self.handle(packet, now)
         if self._paused and self.state == CONNECTED and len(self._acks) < ACK_BACKLOG_PAUSE // 2:
             self._paused = False
-            self.io.resume_reading()
+            if self._throttle_call is None:
+                self.io.resume_reading()
 
     def _register5(self, lease: Any) -> Tuple[SessionQueue, bool]:
         """
@@ -780,6 +792,10 @@ class Session:
         """
         state = self.state
         self.state = CLOSED
+        if self._throttle_call is not None:
+            if self._throttle_call.active():
+                self._throttle_call.cancel()
+            self._throttle_call = None
         if state != CONNECTED:
             return
         if self._disconnected:
@@ -928,6 +944,8 @@ class Session:
     def _on_publish(self, publish: P.Publish, now: float) -> None:
         counters = self.counters
         counters.publish_received += 1
+        if self.settings.max_message_rate:
+            self._count_rate(now)
         if not self.settings.allow_publish_during_netsplit and not self.registry.ready():
             # No acknowledgement: the client resends once the cluster heals
             # (QoS 0 is lost), as VerneMQ does.
@@ -977,6 +995,8 @@ class Session:
         """
         counters = self.counters
         counters.publish_received += 1
+        if self.settings.max_message_rate:
+            self._count_rate(now)
         if not self.settings.allow_publish_during_netsplit and not self.registry.ready():
             return
         topic = publish.topic
@@ -1076,6 +1096,28 @@ class Session:
         rest = attrs.evolve(props, topic_alias=None)
         return topic, (None if rest == _NO_PROPERTIES else rest)
 
+    def _count_rate(self, now: float) -> None:
+        """
+        ``max_message_rate``, as VerneMQ applies it: past the limit within
+        one second, reading from the client pauses until that second is
+        over (what was already read is still handled); nothing is dropped
+        and the client is not disconnected -- it is slowed down.
+        """
+        second = int(now)
+        if second != self._rate_second:
+            self._rate_second = second
+            self._rate_count = 0
+        self._rate_count += 1
+        if self._rate_count > self.settings.max_message_rate and self._throttle_call is None:
+            self.io.pause_reading()
+            self._throttle_call = self.registry.clock.callLater(
+                second + 1 - now, self._end_throttle)
+
+    def _end_throttle(self) -> None:
+        self._throttle_call = None
+        if self.state == CONNECTED and not self._paused:
+            self.io.resume_reading()
+
     def _acknowledge(self, waiting: Optional[Deferred], ack: bytes) -> None:
         """Write ``ack`` once ``waiting`` fired and every earlier ack is out."""
         acks = self._acks
@@ -1106,7 +1148,21 @@ class Session:
         return failure
 
     def _ack_failed(self, failure: Failure, entry: List[Any]) -> None:
-        # Never acknowledge what was not stored: the client resends it.
+        """
+        Never acknowledge what was not stored: a 3.1.1 client resends it.
+        An MQTT 5.0 client whose message the cluster refused whole (another
+        node's backlog full: routed nowhere) is told so, with PUBACK or
+        PUBREC 0x97 Quota exceeded (3.4.2.1, 3.5.2.1): the exchange ends
+        there, and the client knows the message was not taken instead of
+        resending it into the same full backlog.
+        """
+        kind = entry[1][:1]
+        if self.v5 and failure.check(BacklogFull) and kind in _ACK_KINDS:
+            entry[0] = True
+            entry[1] = _PUBACK5(kind[0], 3, struct.unpack(">H", entry[1][2:4])[0],
+                                R.QUOTA_EXCEEDED)
+            self._flush_acks()
+            return
         if not failure.check(BacklogFull, StoreUnavailable):   # counted, or logged once
             self.log.failure("storing a message from {client_id} failed; not acknowledged",
                              failure, client_id=self.client_id)
@@ -1126,7 +1182,8 @@ class Session:
                 self.io.write(data)
         if self._paused and len(acks) < ACK_BACKLOG_PAUSE // 2:
             self._paused = False
-            self.io.resume_reading()
+            if self._throttle_call is None:
+                self.io.resume_reading()
 
     # The handlers below run only while CONNECTED, when ``queue`` is set.
 
