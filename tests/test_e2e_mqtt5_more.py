@@ -5,11 +5,13 @@ and paho-mqtt's MQTTv5 client.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Dict, List, Tuple
 
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from tests.test_e2e_mqtt5 import Paho5
+from tests.waiting import wait_until
 
 
 def resolved(messages: List[Any]) -> List[Tuple[str, str, bytes]]:
@@ -55,3 +57,27 @@ def test_paho_v5_receives_topic_aliases(nodes):
     pub.publish("al/one", b"x")
     pub.publish("al/one", b"y")
     assert [m.topic for m in plain.wait_for(2)] == ["al/one", "al/one"]
+
+
+def test_v5_session_expiry_survives_a_restart(nodes):
+    """
+    kill -9 and a restart: a session of expiry 5 s ends 5 s later (the node
+    keeps no sessions expiring on its own: persistent_client_expiration is
+    never), one of 0xFFFFFFFF is still there.
+    """
+    node = nodes.node(log__console__level="info")
+    for client_id, seconds in (("five", 5), ("forever", 0xFFFFFFFF)):
+        client = Paho5(nodes, node, client_id, clean_start=False, session_expiry=seconds)
+        assert client.subscribe("exp/#", SubscribeOptions(qos=1)) == [1]
+        client.stop()
+    wait_until(lambda: node.log().count("disconnected from") >= 2, 10, what="both offline")
+    node.kill9()
+    started = time.monotonic()
+    node.start()
+    wait_until(lambda: "session five expired" in node.log(), 20, what="five expired")
+    assert time.monotonic() - started > 4
+    assert "session forever expired" not in node.log()
+    back = Paho5(nodes, node, "forever", clean_start=False, session_expiry=0xFFFFFFFF)
+    assert back.connacks[-1][0] is True
+    gone = Paho5(nodes, node, "five", clean_start=False, session_expiry=5)
+    assert gone.connacks[-1][0] is False

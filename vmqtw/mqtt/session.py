@@ -206,8 +206,13 @@ class SessionRegistry(Protocol):
         """
 
     def register(self, subscriber_id: SubscriberId, clean_session: bool,
-                 session: Any, lease: Any = None) -> Tuple[SessionQueue, bool]:
-        """Take the session of ``subscriber_id``: its queue, and whether it existed."""
+                 session: Any, lease: Any = None,
+                 session_expiry: Optional[float] = None) -> Tuple[SessionQueue, bool]:
+        """
+        Take the session of ``subscriber_id``: its queue, and whether it
+        existed.  ``session_expiry``: an MQTT 5.0 session's (seconds,
+        ``math.inf`` = never), kept with the session from now on.
+        """
 
     def unregister(self, subscriber_id: SubscriberId, session: Any,
                    clean_session: bool, session_expiry: Optional[float] = None) -> None:
@@ -725,7 +730,10 @@ class Session:
         clean_start = self.clean_session
         ends = self.session_expiry == 0
         self.clean_session = clean_start and ends
-        queue, present = self.registry.register(subscriber_id, self.clean_session, self, lease)
+        expiry = self.session_expiry
+        queue, present = self.registry.register(
+            subscriber_id, self.clean_session, self, lease,
+            math.inf if expiry == EXPIRY_NEVER else float(expiry))
         if clean_start and present:
             queue.discard()
             old = list(self.registry.subscriptions(subscriber_id))
