@@ -21,7 +21,10 @@ not offer); the session expiry interval in place of clean session; topic
 aliases from the client; PUBLISH properties passed on to subscribers with
 the message expiry counted down; the client's receive maximum and maximum
 packet size; retain handling; AUTH refused (no enhanced authentication
-method is provided).
+method is provided); topic aliases towards the client
+(``topic_alias_max_broker``); PUBACK / PUBREC 0x97 Quota exceeded for a
+message the cluster refused (a peer's backlog full).  ``max_message_rate``
+slows a publisher of either level down.
 """
 from __future__ import annotations
 
