@@ -114,6 +114,8 @@ class _PropertyBlocks:
 _BLOCKS = _PropertyBlocks()
 
 _ALIAS = struct.Struct(">BH").pack
+#: alias -> the property block holding only that topic alias.
+_ALIAS_BLOCKS: Dict[int, bytes] = {}
 
 
 def _with_alias(block: bytes, alias: int) -> bytes:
@@ -873,15 +875,41 @@ class Session:
                      dup: bool) -> None:
         self.counters.publish_sent += 1
         if self.v5:
-            if (message.properties is not None or self._sub_ids or self.max_send_size
-                    or self._alias_max):
+            if message.properties is not None or self._sub_ids or self.max_send_size:
                 self._send_publish5(message, qos, packet_id, dup)
+            elif self._alias_max:
+                self._send_aliased(message, qos, packet_id, dup)
             else:
                 self.io.write(encode_publish5(message.topic, message.payload, qos,
                                               message.retain, dup, packet_id))
             return
         self.io.write(encode_publish(message.topic, message.payload, qos, message.retain,
                                      dup, packet_id))
+
+    def _send_aliased(self, message: Message, qos: int, packet_id: Optional[int],
+                      dup: bool) -> None:
+        """
+        :meth:`_send_publish5` for the common case with topic aliases on: a
+        message without properties, no identifiers, no size limit -- the
+        property block is the alias alone, encoded once per alias value.
+        """
+        topic = message.topic
+        aliases = self._out_aliases
+        alias = aliases.get(topic)
+        if alias is not None:
+            aliases.move_to_end(topic)
+            topic = ""   # [MQTT-3.3.2-12]
+        else:
+            if len(aliases) < self._alias_max:
+                alias = len(aliases) + 1
+            else:
+                alias = aliases.popitem(last=False)[1]
+            aliases[topic] = alias
+        block = _ALIAS_BLOCKS.get(alias)
+        if block is None:
+            block = _ALIAS_BLOCKS[alias] = _with_alias(b"\x00", alias)
+        self.io.write(encode_publish5(topic, message.payload, qos, message.retain, dup,
+                                      packet_id, None, block))
 
     def _send_publish5(self, message: Message, qos: int, packet_id: Optional[int],
                        dup: bool) -> None:
