@@ -1,10 +1,14 @@
 """
-Load generator for an MQTT 3.1.1 broker: fan-in, fan-out and latency runs.
+Load generator for an MQTT 3.1.1 or 5.0 broker: fan-in, fan-out and latency runs.
 
 Usage::
 
     python benchmarks/loadgen.py fanin --host 127.0.0.1 --port 1883 \\
         --publishers 4 --messages 25000 --qos 1 --json
+
+``--protocol 5`` runs the same scenario with MQTT 5.0 clients, and
+``--properties`` gives every message a content type, a message expiry
+interval and a user property (what a v5 application typically sends).
 
 Why it looks the way it does:
 
@@ -63,6 +67,11 @@ PAYLOAD_HEADER = struct.Struct(">4sIQQ")
 MIN_PAYLOAD = PAYLOAD_HEADER.size
 _SEQ_TS = struct.Struct(">QQ")
 _PID = struct.Struct(">H")
+
+#: The property block ``--properties`` puts in every PUBLISH.
+BENCH_PROPERTIES = mqttwire.publish_properties(
+    content_type="application/octet-stream", message_expiry=3600,
+    user_properties=[("bench", "loadgen")])
 
 #: Frames stamped per batch and bytes queued per socket before we wait on it.
 BATCH = 512
@@ -252,7 +261,8 @@ def _read_frame_blocking(sock: socket.socket, buf: bytearray) -> Tuple[int, byte
 
 
 def open_client(host: str, port: int, client_id: str, keepalive: int, timeout: float,
-                subscription: Optional[Tuple[str, int]] = None) -> Tuple[socket.socket, bytes]:
+                subscription: Optional[Tuple[str, int]] = None,
+                protocol: int = 4) -> Tuple[socket.socket, bytes]:
     """Connect (and subscribe) with blocking calls, then go non-blocking.
 
     Returns the socket and any bytes read past the CONNACK/SUBACK.
@@ -260,20 +270,21 @@ def open_client(host: str, port: int, client_id: str, keepalive: int, timeout: f
     sock = socket.create_connection((host, port), timeout=timeout)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(mqttwire.connect(client_id, clean_session=True, keepalive=keepalive))
+        sock.sendall(mqttwire.connect(client_id, clean_session=True, keepalive=keepalive,
+                                      protocol=protocol))
         buf = bytearray()
         first, body = _read_frame_blocking(sock, buf)
         if first >> 4 != mqttwire.CONNACK:
             raise ConnectionFailed(f"expected CONNACK, got packet type {first >> 4}")
-        _, code = mqttwire.parse_connack(body, 0, len(body))
+        _, code = mqttwire.parse_connack(body, 0, len(body), protocol)
         if code:
             raise ConnectionFailed(f"CONNACK refused {client_id} with return code {code}")
         if subscription is not None:
-            sock.sendall(mqttwire.subscribe(1, [subscription]))
+            sock.sendall(mqttwire.subscribe(1, [subscription], protocol))
             first, body = _read_frame_blocking(sock, buf)
             if first >> 4 != mqttwire.SUBACK:
                 raise ConnectionFailed(f"expected SUBACK, got packet type {first >> 4}")
-            pid, codes = mqttwire.parse_suback(body, 0, len(body))
+            pid, codes = mqttwire.parse_suback(body, 0, len(body), protocol)
             if pid != 1 or codes[0] == mqttwire.SUBACK_FAILURE:
                 raise ConnectionFailed(f"SUBACK refused {subscription[0]!r}: {codes}")
         sock.setblocking(False)
@@ -333,20 +344,24 @@ class Publisher(_Conn):
     __slots__ = ("index", "qos", "total", "window", "rate", "template", "msg_len",
                  "seq_off", "pid_off", "seq", "next_pid", "inflight", "inflight_count",
                  "released", "acked", "acked_count", "bad_acks", "t0", "first_send",
-                 "last_send", "last_ack")
+                 "last_send", "last_ack", "v5")
 
     def __init__(self, sock: socket.socket, leftover: bytes, index: int, topic: str,
                  qos: int, total: int, window: int, payload: int, run_id: bytes,
-                 rate: float) -> None:
+                 rate: float, protocol: int = 4, properties: bool = False) -> None:
         super().__init__(sock, leftover, f"publisher {index}")
         self.index, self.qos, self.total, self.window, self.rate = index, qos, total, window, rate
-        head = mqttwire.publish_header(topic, payload, qos=qos)
+        self.v5 = protocol == 5
+        # Level 5: a property block between the packet id and the payload.
+        props = (BENCH_PROPERTIES if properties else mqttwire.NO_PROPERTIES) if self.v5 else b""
+        head = mqttwire.publish_header(topic, len(props) + payload, qos=qos)
         self.pid_off = len(head)
         pid_room = b"\0\0" if qos else b""
         body = make_payload(run_id, index, 0, 0, payload)
-        self.template = bytearray(head + pid_room + body)
+        self.template = bytearray(head + pid_room + props + body)
         self.msg_len = len(self.template)
-        self.seq_off = len(head) + len(pid_room) + 8  # after run id and index
+        # After run id and index.
+        self.seq_off = len(head) + len(pid_room) + len(props) + 8
         self.seq = 0
         self.next_pid = 1
         self.inflight = [-1] * 65536 if qos else []
@@ -434,7 +449,9 @@ class Publisher(_Conn):
             if (kind == mqttwire.PUBACK and self.qos == 1
                     or kind == mqttwire.PUBCOMP and self.qos == 2):
                 pid = data[start] << 8 | data[start + 1]
-                seq = inflight[pid] if end - start == 2 else -1
+                # Level 5: a reason code may follow; 0x80 and above is a refusal.
+                seq = inflight[pid] if end - start == 2 or (
+                    self.v5 and end - start > 2 and data[start + 2] < 0x80) else -1
                 if seq < 0 or (self.qos == 2 and not self.released[pid]):
                     self.bad_acks += 1
                     continue
@@ -446,7 +463,7 @@ class Publisher(_Conn):
                 self.inflight_count -= 1
             elif kind == mqttwire.PUBREC and self.qos == 2:
                 pid = data[start] << 8 | data[start + 1]
-                if inflight[pid] < 0:
+                if inflight[pid] < 0 or (end - start > 2 and data[start + 2] >= 0x80):
                     self.bad_acks += 1
                     continue
                 self.released[pid] = 1
@@ -477,12 +494,14 @@ class Subscriber(_Conn):
 
     __slots__ = ("index", "qos", "run_id", "seen", "received", "unique", "duplicates",
                  "duplicates_flagged", "foreign", "out_of_range", "pending_rel",
-                 "latencies", "first_recv", "last_recv", "last_data")
+                 "latencies", "first_recv", "last_recv", "last_data", "v5")
 
     def __init__(self, sock: socket.socket, leftover: bytes, index: int, qos: int,
-                 run_id: bytes, publishers: int, total: int, latency: bool) -> None:
+                 run_id: bytes, publishers: int, total: int, latency: bool,
+                 protocol: int = 4) -> None:
         super().__init__(sock, leftover, f"subscriber {index}")
         self.index, self.qos, self.run_id = index, qos, run_id
+        self.v5 = protocol == 5
         self.seen = [bytearray(total) for _ in range(publishers)]
         self.received = self.unique = self.duplicates = self.duplicates_flagged = 0
         self.foreign = self.out_of_range = 0
@@ -498,6 +517,7 @@ class Subscriber(_Conn):
         frames, nxt = mqttwire.split_frames(data)
         self.inbuf = data[nxt:]
         seen, run_id, out = self.seen, self.run_id, self.out
+        v5 = self.v5
         npubs = len(seen)
         unpack = PAYLOAD_HEADER.unpack_from
         lat = self.latencies
@@ -518,6 +538,11 @@ class Subscriber(_Conn):
                         if pid in self.pending_rel:
                             continue  # re-sent before our PUBREC arrived: one message
                         self.pending_rel.add(pid)
+                if v5:
+                    # The property block: mostly one length byte.
+                    length = data[pos]
+                    pos = pos + 1 + length if length < 0x80 else \
+                        mqttwire.skip_properties(data, pos, end)
                 if end - pos < MIN_PAYLOAD:
                     foreign += 1
                     continue
@@ -632,6 +657,7 @@ def _run(spec: Dict[str, Any], ctrl: Any) -> Dict[str, Any]:
     host, port, qos = spec["host"], spec["port"], spec["qos"]
     keepalive = spec["keepalive"]
     scenario = spec["scenario"]
+    protocol = spec.get("protocol", 4)
     subs: List[Subscriber] = []
     pubs: List[Publisher] = []
     errors: List[str] = []
@@ -639,14 +665,16 @@ def _run(spec: Dict[str, Any], ctrl: Any) -> Dict[str, Any]:
         for i in spec["subs"]:
             sock, left = open_client(spec.get("sub_host") or host, spec.get("sub_port") or port,
                                      f"vmqtwb-{spec['run_id']}-s{i}", keepalive,
-                                     spec["setup_timeout"], (filter_for(scenario), qos))
+                                     spec["setup_timeout"], (filter_for(scenario), qos),
+                                     protocol)
             subs.append(Subscriber(sock, left, i, qos, run_id, spec["publishers"],
-                                   spec["messages"], spec["latency"]))
+                                   spec["messages"], spec["latency"], protocol))
         for i in spec["pubs"]:
             sock, left = open_client(host, port, f"vmqtwb-{spec['run_id']}-p{i}", keepalive,
-                                     spec["setup_timeout"])
+                                     spec["setup_timeout"], None, protocol)
             pubs.append(Publisher(sock, left, i, topic_for(scenario, i), qos, spec["messages"],
-                                  spec["window"], spec["payload"], run_id, spec["rate"]))
+                                  spec["window"], spec["payload"], run_id, spec["rate"],
+                                  protocol, spec.get("properties", False)))
     except (OSError, ConnectionFailed, mqttwire.WireError) as e:
         for c in [*subs, *pubs]:
             c.sock.close()
@@ -796,12 +824,17 @@ class Settings:
     #: Subscribers connect here instead (another node of a cluster).
     sub_host: Optional[str] = None
     sub_port: Optional[int] = None
+    #: MQTT protocol level of every client: 4 (3.1.1) or 5.
+    protocol: int = 4
+    #: Level 5: every PUBLISH carries BENCH_PROPERTIES.
+    properties: bool = False
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Settings:
     cpus = os.cpu_count() or 1
     ap = argparse.ArgumentParser(
-        prog="loadgen.py", description="MQTT 3.1.1 load generator (loopback only by default)")
+        prog="loadgen.py",
+        description="MQTT 3.1.1 / 5.0 load generator (loopback only by default)")
     ap.add_argument("scenario", choices=SCENARIOS)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=1883)
@@ -822,6 +855,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Settings:
     ap.add_argument("--drain", type=float, default=2.0,
                     help="stop after this many idle seconds once publishing ended")
     ap.add_argument("--setup-timeout", type=float, default=10.0)
+    ap.add_argument("--protocol", type=int, default=4, choices=mqttwire.PROTOCOLS,
+                    help="MQTT protocol level: 4 (3.1.1) or 5 (5.0)")
+    ap.add_argument("--properties", action="store_true",
+                    help="level 5: a content type, message expiry and user property "
+                    "in every PUBLISH")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--allow-remote", action="store_true",
                     help="allow a broker that is not on a loopback address")
@@ -836,7 +874,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Settings:
         messages=pick(ns.messages, "messages"), qos=ns.qos, payload=ns.payload,
         duration=ns.duration, rate=pick(ns.rate, "rate"), window=ns.window, procs=ns.procs,
         sub_procs=ns.sub_procs, drain=ns.drain, setup_timeout=ns.setup_timeout,
-        json=ns.json, allow_remote=ns.allow_remote)
+        json=ns.json, allow_remote=ns.allow_remote, protocol=ns.protocol,
+        properties=ns.properties)
     problems = []
     if settings.scenario == "latency" and (settings.publishers, settings.subscribers) != (1, 1):
         problems.append("latency runs exactly 1 publisher and 1 subscriber in one process")
@@ -852,6 +891,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Settings:
         problems.append("--procs and --sub-procs must be >= 1")
     if not 0 < settings.port < 65536:
         problems.append("--port out of range")
+    if settings.properties and settings.protocol != 5:
+        problems.append("--properties needs --protocol 5")
     if problems:
         ap.error("; ".join(problems))
     return settings
@@ -866,6 +907,7 @@ def plan(settings: Settings, run_id: str) -> List[Dict[str, Any]]:
             "payload": settings.payload, "window": settings.window, "rate": settings.rate,
             "duration": settings.duration, "drain": settings.drain,
             "setup_timeout": settings.setup_timeout, "latency": False,
+            "protocol": settings.protocol, "properties": settings.properties,
             "keepalive": min(65535, int(settings.duration + 3 * settings.drain) + 60)}
     if settings.scenario == "latency":
         return [dict(base, subs=[0], pubs=[0], latency=True)]
@@ -988,7 +1030,8 @@ def summarize(settings: Settings, results: Sequence[Mapping[str, Any]],
         rates["deliveries_per_s"] = rates["received_per_s"]
     report: Dict[str, Any] = {
         "scenario": settings.scenario, "broker": f"{settings.host}:{settings.port}",
-        "qos": settings.qos, "publishers": settings.publishers,
+        "qos": settings.qos, "protocol": settings.protocol,
+        "properties": settings.properties, "publishers": settings.publishers,
         "subscribers": settings.subscribers, "messages_per_publisher": settings.messages,
         "payload_bytes": settings.payload, "window": settings.window,
         "rate_per_publisher": settings.rate or None,
@@ -1016,7 +1059,9 @@ def format_report(report: Mapping[str, Any]) -> str:
     ig = report["integrity"]
     rates = report["rates"]
     lines = [
-        f"{report['scenario']} against {report['broker']}: qos {report['qos']}, "
+        f"{report['scenario']} against {report['broker']}: MQTT "
+        f"{'5.0' if report.get('protocol') == 5 else '3.1.1'}"
+        f"{' with properties' if report.get('properties') else ''}, qos {report['qos']}, "
         f"{report['publishers']} publisher(s) -> {report['subscribers']} subscriber(s), "
         f"{report['messages_per_publisher']} msgs/publisher, {report['payload_bytes']} B payload",
         f"  published {report['published']:>10,}   {num(rates['published_per_s'])} msg/s",

@@ -1,5 +1,5 @@
 """
-Minimal client-side MQTT 3.1.1 framing for the load generator.
+Minimal client-side MQTT 3.1.1 and 5.0 framing for the load generator.
 
 Why a separate, hand-written framing instead of the broker's codec: a
 benchmark that shares the broker's codec cannot catch a codec bug that makes
@@ -9,6 +9,10 @@ different job: the hot path in :mod:`loadgen` never builds an object per
 frame.  :func:`split_frames` returns ``(first_byte, body_start, body_end)``
 offsets into the caller's buffer so that thousands of frames from one
 ``recv`` are handled with ``struct.unpack_from`` and no copies.
+
+MQTT 5.0 (``protocol=5``) differs for the generator only in a few places:
+CONNECT, CONNACK, SUBSCRIBE, SUBACK and PUBLISH carry a property block
+(section 2.2.2), and an acknowledgement may carry a reason code.
 
 Pure: no sockets, no clocks.  Builders return ``bytes``; parsers take a
 buffer plus offsets and raise :class:`WireError` on malformed input.
@@ -110,9 +114,22 @@ def _check_packet_id(packet_id: int) -> None:
         raise WireError(f"packet id {packet_id} not in 1..65535")
 
 
+#: MQTT protocol levels the generator speaks.
+PROTOCOLS = (4, 5)
+
+#: An empty MQTT 5.0 property block (section 2.2.2.1).
+NO_PROPERTIES = b"\x00"
+
+
 def connect(client_id: str, *, clean_session: bool = True, keepalive: int = 60,
-            username: Optional[str] = None, password: Optional[bytes] = None) -> bytes:
-    """CONNECT for protocol level 4 ("MQTT", section 3.1), no will."""
+            username: Optional[str] = None, password: Optional[bytes] = None,
+            protocol: int = 4) -> bytes:
+    """
+    CONNECT for protocol level 4 or 5 ("MQTT", section 3.1), no will; at
+    level 5 with no properties (clean start, session expiry 0).
+    """
+    if protocol not in PROTOCOLS:
+        raise WireError(f"protocol level {protocol} not in {PROTOCOLS}")
     if not 0 <= keepalive <= 0xFFFF:
         raise WireError("keepalive out of range")
     if password is not None and username is None:
@@ -126,16 +143,24 @@ def connect(client_id: str, *, clean_session: bool = True, keepalive: int = 60,
     if password is not None:
         flags |= 0x40
         payload += encode_string(password)
-    variable = encode_string("MQTT") + bytes((4, flags)) + _H.pack(keepalive)
+    variable = encode_string("MQTT") + bytes((protocol, flags)) + _H.pack(keepalive)
+    if protocol == 5:
+        variable += NO_PROPERTIES
     return _frame(CONNECT << 4, variable + payload)
 
 
-def subscribe(packet_id: int, filters: Sequence[Tuple[str, int]]) -> bytes:
-    """SUBSCRIBE; fixed-header flags are 0b0010 [MQTT-3.8.1-1]."""
+def subscribe(packet_id: int, filters: Sequence[Tuple[str, int]], protocol: int = 4) -> bytes:
+    """
+    SUBSCRIBE; fixed-header flags are 0b0010 [MQTT-3.8.1-1].  At level 5
+    an empty property block follows the packet id, and the QoS byte is the
+    options byte with no other option set.
+    """
     _check_packet_id(packet_id)
     if not filters:
         raise WireError("SUBSCRIBE needs at least one filter")  # [MQTT-3.8.3-3]
     body = bytearray(_H.pack(packet_id))
+    if protocol == 5:
+        body += NO_PROPERTIES
     for topic_filter, qos in filters:
         if qos not in (0, 1, 2):
             raise WireError(f"bad requested qos {qos}")
@@ -159,7 +184,9 @@ def publish_header(topic: Union[str, bytes], payload_len: int, *, qos: int = 0,
 
     The load generator pre-builds this once per topic and stamps only the
     packet id and the payload's sequence fields per message; the two-byte
-    packet id (QoS > 0) must follow it directly.
+    packet id (QoS > 0) must follow it directly.  At level 5 the property
+    block comes between the packet id and the payload: count it in
+    ``payload_len``.
     """
     if qos not in (0, 1, 2):
         raise WireError(f"bad qos {qos}")  # [MQTT-3.3.1-4]
@@ -173,17 +200,38 @@ def publish_header(topic: Union[str, bytes], payload_len: int, *, qos: int = 0,
 
 def publish(topic: Union[str, bytes], payload: bytes, *, qos: int = 0,
             packet_id: Optional[int] = None, retain: bool = False,
-            dup: bool = False) -> bytes:
-    """One complete PUBLISH frame (section 3.3)."""
-    head = publish_header(topic, len(payload), qos=qos, retain=retain, dup=dup)
+            dup: bool = False, properties: Optional[bytes] = None) -> bytes:
+    """
+    One complete PUBLISH frame (section 3.3); ``properties``, an encoded
+    property block (see :func:`publish_properties`), makes it level 5.
+    """
+    props = b"" if properties is None else properties
+    head = publish_header(topic, len(props) + len(payload), qos=qos, retain=retain, dup=dup)
     if qos:
         if packet_id is None:
             raise WireError("QoS > 0 needs a packet id")
         _check_packet_id(packet_id)
-        return head + _H.pack(packet_id) + payload
+        return head + _H.pack(packet_id) + props + payload
     if packet_id is not None:
         raise WireError("QoS 0 carries no packet id")  # [MQTT-2.3.1-5]
-    return head + payload
+    return head + props + payload
+
+
+def publish_properties(content_type: Optional[str] = None,
+                       message_expiry: Optional[int] = None,
+                       user_properties: Sequence[Tuple[str, str]] = ()) -> bytes:
+    """
+    A level-5 PUBLISH property block (section 3.3.2.3): message expiry
+    interval (0x02), content type (0x03), user properties (0x26) in order.
+    """
+    body = bytearray()
+    if message_expiry is not None:
+        body += b"\x02" + struct.pack(">I", message_expiry)
+    if content_type is not None:
+        body += b"\x03" + encode_string(content_type)
+    for name, value in user_properties:
+        body += b"\x26" + encode_string(name) + encode_string(value)
+    return encode_remaining_length(len(body)) + bytes(body)
 
 
 def _ack(first_byte: int, packet_id: int) -> bytes:
@@ -257,8 +305,24 @@ def split_frames(buf: Buffer, offset: int = 0,
     return frames, pos
 
 
-def parse_connack(buf: Buffer, start: int, end: int) -> Tuple[bool, int]:
-    """``(session_present, return_code)`` of a CONNACK body (section 3.2)."""
+def skip_properties(buf: Buffer, pos: int, end: int) -> int:
+    """The offset past a level-5 property block starting at ``pos``."""
+    decoded = decode_remaining_length(buf, pos)
+    if decoded is None or decoded[0] + decoded[1] > end:
+        raise WireError("property block overruns the frame")
+    return decoded[0] + decoded[1]
+
+
+def parse_connack(buf: Buffer, start: int, end: int, protocol: int = 4) -> Tuple[bool, int]:
+    """
+    ``(session_present, return_code)`` of a CONNACK body (section 3.2); at
+    level 5 the reason code, then properties (not read).
+    """
+    if protocol == 5:
+        if end - start < 3:
+            raise WireError("level-5 CONNACK body too short")
+        skip_properties(buf, start + 2, end)
+        end = start + 2
     if end - start != 2:
         raise WireError("CONNACK body must be 2 bytes")
     flags = buf[start]
@@ -267,11 +331,21 @@ def parse_connack(buf: Buffer, start: int, end: int) -> Tuple[bool, int]:
     return bool(flags & 1), buf[start + 1]
 
 
-def parse_suback(buf: Buffer, start: int, end: int) -> Tuple[int, List[int]]:
-    """``(packet_id, [granted qos or 0x80, ...])`` of a SUBACK body (section 3.9)."""
+def parse_suback(buf: Buffer, start: int, end: int,
+                 protocol: int = 4) -> Tuple[int, List[int]]:
+    """
+    ``(packet_id, [granted qos or 0x80, ...])`` of a SUBACK body (section
+    3.9); at level 5 properties precede the reason codes, and any code
+    0x80 or above is reported as 0x80.
+    """
     if end - start < 3:
         raise WireError("SUBACK body too short")
-    codes = list(bytes(buf[start + 2:end]))
+    first = start + 2
+    if protocol == 5:
+        first = skip_properties(buf, first, end)
+    codes = list(bytes(buf[first:end]))
+    if protocol == 5:
+        codes = [min(code, SUBACK_FAILURE) for code in codes]
     for code in codes:
         if code not in (0, 1, 2, SUBACK_FAILURE):
             raise WireError(f"bad SUBACK return code {code:#x}")
@@ -298,7 +372,8 @@ class PublishView:
     payload_end: int
 
 
-def parse_publish(buf: Buffer, first_byte: int, start: int, end: int) -> PublishView:
+def parse_publish(buf: Buffer, first_byte: int, start: int, end: int,
+                  protocol: int = 4) -> PublishView:
     """Decode a PUBLISH body (section 3.3) without copying the payload."""
     qos = (first_byte >> 1) & 3
     if qos == 3:
@@ -315,6 +390,8 @@ def parse_publish(buf: Buffer, first_byte: int, start: int, end: int) -> Publish
         pos += 2
     elif pos > end:
         raise WireError("PUBLISH topic overruns the frame")
+    if protocol == 5:
+        pos = skip_properties(buf, pos, end)
     return PublishView(topic=bytes(buf[start + 2:start + 2 + tlen]), qos=qos,
                        dup=bool(first_byte & 0x08), retain=bool(first_byte & 1),
                        packet_id=packet_id, payload_start=pos, payload_end=end)

@@ -196,6 +196,27 @@ def test_parse_server_packets() -> None:
 # ------------------------------------------------- generator, no broker
 
 
+def test_level_5_framing() -> None:
+    """Section 3.1.2 / 3.8.2 / 3.3.2.3: level 5 adds property blocks; replies parsed past them."""
+    assert mqttwire.connect("c", keepalive=10, protocol=5) == (
+        b"\x10\x0e\x00\x04MQTT\x05\x02\x00\x0a\x00\x00\x01c")
+    assert mqttwire.subscribe(1, [("t", 1)], 5) == b"\x82\x07\x00\x01\x00\x00\x01t\x01"
+    props = mqttwire.publish_properties(content_type="x", message_expiry=5,
+                                        user_properties=[("k", "v")])
+    assert props == b"\x10\x02\x00\x00\x00\x05\x03\x00\x01x\x26\x00\x01k\x00\x01v"
+    frame = mqttwire.publish("t", b"pay", qos=1, packet_id=9, properties=props)
+    [(first, start, end)], _ = mqttwire.split_frames(frame)
+    view = mqttwire.parse_publish(frame, first, start, end, protocol=5)
+    assert (view.topic, view.packet_id, frame[view.payload_start:view.payload_end]) == (
+        b"t", 9, b"pay")
+    connack = b"\x00\x00\x03\x22\x00\x0a"   # flags, reason, properties
+    assert mqttwire.parse_connack(connack, 0, len(connack), protocol=5) == (False, 0)
+    suback = b"\x00\x01\x00\x01\x97"
+    assert mqttwire.parse_suback(suback, 0, len(suback), protocol=5) == (1, [1, 0x80])
+    with pytest.raises(mqttwire.WireError):
+        mqttwire.connect("c", protocol=3)
+
+
 def test_check_host_refuses_remote() -> None:
     """Only loopback brokers are targets unless --allow-remote."""
     assert loadgen.check_host("127.0.0.2", 1883, False) == ["127.0.0.2"]
@@ -476,6 +497,30 @@ def test_duration_cap_end_to_end(broker: Tuple[str, int]) -> None:
     assert 150 <= r["published"] <= 260 and r["acked"] == r["published"]
     assert r["integrity"]["lost"] == 0 and r["integrity"]["expected"] == r["published"]
     assert time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize("qos, scenario, extra", [
+    ("0", "fanin", []), ("1", "fanin", ["--properties"]), ("1", "fanout", []),
+    ("0", "fanout", ["--properties"])])
+def test_protocol_5_end_to_end(broker: Tuple[str, int], qos: str, scenario: str,
+                               extra: List[str]) -> None:
+    """``--protocol 5`` (with or without properties): the same runs at MQTT 5.0."""
+    rc, r = _loadgen(scenario, *_target(broker), "--publishers", "2" if scenario == "fanin"
+                     else "1", "--subscribers", "1" if scenario == "fanin" else "3",
+                     "--messages", "200", "--qos", qos, "--protocol", "5", *extra)
+    assert rc == 0, r
+    assert (r["protocol"], r["properties"]) == (5, bool(extra))
+    ig = r["integrity"]
+    assert ig["unique"] > 0 and ig["illegal_duplicates"] == ig["phantom"] == 0
+    if qos == "1":
+        assert ig["unique"] == ig["expected"] and ig["lost"] == 0
+
+
+def test_properties_need_protocol_5() -> None:
+    proc = subprocess.run([sys.executable, str(LOADGEN), "fanin", "--properties"],
+                          capture_output=True, timeout=30)
+    assert proc.returncode == loadgen.EXIT_USAGE
+    assert b"--properties needs --protocol 5" in proc.stderr
 
 
 def test_unreachable_broker_is_an_error() -> None:

@@ -12,6 +12,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
+import attrs
 import msgpack
 
 from vmqtw.cluster.dataplane import (ACK, CHANNEL, BacklogFull, DataPlane, decode_message,
@@ -89,10 +90,15 @@ def settle(clock: Clock, seconds: float = 1.0) -> None:
         clock.advance(0.01)
 
 
-def test_the_wire_form_marks_the_origin_and_drops_retain_and_dup():
-    message = Message(b"ref-1", "a/b", b"\x00payload", 2, True, True, 1234.5, "mp", None)
+def test_the_wire_form_marks_the_origin_keeps_retain_and_drops_dup():
+    message = Message(b"ref-1", "a/b", b"\x00payload", 2, False, True, 1234.5, "mp", None)
     wire = msgpack.unpackb(msgpack.packb(encode_message(message)), use_list=False)
+    assert len(wire) == 6, "3.1.1 traffic framed as before"
     assert decode_message(wire, "B") == Message(b"ref-1", "a/b", b"\x00payload", 2, False,
+                                                False, 1234.5, "mp", "B")
+    retained = attrs.evolve(message, retain=True)
+    wire = msgpack.unpackb(msgpack.packb(encode_message(retained)), use_list=False)
+    assert decode_message(wire, "B") == Message(b"ref-1", "a/b", b"\x00payload", 2, True,
                                                 False, 1234.5, "mp", "B")
 
 

@@ -20,7 +20,8 @@ class Paho5:
 
     def __init__(self, nodes: Any, node: Any, client_id: str, clean_start: bool = True,
                  session_expiry: Optional[int] = None, connect: bool = True,
-                 receive_maximum: Optional[int] = None) -> None:
+                 receive_maximum: Optional[int] = None,
+                 topic_alias_maximum: Optional[int] = None) -> None:
         self.node = node
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv5)
@@ -32,6 +33,7 @@ class Paho5:
         self.clean_start = clean_start
         self.session_expiry = session_expiry
         self.receive_maximum = receive_maximum
+        self.topic_alias_maximum = topic_alias_maximum
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -58,6 +60,8 @@ class Paho5:
             props.SessionExpiryInterval = self.session_expiry
         if self.receive_maximum is not None:
             props.ReceiveMaximum = self.receive_maximum
+        if self.topic_alias_maximum is not None:
+            props.TopicAliasMaximum = self.topic_alias_maximum
         count = len(self.connacks)
         self.client.connect(self.node.host, self.node.port, 60, clean_start=self.clean_start,
                             properties=props)

@@ -87,12 +87,16 @@ def test_messages_from_other_nodes_are_routed_locally_only():
 
 
 def test_retained_publish_is_kept_and_routed_with_retain_cleared():
-    """[MQTT-3.3.1-9]: established subscriptions get RETAIN=0."""
+    """
+    [MQTT-3.3.1-9]: established subscriptions get RETAIN=0; the copy for
+    other nodes keeps RETAIN for their "retain as published" subscribers
+    (they clear it for the others, see the next test).
+    """
     queues = {C1: FakeQueue()}
     router, retain, plane = _router(queues)
     router.publish(message(retain=True), author=("p", None))
     [(routed, _qos)] = queues[C1].got
-    assert routed.retain is False and plane.forwards[0][1].retain is False
+    assert routed.retain is False and plane.forwards[0][1].retain is True
     [(kept, author)] = list(retain.matching("t/1"))
     assert kept.retain is True and author == ("p", None)
 
@@ -137,3 +141,16 @@ def test_a_full_backlog_drops_only_the_remote_copies_of_qos0():
     assert router.publish(message(qos=0)) is None
     assert len(queues[C1].got) == 1 and plane.forwards == []
     assert len(plane.refusals) == 1
+
+
+def test_a_retained_publish_from_another_node_keeps_retain_only_as_published():
+    """[MQTT-3.3.1-12/13] on the receiving node: RETAIN=1 for retain as published only."""
+    queues = {C1: FakeQueue(), C2: FakeQueue()}
+    router, retain, plane = _router(queues)
+    router.subscriptions.subscribe(C2, False, [("t/+", 2 | 0x08)])   # retain as published
+    router.route_remote(message(retain=True, origin="B"))
+    [(plain, _q)] = queues[C1].got
+    [(as_published, _q)] = queues[C2].got
+    assert (plain.retain, as_published.retain) == (False, True)
+    assert list(retain.matching("t/1")) == [], "retained by its own node, not here"
+    assert plane.forwards == []

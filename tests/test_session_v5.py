@@ -12,6 +12,7 @@ from typing import Any, List, Optional, Tuple
 import pytest
 
 from vmqtw.broker.queue import QueueLimits
+from vmqtw.broker.registry import SESSION_EXPIRY_PREFIX
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt import reasons as R
 from vmqtw.mqtt.codec import Decoder
@@ -735,9 +736,10 @@ def test_session_expiry_records_do_not_pile_up():
     for i in range(5):
         connect5(broker, "gone%d" % i)[0].drop()
     connect5(broker, "kept", clean_start=False, properties=expiry(30))[0].drop()
-    assert len(broker.registry._session_expiry) == 1
+    expiries = lambda: list(broker.registry.metadata.items(SESSION_EXPIRY_PREFIX))  # noqa: E731
+    assert expiries() == [(("", "kept"), 30)]
     broker.clock.advance(31)
-    assert not broker.registry._session_expiry
+    assert expiries() == []
 
 
 class _Refusing(AnonymousGate):

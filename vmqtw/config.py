@@ -730,6 +730,13 @@ SCHEMA: tuple[Setting, ...] = (
         "(DISCONNECT 'topic alias invalid').  0 means clients may not use "
         "topic aliases."),
     Setting(
+        "topic_alias_max_broker", Integer(minimum=0, maximum=65535), 0,
+        "The most topic aliases the broker uses towards an MQTT 5.0 client "
+        "(also bounded by the client's own topic alias maximum): a topic "
+        "sent to it is given an alias the first time, and later messages on "
+        "that topic carry only the alias; the least recently used alias is "
+        "reused when all are taken.  0 means the broker sends no aliases."),
+    Setting(
         "receive_max_broker", Integer(minimum=1, maximum=65535), 65535,
         "How many QoS 1 and 2 messages an MQTT 5.0 client may send without "
         "waiting for their acknowledgements, told to it when it connects "
@@ -743,6 +750,12 @@ SCHEMA: tuple[Setting, ...] = (
         "this node, else one on another node, else an offline persistent member "
         "here; local_only keeps to members on this node; random takes any "
         "online member here or member elsewhere.  Members take turns."),
+    Setting(
+        "max_message_rate", Integer(minimum=0), 0,
+        "The most PUBLISH packets per second one client may send; past it, "
+        "reading from that client pauses until the second is over (it is "
+        "slowed down, not disconnected, and nothing is dropped).  0 means no "
+        "limit."),
     Setting(
         "topic_max_depth", Integer(minimum=0), 10,
         "The most levels a topic or topic filter may have (a/b/c has 3); "
@@ -997,8 +1010,10 @@ class Config:
     retry_interval: float
     max_keepalive: float
     topic_alias_max_client: int
+    topic_alias_max_broker: int
     receive_max_broker: int
     shared_subscription_policy: str
+    max_message_rate: int
     topic_max_depth: int
     max_subscriptions_per_client: int
     persistent_client_expiration: float | None

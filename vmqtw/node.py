@@ -225,7 +225,9 @@ def session_settings(config: Config) -> SessionSettings:
         protocol_versions=config.listener_allowed_protocol_versions,
         max_message_size=config.max_message_size,
         topic_alias_max_client=config.topic_alias_max_client,
+        topic_alias_max_broker=config.topic_alias_max_broker,
         receive_max_broker=config.receive_max_broker,
+        max_message_rate=config.max_message_rate,
     )
 
 

@@ -33,7 +33,19 @@ from vmqtw.interfaces import IClusterTransport, IMessageStore, IMetadataStore
 from vmqtw.trie import RetainTree, SubscriptionTrie
 from vmqtw.types import SUBSCRIBER_PREFIX, Message, SubscriberId
 
-__all__ = ["Registry", "MOVED_FORWARDING", "MOVED_GRACE", "HAND_OVER_WAIT"]
+__all__ = ["Registry", "MOVED_FORWARDING", "MOVED_GRACE", "HAND_OVER_WAIT",
+           "SESSION_EXPIRY_PREFIX"]
+
+#: MQTT 5.0 sessions' own expiry intervals, in the replicated metadata:
+#: subscriber id -> seconds as the client gave them (0xFFFFFFFF = never).
+#: Written by the node the session is registered on, only when it changes
+#: (a CONNECT or DISCONNECT giving another value), so it is on disk for a
+#: restart and on every node a session may move to (takeover, drain,
+#: re-homing after a node left) without travelling with the hand-over.
+#: A session without an entry expires after ``persistent_client_expiration``.
+SESSION_EXPIRY_PREFIX = ("vmqtw", "session_expiry")
+#: The session expiry interval meaning "never" (MQTT 5.0, 3.1.2.11.2).
+_EXPIRY_NEVER = 0xFFFFFFFF
 
 #: Seconds a node passes on what still arrives for a session that moved
 #: away (sent before the sender saw the move, or resent after a cut) when
@@ -82,8 +94,6 @@ class Registry:
         #: ``persistent_client_expiration`` in seconds; None = never.
         self.session_expiration = session_expiration
         self._expiry_calls: Dict[SubscriberId, IDelayedCall] = {}
-        #: MQTT 5.0 sessions' own expiry intervals (seconds, inf = never).
-        self._session_expiry: Dict[SubscriberId, float] = {}
         #: MQTT 5.0 wills waiting for their delay (see :meth:`delay_will`).
         self._delayed_wills: Dict[SubscriberId, IDelayedCall] = {}
         self.metadata = metadata
@@ -264,12 +274,42 @@ class Registry:
         ``persistent_client_expiration`` starts when a session goes offline,
         or the session's own expiry interval (MQTT 5.0) when it gave one.
         """
-        expiration = self._session_expiry.get(subscriber_id, self.session_expiration)
+        expiration = self.session_expiry(subscriber_id)
         if expiration is None or expiration == math.inf:
             return
         self._cancel_expiry(subscriber_id)
         self._expiry_calls[subscriber_id] = self.clock.callLater(
             expiration, self._expire, subscriber_id)
+
+    def session_expiry(self, subscriber_id: SubscriberId) -> Optional[float]:
+        """
+        Seconds ``subscriber_id``'s session lives on once offline
+        (``math.inf`` = never, None = never by ``persistent_client_expiration``):
+        its own MQTT 5.0 interval, else the node's setting.  Counted from
+        when it went offline here, or from a restart (the time offline
+        before it is not known, so a session may outlive its interval by
+        that much, never fall short of it).
+        """
+        stored = self.metadata.get(SESSION_EXPIRY_PREFIX, subscriber_id.as_key())
+        if stored is None:
+            return self.session_expiration
+        return math.inf if stored == _EXPIRY_NEVER else float(stored)
+
+    def _keep_expiry(self, subscriber_id: SubscriberId, expiry: Optional[float]) -> None:
+        """
+        Record an MQTT 5.0 session's expiry interval (seconds, ``math.inf``
+        = never), or None for a session without one (3.1.1, or ended):
+        written only when it changes, since each write is replicated.
+        """
+        key = subscriber_id.as_key()
+        stored = self.metadata.get(SESSION_EXPIRY_PREFIX, key)
+        if expiry is None:
+            if stored is not None:
+                self.metadata.delete(SESSION_EXPIRY_PREFIX, key)
+            return
+        value = _EXPIRY_NEVER if expiry == math.inf else int(expiry)
+        if stored != value:
+            self.metadata.put(SESSION_EXPIRY_PREFIX, key, value)
 
     def _cancel_expiry(self, subscriber_id: SubscriberId) -> None:
         call = self._expiry_calls.pop(subscriber_id, None)
@@ -281,7 +321,7 @@ class Registry:
         self._expiry_calls.pop(subscriber_id, None)
         if subscriber_id in self.sessions:
             return
-        self._session_expiry.pop(subscriber_id, None)
+        self._keep_expiry(subscriber_id, None)
         queue = self.queues.pop(subscriber_id, None)
         if queue is not None:
             queue.discard()
@@ -310,6 +350,7 @@ class Registry:
         if queue is not None:
             queue.discard()
         self.subscription_table.remove(subscriber_id)
+        self._keep_expiry(subscriber_id, None)
         self.log.info("session {client_id} ended by an operator", client_id=subscriber_id.client_id)
         return session is not None, True
 
@@ -325,7 +366,8 @@ class Registry:
         return self.coordinator.acquire(subscriber_id)
 
     def register(self, subscriber_id: SubscriberId, clean_session: bool,
-                 session: Any, lease: Optional[Lease] = None) -> Tuple[SubscriberQueue, bool]:
+                 session: Any, lease: Optional[Lease] = None,
+                 session_expiry: Optional[float] = None) -> Tuple[SubscriberQueue, bool]:
         """
         Attach a new connection to ``subscriber_id``'s session.
 
@@ -334,9 +376,15 @@ class Registry:
         Returns the queue and the CONNACK session-present flag.  ``lease``
         is given back once every reachable node has the new record (so the
         next registration of the client id sees it, wherever it runs).
+        ``session_expiry`` is an MQTT 5.0 session's expiry interval
+        (seconds, ``math.inf`` = never), kept with it from now on (it must
+        hold if this node dies with the client connected); None for a
+        session without one.
         """
         try:
-            return self._register(subscriber_id, clean_session, session)
+            queue, present = self._register(subscriber_id, clean_session, session)
+            self._keep_expiry(subscriber_id, None if clean_session else session_expiry)
+            return queue, present
         finally:
             if lease is not None:
                 self._give_back(subscriber_id, lease)
@@ -463,10 +511,7 @@ class Registry:
         if self.sessions.get(subscriber_id) is not session:
             return
         del self.sessions[subscriber_id]
-        if session_expiry is None or clean_session:
-            self._session_expiry.pop(subscriber_id, None)
-        else:
-            self._session_expiry[subscriber_id] = session_expiry
+        self._keep_expiry(subscriber_id, None if clean_session else session_expiry)
         queue = self.queues.get(subscriber_id)
         if queue is None:
             return

@@ -122,8 +122,17 @@ class Router:
         return self._route(message, message.origin is None, author, retained)
 
     def route_remote(self, message: Message) -> Optional[Deferred]:
-        """A message another node forwarded: local subscribers only."""
+        """
+        A message another node forwarded: local subscribers only.  One
+        published retained comes with RETAIN set, for the MQTT 5.0
+        "retain as published" subscribers here; the others get RETAIN=0.
+        """
         self.published += 1
+        if message.retain:
+            message = Message(message.ref, message.topic, message.payload,
+                              message.qos, False, message.dup, message.timestamp,
+                              message.mountpoint, message.origin, message.properties)
+            return self._route(message, False, None, True)
         return self._route(message, False)
 
     def _route(self, message: Message, forward: bool, author: Optional[Author] = None,
@@ -229,6 +238,12 @@ class Router:
                         waits = []
                     waits.append(waiting)
         if nodes is not None and dataplane is not None:
+            if retained:
+                # RETAIN goes along for the other nodes' "retain as
+                # published" subscribers (see route_remote).
+                message = Message(message.ref, message.topic, message.payload, message.qos,
+                                  True, False, message.timestamp, message.mountpoint,
+                                  message.origin, message.properties)
             stored = dataplane.forward(nodes, message)
             if stored is not None:
                 if waits is None:

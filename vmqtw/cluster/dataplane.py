@@ -106,10 +106,16 @@ def outbox_id(peer: str) -> SubscriberId:
 
 def encode_message(message: Message) -> tuple:
     """
-    A routed message as plain data for the inter-node wire: six fields, and
-    a seventh (the MQTT 5.0 PUBLISH property block) only when the message
-    has properties, so 3.1.1 traffic is framed exactly as before.
+    A routed message as plain data for the inter-node wire: six fields, a
+    seventh (the MQTT 5.0 PUBLISH property block) only when the message
+    has properties, and an eighth (True) only when it was published
+    retained -- for MQTT 5.0 "retain as published" subscribers on the
+    receiving node, and the RETAIN flag of a queued message handed over --
+    so 3.1.1 traffic is framed exactly as before.
     """
+    if message.retain:
+        return (message.ref, message.topic, message.payload, message.qos, message.timestamp,
+                message.mountpoint, pack_message_properties(message.properties), True)
     if message.properties is None:
         return (message.ref, message.topic, message.payload, message.qos, message.timestamp,
                 message.mountpoint)
@@ -121,9 +127,9 @@ def decode_message(data: tuple, origin: str, dup: bool = False) -> Message:
     if len(data) == 6:
         ref, topic, payload, qos, timestamp, mountpoint = data
         return Message(ref, topic, payload, qos, False, dup, timestamp, mountpoint, origin)
-    ref, topic, payload, qos, timestamp, mountpoint, packed = data
-    return Message(ref, topic, payload, qos, False, dup, timestamp, mountpoint, origin,
-                   unpack_message_properties(packed))
+    ref, topic, payload, qos, timestamp, mountpoint, packed = data[:7]
+    return Message(ref, topic, payload, qos, len(data) > 7 and data[7] is True, dup, timestamp,
+                   mountpoint, origin, unpack_message_properties(packed))
 
 
 def encode_target(subscriber_id: SubscriberId, group: str) -> tuple:

@@ -943,7 +943,8 @@ def encode_publish5(topic: str, payload: bytes, qos: int, retain: bool,
     tl = len(t)
     if tl > 0xFFFF:
         raise ValueError("topic longer than 65535 UTF-8 bytes")
-    if block is not None and tl:
+    if block is not None:
+        # (The caller's: with an empty topic it holds a topic alias.)
         props = block
     elif properties is None:
         if not tl:

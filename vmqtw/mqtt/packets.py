@@ -120,6 +120,12 @@ class Properties:
     wildcard_subscription_available: Optional[int] = None     # 0x28
     subscription_identifier_available: Optional[int] = None   # 0x29
     shared_subscription_available: Optional[int] = None       # 0x2A
+    #: The PUBLISH property block these were decoded from, sent on as it
+    #: came (the client's order) instead of being encoded again for every
+    #: message passed through.  Never compared, and not copied by
+    #: ``attrs.evolve`` (``init=False``): a changed copy is encoded afresh.
+    #: Decoded PUBLISH properties are never changed in place.
+    wire: Optional[bytes] = attrs.field(default=None, init=False, eq=False, repr=False)
 
 
 @attrs.define(slots=True)

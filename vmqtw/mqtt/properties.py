@@ -357,6 +357,10 @@ def decode_properties(buf: bytearray, pos: int, end: int,
             and props.authentication_method is None:
         # 3.1.2.11.10
         raise ProtocolViolation("authentication data without a method")
+    if kind == PUBLISH:
+        # Kept to be sent on unchanged (see Properties.wire); the length
+        # prefix re-encoded, so it is the shortest form [MQTT-1.5.5-1].
+        props.wire = encode_varint(length) + bytes(buf[stop - length:stop])
     return props, stop
 
 
@@ -436,6 +440,8 @@ def encode_properties(props: Optional[Properties], kind: int) -> bytes:
     """
     if props is None:
         return b"\x00"
+    if kind == PUBLISH and props.wire is not None:
+        return props.wire
     kind_bit = 1 << kind
     parts: List[bytes] = []
     allowed, get_allowed, others, get_others = _ENCODE_ROWS[kind]

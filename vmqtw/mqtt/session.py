@@ -22,20 +22,23 @@ aliases from the client; PUBLISH properties passed on to subscribers with
 the message expiry counted down; the client's receive maximum and maximum
 packet size; retain handling; enhanced authentication (section 4.12) by
 the methods plugins provide, at CONNECT and when the client
-re-authenticates, any other method refused with 0x8C.
+re-authenticates, any other method refused with 0x8C; topic aliases
+towards the client (``topic_alias_max_broker``); PUBACK / PUBREC 0x97
+Quota exceeded for a message the cluster refused (a peer's backlog full).
+``max_message_rate`` slows a publisher of either level down.
 """
 from __future__ import annotations
 
 import math
 import os
 import struct
-from collections import deque
+from collections import OrderedDict, deque
 from typing import (Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Protocol,
                     Set, Tuple)
 
 import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -43,7 +46,7 @@ from vmqtw.errors import BacklogFull, StoreUnavailable
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt import reasons as R
 from vmqtw.mqtt.codec import encode, encode_publish, encode_publish5
-from vmqtw.mqtt.properties import encode_properties
+from vmqtw.mqtt.properties import encode_properties, encode_varint
 from vmqtw.topic import matches as topic_matches
 from vmqtw.topic import parse_shared, validate_filter, validate_topic
 from vmqtw.types import Message, SubscriberId, new_message_ref
@@ -65,6 +68,8 @@ _PUBACK5 = struct.Struct(">BBHB").pack
 #: An empty property set, to tell one left empty by removing a topic alias.
 _NO_PROPERTIES = P.Properties()
 _PUBACK_BYTE, _PUBREC_BYTE, _PUBREL_BYTE, _PUBCOMP_BYTE = 0x40, 0x50, 0x62, 0x70
+#: The first byte of the acknowledgements a refused publish may get.
+_ACK_KINDS = (bytes([_PUBACK_BYTE]), bytes([_PUBREC_BYTE]))
 
 #: Stop reading from a publisher once this many acknowledgements wait for
 #: storage; resume when half of them are written.
@@ -111,6 +116,29 @@ class _PropertyBlocks:
 
 
 _BLOCKS = _PropertyBlocks()
+
+_ALIAS = struct.Struct(">BH").pack
+#: alias -> the property block holding only that topic alias.
+_ALIAS_BLOCKS: Dict[int, bytes] = {}
+
+
+def _with_alias(block: bytes, alias: int) -> bytes:
+    """
+    A PUBLISH property block (length first) with a topic alias added in
+    front: the other properties stay encoded as they were, in order, so a
+    message fanned out keeps its one shared encoding.
+    """
+    length = 0
+    shift = 0
+    pos = 0
+    while True:
+        byte = block[pos]
+        pos += 1
+        length |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            break
+        shift += 7
+    return b"".join((encode_varint(length + 3), _ALIAS(0x23, alias), block[pos:]))
 
 
 class SessionIO(Protocol):
@@ -187,8 +215,13 @@ class SessionRegistry(Protocol):
         """
 
     def register(self, subscriber_id: SubscriberId, clean_session: bool,
-                 session: Any, lease: Any = None) -> Tuple[SessionQueue, bool]:
-        """Take the session of ``subscriber_id``: its queue, and whether it existed."""
+                 session: Any, lease: Any = None,
+                 session_expiry: Optional[float] = None) -> Tuple[SessionQueue, bool]:
+        """
+        Take the session of ``subscriber_id``: its queue, and whether it
+        existed.  ``session_expiry``: an MQTT 5.0 session's (seconds,
+        ``math.inf`` = never), kept with the session from now on.
+        """
 
     def unregister(self, subscriber_id: SubscriberId, session: Any,
                    clean_session: bool, session_expiry: Optional[float] = None) -> None:
@@ -254,6 +287,9 @@ class SessionSettings:
     #: ``topic_alias_max_client``: the highest topic alias an MQTT 5.0
     #: client may use (0 = none), announced in CONNACK.
     topic_alias_max_client: int = 0
+    #: ``topic_alias_max_broker``: the most topic aliases we use towards an
+    #: MQTT 5.0 client (0 = none), within the client's topic alias maximum.
+    topic_alias_max_broker: int = 0
     #: ``receive_max_broker``: QoS 1/2 PUBLISHes an MQTT 5.0 client may
     #: have unacknowledged towards us, announced in CONNACK.
     receive_max_broker: int = 65535
@@ -261,6 +297,10 @@ class SessionSettings:
     #: :class:`~vmqtw.interfaces.IEnhancedAuthenticator` (the plugins of
     #: ``enhanced_auth.plugins``); a method not here gets 0x8C.
     enhanced_auth: Dict[str, Any] = attrs.field(factory=dict)
+    #: ``max_message_rate``: PUBLISHes per second one client may send
+    #: before reading from it pauses for the rest of the second (0 = no
+    #: limit).
+    max_message_rate: int = 0
 
 
 @attrs.define(slots=True, eq=False)
@@ -411,6 +451,12 @@ class Session:
         self._sub_ids: Dict[str, int] = {}
         #: MQTT 5.0: topic alias -> topic, set by the client's PUBLISHes.
         self.aliases: Optional[Dict[int, str]] = None
+        #: MQTT 5.0: how many topic aliases we may use towards the client:
+        #: min(its topic alias maximum, ``topic_alias_max_broker``).
+        self._alias_max = 0
+        #: topic -> alias we gave it on this connection, least recently
+        #: used first (see :meth:`_send_publish5`).
+        self._out_aliases: "OrderedDict[str, int]" = OrderedDict()
         self._connect_props: Optional[P.Properties] = None
         self._requested_keepalive = 0
         self._assigned_id = False
@@ -430,6 +476,11 @@ class Session:
         self._buffered: List[Any] = []
         self._acks: Deque[List[Any]] = deque()
         self._paused = False
+        #: ``max_message_rate``: the second counted, PUBLISHes in it, and
+        #: the call resuming a throttled connection.
+        self._rate_second = 0
+        self._rate_count = 0
+        self._throttle_call: Optional[IDelayedCall] = None
         self._handlers: Dict[type, Callable[[Any, float], None]] = {
             P.Publish: self._on_publish,
             P.PubAck: self._on_puback,
@@ -613,6 +664,10 @@ class Session:
             self.session_expiry = expiry
         if props.maximum_packet_size is not None:
             self.max_send_size = props.maximum_packet_size
+        if props.topic_alias_maximum:
+            # [MQTT-3.3.2-11]: never above what the client accepts.
+            self._alias_max = min(props.topic_alias_maximum,
+                                  self.settings.topic_alias_max_broker)
         return True
 
     def _connack5(self, present: bool) -> bytes:
@@ -711,7 +766,8 @@ class Session:
             self.handle(packet, now)
         if self._paused and self.state == CONNECTED and len(self._acks) < ACK_BACKLOG_PAUSE // 2:
             self._paused = False
-            self.io.resume_reading()
+            if self._throttle_call is None:
+                self.io.resume_reading()
 
     def _register5(self, lease: Any) -> Tuple[SessionQueue, bool]:
         """
@@ -728,7 +784,10 @@ class Session:
         clean_start = self.clean_session
         ends = self.session_expiry == 0
         self.clean_session = clean_start and ends
-        queue, present = self.registry.register(subscriber_id, self.clean_session, self, lease)
+        expiry = self.session_expiry
+        queue, present = self.registry.register(
+            subscriber_id, self.clean_session, self, lease,
+            math.inf if expiry == EXPIRY_NEVER else float(expiry))
         if clean_start and present:
             queue.discard()
             old = list(self.registry.subscriptions(subscriber_id))
@@ -795,6 +854,10 @@ class Session:
         """
         state = self.state
         self.state = CLOSED
+        if self._throttle_call is not None:
+            if self._throttle_call.active():
+                self._throttle_call.cancel()
+            self._throttle_call = None
         if state != CONNECTED:
             return
         if self._disconnected:
@@ -863,12 +926,39 @@ class Session:
         if self.v5:
             if message.properties is not None or self._sub_ids or self.max_send_size:
                 self._send_publish5(message, qos, packet_id, dup)
+            elif self._alias_max:
+                self._send_aliased(message, qos, packet_id, dup)
             else:
                 self.io.write(encode_publish5(message.topic, message.payload, qos,
                                               message.retain, dup, packet_id))
             return
         self.io.write(encode_publish(message.topic, message.payload, qos, message.retain,
                                      dup, packet_id))
+
+    def _send_aliased(self, message: Message, qos: int, packet_id: Optional[int],
+                      dup: bool) -> None:
+        """
+        :meth:`_send_publish5` for the common case with topic aliases on: a
+        message without properties, no identifiers, no size limit -- the
+        property block is the alias alone, encoded once per alias value.
+        """
+        topic = message.topic
+        aliases = self._out_aliases
+        alias = aliases.get(topic)
+        if alias is not None:
+            aliases.move_to_end(topic)
+            topic = ""   # [MQTT-3.3.2-12]
+        else:
+            if len(aliases) < self._alias_max:
+                alias = len(aliases) + 1
+            else:
+                alias = aliases.popitem(last=False)[1]
+            aliases[topic] = alias
+        block = _ALIAS_BLOCKS.get(alias)
+        if block is None:
+            block = _ALIAS_BLOCKS[alias] = _with_alias(b"\x00", alias)
+        self.io.write(encode_publish5(topic, message.payload, qos, message.retain, dup,
+                                      packet_id, None, block))
 
     def _send_publish5(self, message: Message, qos: int, packet_id: Optional[int],
                        dup: bool) -> None:
@@ -893,18 +983,44 @@ class Session:
             if ids:
                 props = (P.Properties(subscription_identifiers=ids) if props is None
                          else attrs.evolve(props, subscription_identifiers=ids))
-        if props is not None and props is message.properties:
+        if props is None:
+            block = b"\x00"
+        elif props is message.properties:
             # The publisher's properties unchanged: encoded once for every
             # subscriber of this message (see _PropertyBlocks).
-            data = encode_publish5(message.topic, message.payload, qos, message.retain, dup,
-                                   packet_id, props, _BLOCKS.block(props))
+            block = _BLOCKS.block(props)
         else:
-            data = encode_publish5(message.topic, message.payload, qos, message.retain, dup,
-                                   packet_id, props)
+            block = encode_properties(props, P.PUBLISH)
+        topic = message.topic
+        alias = 0
+        if self._alias_max:
+            aliases = self._out_aliases
+            alias = aliases.get(topic, 0)
+            if alias:
+                # The client knows it: the alias alone [MQTT-3.3.2-12].
+                topic = ""
+            elif len(aliases) < self._alias_max:
+                alias = len(aliases) + 1
+            else:
+                # All taken: the least recently used one changes topic.
+                alias = aliases[next(iter(aliases))]
+            block = _with_alias(block, alias)
+        data = encode_publish5(topic, message.payload, qos, message.retain, dup,
+                               packet_id, None, block)
         if self.max_send_size and len(data) > self.max_send_size:
+            # Not sent: a new alias is not taken either, since the client
+            # never learns it.
             if self.queue is not None:
                 self.queue.drop_too_large(packet_id)
             return
+        if alias:
+            aliases = self._out_aliases
+            if topic:
+                if len(aliases) >= self._alias_max:
+                    aliases.popitem(last=False)
+                aliases[topic] = alias
+            else:
+                aliases.move_to_end(message.topic)
         self.io.write(data)
 
     def send_pubrel(self, packet_id: int) -> None:
@@ -916,6 +1032,8 @@ class Session:
     def _on_publish(self, publish: P.Publish, now: float) -> None:
         counters = self.counters
         counters.publish_received += 1
+        if self.settings.max_message_rate:
+            self._count_rate(now)
         if not self.settings.allow_publish_during_netsplit and not self.registry.ready():
             # No acknowledgement: the client resends once the cluster heals
             # (QoS 0 is lost), as VerneMQ does.
@@ -965,6 +1083,8 @@ class Session:
         """
         counters = self.counters
         counters.publish_received += 1
+        if self.settings.max_message_rate:
+            self._count_rate(now)
         if not self.settings.allow_publish_during_netsplit and not self.registry.ready():
             return
         topic = publish.topic
@@ -1064,6 +1184,28 @@ class Session:
         rest = attrs.evolve(props, topic_alias=None)
         return topic, (None if rest == _NO_PROPERTIES else rest)
 
+    def _count_rate(self, now: float) -> None:
+        """
+        ``max_message_rate``, as VerneMQ applies it: past the limit within
+        one second, reading from the client pauses until that second is
+        over (what was already read is still handled); nothing is dropped
+        and the client is not disconnected -- it is slowed down.
+        """
+        second = int(now)
+        if second != self._rate_second:
+            self._rate_second = second
+            self._rate_count = 0
+        self._rate_count += 1
+        if self._rate_count > self.settings.max_message_rate and self._throttle_call is None:
+            self.io.pause_reading()
+            self._throttle_call = self.registry.clock.callLater(
+                second + 1 - now, self._end_throttle)
+
+    def _end_throttle(self) -> None:
+        self._throttle_call = None
+        if self.state == CONNECTED and not self._paused:
+            self.io.resume_reading()
+
     def _acknowledge(self, waiting: Optional[Deferred], ack: bytes) -> None:
         """Write ``ack`` once ``waiting`` fired and every earlier ack is out."""
         acks = self._acks
@@ -1094,7 +1236,21 @@ class Session:
         return failure
 
     def _ack_failed(self, failure: Failure, entry: List[Any]) -> None:
-        # Never acknowledge what was not stored: the client resends it.
+        """
+        Never acknowledge what was not stored: a 3.1.1 client resends it.
+        An MQTT 5.0 client whose message the cluster refused whole (another
+        node's backlog full: routed nowhere) is told so, with PUBACK or
+        PUBREC 0x97 Quota exceeded (3.4.2.1, 3.5.2.1): the exchange ends
+        there, and the client knows the message was not taken instead of
+        resending it into the same full backlog.
+        """
+        kind = entry[1][:1]
+        if self.v5 and failure.check(BacklogFull) and kind in _ACK_KINDS:
+            entry[0] = True
+            entry[1] = _PUBACK5(kind[0], 3, struct.unpack(">H", entry[1][2:4])[0],
+                                R.QUOTA_EXCEEDED)
+            self._flush_acks()
+            return
         if not failure.check(BacklogFull, StoreUnavailable):   # counted, or logged once
             self.log.failure("storing a message from {client_id} failed; not acknowledged",
                              failure, client_id=self.client_id)
@@ -1114,7 +1270,8 @@ class Session:
                 self.io.write(data)
         if self._paused and len(acks) < ACK_BACKLOG_PAUSE // 2:
             self._paused = False
-            self.io.resume_reading()
+            if self._throttle_call is None:
+                self.io.resume_reading()
 
     # The handlers below run only while CONNECTED, when ``queue`` is set.
 
