@@ -15,8 +15,8 @@ from twisted.internet.task import Clock
 import attrs
 import msgpack
 
-from vmqtw.cluster.dataplane import (ACK, CHANNEL, BacklogFull, DataPlane, decode_message,
-                                     encode_message, outbox_id)
+from vmqtw.cluster.dataplane import (ACK, CHANNEL, UNNUMBERED, UNNUMBERED_BATCH, BacklogFull,
+                                     DataPlane, decode_message, encode_message, outbox_id)
 from vmqtw.testing.memory_transport import InMemoryNetwork
 from vmqtw.store.leveldb import LevelDBMessageStore
 from vmqtw.types import Message, SubscriberId
@@ -112,6 +112,48 @@ def test_one_copy_per_node_encoded_once_for_qos0(world):
     settle(clock)
     assert b.topics() == c.topics() == ["t/0", "t/1"]
     assert a.plane.forwarded == 4 and b.plane.received_remote == 2
+
+
+def test_the_qos0_messages_of_a_turn_travel_in_one_frame(world):
+    """One frame for a turn's QoS 0 copies to a peer, not one per message."""
+    clock, net = world
+    a, b = Side(net, clock, A), Side(net, clock, B)
+    connect(a, b)
+    settle(clock)
+    net.reset_counters()
+    for n in range(50):
+        a.plane.forward([B], msg(n, qos=0))
+    settle(clock)
+    assert b.topics() == ["t/%d" % n for n in range(50)]
+    assert net.count(CHANNEL, UNNUMBERED_BATCH) == 1
+    assert net.count(CHANNEL, UNNUMBERED) == 0
+    assert b.plane.received_remote == 50
+
+
+def test_qos0_and_numbered_copies_of_one_turn_keep_their_order(world):
+    """A publisher's messages keep their order across QoS levels, within a turn."""
+    clock, net = world
+    a, b = Side(net, clock, A), Side(net, clock, B)
+    connect(a, b)
+    settle(clock)
+    qos = [0, 0, 1, 1, 0, 1, 0, 0, 0, 1, 2, 0]
+    for n, level in enumerate(qos):
+        a.plane.forward([B], msg(n, qos=level))
+    settle(clock)
+    assert b.topics() == ["t/%d" % n for n in range(len(qos))]
+
+
+def test_qos0_copies_for_a_peer_without_a_link_are_dropped_and_counted(world):
+    clock, net = world
+    a = Side(net, clock, A)
+    b = Side(net, clock, B)
+    connect(a, b)
+    settle(clock)
+    for n in range(3):
+        a.plane.forward([B], msg(n, qos=0))
+    b.crash()                       # before the turn's frame is written
+    settle(clock)
+    assert a.plane.counters.dropped_qos0 == 3
 
 
 def test_a_bad_frame_is_logged_not_raised(world):

@@ -86,6 +86,9 @@ OUTBOX_MOUNTPOINT = "\x00outbox"
 NUMBERED = "m"
 #: ("m0", message) or ("m0", message, target): QoS 0, at most once.
 UNNUMBERED = "m0"
+#: ("mb", (message, ...)): the QoS 0 messages of one reactor turn for a
+#: peer, at most once, in order (one frame instead of one per message).
+UNNUMBERED_BATCH = "mb"
 ACK = "a"           # ("a", epoch, upto)
 #: ("h", epoch or None, upto, gap): "your stream is safe here up to
 #: ``upto``; send the rest again" -- on every new link, and (``gap`` true)
@@ -213,6 +216,11 @@ class _Peer:
     gap_reported: bool = False
     #: The write of this turn's new entries, scheduled once per turn.
     send_call: Optional[IDelayedCall] = None
+    #: Numbered entries were pushed this turn and not written yet.
+    numbered_pending: bool = False
+    #: This turn's QoS 0 messages for the peer, encoded, not written yet
+    #: (only one of the two kinds waits at a time: see DataPlane.forward).
+    qos0: Optional[List[tuple]] = None
     #: The message-store queue of the outbox for this peer.
     outbox: Optional[SubscriberId] = None
 
@@ -438,17 +446,27 @@ class DataPlane:
         """
         if not message.qos:
             encoded = None
+            connected = self.transport.connected
             for node in nodes:
                 self.counters.forwarded += 1
-                # Numbered entries of this turn go first: a publisher's
-                # messages keep their order whatever their QoS.
-                self.flush_to(node)
-                if self.transport.connected(node):
-                    if encoded is None:
-                        encoded = (UNNUMBERED, encode_message(message))
-                    self.transport.cast(node, CHANNEL, encoded)
-                else:
+                if not connected(node):
                     self.counters.dropped_qos0 += 1
+                    continue
+                peer = self._peer(node)
+                if peer.numbered_pending:
+                    # Numbered entries of this turn go first: a publisher's
+                    # messages keep their order whatever their QoS.
+                    self._flush_now(peer)
+                if encoded is None:
+                    encoded = encode_message(message)   # once for every peer
+                batch = peer.qos0
+                if batch is None:
+                    batch = peer.qos0 = []
+                    if peer.send_call is None and self._running:
+                        peer.send_call = self.clock.callLater(0, self._flush, peer)
+                batch.append(encoded)
+                if len(batch) >= BATCH_ENTRIES:
+                    self._cast_qos0(peer)
             return None
         return joined([stored for stored in (self._forward_one(node, message) for node in nodes)
                        if stored is not None])
@@ -535,8 +553,29 @@ class DataPlane:
 
     def _send(self, peer: _Peer) -> None:
         """Write what is unsent at the end of this reactor turn, batched."""
+        if peer.qos0:
+            # QoS 0 messages of this turn came first: they leave first.
+            self._cast_qos0(peer)
+        peer.numbered_pending = True
         if peer.send_call is None and self._running:
             peer.send_call = self.clock.callLater(0, self._flush, peer)
+
+    def _flush_now(self, peer: _Peer) -> None:
+        if peer.send_call is not None:
+            peer.send_call.cancel()
+        self._flush(peer)
+
+    def _cast_qos0(self, peer: _Peer) -> None:
+        """Write this turn's QoS 0 messages for ``peer`` (at most once: lost with the link)."""
+        batch, peer.qos0 = peer.qos0, None
+        if not batch:
+            return
+        if not self._running or not self.transport.connected(peer.name):
+            self.counters.dropped_qos0 += len(batch)
+            return
+        frame = (UNNUMBERED, batch[0]) if len(batch) == 1 else (UNNUMBERED_BATCH, tuple(batch))
+        if not self.transport.cast(peer.name, CHANNEL, frame):
+            self.counters.dropped_qos0 += len(batch)
 
     def flush_to(self, name: str) -> None:
         """
@@ -551,6 +590,9 @@ class DataPlane:
 
     def _flush(self, peer: _Peer) -> None:
         peer.send_call = None
+        if peer.qos0:
+            self._cast_qos0(peer)
+        peer.numbered_pending = False
         if not self._running or not self.transport.connected(peer.name):
             return
         outbound = peer.outbound
@@ -651,6 +693,11 @@ class DataPlane:
             elif tag == ACK:
                 peer = self._peer(name)
                 self._released(peer, peer.outbound.acknowledge(frame[1], frame[2]))
+            elif tag == UNNUMBERED_BATCH:
+                route = self.route
+                for data in frame[1]:
+                    self.counters.received_remote += 1
+                    route(decode_message(data, name))
             elif tag == UNNUMBERED:
                 self.counters.received_remote += 1
                 if len(frame) == 2:
