@@ -691,6 +691,17 @@ def _run(spec: Dict[str, Any], ctrl: Any) -> Dict[str, Any]:
         if c.error:
             errors.append(c.error)
     _close_all([*subs, *pubs], 2.0)
+    if offline:
+        # End the persistent sessions (a clean session takes each over), or
+        # the broker would keep storing later runs' messages for them.
+        for i in spec["subs"]:
+            try:
+                sock, _ = open_client(spec.get("sub_host") or host, spec.get("sub_port") or port,
+                                      f"vmqtwb-{spec['run_id']}-s{i}", keepalive,
+                                      spec["setup_timeout"])
+                _close_all([_Conn(sock, b"", f"subscriber {i}")], 2.0)
+            except (OSError, ConnectionFailed, mqttwire.WireError) as e:
+                errors.append(f"subscriber {i}: ending the session: {e}")
     return {"ev": "result", "errors": errors, "timed_out": timed_out,
             "pubs": [p.result() for p in pubs], "subs": [s.result() for s in subs]}
 

@@ -22,8 +22,10 @@ listed below it, never hidden), except idle-connection memory, measured here:
 N connections CONNECT and stay idle, and the broker's RSS growth (from
 ``/proc``) is divided by N.
 
-With ``--runs N`` each scenario runs N times, brokers alternating run by run
-so that they share the machine's moods, and the table shows medians.
+Each run gets a fresh broker (started before, stopped after), so that no
+run inherits another's sessions, stored messages or freed memory.  With
+``--runs N`` each scenario runs N times, brokers alternating run by run so
+that they share the machine's moods, and the table shows medians.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from benchmarks import mqttwire
 from benchmarks.cluster_bench import Cluster, Node, free_ports
@@ -81,13 +83,7 @@ class Broker:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        _stop_group(self.process, signal.SIGTERM)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -169,14 +165,15 @@ class Scenario:
     """One row of the table."""
 
     def __init__(self, key: str, label: str, unit: str, higher_is_better: bool,
-                 run: Callable[[Broker, "Options"], Dict[str, Any]],
-                 vmqtw_only: bool = False) -> None:
+                 run: Callable[[Any, "Options"], Dict[str, Any]],
+                 cluster: bool = False) -> None:
         self.key = key
         self.label = label
         self.unit = unit
         self.higher_is_better = higher_is_better
         self.run = run
-        self.vmqtw_only = vmqtw_only
+        #: vmqtw only, on nodes the run starts itself.
+        self.cluster = cluster
 
 
 class Options:
@@ -195,12 +192,38 @@ def loadgen(host: str, port: int, args: Sequence[str], opts: Options,
     """One ``loadgen.py --json`` run; its report, with the exit status."""
     argv = [sys.executable, LOADGEN, *args, "--host", host, "--port", str(port),
             "--duration", str(opts.duration), "--json", *extra]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=opts.duration * 3 + 120)
-    if not out.stdout.strip():
-        return {"ok": False, "errors": ["loadgen printed nothing: " + out.stderr.strip()[-500:]]}
-    report = json.loads(out.stdout)
-    report["exit"] = out.returncode
+    # Its own session, so that on Ctrl-C (or a timeout) the whole group --
+    # loadgen and its worker processes -- is interrupted and reaped here.
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=opts.duration * 3 + 120)
+    except BaseException:
+        _stop_group(proc, signal.SIGINT)
+        raise
+    if not stdout.strip():
+        return {"ok": False, "errors": ["loadgen printed nothing: " + stderr.strip()[-500:]]}
+    report = json.loads(stdout)
+    report["exit"] = proc.returncode
     return report
+
+
+def _stop_group(proc: "subprocess.Popen[Any]", first: int) -> None:
+    """Signal ``proc``'s process group, then kill what is left of it."""
+    for sig, grace in ((first, 10.0), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace)
+            if sig != signal.SIGKILL:
+                os.killpg(proc.pid, signal.SIGKILL)   # workers it left, if any
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            pass
+        return
 
 
 def _integrity_note(report: Dict[str, Any]) -> Optional[str]:
@@ -289,7 +312,7 @@ def _connect_many(broker: Broker, n: int, tag: str) -> List[socket.socket]:
 
 def cluster_flow(qos: int, base: int) -> Callable[[Broker, Options], Dict[str, Any]]:
     """Publishers on node A, the subscriber on node B of a fresh 2-node cluster."""
-    def run(broker: Broker, opts: Options) -> Dict[str, Any]:
+    def run(_: None, opts: Options) -> Dict[str, Any]:
         cluster = Cluster(opts.bindir, 2, {})
         try:
             a, b = cluster.nodes
@@ -317,9 +340,9 @@ SCENARIOS = [
     Scenario("offline", "offline QoS 1 enqueue, 4 -> 1 (acked)", "msg/s", True,
              flow("offline", 1, 10000, "acked_per_s")),
     Scenario("cluster0", "2 nodes, QoS 0 fan-in A -> B", "msg/s", True,
-             cluster_flow(0, 50000), vmqtw_only=True),
+             cluster_flow(0, 50000), cluster=True),
     Scenario("cluster1", "2 nodes, QoS 1 fan-in A -> B", "msg/s", True,
-             cluster_flow(1, 25000), vmqtw_only=True),
+             cluster_flow(1, 25000), cluster=True),
 ]
 #: Cluster rows compare with the single-node row of the same QoS.
 CLUSTER_BASE = {"cluster0": "fanin0", "cluster1": "fanin1"}
@@ -412,6 +435,26 @@ def format_table(rows: List[Dict[str, Any]], brokers: Sequence[str], runs: int) 
 # ------------------------------------------------------------------ main
 
 
+def _one_run(sc: Scenario, start: Callable[[], Broker], opts: Options,
+             pids: List[int], verbose: bool) -> Dict[str, Any]:
+    """One run of ``sc`` on a broker started for it, stopped whatever happens."""
+    broker: Optional[Broker] = None
+    try:
+        if sc.cluster:
+            return sc.run(None, opts)
+        broker = start()
+        pids.append(broker.pid)
+        broker.wait_listening()
+        if verbose:
+            sys.stderr.write("%s on %s (pid %d) ...\n" % (sc.key, broker.name, broker.pid))
+        return sc.run(broker, opts)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired, SystemExit) as e:
+        return {"value": None, "note": "error: %s" % e, "failed": True}
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
 def _raise_fd_limit(want: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < want:
@@ -453,33 +496,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     scenarios = [s for s in SCENARIOS if not ns.only or s.key in ns.only]
     # SIGTERM ends the run like Ctrl-C: the finally below stops everything.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    brokers: Dict[str, Broker] = {}
     results: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
+    pids: List[int] = []
     try:
-        for name in names:
-            brokers[name] = starters[name]()
-            brokers[name].wait_listening()
         for sc in scenarios:
             per: Dict[str, List[Dict[str, Any]]] = results.setdefault(sc.key, {})
             for _ in range(ns.runs):
-                for name in (["vmqtw"] if sc.vmqtw_only else names):
-                    if not ns.json:
-                        sys.stderr.write("%s on %s ...\n" % (sc.key, name))
-                    try:
-                        outcome = sc.run(brokers[name], opts)
-                    except (RuntimeError, OSError, subprocess.TimeoutExpired, SystemExit) as e:
-                        outcome = {"value": None, "note": "error: %s" % e, "failed": True}
-                    per.setdefault(name, []).append(outcome)
+                for name in (["vmqtw"] if sc.cluster else names):
+                    per.setdefault(name, []).append(
+                        _one_run(sc, starters[name], opts, pids, not ns.json))
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted; stopping the brokers\n")
+        sys.stderr.write("interrupted; the brokers are stopped\n")
         return 130
-    finally:
-        for broker in brokers.values():
-            broker.stop()
     rows = summarize(results, names)
     if ns.json:
         print(json.dumps({"brokers": names, "runs": ns.runs, "scale": ns.scale, "rows": rows,
-                          "details": results, "pids": [b.pid for b in brokers.values()]},
+                          "details": results, "pids": pids},
                          sort_keys=True, default=str))
     else:
         print(format_table(rows, names, ns.runs))

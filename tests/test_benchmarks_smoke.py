@@ -561,3 +561,24 @@ def test_suite_runs_vmqtw_and_stops_it() -> None:
     assert proc.returncode == 0, proc.stderr
     for pid in report["pids"]:
         assert not os.path.exists("/proc/%d" % pid), pid
+
+
+def test_suite_interrupted_stops_its_broker() -> None:
+    """Ctrl-C in the middle of a run: the suite exits 130 and the node it
+    started is gone (the suite, not the terminal, owns it)."""
+    import signal
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.suite", "--brokers", "vmqtw", "--only", "fanin1",
+         "--duration", "60"], cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True)
+    try:
+        line = proc.stderr.readline()   # "fanin1 on vmqtw (pid N) ...", once it listens
+        assert " on vmqtw (pid " in line, line
+        pid = int(line.split("(pid ")[1].split(")")[0])
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+        assert not os.path.exists("/proc/%d" % pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
