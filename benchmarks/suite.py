@@ -158,6 +158,13 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS for %d" % pid)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far."""
+    with open("/proc/%d/stat" % pid) as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # ------------------------------------------------------------------ scenarios
 
 
@@ -447,7 +454,12 @@ def _one_run(sc: Scenario, start: Callable[[], Broker], opts: Options,
         broker.wait_listening()
         if verbose:
             sys.stderr.write("%s on %s (pid %d) ...\n" % (sc.key, broker.name, broker.pid))
-        return sc.run(broker, opts)
+        cpu = cpu_seconds(broker.pid)
+        outcome = sc.run(broker, opts)
+        # CPU the broker spent on the run: steadier than rates on a busy
+        # machine, where every process waits for a core now and then.
+        outcome["broker_cpu_s"] = cpu_seconds(broker.pid) - cpu
+        return outcome
     except (RuntimeError, OSError, subprocess.TimeoutExpired, SystemExit) as e:
         return {"value": None, "note": "error: %s" % e, "failed": True}
     finally:

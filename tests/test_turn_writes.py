@@ -1,0 +1,122 @@
+"""
+What handling one read writes to plain TCP connections leaves before that
+read returns to the reactor (``vmqtw.mqtt.protocol.TurnWrites``).
+
+The broker's connections here are real ``twisted.internet.tcp.Connection``
+objects over a ``socketpair``, driven by hand with no reactor running (a
+``MemoryReactor`` only records which descriptors want to write): whatever
+the peer socket can read right after ``dataReceived`` returned was sent in
+that call, not left for a later reactor turn.
+"""
+from __future__ import annotations
+
+import socket
+from typing import Iterator, List, Tuple
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactor
+from twisted.internet.tcp import Connection
+
+from vmqtw.mqtt import packets as P
+from vmqtw.mqtt.codec import Decoder
+from vmqtw.mqtt.protocol import MQTTProtocol
+from vmqtw.testing import mqttbytes as B
+from vmqtw.testing.inprocess_broker import Broker
+
+
+class _Server(Connection):
+    """``tcp.Server`` without a listening port behind it."""
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 40001)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 1883)
+
+
+class Peer:
+    """A client socket whose broker side is a Twisted TCP connection."""
+
+    def __init__(self, broker: Broker, reactor: MemoryReactor) -> None:
+        self.sock, theirs = socket.socketpair()
+        self.sock.setblocking(False)
+        theirs.setblocking(False)
+        protocol = broker.factory.buildProtocol(None)
+        assert protocol is not None
+        self.protocol: MQTTProtocol = protocol
+        self.connection = _Server(theirs, protocol, reactor)
+        self.connection.connected = True
+        protocol.makeConnection(self.connection)
+        self.decoder = Decoder()
+
+    def send(self, data: bytes) -> None:
+        """The reactor found ``data`` readable: one ``dataReceived``."""
+        self.protocol.dataReceived(data)
+
+    def received(self) -> List[object]:
+        """Packets the broker already sent (no reactor turn in between)."""
+        try:
+            data = self.sock.recv(1 << 20)
+        except BlockingIOError:
+            return []
+        return self.decoder.feed(data)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.connection.socket.close()
+
+
+@pytest.fixture
+def setup() -> Iterator[Tuple[Broker, MemoryReactor, List[Peer]]]:
+    broker = Broker()
+    peers: List[Peer] = []
+    try:
+        yield broker, MemoryReactor(), peers
+    finally:
+        for peer in peers:
+            peer.close()
+        broker.stop()
+
+
+def _peer(setup: Tuple[Broker, MemoryReactor, List[Peer]], client_id: str) -> Peer:
+    broker, reactor, peers = setup
+    peer = Peer(broker, reactor)
+    peers.append(peer)
+    peer.send(B.connect(client_id))
+    assert peer.received() == [P.ConnAck(0, False)]
+    return peer
+
+
+def test_replies_leave_before_the_read_returns(setup) -> None:
+    """A QoS 1 PUBLISH: the publisher's PUBACK and the subscriber's copy are
+    both on their sockets when the publisher's read has been handled."""
+    sub = _peer(setup, "sub")
+    sub.send(B.subscribe(1, [("t", 1)]))
+    assert [type(p) for p in sub.received()] == [P.SubAck]
+    pub = _peer(setup, "pub")
+    pub.send(B.publish("t", b"x", qos=1, packet_id=7) + B.publish("t", b"y", qos=1,
+                                                                   packet_id=8))
+    assert [(type(p), p.packet_id) for p in pub.received()] == [(P.PubAck, 7), (P.PubAck, 8)]
+    delivered = sub.received()
+    assert [(p.topic, p.payload) for p in delivered] == [("t", b"x"), ("t", b"y")]
+    # The subscriber's PUBACK frees the window: nothing left to send, and
+    # no write is left pending for the reactor either.
+    sub.send(B.puback(delivered[0].packet_id) + B.puback(delivered[1].packet_id))
+    reactor = setup[1]
+    assert sub.connection not in reactor.writers and pub.connection not in reactor.writers
+
+
+def test_failed_send_is_left_to_the_reactor(setup) -> None:
+    """A subscriber whose socket is gone: the publisher's read is handled
+    (PUBACK sent) and the subscriber's bytes stay buffered for the reactor,
+    which ends that connection on its next attempt."""
+    sub = _peer(setup, "sub")
+    sub.send(B.subscribe(1, [("t", 0)]))
+    sub.received()
+    sub.sock.close()
+    pub = _peer(setup, "pub")
+    pub.send(B.publish("t", b"x", qos=1, packet_id=3))
+    assert [type(p) for p in pub.received()] == [P.PubAck]
+    assert sub.connection in setup[1].writers
+    assert not sub.protocol.closing
