@@ -399,20 +399,14 @@ class Session:
         self._will_on_disconnect = False
         self._disconnected = False
         self._buffered: List[Any] = []
-        self._acks: Deque[List[Any]] = deque()
+        #: Acknowledgements waiting for the message store (or behind one
+        #: that does), in order; made on first use, as most clients never
+        #: need it and an empty deque costs 600 bytes per connection.
+        self._acks: Optional[Deque[List[Any]]] = None
         self._paused = False
-        self._handlers: Dict[type, Callable[[Any, float], None]] = {
-            P.Publish: self._on_publish,
-            P.PubAck: self._on_puback,
-            P.PubRec: self._on_pubrec,
-            P.PubRel: self._on_pubrel,
-            P.PubComp: self._on_pubcomp,
-            P.Subscribe: self._on_subscribe,
-            P.Unsubscribe: self._on_unsubscribe,
-            P.PingReq: self._on_pingreq,
-            P.Disconnect: self._on_disconnect,
-            P.Auth: self._on_auth,
-        }
+        #: The packet handlers for this client's protocol level: a table
+        #: shared by every session (see _HANDLERS below the class).
+        self._handlers = _HANDLERS
 
     # -- input ----------------------------------------------------------------
 
@@ -426,7 +420,7 @@ class Session:
                 # sends (CONNACK, SUBACK, UNSUBACK, PINGRESP).
                 self.violation("unexpected " + type(packet).__name__)
                 return
-            handler(packet, now)
+            handler(self, packet, now)
         elif state == NEW:
             if type(packet) is not P.Connect:
                 self.violation("first packet is not CONNECT")  # [MQTT-3.1.0-1]
@@ -493,7 +487,7 @@ class Session:
             self.v5 = True
             # Level-5 handlers where the packet differs: the 3.1.1 ones
             # stay free of level tests.
-            self._handlers[P.Publish] = self._on_publish5
+            self._handlers = _HANDLERS5
             if not self._connect5(connect):
                 return
         if level not in settings.protocol_versions:
@@ -660,7 +654,8 @@ class Session:
             if self.state != CONNECTED:
                 break
             self.handle(packet, now)
-        if self._paused and self.state == CONNECTED and len(self._acks) < ACK_BACKLOG_PAUSE // 2:
+        if (self._paused and self.state == CONNECTED
+                and len(self._acks or ()) < ACK_BACKLOG_PAUSE // 2):
             self._paused = False
             self.io.resume_reading()
 
@@ -932,7 +927,8 @@ class Session:
             return
         queue = self.queue
         assert queue is not None  # only CONNECTED sessions handle PUBLISH
-        if (qos and len(self._acks) + len(queue.awaiting_rel) >= self.settings.receive_max_broker
+        if (qos and len(self._acks or ()) + len(queue.awaiting_rel)
+                >= self.settings.receive_max_broker
                 and publish.packet_id not in queue.awaiting_rel):
             # More unacknowledged QoS 1/2 PUBLISHes than the receive
             # maximum we announced [MQTT-3.3.4-8].
@@ -1022,6 +1018,8 @@ class Session:
             self.io.write(ack)
             return
         entry = [waiting is None, ack]
+        if acks is None:
+            acks = self._acks = deque()
         acks.append(entry)
         if waiting is not None:
             waiting.addCallbacks(self._ack_ready, self._ack_failed,
@@ -1059,6 +1057,8 @@ class Session:
 
     def _flush_acks(self) -> None:
         acks = self._acks
+        if acks is None:
+            return
         while acks and acks[0][0]:
             data = acks.popleft()[1]
             if data and self.state == CONNECTED:
@@ -1263,3 +1263,23 @@ class Session:
         so any AUTH is a Protocol Error [MQTT-4.12.0-1].
         """
         self.violation("AUTH without an authentication method", R.PROTOCOL_ERROR)
+
+
+#: What a connected session does with each packet from its client, by type:
+#: one table for every session (a per-session dict of bound methods cost
+#: about a kilobyte per connection).  MQTT 5.0 sessions differ only in
+#: PUBLISH, so the 3.1.1 handlers stay free of level tests.
+_HANDLERS: Dict[type, Callable[[Session, Any, float], None]] = {
+    P.Publish: Session._on_publish,
+    P.PubAck: Session._on_puback,
+    P.PubRec: Session._on_pubrec,
+    P.PubRel: Session._on_pubrel,
+    P.PubComp: Session._on_pubcomp,
+    P.Subscribe: Session._on_subscribe,
+    P.Unsubscribe: Session._on_unsubscribe,
+    P.PingReq: Session._on_pingreq,
+    P.Disconnect: Session._on_disconnect,
+    P.Auth: Session._on_auth,
+}
+_HANDLERS5: Dict[type, Callable[[Session, Any, float], None]] = dict(_HANDLERS)
+_HANDLERS5[P.Publish] = Session._on_publish5
