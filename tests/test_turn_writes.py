@@ -120,3 +120,18 @@ def test_failed_send_is_left_to_the_reactor(setup) -> None:
     assert [type(p) for p in pub.received()] == [P.PubAck]
     assert sub.connection in setup[1].writers
     assert not sub.protocol.closing
+
+
+def test_a_refusal_written_before_closing_is_not_lost(setup) -> None:
+    """CONNACK 1 then close [MQTT-3.1.2-2]: the CONNACK collected during the
+    read reaches the transport before the close, so the reactor's last
+    write (done by hand here) still sends it."""
+    broker, reactor, peers = setup
+    peer = Peer(broker, reactor)
+    peers.append(peer)
+    level_9 = bytearray(B.connect("c"))
+    level_9[8] = 9   # protocol level byte, after the fixed header and "MQTT"
+    peer.send(bytes(level_9))
+    assert peer.protocol.closing and peer.connection.disconnecting
+    peer.connection.doWrite()
+    assert peer.received() == [P.ConnAck(P.CONNACK_UNACCEPTABLE_PROTOCOL_VERSION, False)]

@@ -52,9 +52,11 @@ class TurnWrites:
     the reads of every publisher in the turn, and the turn after that; a
     publisher's PUBACK waited as long.  With a window of 20 those round trips,
     not the CPU, bounded QoS 1 delivery (the broker idled half the time).
-    So every connection written to while one read is handled is noted here,
-    and each is written out -- one ``send`` with all it got, as Twisted would
-    have done a turn later -- when that read is done.
+    So what handling one read writes to a connection is collected on that
+    connection (one list, no transport call per packet) and noted here; when
+    the read is done each connection hands the transport all it got in one
+    piece and writes it out -- one ``send``, as Twisted would have done a
+    turn later.
 
     One instance is shared by every MQTT listener of a node, so that a
     publisher's read also pushes out what it routed to subscribers on other
@@ -103,8 +105,9 @@ class MQTTProtocol(Protocol):
         #: The plain TCP transport, when what is written may be sent at
         #: once (see :class:`TurnWrites`); None otherwise.
         self._tcp: Optional[Connection] = None
-        #: Noted in ``_writes.dirty`` since its last flush.
-        self._dirty = False
+        #: What handling the current read wrote, not yet given to the
+        #: transport; None when nothing (see :class:`TurnWrites`).
+        self._out: Optional[List[bytes]] = None
 
     # -- Protocol -----------------------------------------------------------------
 
@@ -234,25 +237,43 @@ class MQTTProtocol(Protocol):
     # -- SessionIO ------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if not self.closing:
-            self.transport.write(data)
-            if not self._dirty and self._tcp is not None and self._writes.depth:
-                self._dirty = True
+        if self.closing:
+            return
+        if self._tcp is not None and self._writes.depth:
+            # Inside a read: collected, and handed to the transport at once
+            # when the read is done (see TurnWrites).
+            out = self._out
+            if out is None:
+                self._out = [data]
                 self._writes.dirty.append(self)
+            else:
+                out.append(data)
+            return
+        self.transport.write(data)
 
     def send_now(self) -> None:
         """
-        Write out what is buffered for this connection now (see
-        :class:`TurnWrites`).  A failed send is left to the reactor: the
-        bytes stay buffered and its next attempt ends the connection.
+        Write out what this connection got during the read now ending, in
+        one piece (see :class:`TurnWrites`).  A failed send is left to the
+        reactor: the bytes stay buffered and its next attempt ends the
+        connection.
         """
-        self._dirty = False
+        out, self._out = self._out, None
         tcp = self._tcp
-        if tcp is not None and not self.closing and tcp.connected and not tcp.disconnecting:
+        if out and tcp is not None and not self.closing and tcp.connected \
+                and not tcp.disconnecting:
+            tcp.write(out[0] if len(out) == 1 else b"".join(out))
             tcp.doWrite()
+
+    def _hand_over_writes(self) -> None:
+        """What a read collected goes to the transport before it closes."""
+        out, self._out = self._out, None
+        if out:
+            self.transport.write(b"".join(out))
 
     def close(self, grace: Optional[float] = None) -> None:
         if not self.closing:
+            self._hand_over_writes()
             self.closing = True
             self.transport.loseConnection()
             if grace is not None:
