@@ -1,6 +1,8 @@
 """
 What handling one read writes to plain TCP connections leaves before that
-read returns to the reactor (``vmqtw.mqtt.protocol.TurnWrites``).
+read returns to the reactor (``vmqtw.mqtt.protocol.TurnWrites``), and what
+a subscriber whose socket cannot take more is sent: no more than the
+transport's buffer, the rest waits in its queue (``_SendBuffer``).
 
 The broker's connections here are real ``twisted.internet.tcp.Connection``
 objects over a ``socketpair``, driven by hand with no reactor running (a
@@ -18,11 +20,13 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactor
 from twisted.internet.tcp import Connection
 
+from vmqtw.broker.queue import QueueLimits
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt.codec import Decoder
 from vmqtw.mqtt.protocol import MQTTProtocol
 from vmqtw.testing import mqttbytes as B
 from vmqtw.testing.inprocess_broker import Broker
+from vmqtw.types import SubscriberId
 
 
 class _Server(Connection):
@@ -38,8 +42,11 @@ class _Server(Connection):
 class Peer:
     """A client socket whose broker side is a Twisted TCP connection."""
 
-    def __init__(self, broker: Broker, reactor: MemoryReactor) -> None:
+    def __init__(self, broker: Broker, reactor: MemoryReactor, sndbuf: int = 0) -> None:
         self.sock, theirs = socket.socketpair()
+        if sndbuf:
+            theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sndbuf)
         self.sock.setblocking(False)
         theirs.setblocking(False)
         protocol = broker.factory.buildProtocol(None)
@@ -56,11 +63,13 @@ class Peer:
 
     def received(self) -> List[object]:
         """Packets the broker already sent (no reactor turn in between)."""
-        try:
-            data = self.sock.recv(1 << 20)
-        except BlockingIOError:
-            return []
-        return self.decoder.feed(data)
+        packets: List[object] = []
+        while True:
+            try:
+                data = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                return packets
+            packets += self.decoder.feed(data)
 
     def close(self) -> None:
         self.sock.close()
@@ -68,8 +77,8 @@ class Peer:
 
 
 @pytest.fixture
-def setup() -> Iterator[Tuple[Broker, MemoryReactor, List[Peer]]]:
-    broker = Broker()
+def setup(request: pytest.FixtureRequest) -> Iterator[Tuple[Broker, MemoryReactor, List[Peer]]]:
+    broker = Broker(**getattr(request, "param", {}))
     peers: List[Peer] = []
     try:
         yield broker, MemoryReactor(), peers
@@ -135,3 +144,42 @@ def test_a_refusal_written_before_closing_is_not_lost(setup) -> None:
     assert peer.protocol.closing and peer.connection.disconnecting
     peer.connection.doWrite()
     assert peer.received() == [P.ConnAck(P.CONNACK_UNACCEPTABLE_PROTOCOL_VERSION, False)]
+
+
+@pytest.mark.parametrize("setup", [{"limits": QueueLimits(max_online_messages=1000)}],
+                         indirect=True)
+def test_a_stalled_subscriber_is_not_buffered_without_bound(setup) -> None:
+    """A QoS 0 subscriber that reads nothing: once the transport holds its
+    buffer size, messages wait in the subscriber's queue up to
+    max_online_messages, then are dropped and counted; when the subscriber
+    reads again, what waited is delivered, in order."""
+    broker, reactor, peers = setup
+    sub = Peer(broker, reactor, sndbuf=4096)
+    peers.append(sub)
+    sub.send(B.connect("slow"))
+    sub.send(B.subscribe(1, [("t", 0)]))
+    assert [type(p) for p in sub.received()] == [P.ConnAck, P.SubAck]
+    pub = _peer(setup, "pub")
+    payload = b"p" * 1000
+    for batch in range(30):
+        pub.send(b"".join(B.publish("t", b"%05d" % (batch * 100 + i) + payload)
+                          for i in range(100)))
+    queue = broker.registry.queues[SubscriberId("", "slow")]
+    buffered = len(sub.connection.dataBuffer) + sub.connection._tempDataLen
+    assert buffered <= sub.connection.bufferSize + 100 * 1010   # one read's worth past it
+    assert len(queue.pending) == 1000
+    dropped = broker.registry.counters.dropped_online
+    assert dropped > 0
+    # The subscriber reads again: the reactor's writes (by hand) drain the
+    # transport, which resumes the queue.
+    got: List[int] = []
+    for _ in range(1000):
+        got += [int(p.payload[:5]) for p in sub.received()]
+        if not queue.pending and not sub.connection.dataBuffer[sub.connection.offset:] \
+                and not sub.connection._tempDataLen:
+            break
+        sub.connection.doWrite()
+    got += [int(p.payload[:5]) for p in sub.received()]
+    assert got == sorted(got) and len(set(got)) == len(got)
+    assert len(got) == 3000 - dropped
+    assert not queue.pending

@@ -159,7 +159,7 @@ class SubscriberQueue:
     __slots__ = ("subscriber_id", "clean_session", "limits", "clock", "store",
                  "counters", "pending", "inflight", "awaiting_rel", "outlet",
                  "_next_packet_id", "_retry_call", "_window", "_qos_for", "_loading",
-                 "_readable", "_held", "_handed_refs")
+                 "_readable", "_held", "_handed_refs", "_sending_paused")
 
     def __init__(self, subscriber_id: SubscriberId, clean_session: bool,
                  limits: QueueLimits, clock: IReactorTime,
@@ -200,6 +200,8 @@ class SubscriberQueue:
         self._handed_refs: Optional[Set[bytes]] = None
         window = limits.max_inflight_messages
         self._window = MAX_PACKET_ID if window <= 0 else min(window, MAX_PACKET_ID)
+        #: The connection cannot take more for now (see pause_sending).
+        self._sending_paused = False
 
     # -- state ------------------------------------------------------------
 
@@ -225,6 +227,7 @@ class SubscriberQueue:
         """
         self.outlet = outlet
         self._readable = readable
+        self._sending_paused = False
         window = self.limits.max_inflight_messages
         window = MAX_PACKET_ID if window <= 0 else min(window, MAX_PACKET_ID)
         if receive_maximum and receive_maximum < window:
@@ -430,7 +433,7 @@ class SubscriberQueue:
                 return None
             if message.properties is not None and self._expired(message):
                 return None
-            if not self.pending and self._held is None:
+            if not self.pending and self._held is None and not self._sending_paused:
                 if qos == 0:
                     outlet.send_publish(message, 0, None, False)
                     return None
@@ -499,7 +502,7 @@ class SubscriberQueue:
         """Send waiting messages while the in-flight window has room."""
         outlet = self.outlet
         pending = self.pending
-        if self._held is not None:
+        if self._held is not None or self._sending_paused:
             return
         while outlet is not None and pending:
             message, qos = pending[0]
@@ -526,6 +529,20 @@ class SubscriberQueue:
             else:
                 break
             outlet = self.outlet
+
+    def pause_sending(self) -> None:
+        """
+        The connection's send buffer is full (a slow or stalled subscriber):
+        what comes now waits here, bounded by ``max_online_messages`` (drops
+        counted), instead of piling up in the transport without bound.
+        """
+        self._sending_paused = True
+
+    def resume_sending(self) -> None:
+        """The connection drained its send buffer: deliver what waited."""
+        if self._sending_paused:
+            self._sending_paused = False
+            self.pump()
 
     # -- restored queues -------------------------------------------------------
 

@@ -78,6 +78,31 @@ class TurnWrites:
             protocol.send_now()
 
 
+@implementer(IPushProducer)
+class _SendBuffer:
+    """
+    Registered as the producer of a plain TCP connection's outgoing bytes:
+    Twisted pauses it when more than its buffer size (64 KiB) waits for the
+    socket, and resumes it once that drained.  The subscriber's queue then
+    holds what comes meanwhile, within its limits, instead of the transport
+    growing without bound behind a slow or stalled subscriber.
+    """
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def pauseProducing(self) -> None:
+        self.session.sending_paused()
+
+    def resumeProducing(self) -> None:
+        self.session.sending_resumed()
+
+    def stopProducing(self) -> None:
+        """The connection is gone; the session hears of it from the protocol."""
+
+
 @implementer(IHandshakeListener)
 class MQTTProtocol(Protocol):
     """One client connection."""
@@ -124,6 +149,7 @@ class MQTTProtocol(Protocol):
         transport = self.transport
         if isinstance(transport, Connection) and not getattr(transport, "TLS", False):
             self._tcp = transport
+            transport.registerProducer(_SendBuffer(self.session), True)
 
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
@@ -275,6 +301,10 @@ class MQTTProtocol(Protocol):
         if not self.closing:
             self._hand_over_writes()
             self.closing = True
+            if self._tcp is not None:
+                # A paused producer would keep Twisted from closing once
+                # the buffer drained (it resumes the producer instead).
+                self._tcp.unregisterProducer()
             self.transport.loseConnection()
             if grace is not None:
                 self._close_timer = self.clock.callLater(grace, self.transport.abortConnection)

@@ -150,6 +150,10 @@ class SessionQueue(Protocol):
 
     def drop_too_large(self, packet_id: Optional[int]) -> None: ...
 
+    def pause_sending(self) -> None: ...
+
+    def resume_sending(self) -> None: ...
+
     def detach(self) -> None: ...
 
     def enqueue(self, message: Message, qos: int) -> Optional[Deferred]: ...
@@ -863,6 +867,15 @@ class Session:
                 self.queue.drop_too_large(packet_id)
             return
         self.io.write(data)
+
+    def sending_paused(self) -> None:
+        """The connection cannot take more for now (see SubscriberQueue.pause_sending)."""
+        if self.queue is not None:
+            self.queue.pause_sending()
+
+    def sending_resumed(self) -> None:
+        if self.queue is not None:
+            self.queue.resume_sending()
 
     def send_pubrel(self, packet_id: int) -> None:
         self.counters.pubrel_sent += 1
