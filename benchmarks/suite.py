@@ -92,10 +92,11 @@ class VmqtwBroker(Broker):
 
     name = "vmqtw"
 
-    def __init__(self, bindir: str) -> None:
+    def __init__(self, bindir: str, bounded: bool = False) -> None:
         root = tempfile.mkdtemp(prefix="vmqtw-suite-")
         try:
-            self.node = Node(root, bindir, "S", "127.0.0.1", {})
+            self.node = Node(root, bindir, "S", "127.0.0.1",
+                             {"max_online_messages": "1000"} if bounded else {})
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)
             raise
@@ -112,19 +113,19 @@ def _spawn(argv: List[str], root: str) -> "subprocess.Popen[bytes]":
                                 start_new_session=True)
 
 
-def start_mosquitto(binary: str) -> Broker:
+def start_mosquitto(binary: str, bounded: bool = False) -> Broker:
     root = tempfile.mkdtemp(prefix="vmqtw-suite-mosquitto-")
     port = free_ports("127.0.0.1", 1)[0]
     conf = os.path.join(root, "mosquitto.conf")
     with open(conf, "w") as handle:
         handle.write("listener %d 127.0.0.1\nallow_anonymous true\n"
-                     "max_queued_messages 0\npersistence false\n" % port)
+                     "max_queued_messages %d\npersistence false\n" % (port, 1000 if bounded else 0))
     broker = Broker(_spawn([binary, "-c", conf], root), port, root)
     broker.name = "mosquitto"
     return broker
 
 
-def start_amqtt(command: str) -> Broker:
+def start_amqtt(command: str, bounded: bool = False) -> Broker:
     root = tempfile.mkdtemp(prefix="vmqtw-suite-amqtt-")
     port = free_ports("127.0.0.1", 1)[0]
     conf = os.path.join(root, "amqtt.yaml")
@@ -173,7 +174,7 @@ class Scenario:
 
     def __init__(self, key: str, label: str, unit: str, higher_is_better: bool,
                  run: Callable[[Any, "Options"], Dict[str, Any]],
-                 cluster: bool = False) -> None:
+                 cluster: bool = False, bounded: bool = False) -> None:
         self.key = key
         self.label = label
         self.unit = unit
@@ -181,6 +182,8 @@ class Scenario:
         self.run = run
         #: vmqtw only, on nodes the run starts itself.
         self.cluster = cluster
+        #: The brokers keep their default queue limits (1000 messages).
+        self.bounded = bounded
 
 
 class Options:
@@ -317,6 +320,35 @@ def _connect_many(broker: Broker, n: int, tag: str) -> List[socket.socket]:
         raise
 
 
+def stalled_memory(broker: Broker, opts: Options) -> Dict[str, Any]:
+    """
+    Broker RSS growth while one subscriber reads nothing (its socket's
+    buffers full) and another takes a QoS 0 fan-out of 512-byte messages at
+    full speed; both brokers keep their default queue limit (1000).
+    """
+    sock = socket.create_connection((broker.host, broker.port), timeout=10)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(mqttwire.connect("suite-stalled-%s" % os.urandom(3).hex(), keepalive=600))
+        sock.sendall(mqttwire.subscribe(1, [("bench/fanout/x", 0)]))
+        got = b""
+        while len(got) < 9:   # CONNACK (4) + SUBACK (5), then never read again
+            chunk = sock.recv(9 - len(got))
+            if not chunk:
+                raise RuntimeError("%s closed the stalled subscriber" % broker.name)
+            got += chunk
+        before = rss_bytes(broker.pid)
+        report = loadgen(broker.host, broker.port,
+                         ["fanout", "--subscribers", "1", "--payload", "512",
+                          "--messages", str(opts.count(100000))], opts)
+        after = rss_bytes(broker.pid)
+    finally:
+        sock.close()
+    return {"value": (after - before) / 1048576.0, "note": _integrity_note(report),
+            "failed": not report.get("ok", False),
+            "report": dict(report, rss_before=before, rss_after=after)}
+
+
 def cluster_flow(qos: int, base: int) -> Callable[[Broker, Options], Dict[str, Any]]:
     """Publishers on node A, the subscriber on node B of a fresh 2-node cluster."""
     def run(_: None, opts: Options) -> Dict[str, Any]:
@@ -344,6 +376,8 @@ SCENARIOS = [
              flow("fanout", 0, 20000, "deliveries_per_s")),
     Scenario("fanout1", "fan-out QoS 1, 1 -> 10", "deliveries/s", True,
              flow("fanout", 1, 10000, "deliveries_per_s")),
+    Scenario("stalled", "RSS growth, 1 stalled + 1 QoS 0 subscriber", "MB", False,
+             stalled_memory, bounded=True),
     Scenario("offline", "offline QoS 1 enqueue, 4 -> 1 (acked)", "msg/s", True,
              flow("offline", 1, 10000, "acked_per_s")),
     Scenario("cluster0", "2 nodes, QoS 0 fan-in A -> B", "msg/s", True,
@@ -399,7 +433,7 @@ def summarize(results: Dict[str, Dict[str, List[Dict[str, Any]]]],
 def _fmt(value: Optional[float], unit: str) -> str:
     if value is None:
         return "-"
-    if unit in ("ms", "KB each"):
+    if unit in ("ms", "KB each", "MB"):
         return "%.2f %s" % (value, unit.split()[0])
     return "{:,.0f}".format(value)
 
@@ -409,7 +443,7 @@ def format_table(rows: List[Dict[str, Any]], brokers: Sequence[str], runs: int) 
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes: List[str] = []
     for row in rows:
-        cells = [row["scenario"] + ("" if row["unit"] in ("ms", "KB each")
+        cells = [row["scenario"] + ("" if row["unit"] in ("ms", "KB each", "MB")
                                     else " (%s)" % row["unit"])]
         for name in brokers:
             got = row["brokers"].get(name)
@@ -442,14 +476,14 @@ def format_table(rows: List[Dict[str, Any]], brokers: Sequence[str], runs: int) 
 # ------------------------------------------------------------------ main
 
 
-def _one_run(sc: Scenario, start: Callable[[], Broker], opts: Options,
+def _one_run(sc: Scenario, start: Callable[[bool], Broker], opts: Options,
              pids: List[int], verbose: bool) -> Dict[str, Any]:
     """One run of ``sc`` on a broker started for it, stopped whatever happens."""
     broker: Optional[Broker] = None
     try:
         if sc.cluster:
             return sc.run(None, opts)
-        broker = start()
+        broker = start(sc.bounded)
         pids.append(broker.pid)
         broker.wait_listening()
         if verbose:
@@ -498,12 +532,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     opts = Options(ns)
     _raise_fd_limit(opts.idle + 1024)
     wanted = [b.strip() for b in ns.brokers.split(",") if b.strip()]
-    starters: Dict[str, Callable[[], Broker]] = {"vmqtw": lambda: VmqtwBroker(opts.bindir)}
+    starters: Dict[str, Callable[[bool], Broker]] = {
+        "vmqtw": lambda bounded: VmqtwBroker(opts.bindir, bounded)}
     if "mosquitto" in wanted and os.access(ns.mosquitto, os.X_OK):
-        starters["mosquitto"] = lambda: start_mosquitto(ns.mosquitto)
+        starters["mosquitto"] = lambda bounded: start_mosquitto(ns.mosquitto, bounded)
     amqtt = find_amqtt(ns.amqtt) if "amqtt" in wanted else None
     if amqtt:
-        starters["amqtt"] = lambda: start_amqtt(amqtt)
+        starters["amqtt"] = lambda bounded: start_amqtt(amqtt, bounded)
     names = [n for n in ("vmqtw", "mosquitto", "amqtt") if n in wanted and n in starters]
     scenarios = [s for s in SCENARIOS if not ns.only or s.key in ns.only]
     # SIGTERM ends the run like Ctrl-C: the finally below stops everything.
