@@ -5,9 +5,11 @@ It only moves bytes: ``dataReceived`` feeds the codec, which returns every
 complete packet in the buffer, and hands them to the session; the session
 writes through this protocol.  Timers live here too -- the CONNECT deadline
 (``connect_timeout``, against idle sockets and slowloris) and the keepalive
-(1.5 × keepalive of silence closes the connection [MQTT-3.1.2-24]).  A
-keepalive check is one timer per connection that re-arms itself for the
-remaining time, so ``dataReceived`` only records the time of the last byte.
+(1.5 × keepalive of silence closes the connection [MQTT-3.1.2-24]), both
+on the listener's one :class:`~vmqtw.mqtt.deadlines.Deadlines` timer rather
+than a timer per connection.  A keepalive check re-enters the connection
+for the remaining time, so ``dataReceived`` only records the time of the
+last byte.
 
 What one read causes to be written leaves before that read returns to the
 reactor (see :class:`TurnWrites`), not a reactor turn later.
@@ -25,9 +27,10 @@ from zope.interface import implementer
 
 from vmqtw.mqtt import packets as P
 from vmqtw.mqtt import reasons as R
+from vmqtw.mqtt.deadlines import Deadlines
 from vmqtw.mqtt.codec import Decoder, ProtocolError, UnacceptableProtocolLevel, encode
-from vmqtw.mqtt.session import (CONNECTED, NEW, Authenticator, MqttCounters, Session,
-                                SessionRegistry, SessionSettings)
+from vmqtw.mqtt.session import (CONNECTED, CONNECTING, NEW, Authenticator, MqttCounters,
+                                Session, SessionRegistry, SessionSettings)
 from vmqtw.tls import peer_common_name
 
 
@@ -123,8 +126,9 @@ class MQTTProtocol(Protocol):
                                counters=factory.counters)
         self.closing = False
         self.last_seen = 0.0
-        self._connect_timer: Any = None
-        self._keepalive_timer: Any = None
+        #: The handle of this connection's deadline in ``factory.deadlines``
+        #: (the CONNECT deadline until connected, then the keepalive), or None.
+        self._deadline: Optional[int] = None
         self._close_timer: Any = None
         self._writes = factory.writes
         #: The plain TCP transport, when what is written may be sent at
@@ -142,8 +146,8 @@ class MQTTProtocol(Protocol):
         self.session.peer = (getattr(peer, "host", None), getattr(peer, "port", None))
         self.last_seen = self.clock.seconds()
         if factory.connect_timeout > 0:
-            self._connect_timer = self.clock.callLater(factory.connect_timeout,
-                                                       self._connect_timed_out)
+            self._deadline = factory.deadlines.add(self.last_seen + factory.connect_timeout,
+                                                   self)
         factory.connections.add(self)
         factory.counters.socket_open += 1
         transport = self.transport
@@ -223,10 +227,12 @@ class MQTTProtocol(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.closing = True
-        for timer in (self._connect_timer, self._keepalive_timer, self._close_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._connect_timer = self._keepalive_timer = self._close_timer = None
+        if self._deadline is not None:
+            self.factory.deadlines.discard(self._deadline, self)
+            self._deadline = None
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None
         self.factory.connections.discard(self)
         self.factory.counters.socket_close += 1
         try:
@@ -237,28 +243,32 @@ class MQTTProtocol(Protocol):
 
     # -- timers ---------------------------------------------------------------------
 
-    def _connect_timed_out(self) -> None:
-        self._connect_timer = None
-        self.log.info("closing {peer}: no CONNECT within {timeout} s",
-                      peer=self.session.peer, timeout=self.factory.connect_timeout)
-        self.abort()
+    def deadline_passed(self, now: float) -> None:
+        """The CONNECT deadline (until connected), else the keepalive's."""
+        self._deadline = None
+        if self.closing:
+            return
+        session = self.session
+        if session.state in (NEW, CONNECTING):
+            self.log.info("closing {peer}: no CONNECT within {timeout} s",
+                          peer=session.peer, timeout=self.factory.connect_timeout)
+            self.abort()
+            return
+        if session.state != CONNECTED or session.keepalive <= 0:
+            return
+        grace = session.keepalive * 1.5
+        if now - self.last_seen >= grace:
+            session.disconnect(R.KEEP_ALIVE_TIMEOUT, "keepalive timeout")
+            return
+        self._deadline = self.factory.deadlines.add(self.last_seen + grace, self)
 
     def _session_connected(self, session: Session) -> None:
-        if self._connect_timer is not None and self._connect_timer.active():
-            self._connect_timer.cancel()
-        self._connect_timer = None
+        deadlines = self.factory.deadlines
+        if self._deadline is not None:
+            deadlines.discard(self._deadline, self)
+            self._deadline = None
         if session.keepalive > 0:
-            self._keepalive_timer = self.clock.callLater(session.keepalive * 1.5,
-                                                         self._keepalive_check)
-
-    def _keepalive_check(self) -> None:
-        self._keepalive_timer = None
-        grace = self.session.keepalive * 1.5
-        silent = self.clock.seconds() - self.last_seen
-        if silent >= grace:
-            self.session.disconnect(R.KEEP_ALIVE_TIMEOUT, "keepalive timeout")
-            return
-        self._keepalive_timer = self.clock.callLater(grace - silent, self._keepalive_check)
+            self._deadline = deadlines.add(self.clock.seconds() + session.keepalive * 1.5, self)
 
     # -- SessionIO ------------------------------------------------------------------
 
@@ -355,6 +365,8 @@ class MQTTFactory(Factory):
         self.counters = counters if counters is not None else MqttCounters()
         #: Shared by every listener of a node (see :class:`TurnWrites`).
         self.writes = writes if writes is not None else TurnWrites()
+        #: The CONNECT and keepalive deadlines of this listener's connections.
+        self.deadlines = Deadlines(clock)
 
     def buildProtocol(self, addr: Any) -> Optional[MQTTProtocol]:
         if self.max_connections and len(self.connections) >= self.max_connections:
