@@ -413,7 +413,8 @@ class Session:
         #: MQTT 5.0: a DISCONNECT other than 0x00 keeps the will.
         self._will_on_disconnect = False
         self._disconnected = False
-        self._buffered: List[Any] = []
+        #: Packets pipelined behind a CONNECT being decided; None when none.
+        self._buffered: Optional[List[Any]] = None
         #: Acknowledgements waiting for the message store (or behind one
         #: that does), in order; made on first use, as most clients never
         #: need it and an empty deque costs 600 bytes per connection.
@@ -448,6 +449,8 @@ class Session:
             # Pipelined behind a CONNECT that is still being authenticated:
             # keep it, and stop reading more until the CONNECT is decided,
             # so a client cannot make us buffer without bound meanwhile.
+            if self._buffered is None:
+                self._buffered = []
             self._buffered.append(packet)
             if not self._paused:
                 self._paused = True
@@ -664,7 +667,7 @@ class Session:
         if self.v5 and self._connect_props is not None:
             receive_maximum = self._connect_props.receive_maximum or 0
         queue.attach(self, self._read_check(), receive_maximum)
-        buffered, self._buffered = self._buffered, []
+        buffered, self._buffered = self._buffered or [], None
         for packet in buffered:
             if self.state != CONNECTED:
                 break
