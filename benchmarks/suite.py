@@ -351,8 +351,8 @@ def stalled_memory(broker: Broker, opts: Options) -> Dict[str, Any]:
 
 def cluster_flow(qos: int, base: int) -> Callable[[Broker, Options], Dict[str, Any]]:
     """Publishers on node A, the subscriber on node B of a fresh 2-node cluster."""
-    def run(_: None, opts: Options) -> Dict[str, Any]:
-        cluster = Cluster(opts.bindir, 2, {})
+    def run(bindir: str, opts: Options) -> Dict[str, Any]:
+        cluster = Cluster(bindir, 2, {})
         try:
             a, b = cluster.nodes
             report = loadgen(a.host, a.port, ["fanin", "--qos", str(qos),
@@ -426,6 +426,8 @@ def summarize(results: Dict[str, Dict[str, List[Dict[str, Any]]]],
             other = row["brokers"].get("mosquitto", {}).get("median")
             row["ratio_to"] = "mosquitto"
         row["ratio"] = mine / other if mine is not None and other else None
+        base = row["brokers"].get("base", {}).get("median")
+        row["ratio_base"] = mine / base if mine is not None and base else None
         rows.append(row)
     return rows
 
@@ -439,7 +441,8 @@ def _fmt(value: Optional[float], unit: str) -> str:
 
 
 def format_table(rows: List[Dict[str, Any]], brokers: Sequence[str], runs: int) -> str:
-    head = ["scenario"] + list(brokers) + ["ratio"]
+    with_base = "base" in brokers
+    head = ["scenario"] + list(brokers) + ["ratio"] + (["vmqtw / base"] if with_base else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes: List[str] = []
     for row in rows:
@@ -464,6 +467,8 @@ def format_table(rows: List[Dict[str, Any]], brokers: Sequence[str], runs: int) 
             cells.append("%.2fx (%s is better%s)" % (
                 ratio, better, "" if row["ratio_to"] == "mosquitto"
                 else "; vs " + row["ratio_to"]))
+        if with_base:
+            cells.append("" if row["ratio_base"] is None else "%.2fx" % row["ratio_base"])
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("%s; ratio = vmqtw / mosquitto unless noted." % (
@@ -477,12 +482,12 @@ def format_table(rows: List[Dict[str, Any]], brokers: Sequence[str], runs: int) 
 
 
 def _one_run(sc: Scenario, start: Callable[[bool], Broker], opts: Options,
-             pids: List[int], verbose: bool) -> Dict[str, Any]:
+             pids: List[int], verbose: bool, bindir: Optional[str] = None) -> Dict[str, Any]:
     """One run of ``sc`` on a broker started for it, stopped whatever happens."""
     broker: Optional[Broker] = None
     try:
         if sc.cluster:
-            return sc.run(None, opts)
+            return sc.run(bindir, opts)
         broker = start(sc.bounded)
         pids.append(broker.pid)
         broker.wait_listening()
@@ -523,6 +528,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     ap.add_argument("--amqtt", help="amqtt command or its virtualenv (or $VMQTW_BENCH_AMQTT)")
     ap.add_argument("--bin", default=os.path.dirname(sys.executable),
                     help="directory holding twistd and vmqtw-admin (default: this Python's)")
+    ap.add_argument("--base-bin", metavar="DIR",
+                    help="also run vmqtw from another checkout's virtualenv (its bin directory), "
+                    "as the column 'base': the before of a before/after in one run")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     return ap.parse_args(argv)
 
@@ -539,7 +547,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     amqtt = find_amqtt(ns.amqtt) if "amqtt" in wanted else None
     if amqtt:
         starters["amqtt"] = lambda bounded: start_amqtt(amqtt, bounded)
-    names = [n for n in ("vmqtw", "mosquitto", "amqtt") if n in wanted and n in starters]
+    if ns.base_bin:
+        wanted.append("base")
+        starters["base"] = lambda bounded: VmqtwBroker(ns.base_bin, bounded)
+    names = [n for n in ("vmqtw", "base", "mosquitto", "amqtt") if n in wanted and n in starters]
     scenarios = [s for s in SCENARIOS if not ns.only or s.key in ns.only]
     # SIGTERM ends the run like Ctrl-C: the finally below stops everything.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -549,9 +560,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for sc in scenarios:
             per: Dict[str, List[Dict[str, Any]]] = results.setdefault(sc.key, {})
             for _ in range(ns.runs):
-                for name in (["vmqtw"] if sc.cluster else names):
+                for name in ([n for n in names if n in ("vmqtw", "base")] if sc.cluster
+                             else names):
+                    bindir = ns.base_bin if name == "base" else opts.bindir
                     per.setdefault(name, []).append(
-                        _one_run(sc, starters[name], opts, pids, not ns.json))
+                        _one_run(sc, starters[name], opts, pids, not ns.json, bindir))
     except KeyboardInterrupt:
         sys.stderr.write("interrupted; the brokers are stopped\n")
         return 130
