@@ -154,6 +154,9 @@ class MQTTProtocol(Protocol):
         if isinstance(transport, Connection) and not getattr(transport, "TLS", False):
             self._tcp = transport
             transport.registerProducer(_SendBuffer(self.session), True)
+            # What one read writes leaves as one piece already (TurnWrites):
+            # Nagle's algorithm could only hold it back, waiting for an ACK.
+            transport.setTcpNoDelay(True)
 
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
