@@ -552,7 +552,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         starters["base"] = lambda bounded: VmqtwBroker(ns.base_bin, bounded)
     names = [n for n in ("vmqtw", "base", "mosquitto", "amqtt") if n in wanted and n in starters]
     scenarios = [s for s in SCENARIOS if not ns.only or s.key in ns.only]
-    # SIGTERM ends the run like Ctrl-C: the finally below stops everything.
+    # Ctrl-C interrupts even when started with SIGINT ignored (as under some
+    # test runners); SIGTERM ends the run too.  Either way each run's
+    # broker is stopped on the way out.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
     pids: List[int] = []
