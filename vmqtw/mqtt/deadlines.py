@@ -57,7 +57,11 @@ class Deadlines:
         return tick
 
     def discard(self, tick: int, target: Expiring) -> None:
-        """Forget ``target``'s deadline (an emptied tick just fires idle)."""
+        """
+        Forget ``target``'s deadline.  An emptied tick stays until its time
+        and then fires idle, so once a listener's connections are gone the
+        timer runs out by itself.
+        """
         members = self._ticks.get(tick)
         if members is not None:
             members.discard(target)
@@ -82,9 +86,3 @@ class Deadlines:
                 target.deadline_passed(now)
         if heap and (self._armed is None or heap[0] < self._armed):
             self._arm(heap[0])
-
-    def stop(self) -> None:
-        """Cancel the timer (the listener is gone)."""
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = self._armed = None
