@@ -78,13 +78,14 @@ BATCH = 512
 HIGH_WATER = 256 * 1024
 RECV_SIZE = 256 * 1024
 
-SCENARIOS = ("fanin", "fanout", "latency")
+SCENARIOS = ("fanin", "fanout", "latency", "offline")
 EXIT_OK, EXIT_INTEGRITY, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 
 _DEFAULTS: Dict[str, Dict[str, int]] = {
     "fanin": {"publishers": 4, "subscribers": 1, "messages": 25000, "rate": 0},
     "fanout": {"publishers": 1, "subscribers": 10, "messages": 10000, "rate": 0},
     "latency": {"publishers": 1, "subscribers": 1, "messages": 5000, "rate": 1000},
+    "offline": {"publishers": 4, "subscribers": 1, "messages": 10000, "rate": 0},
 }
 
 
@@ -225,11 +226,11 @@ def _unpack_bytes(text: str) -> bytes:
 
 def topic_for(scenario: str, index: int) -> str:
     """Fan-in gives each publisher its own topic under one wildcard filter."""
-    return f"bench/{index}/x" if scenario == "fanin" else "bench/fanout/x"
+    return f"bench/{index}/x" if scenario in ("fanin", "offline") else "bench/fanout/x"
 
 
 def filter_for(scenario: str) -> str:
-    return "bench/+/x" if scenario == "fanin" else "bench/fanout/x"
+    return "bench/+/x" if scenario in ("fanin", "offline") else "bench/fanout/x"
 
 
 def spread(count: int, procs: int) -> List[List[int]]:
@@ -262,7 +263,7 @@ def _read_frame_blocking(sock: socket.socket, buf: bytearray) -> Tuple[int, byte
 
 def open_client(host: str, port: int, client_id: str, keepalive: int, timeout: float,
                 subscription: Optional[Tuple[str, int]] = None,
-                protocol: int = 4) -> Tuple[socket.socket, bytes]:
+                protocol: int = 4, clean_session: bool = True) -> Tuple[socket.socket, bytes]:
     """Connect (and subscribe) with blocking calls, then go non-blocking.
 
     Returns the socket and any bytes read past the CONNACK/SUBACK.
@@ -270,8 +271,8 @@ def open_client(host: str, port: int, client_id: str, keepalive: int, timeout: f
     sock = socket.create_connection((host, port), timeout=timeout)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(mqttwire.connect(client_id, clean_session=True, keepalive=keepalive,
-                                      protocol=protocol))
+        sock.sendall(mqttwire.connect(client_id, clean_session=clean_session,
+                                      keepalive=keepalive, protocol=protocol))
         buf = bytearray()
         first, body = _read_frame_blocking(sock, buf)
         if first >> 4 != mqttwire.CONNACK:
@@ -512,8 +513,11 @@ class Subscriber(_Conn):
 
     def on_readable(self) -> None:
         data = self.read()
-        if data is None:
-            return
+        if data is not None:
+            self.consume(data)
+
+    def consume(self, data: bytes) -> None:
+        """Account for every frame in ``data`` (buffered + new bytes)."""
         frames, nxt = mqttwire.split_frames(data)
         self.inbuf = data[nxt:]
         seen, run_id, out = self.seen, self.run_id, self.out
@@ -661,14 +665,27 @@ def _run(spec: Dict[str, Any], ctrl: Any) -> Dict[str, Any]:
     subs: List[Subscriber] = []
     pubs: List[Publisher] = []
     errors: List[str] = []
+    offline = scenario == "offline"
+
+    def subscriber(i: int, subscription: Optional[Tuple[str, int]]) -> Subscriber:
+        sock, left = open_client(spec.get("sub_host") or host, spec.get("sub_port") or port,
+                                 f"vmqtwb-{spec['run_id']}-s{i}", keepalive,
+                                 spec["setup_timeout"], subscription, protocol,
+                                 clean_session=not offline)
+        sub = Subscriber(sock, b"", i, qos, run_id, spec["publishers"], spec["messages"],
+                         spec["latency"], protocol)
+        if left:  # a persistent session's messages may all come with the CONNACK
+            sub.consume(left)
+        return sub
+
     try:
         for i in spec["subs"]:
-            sock, left = open_client(spec.get("sub_host") or host, spec.get("sub_port") or port,
-                                     f"vmqtwb-{spec['run_id']}-s{i}", keepalive,
-                                     spec["setup_timeout"], (filter_for(scenario), qos),
-                                     protocol)
-            subs.append(Subscriber(sock, left, i, qos, run_id, spec["publishers"],
-                                   spec["messages"], spec["latency"], protocol))
+            subs.append(subscriber(i, (filter_for(scenario), qos)))
+        if offline:
+            # Subscribed persistent sessions, then gone: the broker keeps
+            # what is published for them until they come back.
+            _close_all(subs, 2.0)
+            subs = []
         for i in spec["pubs"]:
             sock, left = open_client(host, port, f"vmqtwb-{spec['run_id']}-p{i}", keepalive,
                                      spec["setup_timeout"], None, protocol)
@@ -684,11 +701,33 @@ def _run(spec: Dict[str, Any], ctrl: Any) -> Dict[str, Any]:
         _close_all([*subs, *pubs], 1.0)
         return {"ev": "result", "errors": ["no go from parent"], "pubs": [], "subs": []}
     go = _recv(ctrl)
+    if offline and spec["subs"]:
+        # Back once every publisher finished (the parent says how many it
+        # published), to collect and check what was queued meanwhile.
+        if not ctrl.poll(spec["duration"] + 3 * spec["drain"] + 5):
+            return {"ev": "result", "errors": ["no drain from parent"], "pubs": [], "subs": []}
+        message = _recv(ctrl)
+        try:
+            subs = [subscriber(i, None) for i in spec["subs"]]
+        except (OSError, ConnectionFailed, mqttwire.WireError) as e:
+            return {"ev": "result", "errors": [f"reconnect: {e}"], "pubs": [], "subs": []}
+        go = dict(go, expected=sum(message["published"].values()) * len(subs))
     timed_out = _loop(spec, ctrl, pubs, subs, go)
     for c in [*pubs, *subs]:
         if c.error:
             errors.append(c.error)
     _close_all([*subs, *pubs], 2.0)
+    if offline:
+        # End the persistent sessions (a clean session takes each over), or
+        # the broker would keep storing later runs' messages for them.
+        for i in spec["subs"]:
+            try:
+                sock, _ = open_client(spec.get("sub_host") or host, spec.get("sub_port") or port,
+                                      f"vmqtwb-{spec['run_id']}-s{i}", keepalive,
+                                      spec["setup_timeout"], None, protocol)
+                _close_all([_Conn(sock, b"", f"subscriber {i}")], 2.0)
+            except (OSError, ConnectionFailed, mqttwire.WireError) as e:
+                errors.append(f"subscriber {i}: ending the session: {e}")
     return {"ev": "result", "errors": errors, "timed_out": timed_out,
             "pubs": [p.result() for p in pubs], "subs": [s.result() for s in subs]}
 
@@ -712,9 +751,9 @@ def _loop(spec: Dict[str, Any], ctrl: Any, pubs: List[Publisher], subs: List[Sub
         s.last_data = start
     # Subscribers learn how much was published from the parent, or from the
     # publishers beside them when this worker holds every publisher.
-    expected: Optional[int] = None
+    expected: Optional[int] = go.get("expected")
     local_drain = bool(pubs) and len(pubs) == spec["publishers"]
-    drain_started = 0.0
+    drain_started = start if expected is not None else 0.0
     timed_out = False
     try:
         while True:

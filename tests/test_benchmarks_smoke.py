@@ -557,3 +557,73 @@ def test_benchmarks_never_import_tests() -> None:
             offenders += ["%s:%d %s" % (path.name, node.lineno, name)
                           for name in names if name.split(".")[0] == "tests"]
     assert offenders == []
+
+
+# ------------------------------------------------------------------ suite
+
+
+def test_suite_table_shows_failures_and_ratios() -> None:
+    """The table keeps a failed run visible (marked, with its reason) and
+    takes ratios to mosquitto, and cluster rows to the single node."""
+    from benchmarks import suite
+    ok = {"value": 100.0, "note": None, "failed": False}
+    results = {
+        "fanin1": {"vmqtw": [ok, dict(ok, value=60.0), dict(ok, value=80.0)],
+                   "mosquitto": [dict(ok, value=200.0), dict(ok, value=160.0),
+                                 {"value": None, "note": "lost_acked 3", "failed": True}]},
+        "cluster1": {"vmqtw": [dict(ok, value=40.0)]},
+    }
+    rows = suite.summarize(results, ["vmqtw", "mosquitto"])
+    by_key = {row["key"]: row for row in rows}
+    assert by_key["fanin1"]["brokers"]["vmqtw"]["median"] == 80.0
+    assert by_key["fanin1"]["brokers"]["mosquitto"]["median"] == 180.0
+    assert by_key["fanin1"]["ratio"] == pytest.approx(80.0 / 180.0)
+    assert by_key["cluster1"]["ratio"] == pytest.approx(40.0 / 80.0)
+    table = suite.format_table(rows, ["vmqtw", "mosquitto"], 3)
+    assert "FAILED 1/3" in table and "lost_acked 3" in table
+
+
+def test_suite_runs_vmqtw_and_stops_it() -> None:
+    """``python -m benchmarks.suite`` with tiny counts against the node it
+    starts itself: every scenario asked for gives a figure, every message is
+    accounted for, and the node is gone when the command returns."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.suite", "--brokers", "vmqtw", "--scale", "0.01",
+         "--idle", "50", "--duration", "20", "--only", "idle", "--only", "fanin1",
+         "--only", "offline", "--only", "cluster1", "--only", "stalled", "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.stdout.strip(), proc.stderr
+    report = json.loads(proc.stdout)
+    rows = {row["key"]: row for row in report["rows"]}
+    assert sorted(rows) == ["cluster1", "fanin1", "idle", "offline", "stalled"]
+    for key, row in rows.items():
+        got = row["brokers"]["vmqtw"]
+        assert got["failed"] == 0, (key, got["notes"])
+        assert got["median"] is not None and (got["median"] > 0 or key == "stalled"), key
+    for key in ("fanin1", "offline", "cluster1"):
+        run = report["details"][key]["vmqtw"][0]["report"]
+        assert run["integrity"]["lost"] == 0 and run["published"] > 0, key
+    assert proc.returncode == 0, proc.stderr
+    for pid in report["pids"]:
+        assert not os.path.exists("/proc/%d" % pid), pid
+
+
+def test_suite_interrupted_stops_its_broker() -> None:
+    """Ctrl-C in the middle of a run: the suite exits 130 and the node it
+    started is gone (the suite, not the terminal, owns it)."""
+    import signal
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.suite", "--brokers", "vmqtw", "--only", "fanin1",
+         "--duration", "60"], cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True)
+    try:
+        line = proc.stderr.readline()   # "fanin1 on vmqtw (pid N) ...", once it listens
+        assert " on vmqtw (pid " in line, line
+        pid = int(line.split("(pid ")[1].split(")")[0])
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+        assert not os.path.exists("/proc/%d" % pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -261,3 +261,26 @@ def test_a_held_queue_handed_on_sends_what_came_directly_as_possible_redeliverie
     handed = []
     queue.hand_over(lambda m, qos, stored: handed.append((m.payload, m.dup)))
     assert handed == [(b"m1", False), (b"m5", True)]
+
+
+def test_paused_sending_keeps_messages_queued_within_the_limit():
+    """While the connection cannot take more, QoS 0 and QoS 1 messages wait
+    (the newest dropped and counted past max_online_messages); resumed,
+    they go out in order; a new connection starts unpaused."""
+    clock = Clock()
+    queue = SubscriberQueue(SubscriberId("", "s"), True,
+                            QueueLimits(max_online_messages=3), clock)
+    outlet = Outlet()
+    queue.attach(outlet)
+    queue.pause_sending()
+    for n in range(5):
+        queue.enqueue(message(n, qos=n % 2), n % 2)
+    assert outlet.sent == [] and len(queue.pending) == 3
+    assert queue.counters.dropped_online == 2
+    queue.resume_sending()
+    assert [payload for payload, *_ in outlet.sent] == [b"m0", b"m1", b"m2"]
+    queue.pause_sending()
+    queue.detach()
+    queue.attach(outlet)
+    queue.enqueue(message(9, qos=0), 0)
+    assert outlet.sent[-1][0] == b"m9"

@@ -279,3 +279,17 @@ def test_a_failure_once_the_reactor_runs_stops_it_and_sets_the_exit_status(tmp_p
         assert reactor.hasStopped
     finally:
         node.metadata.store.close()
+
+
+def test_what_exists_after_startup_is_frozen_out_of_the_collector() -> None:
+    """Objects alive once the node started are moved to the collector's
+    permanent generation (gc.freeze): full collections under load then
+    scan only what came after, not every module and configuration object."""
+    import gc
+    from vmqtw.tap import _freeze_startup_heap
+    before = gc.get_freeze_count()
+    try:
+        _freeze_startup_heap()
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()

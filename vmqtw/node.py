@@ -64,7 +64,7 @@ from vmqtw.http import health_reason, monitoring_site
 from vmqtw.interfaces import IClusterTransport, IMessageStore, IMetadataStore
 from vmqtw.metadata.node import MetadataNode
 from vmqtw.metrics import MetricSources, node_registry
-from vmqtw.mqtt.protocol import MQTTFactory
+from vmqtw.mqtt.protocol import MQTTFactory, TurnWrites
 from vmqtw.mqtt.session import MqttCounters, SessionSettings
 from vmqtw.mqtt.websocket import MQTTWebSocketFactory
 from vmqtw.service import CallbackService, ListenerService, OrderedMultiService
@@ -385,6 +385,7 @@ def build_node(config: Config, reactor: Any) -> Node:
     # WebSocket; ``kinds`` keeps (kind, address) for vmqtw-admin listener show.
     listeners: List[IService] = []
     kinds: List[Tuple[str, Tuple[str, int], ListenerService]] = []
+    turn_writes = TurnWrites()
 
     def mqtt_listeners(kind: str, key: str, table: Mapping[str, Tuple[str, int]],
                        listener_settings: SessionSettings, wrap: Callable[[Any], Any],
@@ -395,7 +396,7 @@ def build_node(config: Config, reactor: Any) -> Node:
                                   connect_timeout=config.connect_timeout,
                                   max_connections=config.listener_max_connections,
                                   identity_from_certificate=identity_from_certificate,
-                                  counters=mqtt_counters)
+                                  counters=mqtt_counters, writes=turn_writes)
             service = ListenerService("listener.%s.%s" % (key, name),
                                       _endpoint(reactor, host, port), wrap(factory),
                                       on_failure=top.fail)

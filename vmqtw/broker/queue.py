@@ -18,8 +18,8 @@ survive a reconnect of a persistent session [MQTT-4.4.0-1], [MQTT-4.3.3-2].
 from __future__ import annotations
 
 from collections import deque
-from typing import (Any, Callable, Deque, Dict, Iterable, List, Optional, Protocol, Set, Tuple,
-                    Union)
+from typing import (Any, Callable, Deque, Dict, Iterable, List, Optional, Protocol, Sequence, Set,
+                    Tuple, Union)
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults
@@ -162,9 +162,10 @@ class SubscriberQueue:
     log = Logger()
 
     __slots__ = ("subscriber_id", "clean_session", "limits", "clock", "store",
-                 "counters", "pending", "inflight", "awaiting_rel", "outlet",
+                 "counters", "_pending", "inflight", "awaiting_rel", "outlet",
                  "_next_packet_id", "_retry_call", "_window", "_qos_for", "_loading",
-                 "_readable", "_held", "_handed_refs", "_shared", "_requeue")
+                 "_readable", "_held", "_handed_refs", "_shared", "_requeue",
+                 "_sending_paused")
 
     def __init__(self, subscriber_id: SubscriberId, clean_session: bool,
                  limits: QueueLimits, clock: IReactorTime,
@@ -177,9 +178,8 @@ class SubscriberQueue:
         #: An IMessageStore for persistent sessions, or None.
         self.store: Optional[IMessageStore] = None if clean_session else store
         self.counters = counters if counters is not None else QueueCounters()
-        #: Messages not yet sent: ``(message, qos)``; after a restart the
-        #: message is only its ref (``bytes``) until it is read back.
-        self.pending: Deque[Waiting] = deque()
+        #: What :attr:`pending` shows; None while empty (see _waiting).
+        self._pending: Optional[Deque[Waiting]] = None
         #: packet id -> in-flight entry, in send order.
         self.inflight: Dict[int, InFlight] = {}
         #: Ids of incoming QoS 2 PUBLISHes answered with PUBREC, awaiting PUBREL.
@@ -210,8 +210,29 @@ class SubscriberQueue:
         self._requeue: Optional[SharedRequeue] = None
         window = limits.max_inflight_messages
         self._window = MAX_PACKET_ID if window <= 0 else min(window, MAX_PACKET_ID)
+        #: The connection cannot take more for now (see pause_sending).
+        self._sending_paused = False
 
     # -- state ------------------------------------------------------------
+
+    @property
+    def pending(self) -> Sequence[Waiting]:
+        """
+        Messages not yet sent, oldest first: ``(message, qos)``; after a
+        restart the message is only its ref (``bytes``) until read back.
+        Read-only: changes go through :meth:`_waiting`.
+        """
+        return self._pending or ()
+
+    def _waiting(self) -> Deque[Waiting]:
+        """
+        The deque behind :attr:`pending`, made on first use: an empty deque
+        costs 600 bytes, and most subscribers' queues stay empty.
+        """
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = deque()
+        return pending
 
     @property
     def online(self) -> bool:
@@ -235,6 +256,7 @@ class SubscriberQueue:
         """
         self.outlet = outlet
         self._readable = readable
+        self._sending_paused = False
         window = self.limits.max_inflight_messages
         window = MAX_PACKET_ID if window <= 0 else min(window, MAX_PACKET_ID)
         if receive_maximum and receive_maximum < window:
@@ -291,7 +313,7 @@ class SubscriberQueue:
                     self.store.delete(self.subscriber_id, ref)
         self._held = None
         self._handed_refs = None
-        self.pending.clear()
+        self._pending = None
         self.inflight.clear()
         self.awaiting_rel.clear()
         if requeue and self._requeue is not None:
@@ -322,7 +344,7 @@ class SubscriberQueue:
             entries.extend((_redelivery(message, qos), qos) for message, qos in self.pending)
         else:
             entries.extend(self.pending)
-        self.pending = deque()
+        self._pending = None
         self.inflight.clear()
         self.awaiting_rel.clear()
         self._held = None
@@ -401,7 +423,7 @@ class SubscriberQueue:
                     # have sent it there too, and its client got it.
                     message = _redelivery(message, qos)
                 held.append((message, qos))
-            self.pending = held
+            self._pending = held if held else None
         if not handed:
             self._handed_refs = None
         self.pump()
@@ -421,7 +443,7 @@ class SubscriberQueue:
         handed.add(message.ref)
         held = self._held
         if held is None:
-            self.pending.append((message, qos))
+            self._waiting().append((message, qos))
         else:
             held.append((message, qos))
         stored = None
@@ -452,7 +474,7 @@ class SubscriberQueue:
                 return None
             if message.properties is not None and self._expired(message):
                 return None
-            if not self.pending and self._held is None:
+            if not self._pending and self._held is None and not self._sending_paused:
                 if qos == 0:
                     outlet.send_publish(message, 0, None, False)
                     return None
@@ -470,7 +492,7 @@ class SubscriberQueue:
                     self.counters.dropped_online += 1
                     return None
                 self.counters.dropped_online += 1
-            self.pending.append((message, qos))
+            self._waiting().append((message, qos))
             if qos > 0 and self.store is not None:
                 return self._store_waiting(message)
             return None
@@ -484,7 +506,7 @@ class SubscriberQueue:
                 self.counters.dropped_offline += 1
                 return None
             self.counters.dropped_offline += 1
-        self.pending.append((message, qos))
+        self._waiting().append((message, qos))
         if self.store is not None:
             return self._store_waiting(message)
         return None
@@ -526,7 +548,8 @@ class SubscriberQueue:
         stored: Deferred = self.store.write(self.subscriber_id, message)
 
         def not_stored(failure: Any) -> Any:
-            self.pending = deque(entry for entry in self.pending if entry[0] is not message)
+            rest = deque(entry for entry in self.pending if entry[0] is not message)
+            self._pending = rest if rest else None
             return failure
         return stored.addErrback(not_stored)
 
@@ -538,7 +561,7 @@ class SubscriberQueue:
         """
         if self.limits.queue_type != "lifo" or not self.pending:
             return False
-        message, qos = self.pending.popleft()
+        message, qos = self._waiting().popleft()
         if qos > 0 and self.store is not None:
             self.store.delete(self.subscriber_id,
                               message if isinstance(message, bytes) else message.ref)
@@ -547,8 +570,8 @@ class SubscriberQueue:
     def pump(self) -> None:
         """Send waiting messages while the in-flight window has room."""
         outlet = self.outlet
-        pending = self.pending
-        if self._held is not None:
+        pending = self._pending
+        if self._held is not None or self._sending_paused:
             return
         while outlet is not None and pending:
             message, qos = pending[0]
@@ -576,6 +599,20 @@ class SubscriberQueue:
                 break
             outlet = self.outlet
 
+    def pause_sending(self) -> None:
+        """
+        The connection's send buffer is full (a slow or stalled subscriber):
+        what comes now waits here, bounded by ``max_online_messages`` (drops
+        counted), instead of piling up in the transport without bound.
+        """
+        self._sending_paused = True
+
+    def resume_sending(self) -> None:
+        """The connection drained its send buffer: deliver what waited."""
+        if self._sending_paused:
+            self._sending_paused = False
+            self.pump()
+
     # -- restored queues -------------------------------------------------------
 
     def restore(self, refs: List[bytes], qos_for: Callable[[Message], int]) -> None:
@@ -586,7 +623,7 @@ class SubscriberQueue:
         """
         self._qos_for = qos_for
         # QoS 1 is a placeholder: stored messages are always QoS 1 or 2.
-        self.pending.extend((ref, 1) for ref in refs)
+        self._waiting().extend((ref, 1) for ref in refs)
 
     def restore_before(self, refs: List[bytes], qos_for: Callable[[Message], int]) -> None:
         """
@@ -605,9 +642,9 @@ class SubscriberQueue:
         known = set(refs)
         later = [(waiting, qos) for waiting, qos in self.pending
                  if (waiting if isinstance(waiting, bytes) else waiting.ref) not in known]
-        self.pending.clear()
+        self._pending = None
         self.restore(refs, qos_for)
-        self.pending.extend(later)
+        self._waiting().extend(later)
         if self.outlet is not None:
             self.pump()
 
@@ -648,7 +685,7 @@ class SubscriberQueue:
                 restored.append((stored, qos))
             else:
                 restored.append((message, qos))
-        self.pending = restored
+        self._pending = restored if restored else None
         self.pump()
 
     def _load_failed(self, failure: Any) -> None:

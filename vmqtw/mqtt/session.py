@@ -182,6 +182,10 @@ class SessionQueue(Protocol):
 
     def drop_too_large(self, packet_id: Optional[int]) -> None: ...
 
+    def pause_sending(self) -> None: ...
+
+    def resume_sending(self) -> None: ...
+
     def detach(self) -> None: ...
 
     def enqueue(self, message: Message, qos: int) -> Optional[Deferred]: ...
@@ -406,6 +410,19 @@ class Session:
 
     log = Logger()
 
+    # One per connection, idle or not: slots keep an idle one small (with
+    # more than 30 attributes its __dict__ alone took 1.5 KB).  A new
+    # attribute must be named here.
+    __slots__ = (
+        "io", "counters", "registry", "settings", "authenticator", "peer", "on_connected",
+        "peer_identity", "state", "client_id", "subscriber_id", "username", "clean_session",
+        "protocol_level", "close_reason", "keepalive", "will", "queue", "taken_over", "level",
+        "v5", "session_expiry", "max_send_size", "_sub_ids", "aliases", "_connect_props",
+        "_requested_keepalive", "_assigned_id", "_will_on_disconnect", "_disconnected",
+        "_buffered", "_acks", "_paused", "_handlers", "_alias_max", "_out_aliases",
+        "_rate_second", "_rate_count", "_throttle_call", "_auth_method", "_enhanced",
+        "_auth_exchange", "_auth_waiting", "_auth_data")
+
     def __init__(self, io: SessionIO, registry: SessionRegistry, settings: SessionSettings,
                  authenticator: Authenticator, peer: Any = None,
                  on_connected: Optional[Callable[["Session"], None]] = None,
@@ -473,26 +490,21 @@ class Session:
         #: MQTT 5.0: a DISCONNECT other than 0x00 keeps the will.
         self._will_on_disconnect = False
         self._disconnected = False
-        self._buffered: List[Any] = []
-        self._acks: Deque[List[Any]] = deque()
+        #: Packets pipelined behind a CONNECT being decided; None when none.
+        self._buffered: Optional[List[Any]] = None
+        #: Acknowledgements waiting for the message store (or behind one
+        #: that does), in order; made on first use, as most clients never
+        #: need it and an empty deque costs 600 bytes per connection.
+        self._acks: Optional[Deque[List[Any]]] = None
         self._paused = False
         #: ``max_message_rate``: the second counted, PUBLISHes in it, and
         #: the call resuming a throttled connection.
         self._rate_second = 0
         self._rate_count = 0
         self._throttle_call: Optional[IDelayedCall] = None
-        self._handlers: Dict[type, Callable[[Any, float], None]] = {
-            P.Publish: self._on_publish,
-            P.PubAck: self._on_puback,
-            P.PubRec: self._on_pubrec,
-            P.PubRel: self._on_pubrel,
-            P.PubComp: self._on_pubcomp,
-            P.Subscribe: self._on_subscribe,
-            P.Unsubscribe: self._on_unsubscribe,
-            P.PingReq: self._on_pingreq,
-            P.Disconnect: self._on_disconnect,
-            P.Auth: self._on_auth,
-        }
+        #: The packet handlers for this client's protocol level: a table
+        #: shared by every session (see _HANDLERS below the class).
+        self._handlers = _HANDLERS
 
     # -- input ----------------------------------------------------------------
 
@@ -506,7 +518,7 @@ class Session:
                 # sends (CONNACK, SUBACK, UNSUBACK, PINGRESP).
                 self.violation("unexpected " + type(packet).__name__)
                 return
-            handler(packet, now)
+            handler(self, packet, now)
         elif state == NEW:
             if type(packet) is not P.Connect:
                 self.violation("first packet is not CONNECT")  # [MQTT-3.1.0-1]
@@ -522,6 +534,8 @@ class Session:
             # Pipelined behind a CONNECT that is still being authenticated:
             # keep it, and stop reading more until the CONNECT is decided,
             # so a client cannot make us buffer without bound meanwhile.
+            if self._buffered is None:
+                self._buffered = []
             self._buffered.append(packet)
             if not self._paused:
                 self._paused = True
@@ -576,7 +590,7 @@ class Session:
             self.v5 = True
             # Level-5 handlers where the packet differs: the 3.1.1 ones
             # stay free of level tests.
-            self._handlers[P.Publish] = self._on_publish5
+            self._handlers = _HANDLERS5
             if not self._connect5(connect):
                 return
         if level not in settings.protocol_versions:
@@ -759,12 +773,13 @@ class Session:
         if self.v5 and self._connect_props is not None:
             receive_maximum = self._connect_props.receive_maximum or 0
         queue.attach(self, self._read_check(), receive_maximum)
-        buffered, self._buffered = self._buffered, []
+        buffered, self._buffered = self._buffered or [], None
         for packet in buffered:
             if self.state != CONNECTED:
                 break
             self.handle(packet, now)
-        if self._paused and self.state == CONNECTED and len(self._acks) < ACK_BACKLOG_PAUSE // 2:
+        if (self._paused and self.state == CONNECTED
+                and len(self._acks or ()) < ACK_BACKLOG_PAUSE // 2):
             self._paused = False
             if self._throttle_call is None:
                 self.io.resume_reading()
@@ -1023,6 +1038,15 @@ class Session:
                 aliases.move_to_end(message.topic)
         self.io.write(data)
 
+    def sending_paused(self) -> None:
+        """The connection cannot take more for now (see SubscriberQueue.pause_sending)."""
+        if self.queue is not None:
+            self.queue.pause_sending()
+
+    def sending_resumed(self) -> None:
+        if self.queue is not None:
+            self.queue.resume_sending()
+
     def send_pubrel(self, packet_id: int) -> None:
         self.counters.pubrel_sent += 1
         self.io.write(_PUBACK(_PUBREL_BYTE, 2, packet_id))
@@ -1101,7 +1125,8 @@ class Session:
             return
         queue = self.queue
         assert queue is not None  # only CONNECTED sessions handle PUBLISH
-        if (qos and len(self._acks) + len(queue.awaiting_rel) >= self.settings.receive_max_broker
+        if (qos and len(self._acks or ()) + len(queue.awaiting_rel)
+                >= self.settings.receive_max_broker
                 and publish.packet_id not in queue.awaiting_rel):
             # More unacknowledged QoS 1/2 PUBLISHes than the receive
             # maximum we announced [MQTT-3.3.4-8].
@@ -1213,6 +1238,8 @@ class Session:
             self.io.write(ack)
             return
         entry = [waiting is None, ack]
+        if acks is None:
+            acks = self._acks = deque()
         acks.append(entry)
         if waiting is not None:
             waiting.addCallbacks(self._ack_ready, self._ack_failed,
@@ -1264,6 +1291,8 @@ class Session:
 
     def _flush_acks(self) -> None:
         acks = self._acks
+        if acks is None:
+            return
         while acks and acks[0][0]:
             data = acks.popleft()[1]
             if data and self.state == CONNECTED:
@@ -1582,3 +1611,23 @@ class Session:
                          client_id=self.client_id)
         if self.state == CONNECTED:
             self.disconnect(R.UNSPECIFIED_ERROR, "re-authentication failed")
+
+
+#: What a connected session does with each packet from its client, by type:
+#: one table for every session (a per-session dict of bound methods cost
+#: about a kilobyte per connection).  MQTT 5.0 sessions differ only in
+#: PUBLISH, so the 3.1.1 handlers stay free of level tests.
+_HANDLERS: Dict[type, Callable[[Session, Any, float], None]] = {
+    P.Publish: Session._on_publish,
+    P.PubAck: Session._on_puback,
+    P.PubRec: Session._on_pubrec,
+    P.PubRel: Session._on_pubrel,
+    P.PubComp: Session._on_pubcomp,
+    P.Subscribe: Session._on_subscribe,
+    P.Unsubscribe: Session._on_unsubscribe,
+    P.PingReq: Session._on_pingreq,
+    P.Disconnect: Session._on_disconnect,
+    P.Auth: Session._on_auth,
+}
+_HANDLERS5: Dict[type, Callable[[Session, Any, float], None]] = dict(_HANDLERS)
+_HANDLERS5[P.Publish] = Session._on_publish5
