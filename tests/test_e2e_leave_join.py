@@ -21,10 +21,13 @@ MESSAGES = 5
 
 def three_nodes(nodes: Any, hosts: Sequence[str] = HOSTS, **settings: str) -> List[Node]:
     """Three nodes on ``hosts``, joined to the first."""
-    made = start_cluster(nodes, hosts, **settings)
-    a = made[0]
+    return join_to_first(start_cluster(nodes, hosts, **settings))
+
+
+def join_to_first(made: List[Node]) -> List[Node]:
+    """``made`` (running) joined to its first node with ``cluster join``; every node sees all."""
     for node in made[1:]:
-        done = admin(node, "cluster", "join", "discovery-node=" + cluster_address(a))
+        done = admin(node, "cluster", "join", "discovery-node=" + cluster_address(made[0]))
         assert done.returncode == 0, done
     everyone = sorted((name(n), True) for n in made)
     for node in made:

@@ -14,7 +14,8 @@ from typing import Any, List, Sequence
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from tests.nodeharness import Node
-from tests.test_e2e_cluster import FAST_METADATA, admin, cluster_address, name, show
+from tests.test_e2e_cluster import FAST_METADATA, name
+from tests.test_e2e_leave_join import join_to_first
 from tests.test_e2e_mqtt5 import Paho5
 from tests.test_e2e_operator import http_node, metrics
 from tests.waiting import wait_until
@@ -137,13 +138,7 @@ def three_policies(nodes: Any) -> List[Node]:
         node.start(wait=False)
     for node in made:
         wait_until(node.accepting, 20, what="node %s to accept" % (name(node),))
-    for node in made[1:]:
-        done = admin(node, "cluster", "join", "discovery-node=" + cluster_address(made[0]))
-        assert done.returncode == 0, done
-    everyone = sorted((name(n), True) for n in made)
-    for node in made:
-        wait_until(lambda node=node: sorted(show(node)) == everyone, 20, what="cluster formed")
-    return made
+    return join_to_first(made)
 
 
 def test_three_nodes_each_policy_and_a_member_dropping_mid_stream(nodes: Any) -> None:
