@@ -472,8 +472,9 @@ class Session:
         #: min(its topic alias maximum, ``topic_alias_max_broker``).
         self._alias_max = 0
         #: topic -> alias we gave it on this connection, least recently
-        #: used first (see :meth:`_send_publish5`).
-        self._out_aliases: "OrderedDict[str, int]" = OrderedDict()
+        #: used first (see :meth:`_send_publish5`); made when aliases are
+        #: on (an empty OrderedDict on every connection cost 128 bytes).
+        self._out_aliases: "Optional[OrderedDict[str, int]]" = None
         self._connect_props: Optional[P.Properties] = None
         self._requested_keepalive = 0
         self._assigned_id = False
@@ -682,6 +683,8 @@ class Session:
             # [MQTT-3.3.2-11]: never above what the client accepts.
             self._alias_max = min(props.topic_alias_maximum,
                                   self.settings.topic_alias_max_broker)
+            if self._alias_max:
+                self._out_aliases = OrderedDict()
         return True
 
     def _connack5(self, present: bool) -> bytes:
@@ -959,6 +962,7 @@ class Session:
         """
         topic = message.topic
         aliases = self._out_aliases
+        assert aliases is not None   # only called with aliases on
         alias = aliases.get(topic)
         if alias is not None:
             aliases.move_to_end(topic)
@@ -1008,8 +1012,8 @@ class Session:
             block = encode_properties(props, P.PUBLISH)
         topic = message.topic
         alias = 0
-        if self._alias_max:
-            aliases = self._out_aliases
+        aliases = self._out_aliases
+        if aliases is not None:
             alias = aliases.get(topic, 0)
             if alias:
                 # The client knows it: the alias alone [MQTT-3.3.2-12].
@@ -1029,7 +1033,7 @@ class Session:
                 self.queue.drop_too_large(packet_id)
             return
         if alias:
-            aliases = self._out_aliases
+            assert aliases is not None
             if topic:
                 if len(aliases) >= self._alias_max:
                     aliases.popitem(last=False)
