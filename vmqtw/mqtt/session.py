@@ -465,7 +465,8 @@ class Session:
         #: MQTT 5.0: filter -> subscription identifier, for the filters
         #: that have one (the records hold them too; this is the session's
         #: copy, read on every delivery to it).
-        self._sub_ids: Dict[str, int] = {}
+        #: Made on first use: most clients never use identifiers.
+        self._sub_ids: Optional[Dict[str, int]] = None
         #: MQTT 5.0: topic alias -> topic, set by the client's PUBLISHes.
         self.aliases: Optional[Dict[int, str]] = None
         #: MQTT 5.0: how many topic aliases we may use towards the client:
@@ -760,7 +761,7 @@ class Session:
                 # A resumed session's subscription identifiers.
                 for flt, value in self.registry.subscriptions(self.subscriber_id).items():
                     if value >> 8:
-                        self._sub_ids[flt] = value >> 8
+                        self._identifiers()[flt] = value >> 8
         else:
             self.io.write(encode(P.ConnAck(P.CONNACK_ACCEPTED, present)))
         self.counters.connack_sent[P.CONNACK_ACCEPTED] += 1
@@ -1041,6 +1042,13 @@ class Session:
             else:
                 aliases.move_to_end(message.topic)
         self.io.write(data)
+
+    def _identifiers(self) -> Dict[str, int]:
+        """filter -> subscription identifier (see ``_sub_ids``), made on first use."""
+        ids = self._sub_ids
+        if ids is None:
+            ids = self._sub_ids = {}
+        return ids
 
     def sending_paused(self) -> None:
         """The connection cannot take more for now (see SubscriberQueue.pause_sending)."""
@@ -1430,7 +1438,7 @@ class Session:
         routed = None
         if granted:
             routed = self.registry.subscribe(subscriber_id, self.clean_session, granted)
-            sub_ids = self._sub_ids
+            sub_ids = self._identifiers()
             for flt, value in granted:
                 if sub_id:
                     sub_ids[flt] = sub_id
@@ -1469,8 +1477,9 @@ class Session:
                      else R.NO_SUBSCRIPTION_EXISTED if validate_filter(flt, max_depth)
                      else R.TOPIC_FILTER_INVALID
                      for flt in unsubscribe.topics]
-            for flt in unsubscribe.topics:
-                self._sub_ids.pop(flt, None)
+            if self._sub_ids:
+                for flt in unsubscribe.topics:
+                    self._sub_ids.pop(flt, None)
             self.registry.unsubscribe(self.subscriber_id, self.clean_session, unsubscribe.topics)
             self.counters.unsuback_sent += 1
             self.io.write(encode(P.UnsubAck(unsubscribe.packet_id, codes), P.PROTOCOL_LEVEL_5))
