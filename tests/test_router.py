@@ -13,6 +13,7 @@ from vmqtw.broker.retain import RetainStore
 from vmqtw.broker.router import Router
 from vmqtw.broker.subscriptions import Subscriptions
 from vmqtw.metadata.local import LocalMetadataStore
+from vmqtw.trie import SubscriptionTrie
 from vmqtw.types import SUBSCRIBER_PREFIX, Message, SubscriberId
 
 C1, C2 = SubscriberId("", "c1"), SubscriberId("", "c2")
@@ -154,3 +155,31 @@ def test_a_retained_publish_from_another_node_keeps_retain_only_as_published():
     assert (plain.retain, as_published.retain) == (False, True)
     assert list(retain.matching("t/1")) == [], "retained by its own node, not here"
     assert plane.forwards == []
+
+
+def test_a_frame_of_qos0_messages_from_another_node_matches_each_topic_once():
+    """
+    route_remote_batch delivers each message as route_remote would (local
+    subscribers only, RETAIN kept for retain as published only), matching
+    every topic in the trie once per frame, however often it repeats.
+    """
+    queues = {C1: FakeQueue(), C2: FakeQueue()}
+    router, _retain, plane = _router(queues)
+    router.subscriptions.subscribe(C2, False, [("t/+", 2 | 0x08)])   # retain as published
+    looked_up: List[str] = []
+
+    class CountingTrie(SubscriptionTrie):
+        __slots__ = ()
+
+        def match(self, topic: str) -> Any:
+            looked_up.append(topic)
+            return super().match(topic)
+    router.subscriptions.trie.__class__ = CountingTrie
+    batch = [message("t/%d" % (n % 2), qos=0, origin="B", retain=(n == 3)) for n in range(6)]
+    router.route_remote_batch(batch)
+    assert sorted(looked_up) == ["t/0", "t/1"]
+    assert [m.topic for m, _q in queues[C1].got] == ["t/0", "t/1"] * 3
+    assert [m.topic for m, _q in queues[C2].got] == ["t/0", "t/1"] * 3
+    assert [m.retain for m, _q in queues[C1].got] == [False] * 6
+    assert [m.retain for m, _q in queues[C2].got] == [False, False, False, True, False, False]
+    assert plane.forwards == [] and router.published == 6

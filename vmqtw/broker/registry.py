@@ -169,7 +169,8 @@ class Registry:
         if self.dataplane is not None:
             self.dataplane.on_orphaned = self.orphans.orphaned
             return self.dataplane.start(self.router.route_remote, self._handed_over,
-                                        self._hand_over_released, self._hand_over_done)
+                                        self._hand_over_released, self._hand_over_done,
+                                        self.router.route_remote_batch)
         return None
 
     def stop(self) -> None:

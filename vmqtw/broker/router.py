@@ -14,7 +14,7 @@ expiry, restore -- does not take part in routing at all.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple, cast
+from typing import Callable, Dict, List, Optional, Tuple, cast
 
 import attrs
 from twisted.internet.defer import Deferred, fail
@@ -135,9 +135,33 @@ class Router:
             return self._route(message, False, None, True)
         return self._route(message, False)
 
+    def route_remote_batch(self, messages: List[Message]) -> None:
+        """
+        The QoS 0 messages another node sent in one frame (one reactor
+        turn of its publishers), as :meth:`route_remote` each.  Their
+        topics repeat (a publisher's stream, a fan-in): each topic is
+        matched in the trie once per frame, not once per message.
+        """
+        matched: Dict[str, dict] = {}
+        match = self.subscriptions.trie.match
+        for message in messages:
+            self.published += 1
+            topic = message.topic
+            matches = matched.get(topic)
+            if matches is None:
+                matches = matched[topic] = match(topic)
+            if message.retain:
+                message = Message(message.ref, topic, message.payload, message.qos, False,
+                                  message.dup, message.timestamp, message.mountpoint,
+                                  message.origin, message.properties)
+                self._route(message, False, None, True, matches)
+            else:
+                self._route(message, False, None, False, matches)
+
     def _route(self, message: Message, forward: bool, author: Optional[Author] = None,
-               retained: bool = False) -> Optional[Deferred]:
-        matches = self.subscriptions.trie.match(message.topic)
+               retained: bool = False, matches: Optional[dict] = None) -> Optional[Deferred]:
+        if matches is None:
+            matches = self.subscriptions.trie.match(message.topic)
         if forward and self._groups:
             # Shared groups are served by the node the message was
             # published on, never again by the nodes it is forwarded to.

@@ -290,6 +290,9 @@ class DataPlane:
         self.route: MessageReceiver = _nothing
         #: Set by the router (it routes shared subscriptions).
         self.route_shared: SharedReceiver = _nothing
+        #: The QoS 0 messages of one received frame (``start``'s
+        #: ``on_batch``; by default each goes to ``route``).
+        self.route_batch: Callable[[List[Message]], None] = self._route_each
         self.on_shared_orphaned: SharedOrphanReceiver = _nothing
         self.deliver_handed_over: HandOverReceiver = _nothing
         self.on_released: HandOverReleased = _nothing
@@ -331,7 +334,8 @@ class DataPlane:
 
     def start(self, on_message: MessageReceiver, on_hand_over: HandOverReceiver,
               on_released: Optional[HandOverReleased] = None,
-              on_done: Optional[HandOverDone] = None) -> Deferred:
+              on_done: Optional[HandOverDone] = None,
+              on_batch: Optional[Callable[[List[Message]], None]] = None) -> Deferred:
         """
         Receive from peers from now on, giving forwarded messages to
         ``on_message`` and handed-over ones to ``on_hand_over`` (and the end
@@ -341,6 +345,8 @@ class DataPlane:
         Deferred firing once the outbox is read.
         """
         self.route = on_message
+        if on_batch is not None:
+            self.route_batch = on_batch
         self.deliver_handed_over = on_hand_over
         if on_released is not None:
             self.on_released = on_released
@@ -682,6 +688,11 @@ class DataPlane:
 
     # -- receiving ---------------------------------------------------------------
 
+    def _route_each(self, messages: List[Message]) -> None:
+        route = self.route
+        for message in messages:
+            route(message)
+
     def _received(self, name: str, frame: Any) -> None:
         tag = frame[0]
         try:
@@ -694,10 +705,9 @@ class DataPlane:
                 peer = self._peer(name)
                 self._released(peer, peer.outbound.acknowledge(frame[1], frame[2]))
             elif tag == UNNUMBERED_BATCH:
-                route = self.route
-                for data in frame[1]:
-                    self.counters.received_remote += 1
-                    route(decode_message(data, name))
+                batch = frame[1]
+                self.counters.received_remote += len(batch)
+                self.route_batch([decode_message(data, name) for data in batch])
             elif tag == UNNUMBERED:
                 self.counters.received_remote += 1
                 if len(frame) == 2:
