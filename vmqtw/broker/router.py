@@ -47,6 +47,14 @@ MovedForwarder = Callable[[SubscriberId, Message, int], Optional[Deferred]]
 __all__ = ["Router", "SharedCounters"]
 
 
+def _with_retain(message: Message, retain: bool) -> Message:
+    """``message`` with its RETAIN flag set to ``retain`` (built directly:
+    ``attrs.evolve`` costs several times more, and this is per publish)."""
+    return Message(message.ref, message.topic, message.payload, message.qos, retain,
+                   message.dup, message.timestamp, message.mountpoint, message.origin,
+                   message.properties)
+
+
 @attrs.define(slots=True)
 class SharedCounters:
     """What shared subscriptions did on this node (metrics read them)."""
@@ -116,9 +124,7 @@ class Router:
         if retained:
             self.retain.retain(message, author)
             # Established subscriptions get RETAIN=0 [MQTT-3.3.1-9].
-            message = Message(message.ref, message.topic, message.payload,
-                              message.qos, False, False, message.timestamp,
-                              message.mountpoint, message.origin, message.properties)
+            message = _with_retain(message, False)
         return self._route(message, message.origin is None, author, retained)
 
     def route_remote(self, message: Message) -> Optional[Deferred]:
@@ -129,10 +135,7 @@ class Router:
         """
         self.published += 1
         if message.retain:
-            message = Message(message.ref, message.topic, message.payload,
-                              message.qos, False, message.dup, message.timestamp,
-                              message.mountpoint, message.origin, message.properties)
-            return self._route(message, False, None, True)
+            return self._route(_with_retain(message, False), False, None, True)
         return self._route(message, False)
 
     def route_remote_batch(self, messages: List[Message]) -> None:
@@ -151,10 +154,7 @@ class Router:
             if matches is None:
                 matches = matched[topic] = match(topic)
             if message.retain:
-                message = Message(message.ref, topic, message.payload, message.qos, False,
-                                  message.dup, message.timestamp, message.mountpoint,
-                                  message.origin, message.properties)
-                self._route(message, False, None, True, matches)
+                self._route(_with_retain(message, False), False, None, True, matches)
             else:
                 self._route(message, False, None, False, matches)
 
@@ -250,11 +250,11 @@ class Router:
                 if waits is None:
                     waits = []
                 waits.append(waiting)
+        # A retained publish's copy with RETAIN as the publisher set it, for
+        # "retain as published" subscribers here and on other nodes.
+        kept = _with_retain(message, True) if retained else message
         if as_published is not None:
-            # [MQTT-3.3.1-12]: RETAIN as the publisher set it.
-            kept = Message(message.ref, message.topic, message.payload, message.qos, True,
-                           False, message.timestamp, message.mountpoint, message.origin,
-                           message.properties)
+            # [MQTT-3.3.1-12]
             for queue, qos in as_published:
                 waiting = queue.enqueue(kept, qos)
                 if waiting is not None:
@@ -262,13 +262,9 @@ class Router:
                         waits = []
                     waits.append(waiting)
         if nodes is not None and dataplane is not None:
-            if retained:
-                # RETAIN goes along for the other nodes' "retain as
-                # published" subscribers (see route_remote).
-                message = Message(message.ref, message.topic, message.payload, message.qos,
-                                  True, False, message.timestamp, message.mountpoint,
-                                  message.origin, message.properties)
-            stored = dataplane.forward(nodes, message)
+            # RETAIN goes along for the other nodes' "retain as published"
+            # subscribers (see route_remote).
+            stored = dataplane.forward(nodes, kept)
             if stored is not None:
                 if waits is None:
                     waits = []
@@ -339,7 +335,7 @@ class Router:
             qos = message.qos
         if retained and options & _RETAIN_AS_PUBLISHED:
             # [MQTT-3.3.1-12]: RETAIN as the publisher set it.
-            message = attrs.evolve(message, retain=True)
+            message = _with_retain(message, True)
         return queue.enqueue_shared(message, qos, group.name, self.requeue_shared)
 
     def route_shared_remote(self, message: Message, subscriber_id: SubscriberId,
