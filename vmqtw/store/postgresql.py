@@ -87,7 +87,6 @@ _FIND = ("SELECT ref FROM vmqtw_entries"
 _SUBSCRIBERS = ("SELECT DISTINCT mountpoint, client_id FROM vmqtw_entries"
                 " WHERE owner = '' OR owner = %s")
 _PAYLOADS = "SELECT count(*) FROM vmqtw_messages"
-_NOT_DURABLE = "SET LOCAL synchronous_commit = off"
 _ANALYZE = "ANALYZE vmqtw_entries"
 
 #: See :meth:`PostgresMessageStore._analyze_due`.
@@ -310,11 +309,10 @@ class PostgresMessageStore:
         Run this turn's operations as one transaction, after the last one.
 
         They run in the order they were asked for (a read sees every write
-        asked before it), with runs of the same kind sent together --
-        ``executemany`` for writes (one round trip per run in psycopg's
-        pipeline mode), one ``ref = ANY(...)`` statement for the reads or
-        the deletes of one queue -- because the round trips, not the rows, are what a
-        turn's transaction costs.
+        asked before it), with runs of the same kind sent together -- one
+        ``unnest`` insert per table for writes, one ``ref = ANY(...)``
+        statement for the reads or the deletes of one queue -- because the
+        round trips, not the rows, are what a turn's transaction costs.
         """
         self._flush_call = None
         ops = self._ops
@@ -322,15 +320,10 @@ class PostgresMessageStore:
         if not ops or self._database is None:
             return
         database = self._database
-        analyze = self._analyze_due(sum(1 for kind, _, _ in ops if kind == "w"))
+        writes = sum(1 for kind, _, _ in ops if kind == "w")
+        analyze = self._analyze_due(writes)
 
         def apply(cursor: Any) -> List[Any]:
-            if not any(kind == "w" for kind, _, _ in ops):
-                # Nothing here acknowledges a publisher: the commit need not
-                # wait for the disk.  A delete a database crash loses brings
-                # a message back once more (at least once), never loses one;
-                # a later durable commit flushes it anyway (one WAL).
-                cursor.execute(_NOT_DURABLE)
             results: List[Any] = []
             for kind, run in _runs(ops):
                 results.extend(_APPLY[kind](cursor, run))
