@@ -18,8 +18,8 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from vmqtw.auth.enhanced import (AuthStep, UnknownAuthPlugin, available_auth_plugins,
-                                 build_enhanced_authenticators)
+from vmqtw.auth.enhanced import (AuthPluginError, AuthStep, UnknownAuthPlugin,
+                                 available_auth_plugins, build_enhanced_authenticators)
 from vmqtw.config import Config, ConfigError, parse_config
 from vmqtw.interfaces import IEnhancedAuthenticator
 from vmqtw.mqtt import packets as P
@@ -310,6 +310,24 @@ def test_an_unknown_plugin_stops_the_node_with_one_sentence(tmp_path: Any):
         "enhanced_auth.plugins: unknown enhanced authentication plugin 'nope'; available: ")
     with pytest.raises(UnknownAuthPlugin):
         build_enhanced_authenticators(["nope"], config, None)
+
+
+def test_two_plugins_speaking_one_method_stop_the_node_naming_both(monkeypatch: Any):
+    import vmqtw.auth.enhanced as enhanced
+
+    class Factory:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def build(self, config: Any, reactor: Any) -> Challenge:
+            return Challenge()
+    monkeypatch.setattr(enhanced, "_factories",
+                        lambda: {"one": Factory("one"), "two": Factory("two")})
+    with pytest.raises(AuthPluginError) as info:
+        build_enhanced_authenticators(["one", "two"], Config.default(), None)
+    assert str(info.value) == ("plugins 'one' and 'two' both speak the method 'CHALLENGE': "
+                               "list only one of them")
+    assert list(build_enhanced_authenticators(["two"], Config.default(), None)) == [METHOD]
 
 
 PLUGIN = textwrap.dedent('''

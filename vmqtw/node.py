@@ -68,7 +68,7 @@ from vmqtw.mqtt.protocol import MQTTFactory, TurnWrites
 from vmqtw.mqtt.session import MqttCounters, SessionSettings
 from vmqtw.mqtt.websocket import MQTTWebSocketFactory
 from vmqtw.service import CallbackService, ListenerService, OrderedMultiService
-from vmqtw.auth.enhanced import UnknownAuthPlugin, build_enhanced_authenticators
+from vmqtw.auth.enhanced import AuthPluginError, build_enhanced_authenticators
 from vmqtw.startup import (ExitStatus, StartupError, data_dir_error, leveldb_sentence,
                            probe_leveldb_lock, startup_error)
 from vmqtw.tls import (TLSServerFactory, cluster_tls_from_config, server_options_from_config,
@@ -378,7 +378,7 @@ def build_node(config: Config, reactor: Any) -> Node:
         try:
             settings.enhanced_auth = build_enhanced_authenticators(
                 config.enhanced_auth_plugins, config, reactor)
-        except UnknownAuthPlugin as error:
+        except AuthPluginError as error:
             raise StartupError("enhanced_auth.plugins: %s" % (error,)) from None
     mqtt_counters = MqttCounters()
     # Every MQTT listener: the same protocol over TCP, TLS, WebSocket, secure

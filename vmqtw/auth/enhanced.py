@@ -17,7 +17,7 @@ import attrs
 from vmqtw.interfaces import IEnhancedAuthenticator, IEnhancedAuthFactory
 from vmqtw.pluginlookup import factories_by_name
 
-__all__ = ["AuthStep", "UnknownAuthPlugin", "build_enhanced_authenticators",
+__all__ = ["AuthPluginError", "AuthStep", "UnknownAuthPlugin", "build_enhanced_authenticators",
            "available_auth_plugins"]
 
 #: The reason code of a failed step unless the authenticator says another
@@ -59,32 +59,18 @@ class AuthStep:
         return cls("fail", reason_code=reason_code)
 
 
-class UnknownAuthPlugin(KeyError):
-    """
-    ``enhanced_auth.plugins`` names a plugin that is not installed, or two
-    plugins that speak the same method (a client could not say which).
-    """
+class AuthPluginError(Exception):
+    """``enhanced_auth.plugins`` cannot be served; ``str()`` says what to change."""
+
+
+class UnknownAuthPlugin(AuthPluginError):
+    """``enhanced_auth.plugins`` names a plugin that is not installed."""
 
     def __init__(self, name: str, available: Iterable[str]) -> None:
-        super().__init__(name)
         self.name = name
         self.available = sorted(available)
-
-    #: Set when the name is known but its method is another plugin's.
-    clash: Optional[str] = None
-
-    @classmethod
-    def same_method(cls, name: str, method: str) -> "UnknownAuthPlugin":
-        error = cls(name, ())
-        error.clash = method
-        return error
-
-    def __str__(self) -> str:
-        if self.clash is not None:
-            return ("plugin %r speaks %r, which an earlier plugin of the list already does"
-                    % (self.name, self.clash))
-        return "unknown enhanced authentication plugin %r; available: %s" % (
-            self.name, ", ".join(self.available) or "(none installed)")
+        super().__init__("unknown enhanced authentication plugin %r; available: %s" % (
+            name, ", ".join(self.available) or "(none installed)"))
 
 
 def _factories() -> Dict[str, IEnhancedAuthFactory]:
@@ -100,16 +86,21 @@ def build_enhanced_authenticators(names: Iterable[str], config: Any,
                                   reactor: Any) -> Dict[str, IEnhancedAuthenticator]:
     """
     The authenticators of the plugins ``names``, by the method each speaks;
-    :class:`UnknownAuthPlugin` for a name no plugin has.
+    :class:`UnknownAuthPlugin` for a name no plugin has, :class:`AuthPluginError`
+    for two that speak the same method (a client could not say which).
     """
     factories = _factories()
     methods: Dict[str, IEnhancedAuthenticator] = {}
+    names_by_method: Dict[str, str] = {}
     for name in names:
         factory = factories.get(name)
         if factory is None:
             raise UnknownAuthPlugin(name, factories)
         authenticator = factory.build(config, reactor)
         if authenticator.method in methods:
-            raise UnknownAuthPlugin.same_method(name, authenticator.method)
+            raise AuthPluginError(
+                "plugins %r and %r both speak the method %r: list only one of them" % (
+                    names_by_method[authenticator.method], name, authenticator.method))
+        names_by_method[authenticator.method] = name
         methods[authenticator.method] = authenticator
     return methods

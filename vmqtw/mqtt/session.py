@@ -1574,45 +1574,51 @@ class Session:
         step.addCallbacks(self._connect_auth_step, self._authentication_failed,
                           callbackArgs=(now,))
 
+    def _step(self, step: Any) -> Optional[str]:
+        """
+        What at CONNECT and on re-authentication alike follows from one of
+        the authenticator's steps: ``continue`` asks the client (AUTH 0x18),
+        ``success`` ends the exchange (and may name the user).  Returns the
+        outcome, None when ``step`` is no AuthStep.
+        """
+        outcome = getattr(step, "outcome", None)
+        if outcome == "continue":
+            self._auth_exchange = step.exchange
+            self._auth_waiting = True
+            self._send_auth(R.CONTINUE_AUTHENTICATION, step.data)
+        elif outcome == "success":
+            self._auth_exchange = None
+            if step.username is not None:
+                self.username = step.username
+        elif outcome != "fail":
+            self.log.error("enhanced authentication {method} answered {step!r}, not an AuthStep",
+                           method=self._auth_method, step=step)
+            return None
+        return str(outcome)
+
     def _connect_auth_step(self, step: Any, now: float) -> None:
         """The authenticator's answer during CONNECT."""
         if self.state != CONNECTING:
             return  # the connection went away meanwhile
-        outcome = getattr(step, "outcome", None)
+        outcome = self._step(step)
         if outcome == "success":
-            self._auth_exchange = None
             self._auth_data = step.data
-            if step.username is not None:
-                self.username = step.username
             self._authenticated(P.CONNACK_ACCEPTED, now)
-        elif outcome == "continue":
-            self._auth_exchange = step.exchange
-            self._auth_waiting = True
-            self._send_auth(R.CONTINUE_AUTHENTICATION, step.data)
         elif outcome == "fail":
             code = step.reason_code
             self._refuse(code if code in R.CONNACK_CODES and code >= 0x80
                          else R.NOT_AUTHORIZED)
-        else:
-            self.log.error("enhanced authentication {method} answered {step!r}, not an AuthStep",
-                           method=self._auth_method, step=step)
+        elif outcome is None:
             self._refuse(R.UNSPECIFIED_ERROR)
 
     def _reauth_step(self, step: Any) -> None:
         """The authenticator's answer during a re-authentication."""
         if self.state != CONNECTED:
             return
-        outcome = getattr(step, "outcome", None)
+        outcome = self._step(step)
         if outcome == "success":
-            self._auth_exchange = None
-            if step.username is not None:
-                self.username = step.username
             self._send_auth(R.SUCCESS, step.data)
-        elif outcome == "continue":
-            self._auth_exchange = step.exchange
-            self._auth_waiting = True
-            self._send_auth(R.CONTINUE_AUTHENTICATION, step.data)
-        else:
+        elif outcome != "continue":
             # [MQTT-4.12.1-2]: a failed re-authentication ends the connection.
             code = step.reason_code if outcome == "fail" else R.UNSPECIFIED_ERROR
             if code not in R.DISCONNECT_CODES or code < 0x80:
