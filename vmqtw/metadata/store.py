@@ -122,7 +122,6 @@ class ReplicatedMetadataStore:
         """
         if self.opened:
             return
-        self.opened = True
         data_dir = self.data_dir
         if data_dir is not None:
             import plyvel
@@ -143,6 +142,7 @@ class ReplicatedMetadataStore:
             db.put(_COUNTER_KEY, encode(self._reserved), sync=True)
         else:
             self.actor = self._actor_factory(self.node)
+        self.opened = True   # only once it is: a failed open can be retried
 
     def _load(self) -> None:
         db = self._db
