@@ -136,6 +136,29 @@ def test_replies_leave_before_the_read_returns(setup) -> None:
     assert sub.connection not in reactor.writers and pub.connection not in reactor.writers
 
 
+def test_a_send_the_socket_takes_whole_never_involves_the_reactor(setup) -> None:
+    """Nothing buffered in the transport: the bytes go straight to the
+    socket, without registering the connection for writing (and
+    unregistering it again) around the send."""
+    sub = _peer(setup, "sub")
+    sub.send(B.subscribe(1, [("t", 1)]))
+    sub.received()
+    pub = _peer(setup, "pub")
+    reactor = setup[1]
+    registered: List[object] = []
+    add_writer = reactor.addWriter
+
+    def spy(writer: object) -> None:
+        registered.append(writer)
+        add_writer(writer)
+
+    reactor.addWriter = spy   # type: ignore[method-assign]
+    pub.send(B.publish("t", b"x", qos=1, packet_id=7))
+    assert [type(p) for p in pub.received()] == [P.PubAck]
+    assert [p.payload for p in sub.received()] == [b"x"]
+    assert registered == []
+
+
 def test_failed_send_is_left_to_the_reactor(setup) -> None:
     """A subscriber whose socket is gone: the publisher's read is handled
     (PUBACK sent) and the subscriber's bytes stay buffered for the reactor,

@@ -218,10 +218,11 @@ class Router:
                         nodes = []
                     nodes.append(subscriber)
                 continue
-            queue = queue_for(cast(SubscriberId, subscriber))
+            # (No typing.cast here: it is a function call per subscriber.)
+            queue = queue_for(subscriber)
             if queue is not None:
                 if granted > _QOS_BITS:
-                    granted = self._options(cast(SubscriberId, subscriber), message.topic)
+                    granted = self._options(subscriber, message.topic)
                     if (granted & _NO_LOCAL and author is not None
                             and author[0] == subscriber.client_id):
                         continue   # [MQTT-3.8.3-3]
@@ -269,7 +270,7 @@ class Router:
                 if waits is None:
                     waits = []
                 waits.append(stored)
-        return joined(waits)
+        return None if waits is None else joined(waits)
 
     # -- shared subscriptions ---------------------------------------------------
 

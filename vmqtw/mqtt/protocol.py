@@ -293,16 +293,34 @@ class MQTTProtocol(Protocol):
     def send_now(self) -> None:
         """
         Write out what this connection got during the read now ending, in
-        one piece (see :class:`TurnWrites`).  A failed send is left to the
-        reactor: the bytes stay buffered and its next attempt ends the
-        connection.
+        one piece (see :class:`TurnWrites`).
+
+        When the transport holds nothing yet (the usual case) the bytes go
+        straight to the socket: ``transport.write`` would register the
+        socket with the reactor for writing and ``doWrite`` unregister it
+        again, two ``epoll_ctl`` calls and a stack of Python per send, all
+        before the bytes leave.  Only what the socket does not take is given
+        to the transport, which sends it when the socket is writable and
+        pauses the session's sending past its buffer size.  A failed send
+        is left to the reactor too: the bytes stay buffered and its next
+        attempt ends the connection.
         """
         out, self._out = self._out, None
         tcp = self._tcp
-        if out and tcp is not None and not self.closing and tcp.connected \
-                and not tcp.disconnecting:
-            tcp.write(out[0] if len(out) == 1 else b"".join(out))
-            tcp.doWrite()
+        if not out or tcp is None or self.closing or not tcp.connected or tcp.disconnecting:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        # Twisted's own buffer, empty: nothing of ours waits to go before it.
+        if not tcp.dataBuffer and not tcp._tempDataBuffer:
+            sent = tcp.writeSomeData(data)
+            if sent == len(data):
+                return
+            if type(sent) is int and sent > 0:
+                data = data[sent:]
+            tcp.write(data)
+            return
+        tcp.write(data)
+        tcp.doWrite()
 
     def _hand_over_writes(self) -> None:
         """What a read collected goes to the transport before it closes."""
