@@ -202,6 +202,21 @@ def test_incomplete_tail_is_kept():
     assert dec.buffered == 0
 
 
+def test_a_read_is_parsed_where_it_lies_and_only_a_tail_is_copied():
+    """The decoder reads the caller's buffer without keeping it: what the
+    caller does with it afterwards changes neither the packets returned nor
+    the incomplete packet held for the next read."""
+    raw = mb.publish("a/b", b"payload")
+    read = bytearray(mb.publish("x", b"first") + raw[:5])
+    dec = Decoder()
+    got = dec.feed(read)
+    assert got == [P.Publish("x", b"first")]
+    read[:] = b"\xff" * len(read)   # the caller reuses its buffer
+    assert got == [P.Publish("x", b"first")]
+    assert dec.feed(raw[5:]) == [P.Publish("a/b", b"payload")]
+    assert dec.buffered == 0
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.integers(min_value=1, max_value=len(STREAM)),
                 max_size=20))

@@ -2,7 +2,7 @@
 What handling one read writes to plain TCP connections leaves before that
 read returns to the reactor (``vmqtw.mqtt.protocol.TurnWrites``), and what
 a subscriber whose socket cannot take more is sent: no more than the
-transport's buffer, the rest waits in its queue (``_SendBuffer``).
+transport's buffer, the rest waits in its queue (the protocol is the push producer).
 
 The broker's connections here are real ``twisted.internet.tcp.Connection``
 objects over a loopback TCP socket pair, driven by hand with no reactor running (a

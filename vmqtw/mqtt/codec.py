@@ -8,9 +8,11 @@ only ever sees well-formed packets; semantic judgements that the spec answers
 with a return code (client id length, wildcard placement in filters, ACLs)
 are left to the session.
 
-This is the hot path of the broker, so the decoder parses one ``bytearray``
+This is the hot path of the broker, so the decoder parses a read where it
+lies (or, when a packet spans reads, one ``bytearray`` holding the rest)
 with integer offsets, inlines PUBLISH, dispatches other types through a table
-and deletes the consumed prefix once per :meth:`Decoder.feed` call.
+and keeps only an incomplete packet's bytes, once per :meth:`Decoder.feed`
+call.
 
 MQTT 5.0 (OASIS, 2019) is spoken only when asked: a server-side decoder
 accepts a level-5 CONNECT with ``accept_v5=True`` (otherwise it raises
@@ -37,8 +39,8 @@ from vmqtw.mqtt.packets import (
     Disconnect, Packet, PingReq, PingResp, Properties, PubAck, PubComp, PubRec,
     PubRel, Publish, SubAck, Subscribe, UnsubAck, Unsubscribe, Will)
 from vmqtw.mqtt.properties import (
-    WILL, decode_properties, encode_bin as _enc_bin, encode_properties, encode_str as _enc_str,
-    encode_varint, read_bin, read_str)
+    WILL, ReadBuffer, decode_properties, encode_bin as _enc_bin, encode_properties,
+    encode_str as _enc_str, encode_varint, read_bin, read_str)
 from vmqtw.mqtt.reasons import (
     ProtocolError, ProtocolViolation, UnacceptableProtocolLevel)
 
@@ -114,7 +116,7 @@ _read_str = read_str
 _read_bin = read_bin
 
 
-def _read_id(buf: bytearray, pos: int, end: int) -> int:
+def _read_id(buf: ReadBuffer, pos: int, end: int) -> int:
     """A non-zero packet identifier [MQTT-2.3.1-1]."""
     if pos + 2 > end:
         raise ProtocolError("truncated packet identifier")
@@ -129,10 +131,10 @@ def _read_id(buf: bytearray, pos: int, end: int) -> int:
 # are the low 4 bits of the fixed header.  PUBLISH is inlined in
 # Decoder.feed.
 
-_Parser = Callable[["Decoder", int, bytearray, int, int], Packet]
+_Parser = Callable[["Decoder", int, ReadBuffer, int, int], Packet]
 
 
-def _parse_connect(dec: "Decoder", flags: int, buf: bytearray, pos: int,
+def _parse_connect(dec: "Decoder", flags: int, buf: ReadBuffer, pos: int,
                    end: int) -> Connect:
     if flags:
         raise ProtocolError("CONNECT fixed header flags must be 0")
@@ -193,7 +195,7 @@ def _parse_connect(dec: "Decoder", flags: int, buf: bytearray, pos: int,
 
 
 def _parse_connect5_payload(dec: "Decoder", name: str, cflags: int,
-                            keepalive: int, buf: bytearray, pos: int,
+                            keepalive: int, buf: ReadBuffer, pos: int,
                             end: int) -> Connect:
     """
     The rest of a level-5 CONNECT (sections 3.1.2.11 and 3.1.3): properties,
@@ -223,7 +225,7 @@ def _parse_connect5_payload(dec: "Decoder", name: str, cflags: int,
                    keepalive, will, username, password, properties)
 
 
-def _parse_connack(dec: "Decoder", flags: int, buf: bytearray, pos: int,
+def _parse_connack(dec: "Decoder", flags: int, buf: ReadBuffer, pos: int,
                    end: int) -> ConnAck:
     if flags:
         raise ProtocolError("CONNACK fixed header flags must be 0")
@@ -237,7 +239,7 @@ def _parse_connack(dec: "Decoder", flags: int, buf: bytearray, pos: int,
 
 def _ack_parser(cls: type, name: str, required_flags: int) -> _Parser:
     """Build the parser of a two-byte packet-id-only acknowledgement."""
-    def parse(dec: "Decoder", flags: int, buf: bytearray, pos: int,
+    def parse(dec: "Decoder", flags: int, buf: ReadBuffer, pos: int,
               end: int) -> Packet:
         if flags != required_flags:
             raise ProtocolError("bad %s fixed header flags" % name)
@@ -251,7 +253,7 @@ def _ack_parser(cls: type, name: str, required_flags: int) -> _Parser:
     return parse
 
 
-def _parse_subscribe(dec: "Decoder", flags: int, buf: bytearray, pos: int,
+def _parse_subscribe(dec: "Decoder", flags: int, buf: ReadBuffer, pos: int,
                      end: int) -> Subscribe:
     if flags != 0b0010:
         raise ProtocolError("SUBSCRIBE fixed header flags must be 0010")
@@ -275,7 +277,7 @@ def _parse_subscribe(dec: "Decoder", flags: int, buf: bytearray, pos: int,
 _SUBACK_CODES = frozenset((0, 1, 2, SUBACK_FAILURE))
 
 
-def _parse_suback(dec: "Decoder", flags: int, buf: bytearray, pos: int,
+def _parse_suback(dec: "Decoder", flags: int, buf: ReadBuffer, pos: int,
                   end: int) -> SubAck:
     if flags:
         raise ProtocolError("SUBACK fixed header flags must be 0")
@@ -288,7 +290,7 @@ def _parse_suback(dec: "Decoder", flags: int, buf: bytearray, pos: int,
     return SubAck(packet_id, codes)
 
 
-def _parse_unsubscribe(dec: "Decoder", flags: int, buf: bytearray, pos: int,
+def _parse_unsubscribe(dec: "Decoder", flags: int, buf: ReadBuffer, pos: int,
                        end: int) -> Unsubscribe:
     if flags != 0b0010:
         raise ProtocolError("UNSUBSCRIBE fixed header flags must be 0010")
@@ -305,7 +307,7 @@ def _parse_unsubscribe(dec: "Decoder", flags: int, buf: bytearray, pos: int,
 
 def _empty_parser(cls: type, name: str) -> _Parser:
     """Build the parser of a packet with no variable header or payload."""
-    def parse(dec: "Decoder", flags: int, buf: bytearray, pos: int,
+    def parse(dec: "Decoder", flags: int, buf: ReadBuffer, pos: int,
               end: int) -> Packet:
         if flags:
             raise ProtocolError("%s fixed header flags must be 0" % name)
@@ -316,12 +318,12 @@ def _empty_parser(cls: type, name: str) -> _Parser:
     return parse
 
 
-def _parse_reserved(dec: "Decoder", flags: int, buf: bytearray, pos: int,
+def _parse_reserved(dec: "Decoder", flags: int, buf: ReadBuffer, pos: int,
                     end: int) -> Packet:
     raise ProtocolError("reserved packet type")
 
 
-def _parse_publish_inline(dec: "Decoder", flags: int, buf: bytearray,
+def _parse_publish_inline(dec: "Decoder", flags: int, buf: ReadBuffer,
                           pos: int, end: int) -> Packet:
     # Holds PUBLISH's slot so the table is uniformly callable.
     raise AssertionError("PUBLISH is decoded inline in Decoder.feed")
@@ -350,7 +352,7 @@ _PARSERS: Tuple[_Parser, ...] = (
 # --------------------------------------------------------------------------
 # MQTT 5.0 parsers (same signature; PUBLISH has its own, called from feed)
 
-def _parse_publish5(fl: Tuple[int, bool, bool], buf: bytearray,
+def _parse_publish5(fl: Tuple[int, bool, bool], buf: ReadBuffer,
                     mv: memoryview, start: int, end: int) -> Publish:
     """
     A level-5 PUBLISH (section 3.3): topic, packet id, properties, payload.
@@ -394,7 +396,7 @@ def _parse_publish5(fl: Tuple[int, bool, bool], buf: bytearray,
                    properties)
 
 
-def _parse_connack5(dec: "Decoder", flags: int, buf: bytearray, pos: int,
+def _parse_connack5(dec: "Decoder", flags: int, buf: ReadBuffer, pos: int,
                     end: int) -> ConnAck:
     if flags:
         raise ProtocolError("CONNACK fixed header flags must be 0")
@@ -424,7 +426,7 @@ def _ack5_parser(cls: type, kind: int, name: str, required_flags: int,
     length 2 means 0x00 Success without properties, 3 a reason code without
     properties (sections 3.4.2.1 and 3.4.2.2.1).
     """
-    def parse(dec: "Decoder", flags: int, buf: bytearray, pos: int,
+    def parse(dec: "Decoder", flags: int, buf: ReadBuffer, pos: int,
               end: int) -> Packet:
         if flags != required_flags:
             raise ProtocolError("bad %s fixed header flags" % name)
@@ -449,7 +451,7 @@ def _ack5_parser(cls: type, kind: int, name: str, required_flags: int,
     return parse
 
 
-def _parse_subscribe5(dec: "Decoder", flags: int, buf: bytearray, pos: int,
+def _parse_subscribe5(dec: "Decoder", flags: int, buf: ReadBuffer, pos: int,
                       end: int) -> Subscribe:
     if flags != 0b0010:
         raise ProtocolError("SUBSCRIBE fixed header flags must be 0010")
@@ -474,7 +476,7 @@ def _parse_subscribe5(dec: "Decoder", flags: int, buf: bytearray, pos: int,
     return Subscribe(packet_id, topics, properties)
 
 
-def _parse_codes5(name: str, buf: bytearray, pos: int, end: int,
+def _parse_codes5(name: str, buf: ReadBuffer, pos: int, end: int,
                   codes: FrozenSet[int]) -> List[int]:
     found = list(buf[pos:end])
     if not found:
@@ -484,7 +486,7 @@ def _parse_codes5(name: str, buf: bytearray, pos: int, end: int,
     return found
 
 
-def _parse_suback5(dec: "Decoder", flags: int, buf: bytearray, pos: int,
+def _parse_suback5(dec: "Decoder", flags: int, buf: ReadBuffer, pos: int,
                    end: int) -> SubAck:
     if flags:
         raise ProtocolError("SUBACK fixed header flags must be 0")
@@ -494,7 +496,7 @@ def _parse_suback5(dec: "Decoder", flags: int, buf: bytearray, pos: int,
                                            R.SUBACK_CODES), properties)
 
 
-def _parse_unsubscribe5(dec: "Decoder", flags: int, buf: bytearray, pos: int,
+def _parse_unsubscribe5(dec: "Decoder", flags: int, buf: ReadBuffer, pos: int,
                         end: int) -> Unsubscribe:
     if flags != 0b0010:
         raise ProtocolError("UNSUBSCRIBE fixed header flags must be 0010")
@@ -509,7 +511,7 @@ def _parse_unsubscribe5(dec: "Decoder", flags: int, buf: bytearray, pos: int,
     return Unsubscribe(packet_id, topics, properties)
 
 
-def _parse_unsuback5(dec: "Decoder", flags: int, buf: bytearray, pos: int,
+def _parse_unsuback5(dec: "Decoder", flags: int, buf: ReadBuffer, pos: int,
                      end: int) -> UnsubAck:
     if flags:
         raise ProtocolError("UNSUBACK fixed header flags must be 0")
@@ -526,7 +528,7 @@ def _reason_parser(cls: type, kind: int, name: str,
     and no properties, 1 a reason code alone (sections 3.14.2.1, 3.15.2.1;
     for AUTH the spec only names 0 and 2+, we read 1 as mosquitto does).
     """
-    def parse(dec: "Decoder", flags: int, buf: bytearray, pos: int,
+    def parse(dec: "Decoder", flags: int, buf: ReadBuffer, pos: int,
               end: int) -> Packet:
         if flags:
             raise ProtocolError("%s fixed header flags must be 0" % name)
@@ -599,7 +601,11 @@ class Decoder:
         if protocol_level not in (PROTOCOL_LEVEL_31, PROTOCOL_LEVEL_311,
                                   PROTOCOL_LEVEL_5):
             raise ValueError("protocol_level must be 3, 4 or 5")
-        self._buf = bytearray()
+        #: The start of a packet that is not complete yet, from earlier
+        #: reads; None when there is none (most of the time: an idle
+        #: connection holds no buffer, and a read that ends on a packet
+        #: boundary is parsed where it lies).
+        self._buf: Optional[bytearray] = None
         # Compared with the total size: header (<= 5) + remaining length.
         self._limit = max_packet_size or (MAX_REMAINING_LENGTH + 5)
         self._pub_flags = _PUB_FLAGS_31 if protocol_level == PROTOCOL_LEVEL_31 \
@@ -623,7 +629,7 @@ class Decoder:
     @property
     def buffered(self) -> int:
         """Bytes held for a packet that is not complete yet."""
-        return len(self._buf)
+        return len(self._buf) if self._buf is not None else 0
 
     @property
     def protocol_level(self) -> int:
@@ -639,8 +645,13 @@ class Decoder:
         """
         if self._error is not None:
             raise self._error
-        buf = self._buf
-        buf += data
+        held = self._buf
+        buf: ReadBuffer
+        if held is None:
+            buf = data
+        else:
+            held += data
+            buf = held
         n = len(buf)
         if self._connect_first and n:
             if buf[0] >> 4 != CONNECT:
@@ -742,8 +753,13 @@ class Decoder:
             raise
         finally:
             mv.release()
-            if pos:
-                del buf[:pos]
+            if held is not None:
+                if pos == n:
+                    self._buf = None
+                elif pos:
+                    del held[:pos]
+            elif pos < n:
+                self._buf = bytearray(memoryview(data)[pos:])
         return out
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 from operator import attrgetter
 from struct import Struct
 from struct import error as struct_error
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import attrs
 
@@ -197,12 +197,17 @@ for _kind in _KIND_NAMES:
 del _kind, _allowed, _others
 
 
+#: What the readers parse: a read as the reactor gave it (bytes), or the
+#: decoder's buffer when a packet spans reads (bytearray).
+ReadBuffer = Union[bytes, bytearray]
+
+
 # --------------------------------------------------------------------------
 # field readers: (buf, pos, end) -> (value, new_pos), bounded by ``end``
 # (the end of the packet or property block, never of the buffer) so a lying
 # length can not read into the next packet.  The codec uses them too.
 
-def read_str(buf: bytearray, pos: int, end: int, what: str) -> Tuple[str, int]:
+def read_str(buf: ReadBuffer, pos: int, end: int, what: str) -> Tuple[str, int]:
     """
     A UTF-8 string: strict decoding rejects ill-formed sequences and
     surrogates [MQTT-1.5.3-1] [MQTT-1.5.4-1]; U+0000 is refused
@@ -223,7 +228,7 @@ def read_str(buf: bytearray, pos: int, end: int, what: str) -> Tuple[str, int]:
     return value, stop
 
 
-def read_bin(buf: bytearray, pos: int, end: int,
+def read_bin(buf: ReadBuffer, pos: int, end: int,
              what: str) -> Tuple[bytes, int]:
     """Two-byte length prefixed binary data (will message, password...)."""
     start = pos + 2
@@ -235,7 +240,7 @@ def read_bin(buf: bytearray, pos: int, end: int,
     return bytes(buf[start:stop]), stop
 
 
-def read_varint(buf: bytearray, pos: int, end: int,
+def read_varint(buf: ReadBuffer, pos: int, end: int,
                 what: str) -> Tuple[int, int]:
     """
     A Variable Byte Integer of at most four bytes, encoded with the fewest
@@ -259,7 +264,7 @@ def read_varint(buf: bytearray, pos: int, end: int,
             raise ProtocolError("%s longer than 4 bytes" % what)
 
 
-def decode_properties(buf: bytearray, pos: int, end: int,
+def decode_properties(buf: ReadBuffer, pos: int, end: int,
                       kind: int) -> Tuple[Optional[Properties], int]:
     """
     Read a property block (its length, then the properties) at ``pos`` for

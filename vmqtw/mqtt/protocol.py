@@ -16,7 +16,7 @@ reactor (see :class:`TurnWrites`), not a reactor turn later.
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Set
+from typing import Any, List, Optional, Set, cast
 
 from twisted.internet.interfaces import (IHandshakeListener, IPushProducer, IReactorTime,
                                          ITCPTransport)
@@ -81,40 +81,40 @@ class TurnWrites:
             protocol.send_now()
 
 
-@implementer(IPushProducer)
-class _SendBuffer:
-    """
-    Registered as the producer of a plain TCP connection's outgoing bytes:
-    Twisted pauses it when more than its buffer size (64 KiB) waits for the
-    socket, and resumes it once that drained.  The subscriber's queue then
-    holds what comes meanwhile, within its limits, instead of the transport
-    growing without bound behind a slow or stalled subscriber.
-    """
-
-    __slots__ = ("session",)
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def pauseProducing(self) -> None:
-        self.session.sending_paused()
-
-    def resumeProducing(self) -> None:
-        self.session.sending_resumed()
-
-    def stopProducing(self) -> None:
-        """The connection is gone; the session hears of it from the protocol."""
+def _session_connected(session: Session) -> None:
+    """A session's CONNECT was accepted: its keepalive deadline replaces the
+    CONNECT deadline.  A module function, not a bound method kept by every
+    session."""
+    cast(MQTTProtocol, session.io).session_connected(session)
 
 
-@implementer(IHandshakeListener)
+@implementer(IHandshakeListener, IPushProducer)
 class MQTTProtocol(Protocol):
-    """One client connection."""
+    """
+    One client connection.
+
+    It is also the push producer of a plain TCP connection's outgoing
+    bytes: Twisted pauses it when more than its buffer size (64 KiB) waits
+    for the socket, and resumes it once that drained.  The subscriber's
+    queue then holds what comes meanwhile, within its limits, instead of
+    the transport growing without bound behind a slow or stalled
+    subscriber.
+    """
 
     log = Logger()
     # Set by Twisted before connectionMade; never None while we use it.
     transport: _IConnection
 
+    # One per connection: slots (Twisted's own two included) rather than an
+    # instance dictionary.
+    __slots__ = ("factory", "clock", "decoder", "session", "closing", "last_seen",
+                 "_deadline", "_close_timer", "_writes", "_tcp", "_out", "transport",
+                 "connected")
+
     def __init__(self, factory: "MQTTFactory") -> None:
+        # Twisted's class-level defaults, hidden by the slots of these names.
+        self.connected = 0
+        self.transport = None   # type: ignore[assignment]
         self.factory = factory
         self.clock: IReactorTime = factory.clock
         # Built here rather than in connectionMade so that neither is ever
@@ -122,7 +122,7 @@ class MQTTProtocol(Protocol):
         self.decoder = Decoder(factory.max_packet_size, connect_first=True,
                                accept_v5=P.PROTOCOL_LEVEL_5 in factory.settings.protocol_versions)
         self.session = Session(self, factory.registry, factory.settings, factory.authenticator,
-                               on_connected=self._session_connected,
+                               on_connected=_session_connected,
                                counters=factory.counters)
         self.closing = False
         self.last_seen = 0.0
@@ -153,7 +153,7 @@ class MQTTProtocol(Protocol):
         transport = self.transport
         if isinstance(transport, Connection) and not getattr(transport, "TLS", False):
             self._tcp = transport
-            transport.registerProducer(_SendBuffer(self.session), True)
+            transport.registerProducer(self, True)
             # What one read writes leaves as one piece already (TurnWrites):
             # Nagle's algorithm could only hold it back, waiting for an ACK.
             transport.setTcpNoDelay(True)
@@ -265,7 +265,7 @@ class MQTTProtocol(Protocol):
             return
         self._deadline = self.factory.deadlines.add(self.last_seen + grace, self)
 
-    def _session_connected(self, session: Session) -> None:
+    def session_connected(self, session: Session) -> None:
         deadlines = self.factory.deadlines
         if self._deadline is not None:
             deadlines.discard(self._deadline, self)
@@ -352,6 +352,19 @@ class MQTTProtocol(Protocol):
         """The listener stops: an MQTT 5.0 client is told (0x8B) first."""
         self.session.disconnect(R.SERVER_SHUTTING_DOWN,
                                 "listener closed (server shutdown or leave)")
+
+    # -- IPushProducer (what Twisted asks of our sending) --------------------------
+
+    def pauseProducing(self) -> None:
+        self.session.sending_paused()
+
+    def resumeProducing(self) -> None:
+        self.session.sending_resumed()
+
+    def stopProducing(self) -> None:
+        """The connection is gone; the session hears of it in connectionLost."""
+
+    # -- reading -------------------------------------------------------------------
 
     def pause_reading(self) -> None:
         self.transport.pauseProducing()

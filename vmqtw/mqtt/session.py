@@ -53,7 +53,7 @@ from vmqtw.types import Message, SubscriberId, new_message_ref
 
 NEW, CONNECTING, CONNECTED, CLOSED = range(4)
 
-#: ``Session._auth_exchange`` while the authenticator works on a step.
+#: ``_EnhancedAuth.exchange`` while the authenticator works on a step.
 _IN_FLIGHT = object()
 
 #: Pre-encoded packets that never change.
@@ -405,6 +405,41 @@ def _routed_filter(flt: str) -> str:
     return flt if shared is None else shared[1]
 
 
+class _RateWindow:
+    """
+    ``max_message_rate`` for one client: the second being counted, its
+    PUBLISHes so far, and the call that resumes reading once a throttled
+    second is over.  Made only when a rate is set.
+    """
+
+    __slots__ = ("second", "count", "throttle")
+
+    def __init__(self) -> None:
+        self.second = 0
+        self.count = 0
+        self.throttle: Optional[IDelayedCall] = None
+
+
+class _EnhancedAuth:
+    """
+    A session's MQTT 5.0 enhanced authentication (section 4.12), made only
+    for a client that names a method at CONNECT: the method and the plugin
+    that speaks it, the exchange waiting for the client's next AUTH 0x18
+    (``waiting``; None while no step is asked of it), and the data the last
+    successful step gives the client.  Apart from the session, so that the
+    sessions of every other client carry one slot for it, not five.
+    """
+
+    __slots__ = ("method", "authenticator", "exchange", "waiting", "data")
+
+    def __init__(self, method: str, authenticator: Any) -> None:
+        self.method = method
+        self.authenticator = authenticator
+        self.exchange: Any = None
+        self.waiting = False
+        self.data: Optional[bytes] = None
+
+
 class Session:
     """One connection's MQTT state; see the module docstring."""
 
@@ -420,8 +455,7 @@ class Session:
         "v5", "session_expiry", "max_send_size", "_sub_ids", "aliases", "_connect_props",
         "_requested_keepalive", "_assigned_id", "_will_on_disconnect", "_disconnected",
         "_buffered", "_acks", "_paused", "_handlers", "_alias_max", "_out_aliases",
-        "_rate_second", "_rate_count", "_throttle_call", "_auth_method", "_enhanced",
-        "_auth_exchange", "_auth_waiting", "_auth_data")
+        "_rate", "_eauth")
 
     def __init__(self, io: SessionIO, registry: SessionRegistry, settings: SessionSettings,
                  authenticator: Authenticator, peer: Any = None,
@@ -479,16 +513,10 @@ class Session:
         self._connect_props: Optional[P.Properties] = None
         self._requested_keepalive = 0
         self._assigned_id = False
-        #: MQTT 5.0 enhanced authentication (section 4.12): the method the
-        #: client chose at CONNECT and its authenticator (None: none chosen,
-        #: so any AUTH is a protocol error); the exchange waiting for the
-        #: client's next AUTH 0x18 (None while no step is asked of it); the
-        #: data the last successful step gives the client.
-        self._auth_method: Optional[str] = None
-        self._enhanced: Any = None
-        self._auth_exchange: Any = None
-        self._auth_waiting = False
-        self._auth_data: Optional[bytes] = None
+        #: MQTT 5.0 enhanced authentication (section 4.12); None when the
+        #: client chose no method at CONNECT, so any AUTH is a protocol
+        #: error.
+        self._eauth: Optional[_EnhancedAuth] = None
         #: MQTT 5.0: a DISCONNECT other than 0x00 keeps the will.
         self._will_on_disconnect = False
         self._disconnected = False
@@ -499,11 +527,9 @@ class Session:
         #: need it and an empty deque costs 600 bytes per connection.
         self._acks: Optional[Deque[List[Any]]] = None
         self._paused = False
-        #: ``max_message_rate``: the second counted, PUBLISHes in it, and
-        #: the call resuming a throttled connection.
-        self._rate_second = 0
-        self._rate_count = 0
-        self._throttle_call: Optional[IDelayedCall] = None
+        #: ``max_message_rate``: this client's count, made on its first
+        #: PUBLISH when a rate is set.
+        self._rate: Optional[_RateWindow] = None
         #: The packet handlers for this client's protocol level: a table
         #: shared by every session (see _HANDLERS below the class).
         self._handlers = _HANDLERS
@@ -530,7 +556,7 @@ class Session:
             if type(packet) is P.Connect:
                 self.violation("second CONNECT")
                 return
-            if self._auth_method is not None:
+            if self._eauth is not None:
                 self._during_connect_auth(packet, now)
                 return
             # Pipelined behind a CONNECT that is still being authenticated:
@@ -645,11 +671,11 @@ class Session:
         self.state = CONNECTING
         info = ConnectInfo(client_id, username, password, self.peer, connect.clean_session,
                            identity)
-        if self._enhanced is not None:
+        if self._eauth is not None:
             # The method is the proof: it replaces the password check.
             props = self._connect_props
             data = props.authentication_data if props is not None else None
-            step = maybeDeferred(self._enhanced.begin, info, data)
+            step = maybeDeferred(self._eauth.authenticator.begin, info, data)
             step.addCallbacks(self._connect_auth_step, self._authentication_failed,
                               callbackArgs=(now,))
             return
@@ -673,8 +699,7 @@ class Session:
             if enhanced is None:
                 self._refuse(R.BAD_AUTHENTICATION_METHOD)
                 return False
-            self._auth_method = method
-            self._enhanced = enhanced
+            self._eauth = _EnhancedAuth(method, enhanced)
         expiry = props.session_expiry_interval
         if expiry is not None:
             self.session_expiry = expiry
@@ -704,10 +729,11 @@ class Session:
             props.topic_alias_maximum = settings.topic_alias_max_client
         # Said outright, though absence means the same (3.2.2.3.18).
         props.shared_subscription_available = 1
-        if self._auth_method is not None:
-            props.authentication_method = self._auth_method   # 3.2.2.3.17
-            if self._auth_data is not None:
-                props.authentication_data = self._auth_data
+        eauth = self._eauth
+        if eauth is not None:
+            props.authentication_method = eauth.method   # 3.2.2.3.17
+            if eauth.data is not None:
+                props.authentication_data = eauth.data
         return encode(P.ConnAck(R.SUCCESS, present, props), P.PROTOCOL_LEVEL_5)
 
     def _authentication_failed(self, failure: Any) -> None:
@@ -785,7 +811,7 @@ class Session:
         if (self._paused and self.state == CONNECTED
                 and len(self._acks or ()) < ACK_BACKLOG_PAUSE // 2):
             self._paused = False
-            if self._throttle_call is None:
+            if not self._throttled():
                 self.io.resume_reading()
 
     def _register5(self, lease: Any) -> Tuple[SessionQueue, bool]:
@@ -873,10 +899,11 @@ class Session:
         """
         state = self.state
         self.state = CLOSED
-        if self._throttle_call is not None:
-            if self._throttle_call.active():
-                self._throttle_call.cancel()
-            self._throttle_call = None
+        rate = self._rate
+        if rate is not None and rate.throttle is not None:
+            if rate.throttle.active():
+                rate.throttle.cancel()
+            rate.throttle = None
         if state != CONNECTED:
             return
         if self._disconnected:
@@ -1228,20 +1255,27 @@ class Session:
         over (what was already read is still handled); nothing is dropped
         and the client is not disconnected -- it is slowed down.
         """
+        rate = self._rate
+        if rate is None:
+            rate = self._rate = _RateWindow()
         second = int(now)
-        if second != self._rate_second:
-            self._rate_second = second
-            self._rate_count = 0
-        self._rate_count += 1
-        if self._rate_count > self.settings.max_message_rate and self._throttle_call is None:
+        if second != rate.second:
+            rate.second = second
+            rate.count = 0
+        rate.count += 1
+        if rate.count > self.settings.max_message_rate and rate.throttle is None:
             self.io.pause_reading()
-            self._throttle_call = self.registry.clock.callLater(
-                second + 1 - now, self._end_throttle)
+            rate.throttle = self.registry.clock.callLater(second + 1 - now, self._end_throttle)
 
     def _end_throttle(self) -> None:
-        self._throttle_call = None
+        assert self._rate is not None   # set before the call was made
+        self._rate.throttle = None
         if self.state == CONNECTED and not self._paused:
             self.io.resume_reading()
+
+    def _throttled(self) -> bool:
+        """Reading is paused by ``max_message_rate`` until the second ends."""
+        return self._rate is not None and self._rate.throttle is not None
 
     def _acknowledge(self, waiting: Optional[Deferred], ack: bytes) -> None:
         """Write ``ack`` once ``waiting`` fired and every earlier ack is out."""
@@ -1311,7 +1345,7 @@ class Session:
                 self.io.write(data)
         if self._paused and len(acks) < ACK_BACKLOG_PAUSE // 2:
             self._paused = False
-            if self._throttle_call is None:
+            if not self._throttled():
                 self.io.resume_reading()
 
     # The handlers below run only while CONNECTED, when ``queue`` is set.
@@ -1519,21 +1553,22 @@ class Session:
         step of one.  Without a method at CONNECT any AUTH is a Protocol
         Error [MQTT-4.12.0-1].
         """
-        if self._auth_method is None:
+        eauth = self._eauth
+        if eauth is None:
             self.violation("AUTH without an authentication method", R.PROTOCOL_ERROR)
             return
         props = packet.properties
-        if props is None or props.authentication_method != self._auth_method:
+        if props is None or props.authentication_method != eauth.method:
             self.violation("AUTH with another authentication method", R.PROTOCOL_ERROR)
             return
         data = props.authentication_data
-        if packet.reason_code == R.RE_AUTHENTICATE and not self._auth_waiting \
-                and self._auth_exchange is None:
-            self._auth_exchange = _IN_FLIGHT
+        if packet.reason_code == R.RE_AUTHENTICATE and not eauth.waiting \
+                and eauth.exchange is None:
+            eauth.exchange = _IN_FLIGHT
             info = ConnectInfo(self.client_id, self.username, None, self.peer,
                                self.clean_session, self.peer_identity)
-            step = maybeDeferred(self._enhanced.begin, info, data)
-        elif packet.reason_code == R.CONTINUE_AUTHENTICATION and self._auth_waiting:
+            step = maybeDeferred(eauth.authenticator.begin, info, data)
+        elif packet.reason_code == R.CONTINUE_AUTHENTICATION and eauth.waiting:
             step = self._proceed(data)
         else:
             self.violation("unexpected AUTH %#x" % packet.reason_code, R.PROTOCOL_ERROR)
@@ -1542,13 +1577,16 @@ class Session:
 
     def _proceed(self, data: Optional[bytes]) -> Any:
         """Hand the client's answer to the authenticator (one step at a time)."""
-        exchange, self._auth_exchange = self._auth_exchange, _IN_FLIGHT
-        self._auth_waiting = False
-        return maybeDeferred(self._enhanced.proceed, exchange, data)
+        eauth = self._eauth
+        assert eauth is not None   # only while a method is in use
+        exchange, eauth.exchange = eauth.exchange, _IN_FLIGHT
+        eauth.waiting = False
+        return maybeDeferred(eauth.authenticator.proceed, exchange, data)
 
     def _send_auth(self, code: int, data: Optional[bytes]) -> None:
         props = P.Properties()
-        props.authentication_method = self._auth_method
+        assert self._eauth is not None   # only while a method is in use
+        props.authentication_method = self._eauth.method
         if data is not None:
             props.authentication_data = data
         self.io.write(encode(P.Auth(code, props), P.PROTOCOL_LEVEL_5))
@@ -1564,9 +1602,11 @@ class Session:
             self.io.close()
             return
         props = packet.properties if kind is P.Auth else None
-        if (kind is not P.Auth or not self._auth_waiting
+        eauth = self._eauth
+        assert eauth is not None   # only called while a method is in use
+        if (kind is not P.Auth or not eauth.waiting
                 or packet.reason_code != R.CONTINUE_AUTHENTICATION
-                or props is None or props.authentication_method != self._auth_method):
+                or props is None or props.authentication_method != eauth.method):
             self.violation("%s during enhanced authentication" % kind.__name__,
                            R.PROTOCOL_ERROR)
             return
@@ -1581,18 +1621,20 @@ class Session:
         ``success`` ends the exchange (and may name the user).  Returns the
         outcome, None when ``step`` is no AuthStep.
         """
+        eauth = self._eauth
+        assert eauth is not None   # only called while a method is in use
         outcome = getattr(step, "outcome", None)
         if outcome == "continue":
-            self._auth_exchange = step.exchange
-            self._auth_waiting = True
+            eauth.exchange = step.exchange
+            eauth.waiting = True
             self._send_auth(R.CONTINUE_AUTHENTICATION, step.data)
         elif outcome == "success":
-            self._auth_exchange = None
+            eauth.exchange = None
             if step.username is not None:
                 self.username = step.username
         elif outcome != "fail":
             self.log.error("enhanced authentication {method} answered {step!r}, not an AuthStep",
-                           method=self._auth_method, step=step)
+                           method=eauth.method, step=step)
             return None
         return str(outcome)
 
@@ -1602,7 +1644,8 @@ class Session:
             return  # the connection went away meanwhile
         outcome = self._step(step)
         if outcome == "success":
-            self._auth_data = step.data
+            assert self._eauth is not None   # _step said success
+            self._eauth.data = step.data
             self._authenticated(P.CONNACK_ACCEPTED, now)
         elif outcome == "fail":
             code = step.reason_code
