@@ -33,14 +33,14 @@ class Side:
 
     def __init__(self, net: InMemoryNetwork, clock: Clock, name: str,
                  store: Any = None, limit: int = 1 << 20,
-                 route_result: Any = None) -> None:
+                 route_result: Any = None, one_read: Any = None) -> None:
         self.name = name
         self.routed: List[Message] = []
         self.handed: List[Tuple[SubscriberId, Message, int]] = []
         self.route_result = route_result
         self.transport = net.transport(name)
         self.plane = DataPlane(name, self.transport, clock, store, limit, resend_interval=5.0)
-        self.started = self.plane.start(self.route, self.hand_over_sink)
+        self.started = self.plane.start(self.route, self.hand_over_sink, one_read=one_read)
         self.transport.start()
 
     def route(self, message: Message) -> Optional[defer.Deferred]:
@@ -128,6 +128,31 @@ def test_the_qos0_messages_of_a_turn_travel_in_one_frame(world):
     assert net.count(CHANNEL, UNNUMBERED_BATCH) == 1
     assert net.count(CHANNEL, UNNUMBERED) == 0
     assert b.plane.received_remote == 50
+
+
+def test_each_received_frame_is_handled_as_one_read(world):
+    """``one_read`` wraps the handling of each frame from a peer, whatever
+    it holds: its deliveries to clients leave together when it returns."""
+    clock, net = world
+    frames: List[int] = []
+
+    def one_read(handle: Any) -> Any:
+        def wrapped(*args: Any) -> Any:
+            before = len(b.routed)
+            result = handle(*args)
+            frames.append(len(b.routed) - before)
+            return result
+        return wrapped
+
+    a, b = Side(net, clock, A), Side(net, clock, B, one_read=one_read)
+    connect(a, b)
+    settle(clock)
+    frames.clear()
+    for n in range(30):
+        a.plane.forward([B], msg(n, qos=0))
+    settle(clock)
+    assert b.topics() == ["t/%d" % n for n in range(30)]
+    assert frames == [30]
 
 
 def test_qos0_and_numbered_copies_of_one_turn_keep_their_order(world):

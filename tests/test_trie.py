@@ -113,13 +113,36 @@ def test_readd_replaces_qos() -> None:
     assert trie.match("a/b") == {"s": 0}
 
 
-def test_match_result_is_a_copy() -> None:
-    """Changing a match result never changes the routing table."""
+def test_match_result_is_not_the_routing_table() -> None:
+    """A result already returned keeps what matched then: later changes
+    to the trie reach the next match only (the routing table itself is
+    never handed out, so routing may subscribe or unsubscribe while it
+    reads a result)."""
     trie = SubscriptionTrie()
     trie.add("a", "s", 1)
-    trie.match("a")["t"] = 2
-    trie.match("a").clear()
-    assert trie.match("a") == {"s": 1}
+    before = trie.match("a")
+    trie.add("a", "t", 0)
+    assert before == {"s": 1}
+    assert trie.match("a") == {"s": 1, "t": 0}
+    trie.remove("a", "s")
+    assert trie.match("a") == {"t": 0}
+    assert before == {"s": 1}
+
+
+def test_the_last_match_is_remembered_until_the_trie_changes() -> None:
+    """The same topic again gives the same result without a walk; any
+    change, or another topic, gives a fresh one."""
+    trie = SubscriptionTrie()
+    trie.add("a/+", "s", 1)
+    first = trie.match("a/b")
+    assert trie.match("a/b") is first
+    assert trie.match("a/c") == {"s": 1}
+    assert trie.match("a/b") == first and trie.match("a/b") is not first
+    again = trie.match("a/b")
+    trie.add("a/#", "u", 2)
+    assert trie.match("a/b") == {"s": 1, "u": 2} and again == {"s": 1}
+    trie.remove("a/#", "u")
+    assert trie.match("a/b") == {"s": 1}
 
 
 def test_remove_absent_and_prune() -> None:

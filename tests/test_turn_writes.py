@@ -28,7 +28,7 @@ from vmqtw.mqtt.codec import Decoder
 from vmqtw.mqtt.protocol import MQTTProtocol
 from vmqtw.testing import mqttbytes as B
 from vmqtw.testing.inprocess_broker import Broker
-from vmqtw.types import SubscriberId
+from vmqtw.types import Message, SubscriberId
 
 
 def _tcp_pair(bufsize: int = 0) -> Tuple[socket.socket, socket.socket]:
@@ -157,6 +157,22 @@ def test_a_send_the_socket_takes_whole_never_involves_the_reactor(setup) -> None
     assert [type(p) for p in pub.received()] == [P.PubAck]
     assert [p.payload for p in sub.received()] == [b"x"]
     assert registered == []
+
+
+def test_messages_from_another_node_leave_when_their_frame_is_handled(setup) -> None:
+    """What a frame from another node delivers, handled through
+    ``as_one_read``, is on the subscriber's socket when the handling
+    returns: one send, not one transport write per message left for a
+    later reactor turn."""
+    sub = _peer(setup, "sub")
+    sub.send(B.subscribe(1, [("t/+", 0)]))
+    sub.received()
+    broker, reactor = setup[0], setup[1]
+    deliver = sub.protocol.factory.writes.as_one_read(broker.registry.router.route_remote_batch)
+    deliver([Message(b"r%d" % n, "t/%d" % n, b"m%d" % n, 0, origin="other@node")
+             for n in range(5)])
+    assert [p.payload for p in sub.received()] == [b"m%d" % n for n in range(5)]
+    assert sub.connection not in reactor.writers
 
 
 def test_failed_send_is_left_to_the_reactor(setup) -> None:

@@ -386,6 +386,7 @@ def build_node(config: Config, reactor: Any) -> Node:
     listeners: List[IService] = []
     kinds: List[Tuple[str, Tuple[str, int], ListenerService]] = []
     turn_writes = TurnWrites()
+    registry.as_one_read = turn_writes.as_one_read
 
     def mqtt_listeners(kind: str, key: str, table: Mapping[str, Tuple[str, int]],
                        listener_settings: SessionSettings, wrap: Callable[[Any], Any],

@@ -123,6 +123,10 @@ class Registry:
         #: :meth:`Router.publish` itself (not a method that calls it): one
         #: call fewer on every publish.
         self.publish = self.router.publish
+        #: Wraps the handling of each frame from another node, so that what
+        #: it delivers to clients here leaves as a client's read does (the
+        #: MQTT listeners' ``TurnWrites.as_one_read``, set by the node).
+        self.as_one_read: Optional[Callable[[Callable[..., Any]], Callable[..., Any]]] = None
         #: Sessions that moved away lately: their filters, so that what still
         #: arrives for them is passed on (see :meth:`_forward_moved`).
         self.moved = SubscriptionTrie()
@@ -173,7 +177,7 @@ class Registry:
             self.dataplane.on_orphaned = self.orphans.orphaned
             return self.dataplane.start(self.router.route_remote, self._handed_over,
                                         self._hand_over_released, self._hand_over_done,
-                                        self.router.route_remote_batch)
+                                        self.router.route_remote_batch, self.as_one_read)
         return None
 
     def stop(self) -> None:

@@ -335,14 +335,17 @@ class DataPlane:
     def start(self, on_message: MessageReceiver, on_hand_over: HandOverReceiver,
               on_released: Optional[HandOverReleased] = None,
               on_done: Optional[HandOverDone] = None,
-              on_batch: Optional[Callable[[List[Message]], None]] = None) -> Deferred:
+              on_batch: Optional[Callable[[List[Message]], None]] = None,
+              one_read: Optional[Callable[[Callable[..., Any]], Callable[..., Any]]] = None
+              ) -> Deferred:
         """
         Receive from peers from now on, giving forwarded messages to
         ``on_message`` and handed-over ones to ``on_hand_over`` (and the end
         of a hand-over to ``on_done``); tell ``on_released`` when a peer
         acknowledged a handed-over message sent with ``release``.  Then send
         again what the outbox kept from before a restart.  Returns a
-        Deferred firing once the outbox is read.
+        Deferred firing once the outbox is read.  ``one_read`` wraps the
+        handling of each frame (see ``TurnWrites.as_one_read``).
         """
         self.route = on_message
         if on_batch is not None:
@@ -352,7 +355,8 @@ class DataPlane:
             self.on_released = on_released
         if on_done is not None:
             self.on_hand_over_done = on_done
-        self.transport.register_cast_handler(CHANNEL, self._received)
+        self.transport.register_cast_handler(
+            CHANNEL, self._received if one_read is None else one_read(self._received))
         self.transport.add_peer_listener(self._link_up, self._link_down)
         self._running = True
         self._resend_call = self.clock.callLater(self.resend_interval, self._check_stalled)

@@ -16,7 +16,7 @@ reactor (see :class:`TurnWrites`), not a reactor turn later.
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Set, cast
+from typing import Any, Callable, List, Optional, Set, cast
 
 from twisted.internet.interfaces import (IHandshakeListener, IPushProducer, IReactorTime,
                                          ITCPTransport)
@@ -79,6 +79,23 @@ class TurnWrites:
         self.dirty = []
         for protocol in dirty:
             protocol.send_now()
+
+    def as_one_read(self, handle: Callable[..., Any]) -> Callable[..., Any]:
+        """
+        ``handle`` (what takes a frame from another cluster node) made to
+        write as a client's read does: the messages one frame delivers to
+        this node's clients leave when it is handled, one send per client,
+        rather than one transport write per message.
+        """
+        def one_read(*args: Any) -> Any:
+            self.depth += 1
+            try:
+                return handle(*args)
+            finally:
+                self.depth -= 1
+                if not self.depth and self.dirty:
+                    self.flush()
+        return one_read
 
 
 def _session_connected(session: Session) -> None:
