@@ -183,3 +183,24 @@ def test_a_frame_of_qos0_messages_from_another_node_matches_each_topic_once():
     assert [m.retain for m, _q in queues[C1].got] == [False] * 6
     assert [m.retain for m, _q in queues[C2].got] == [False, False, False, True, False, False]
     assert plane.forwards == [] and router.published == 6
+
+
+def test_a_frames_plain_qos0_messages_go_straight_to_the_queues_matched() -> None:
+    """
+    The short way of a frame's QoS 0 messages to subscribers without MQTT
+    5.0 options ends where route_remote would: each queue once per
+    message, at QoS 0 whatever it was granted, in order; a topic nobody
+    here subscribes to is counted as unmatched; a session gone from this
+    node (no queue) gets nothing.
+    """
+    queues = {C1: FakeQueue(), C2: FakeQueue()}
+    router, _retain, plane = _router(queues)
+    router.subscriptions.subscribe(C2, False, [("t/+", 1)])
+    gone = SubscriberId("", "gone")
+    router.subscriptions.subscribe(gone, False, [("t/#", 2)])
+    batch = [message("t/%d" % (n % 2), qos=0, origin="B") for n in range(4)]
+    batch.append(message("nobody/here", qos=0, origin="B"))
+    router.route_remote_batch(batch)
+    for queue in (queues[C1], queues[C2]):
+        assert [(m.topic, q) for m, q in queue.got] == [("t/0", 0), ("t/1", 0)] * 2
+    assert router.unmatched == 1 and router.published == 5 and plane.forwards == []

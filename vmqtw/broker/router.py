@@ -146,17 +146,56 @@ class Router:
         matched in the trie once per frame, not once per message.
         """
         matched: Dict[str, dict] = {}
+        #: Per topic, the queues a plain QoS 0 message goes to (see
+        #: :meth:`_plain_targets`), or None when it takes the full path.
+        planned: Dict[str, Optional[List[SubscriberQueue]]] = {}
         match = self.subscriptions.trie.match
+        moved = self.moved
+        plain_ok = moved is None or not len(moved)
         for message in messages:
             self.published += 1
             topic = message.topic
             matches = matched.get(topic)
             if matches is None:
                 matches = matched[topic] = match(topic)
+            if plain_ok and not message.qos and not message.retain:
+                if topic in planned:
+                    queues = planned[topic]
+                else:
+                    queues = planned[topic] = self._plain_targets(matches)
+                if queues is not None:
+                    for queue in queues:
+                        queue.enqueue(message, 0)
+                    continue
             if message.retain:
                 self._route(_with_retain(message, False), False, None, True, matches)
             else:
                 self._route(message, False, None, False, matches)
+
+    def _plain_targets(self, matches: dict) -> Optional[List[SubscriberQueue]]:
+        """
+        The queues here that a QoS 0 message from another node with these
+        matches goes to, when nothing but that is to be done: subscribers of
+        this node without MQTT 5.0 options (whatever QoS they were granted,
+        a QoS 0 message is delivered at 0); other nodes' names are passed
+        over, as a received message is never forwarded again.  None when
+        any match has options, or none matched (the full path counts it).
+        Worked out once per topic of a frame: a frame is handled in one go,
+        so the queues stay what they were.
+        """
+        if not matches:
+            return None
+        queue_for = self.queue_for
+        queues: List[SubscriberQueue] = []
+        for subscriber, granted in matches.items():
+            if isinstance(subscriber, str):
+                continue
+            if granted > _QOS_BITS:
+                return None
+            queue = queue_for(subscriber)
+            if queue is not None:
+                queues.append(queue)
+        return queues
 
     def _route(self, message: Message, forward: bool, author: Optional[Author] = None,
                retained: bool = False, matches: Optional[dict] = None) -> Optional[Deferred]:
