@@ -39,6 +39,7 @@ from vmqtw.mqtt import packets as P
 from vmqtw.mqtt.codec import Decoder
 from vmqtw.mqtt.session import ConnectInfo, SessionSettings
 from vmqtw.cluster.link import TcpTransport
+from vmqtw.types import SubscriberId
 from vmqtw.tls import (ClusterTLS, TLSServerFactory, load_server_options, peer_common_name,
                        server_options_from_config)
 
@@ -233,6 +234,34 @@ def test_verified_client_certificate_cn_becomes_the_user_name(pki):
     link.send(B.connect("c1", username="mallory", password=b"x"))
     assert link.recorder.packets() == [P.ConnAck(0, False)]
     assert link.mqtt.session.username == "alice"
+
+
+def test_a_tls_subscriber_whose_socket_is_full_has_its_messages_wait_in_its_queue(pki):
+    """TLS passes the MQTT protocol on as the producer of the socket's
+    transport: while that transport is full (it pauses the producer),
+    messages wait in the subscriber's queue, not in TLS or TCP buffers;
+    once resumed they go out, in order."""
+    broker = Broker()
+    options = load_server_options(pki.certfile, pki.keyfile, None, False)
+    link = tls_connect(broker, options, client_options(pki))
+    link.send(B.connect("sub"))
+    link.send(B.subscribe(1, [("t", 0)]))
+    assert [type(p) for p in link.recorder.packets()] == [P.ConnAck, P.SubAck]
+    link.recorder.data = b""
+    socket_transport = link.server.transport
+    assert socket_transport.producer is not None
+    publisher = broker.connect("pub")
+    socket_transport.producer.pauseProducing()   # as a full TCP buffer does
+    for n in range(5):
+        publisher.send(B.publish("t", b"%d" % n))
+    link.pump.flush()
+    assert link.recorder.packets() == []
+    queue = broker.registry.queues[SubscriberId("", "sub")]
+    assert len(queue.pending) == 5
+    socket_transport.producer.resumeProducing()
+    link.pump.flush()
+    assert [p.payload for p in link.recorder.packets()] == [b"%d" % n for n in range(5)]
+    assert not queue.pending
 
 
 def test_identity_not_taken_when_the_listener_does_not_ask_for_it(pki):

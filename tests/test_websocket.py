@@ -30,6 +30,7 @@ from vmqtw.mqtt.websocket import (MAX_HANDSHAKE_BYTES, Accept, MQTTWebSocketFact
 from vmqtw.testing import mqttbytes as B
 from vmqtw.testing.inprocess_broker import Broker
 from vmqtw.tls import wss_options_from_config
+from vmqtw.types import SubscriberId
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 BINARY, TEXT, CLOSE = 0x2, 0x1, 0x8
@@ -355,6 +356,28 @@ def test_peer_address_is_the_socket_peer():
     _, factory = ws_broker()
     client = connected(factory, "peer", 40123)
     assert client.protocol.mqtt.session.peer == ("127.0.0.1", 40123)
+
+
+def test_a_subscriber_whose_socket_is_full_has_its_messages_wait_in_its_queue():
+    """The MQTT protocol is the producer of the socket under the WebSocket:
+    while the socket's transport holds its buffer size (it pauses the
+    producer), messages wait in the subscriber's queue, not in the
+    transport; once resumed they go out, in order."""
+    broker, factory = ws_broker()
+    subscriber = connected(factory, "sub", 40001)
+    subscriber.send(B.subscribe(1, [("t", 0)]))
+    subscriber.received()
+    assert subscriber.transport.producer is subscriber.protocol.mqtt
+    publisher = connected(factory, "pub", 40002)
+    subscriber.transport.producer.pauseProducing()   # as a full TCP buffer does
+    for n in range(5):
+        publisher.send(B.publish("t", b"%d" % n))
+    assert subscriber.received() == []
+    queue = broker.registry.queues[SubscriberId("", "sub")]
+    assert len(queue.pending) == 5
+    subscriber.transport.producer.resumeProducing()
+    assert [p.payload for p in subscriber.received()] == [b"%d" % n for n in range(5)]
+    assert not queue.pending
 
 
 def test_backpressure_pauses_the_socket():

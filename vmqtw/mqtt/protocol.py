@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, List, Optional, Set, cast
 
-from twisted.internet.interfaces import (IHandshakeListener, IPushProducer, IReactorTime,
-                                         ITCPTransport)
+from twisted.internet.interfaces import (IConsumer, IHandshakeListener, IPushProducer,
+                                         IReactorTime, ITCPTransport)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.tcp import Connection
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -34,11 +35,11 @@ from vmqtw.mqtt.session import (CONNECTED, CONNECTING, NEW, Authenticator, MqttC
 from vmqtw.tls import peer_common_name
 
 
-class _IConnection(ITCPTransport, IPushProducer):
+class _IConnection(ITCPTransport, IPushProducer, IConsumer):
     """
     What :class:`MQTTProtocol` uses of its transport, for the type checker
-    only: a TCP connection (plain, or TLS over TCP) that can be aborted and
-    paused.  Twisted's TCP and TLS transports have all these methods without
+    only: a TCP connection (plain, or TLS over TCP) that can be aborted,
+    paused, and given a producer.  Twisted's TCP and TLS transports have all these methods without
     declaring this combination, so nothing checks it at run time.
     """
 
@@ -110,12 +111,12 @@ class MQTTProtocol(Protocol):
     """
     One client connection.
 
-    It is also the push producer of a plain TCP connection's outgoing
-    bytes: Twisted pauses it when more than its buffer size (64 KiB) waits
-    for the socket, and resumes it once that drained.  The subscriber's
-    queue then holds what comes meanwhile, within its limits, instead of
-    the transport growing without bound behind a slow or stalled
-    subscriber.
+    It is also the push producer of its connection's outgoing bytes (TCP,
+    TLS or WebSocket): Twisted pauses it when more than its buffer size
+    (64 KiB) waits for the socket, and resumes it once that drained.  The
+    subscriber's queue then holds what comes meanwhile, within its limits,
+    instead of the transport growing without bound behind a slow or
+    stalled subscriber.
     """
 
     log = Logger()
@@ -125,7 +126,7 @@ class MQTTProtocol(Protocol):
     # One per connection: slots (Twisted's own two included) rather than an
     # instance dictionary.
     __slots__ = ("factory", "clock", "decoder", "session", "closing", "last_seen",
-                 "_deadline", "_close_timer", "_writes", "_tcp", "_out", "transport",
+                 "_deadline", "_close_timer", "_writes", "_tcp", "_out", "_producing", "transport",
                  "connected")
 
     def __init__(self, factory: "MQTTFactory") -> None:
@@ -154,6 +155,8 @@ class MQTTProtocol(Protocol):
         #: What handling the current read wrote, not yet given to the
         #: transport; None when nothing (see :class:`TurnWrites`).
         self._out: Optional[List[bytes]] = None
+        #: This protocol is its transport's registered push producer.
+        self._producing = False
 
     # -- Protocol -----------------------------------------------------------------
 
@@ -170,10 +173,16 @@ class MQTTProtocol(Protocol):
         transport = self.transport
         if isinstance(transport, Connection) and not getattr(transport, "TLS", False):
             self._tcp = transport
-            transport.registerProducer(self, True)
             # What one read writes leaves as one piece already (TurnWrites):
             # Nagle's algorithm could only hold it back, waiting for an ACK.
             transport.setTcpNoDelay(True)
+        if isinstance(transport, (Connection, TLSMemoryBIOProtocol)) \
+                or getattr(transport, "passes_producer_on", False):
+            # TCP, TLS (which passes us on to its TCP transport) and
+            # WebSocket (to its TLS or TCP one): a slow subscriber's bytes
+            # wait in its queue, within its limits, not in the transport.
+            transport.registerProducer(self, True)
+            self._producing = True
 
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
@@ -349,10 +358,11 @@ class MQTTProtocol(Protocol):
         if not self.closing:
             self._hand_over_writes()
             self.closing = True
-            if self._tcp is not None:
+            if self._producing:
                 # A paused producer would keep Twisted from closing once
                 # the buffer drained (it resumes the producer instead).
-                self._tcp.unregisterProducer()
+                self._producing = False
+                self.transport.unregisterProducer()
             self.transport.loseConnection()
             if grace is not None:
                 self._close_timer = self.clock.callLater(grace, self.transport.abortConnection)

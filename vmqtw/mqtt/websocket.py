@@ -94,8 +94,19 @@ class WebSocketStream:
     of a TCP transport it uses, over one WebSocket connection.
     """
 
+    #: :class:`MQTTProtocol` registers itself as this stream's producer,
+    #: passed on to the socket's transport (TCP or TLS), which pauses it
+    #: while its buffer is full.
+    passes_producer_on = True
+
     def __init__(self, websocket: "MQTTWebSocketProtocol") -> None:
         self.websocket = websocket
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.websocket.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.websocket.unregisterProducer()
 
     def write(self, data: bytes) -> None:
         websocket = self.websocket
