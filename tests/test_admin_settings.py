@@ -15,7 +15,7 @@ from twisted.internet import defer, task
 from twisted.logger import LogLevel, PredicateResult
 
 from tests.test_admin import FakePeers, FakeTransport, call, result
-from tests.test_queue import message
+from tests.test_queue import Outlet, message
 from vmqtw.admin.cli import _call_args
 from vmqtw.admin.commands import UsageError, command_help, parse_args
 from vmqtw.admin.inspect import PLUGIN_COLUMNS, plugin_rows
@@ -168,6 +168,35 @@ def test_queue_limits_apply_to_new_sessions_and_to_existing_queues_at_once():
     assert queue.counters.dropped_offline == 4
     settings.set("max_inflight_messages", "1")
     assert queue.limits.max_inflight_messages == 1 and queue.limits.max_offline_messages == 4
+
+
+def test_a_new_in_flight_window_reaches_connected_clients_at_once():
+    """A wider max_inflight_messages fills a connected client's window at
+    once, a narrower one sends nothing more until acknowledgements bring
+    the count under it, and an MQTT 5.0 client's receive maximum stays the
+    upper bound [MQTT-3.3.4-9]."""
+    settings, _, registry = runtime()
+    settings.set("max_inflight_messages", "2")
+    queues = {}
+    for name, receive_maximum in (("plain", 0), ("v5", 3)):
+        sid = SubscriberId("", name)
+        queue = SubscriberQueue(sid, True, registry.limits, task.Clock())
+        outlet = Outlet()
+        queue.attach(outlet, receive_maximum=receive_maximum)
+        registry.queues[sid] = queue
+        for n in range(8):
+            queue.enqueue(message(n), 1)
+        queues[name] = (queue, outlet)
+    assert [len(outlet.sent) for _q, outlet in queues.values()] == [2, 2]
+    settings.set("max_inflight_messages", "5")
+    assert [len(queue.inflight) for queue, _o in queues.values()] == [5, 3]
+    settings.set("max_inflight_messages", "1")
+    plain, outlet = queues["plain"]
+    for packet_id in list(plain.inflight)[:4]:
+        plain.puback(packet_id)
+    assert len(plain.inflight) == 1 and len(outlet.sent) == 5
+    plain.puback(next(iter(plain.inflight)))
+    assert len(plain.inflight) == 1 and len(outlet.sent) == 6
 
 
 def test_the_console_log_level_changes_on_the_filter_in_force():

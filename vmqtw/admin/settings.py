@@ -18,9 +18,9 @@ VerneMQ's ``vmq-admin set``):
   for new sessions, and every existing queue at once.
   ``max_online_messages`` and ``max_offline_messages`` are read at each
   enqueue (lowering one drops nothing already queued; only later arrivals
-  meet the new bound); ``max_inflight_messages`` is the window a session
-  agrees when its client connects, so a connected client gets the new
-  window at its next connect;
+  meet the new bound); ``max_inflight_messages`` changes the window of
+  connected clients at once (never above an MQTT 5.0 client's receive
+  maximum; a wider window is filled at once);
 * ``log.console.level``: the level of the filter in front of the node's
   log observers (:func:`vmqtw.tap` installs :attr:`RuntimeSettings.log_filter`).
 """
@@ -123,5 +123,5 @@ class RuntimeSettings:
             return
         limits = attrs.evolve(registry.limits, **{key: value})
         registry.limits = limits               # new sessions
-        for queue in registry.queues.values():  # and every existing one
-            queue.limits = limits
+        for queue in list(registry.queues.values()):  # and every existing one
+            queue.set_limits(limits)

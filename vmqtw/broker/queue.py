@@ -156,6 +156,19 @@ class QueueCounters:
     dropped_too_large: int = 0
 
 
+def _window(limits: QueueLimits, receive_maximum: int) -> int:
+    """
+    QoS 1/2 messages in flight at most: ``max_inflight_messages`` (0 for no
+    limit but the packet-id space), narrowed to an MQTT 5.0 client's
+    receive maximum [MQTT-3.3.4-9].
+    """
+    window = limits.max_inflight_messages
+    window = MAX_PACKET_ID if window <= 0 else min(window, MAX_PACKET_ID)
+    if receive_maximum and receive_maximum < window:
+        window = receive_maximum
+    return window
+
+
 class SubscriberQueue:
     """The session state of one subscriber id; see the module docstring."""
 
@@ -165,7 +178,7 @@ class SubscriberQueue:
                  "counters", "_pending", "inflight", "awaiting_rel", "outlet",
                  "_next_packet_id", "_retry_call", "_window", "_qos_for", "_loading",
                  "_readable", "_held", "_handed_refs", "_shared", "_requeue",
-                 "_sending_paused")
+                 "_sending_paused", "_receive_maximum")
 
     def __init__(self, subscriber_id: SubscriberId, clean_session: bool,
                  limits: QueueLimits, clock: IReactorTime,
@@ -208,8 +221,9 @@ class SubscriberQueue:
         #: go to ``_requeue`` for another member of the group.
         self._shared: Optional[Dict[bytes, str]] = None
         self._requeue: Optional[SharedRequeue] = None
-        window = limits.max_inflight_messages
-        self._window = MAX_PACKET_ID if window <= 0 else min(window, MAX_PACKET_ID)
+        #: The connected MQTT 5.0 client's receive maximum (0: none given).
+        self._receive_maximum = 0
+        self._window = _window(limits, 0)
         #: The connection cannot take more for now (see pause_sending).
         self._sending_paused = False
 
@@ -257,11 +271,8 @@ class SubscriberQueue:
         self.outlet = outlet
         self._readable = readable
         self._sending_paused = False
-        window = self.limits.max_inflight_messages
-        window = MAX_PACKET_ID if window <= 0 else min(window, MAX_PACKET_ID)
-        if receive_maximum and receive_maximum < window:
-            window = receive_maximum
-        self._window = window
+        self._receive_maximum = receive_maximum
+        self._window = _window(self.limits, receive_maximum)
         now = self.clock.seconds()
         for packet_id, entry in list(self.inflight.items()):
             entry.sent_at = now
@@ -598,6 +609,18 @@ class SubscriberQueue:
             else:
                 break
             outlet = self.outlet
+
+    def set_limits(self, limits: QueueLimits) -> None:
+        """
+        The operator changed the limits (``vmqtw-admin set``).  The queue
+        bounds apply from the next arrival on (nothing queued is dropped);
+        a connected client's in-flight window changes at once, never above
+        the receive maximum it announced, and a wider one is filled now.
+        """
+        self.limits = limits
+        self._window = _window(limits, self._receive_maximum)
+        if self.outlet is not None:
+            self.pump()
 
     def pause_sending(self) -> None:
         """
