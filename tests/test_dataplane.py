@@ -114,6 +114,15 @@ def test_one_copy_per_node_encoded_once_for_qos0(world):
     assert a.plane.forwarded == 4 and b.plane.received_remote == 2
 
 
+def forward_one_turn_of_qos0(a: Side, b: Side, clock: Clock, count: int) -> None:
+    """``count`` QoS 0 messages forwarded from ``a`` to ``b`` in one turn,
+    then the network settled: ``b`` routed them all, in order."""
+    for n in range(count):
+        a.plane.forward([b.name], msg(n, qos=0))
+    settle(clock)
+    assert b.topics() == ["t/%d" % n for n in range(count)]
+
+
 def test_the_qos0_messages_of_a_turn_travel_in_one_frame(world):
     """One frame for a turn's QoS 0 copies to a peer, not one per message."""
     clock, net = world
@@ -121,10 +130,7 @@ def test_the_qos0_messages_of_a_turn_travel_in_one_frame(world):
     connect(a, b)
     settle(clock)
     net.reset_counters()
-    for n in range(50):
-        a.plane.forward([B], msg(n, qos=0))
-    settle(clock)
-    assert b.topics() == ["t/%d" % n for n in range(50)]
+    forward_one_turn_of_qos0(a, b, clock, 50)
     assert net.count(CHANNEL, UNNUMBERED_BATCH) == 1
     assert net.count(CHANNEL, UNNUMBERED) == 0
     assert b.plane.received_remote == 50
@@ -148,10 +154,7 @@ def test_each_received_frame_is_handled_as_one_read(world):
     connect(a, b)
     settle(clock)
     frames.clear()
-    for n in range(30):
-        a.plane.forward([B], msg(n, qos=0))
-    settle(clock)
-    assert b.topics() == ["t/%d" % n for n in range(30)]
+    forward_one_turn_of_qos0(a, b, clock, 30)
     assert frames == [30]
 
 
