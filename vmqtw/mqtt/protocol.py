@@ -39,8 +39,9 @@ class _IConnection(ITCPTransport, IPushProducer, IConsumer):
     """
     What :class:`MQTTProtocol` uses of its transport, for the type checker
     only: a TCP connection (plain, or TLS over TCP) that can be aborted,
-    paused, and given a producer.  Twisted's TCP and TLS transports have all these methods without
-    declaring this combination, so nothing checks it at run time.
+    paused, and given a producer.  Twisted's TCP and TLS transports have
+    all these methods without declaring this combination, so nothing
+    checks it at run time.
     """
 
 
@@ -126,8 +127,8 @@ class MQTTProtocol(Protocol):
     # One per connection: slots (Twisted's own two included) rather than an
     # instance dictionary.
     __slots__ = ("factory", "clock", "decoder", "session", "closing", "last_seen",
-                 "_deadline", "_close_timer", "_writes", "_tcp", "_out", "_producing", "transport",
-                 "connected")
+                 "_deadline", "_close_timer", "_writes", "_tcp", "_out", "_producing",
+                 "transport", "connected")
 
     def __init__(self, factory: "MQTTFactory") -> None:
         # Twisted's class-level defaults, hidden by the slots of these names.
