@@ -11,9 +11,8 @@ One test (one cluster start) with a helper per property checked.
 """
 from __future__ import annotations
 
-import threading
 import time
-from typing import Any, List, Optional
+from typing import Any, List
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -37,27 +36,6 @@ def join(a: Node, b: Node, c: Node) -> None:
                    what="%s to show 3 running" % (name(node),))
 
 
-def subscribe(client: Paho5, topic: str, options: SubscribeOptions,
-              identifier: Optional[int] = None) -> List[int]:
-    """SUBSCRIBE with options and an optional subscription identifier; the reason codes."""
-    codes: List[int] = []
-    done = threading.Event()
-
-    def on_subscribe(c: Any, userdata: Any, mid: int, reasons: Any,
-                     properties: Any = None) -> None:
-        codes.extend(code.value for code in reasons)
-        done.set()
-
-    props = None
-    if identifier is not None:
-        props = Properties(PacketTypes.SUBSCRIBE)
-        props.SubscriptionIdentifier = identifier
-    client.client.on_subscribe = on_subscribe
-    client.client.subscribe(topic, options=options, properties=props)
-    assert done.wait(10), "no SUBACK"
-    return codes
-
-
 def routed(pub: Paho5, sub: Paho5, probe: str) -> None:
     """Publish QoS 0 probes on ``probe`` until ``sub`` got one: its filter reached pub's node."""
     def arrived() -> bool:
@@ -78,7 +56,7 @@ def without_probes(client: Paho5, count: int, timeout: float = 10.0) -> List[Any
 
 def properties_survive_forwarding(nodes: Any, a: Node, c: Node) -> None:
     sub = Paho5(nodes, a, "props-sub")
-    assert subscribe(sub, "props/#", SubscribeOptions(qos=1)) == [1]
+    assert sub.subscribe("props/#", SubscribeOptions(qos=1)) == [1]
     pub = Paho5(nodes, c, "props-pub")
     routed(pub, sub, "props/probe")
     props = Properties(PacketTypes.PUBLISH)
@@ -104,7 +82,7 @@ def expiry_counts_the_time_already_spent(nodes: Any, a: Node, b: Node) -> None:
     expiry is dropped, the rest arrives with the time left since B took it.
     """
     sub = Paho5(nodes, a, "exp-sub", clean_start=False, session_expiry=600)
-    assert subscribe(sub, "exp/#", SubscribeOptions(qos=1)) == [1]
+    assert sub.subscribe("exp/#", SubscribeOptions(qos=1)) == [1]
     pub = Paho5(nodes, b, "exp-pub")
     routed(pub, sub, "exp/probe")
     sub.stop()
@@ -125,10 +103,10 @@ def expiry_counts_the_time_already_spent(nodes: Any, a: Node, b: Node) -> None:
 
 def identifiers_resolved_on_the_subscribers_node(nodes: Any, a: Node, b: Node) -> None:
     sub = Paho5(nodes, a, "ids-sub")
-    assert subscribe(sub, "ids/#", SubscribeOptions(qos=1), identifier=7) == [1]
-    assert subscribe(sub, "ids/+/x", SubscribeOptions(qos=0), identifier=300) == [0]
+    assert sub.subscribe("ids/#", SubscribeOptions(qos=1), identifier=7) == [1]
+    assert sub.subscribe("ids/+/x", SubscribeOptions(qos=0), identifier=300) == [0]
     plain = Paho5(nodes, b, "ids-plain")
-    assert subscribe(plain, "ids/#", SubscribeOptions(qos=0)) == [0]
+    assert plain.subscribe("ids/#", SubscribeOptions(qos=0)) == [0]
     pub = Paho5(nodes, b, "ids-pub")
     routed(pub, sub, "ids/probe")
     pub.publish("ids/a/x", b"both", 1)
@@ -156,7 +134,7 @@ def retain_options_with_a_message_retained_elsewhere(nodes: Any, a: Node, b: Nod
 
     def retained_seen() -> bool:
         probe = fresh()
-        subscribe(probe, "ret/kept", SubscribeOptions(qos=1))
+        probe.subscribe("ret/kept", SubscribeOptions(qos=1))
         try:
             probe.wait_for(1, timeout=1.0)
             return True
@@ -166,17 +144,17 @@ def retain_options_with_a_message_retained_elsewhere(nodes: Any, a: Node, b: Nod
             probe.stop()
     wait_until(retained_seen, 15, interval=0.1, what="retained message replicated to A")
     handling = Paho5(nodes, a, "ret-handling")
-    assert subscribe(handling, "ret/kept", SubscribeOptions(qos=1, retainHandling=0)) == [1]
+    assert handling.subscribe("ret/kept", SubscribeOptions(qos=1, retainHandling=0)) == [1]
     [first] = handling.wait_for(1)
     assert (first.payload, first.retain) == (b"kept", 1)
-    assert subscribe(handling, "ret/kept", SubscribeOptions(qos=1, retainHandling=1)) == [1]
-    assert subscribe(handling, "ret/kept", SubscribeOptions(qos=1, retainHandling=0)) == [1]
+    assert handling.subscribe("ret/kept", SubscribeOptions(qos=1, retainHandling=1)) == [1]
+    assert handling.subscribe("ret/kept", SubscribeOptions(qos=1, retainHandling=0)) == [1]
     assert len(handling.wait_for(2)) == 2     # sent again for handling 0 only
     never = Paho5(nodes, a, "ret-never")
-    assert subscribe(never, "ret/#", SubscribeOptions(qos=1, retainHandling=2)) == [1]
-    assert subscribe(never, "ret/kept", SubscribeOptions(qos=1, retainHandling=1)) == [1]
+    assert never.subscribe("ret/#", SubscribeOptions(qos=1, retainHandling=2)) == [1]
+    assert never.subscribe("ret/kept", SubscribeOptions(qos=1, retainHandling=1)) == [1]
     as_published = Paho5(nodes, a, "ret-rap")
-    assert subscribe(as_published, "ret/#", SubscribeOptions(qos=1, retainAsPublished=True)) \
+    assert as_published.subscribe("ret/#", SubscribeOptions(qos=1, retainAsPublished=True)) \
         == [1]
     pub = Paho5(nodes, c, "ret-pub-c")
     routed(pub, as_published, "ret/probe")
@@ -198,12 +176,12 @@ def no_local_holds_across_nodes(nodes: Any, a: Node, b: Node, c: Node) -> None:
     and a subscriber on B gets its own.
     """
     me = Paho5(nodes, a, "nl-me", clean_start=False, session_expiry=600)
-    assert subscribe(me, "nl/#", SubscribeOptions(qos=1, noLocal=True)) == [1]
+    assert me.subscribe("nl/#", SubscribeOptions(qos=1, noLocal=True)) == [1]
     me.stop()
     me = Paho5(nodes, c, "nl-me", clean_start=False, session_expiry=600)
     assert me.connacks[-1][0] is True
     other = Paho5(nodes, b, "nl-other")
-    assert subscribe(other, "nl/#", SubscribeOptions(qos=1)) == [1]
+    assert other.subscribe("nl/#", SubscribeOptions(qos=1)) == [1]
     pub = Paho5(nodes, a, "nl-pub")
     routed(pub, me, "nl/probe")
     routed(pub, other, "nl/probe")

@@ -70,7 +70,10 @@ class Paho5:
         assert not self.connacks[-1][1].is_failure, self.connacks[-1]
         return self
 
-    def subscribe(self, topic: str, options: SubscribeOptions) -> List[int]:
+    def subscribe(self, topic: str, options: SubscribeOptions,
+                  identifier: Optional[int] = None) -> List[int]:
+        """SUBSCRIBE with options and an optional subscription identifier;
+        the reason codes of the SUBACK."""
         codes: List[int] = []
         done = threading.Event()
 
@@ -79,8 +82,12 @@ class Paho5:
             codes.extend(code.value for code in reasons)
             done.set()
 
+        props = None
+        if identifier is not None:
+            props = Properties(PacketTypes.SUBSCRIBE)
+            props.SubscriptionIdentifier = identifier
         self.client.on_subscribe = on_subscribe
-        self.client.subscribe(topic, options=options)
+        self.client.subscribe(topic, options=options, properties=props)
         assert done.wait(10), "no SUBACK"
         return codes
 
