@@ -16,6 +16,7 @@ reactor (see :class:`TurnWrites`), not a reactor turn later.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, List, Optional, Set, cast
 
 from twisted.internet.interfaces import (IConsumer, IHandshakeListener, IPushProducer,
@@ -82,6 +83,19 @@ class TurnWrites:
         for protocol in dirty:
             protocol.send_now()
 
+    def run(self, handle: Callable[..., Any], *args: Any) -> Any:
+        """
+        ``handle(*args)`` as one read: what it writes to plain TCP
+        connections is collected, and leaves when the outermost read ends.
+        """
+        self.depth += 1
+        try:
+            return handle(*args)
+        finally:
+            self.depth -= 1
+            if not self.depth and self.dirty:
+                self.flush()
+
     def as_one_read(self, handle: Callable[..., Any]) -> Callable[..., Any]:
         """
         ``handle`` (what takes a frame from another cluster node) made to
@@ -89,15 +103,7 @@ class TurnWrites:
         this node's clients leave when it is handled, one send per client,
         rather than one transport write per message.
         """
-        def one_read(*args: Any) -> Any:
-            self.depth += 1
-            try:
-                return handle(*args)
-            finally:
-                self.depth -= 1
-                if not self.depth and self.dirty:
-                    self.flush()
-        return one_read
+        return partial(self.run, handle)
 
 
 def _session_connected(session: Session) -> None:
@@ -186,16 +192,8 @@ class MQTTProtocol(Protocol):
             self._producing = True
 
     def dataReceived(self, data: bytes) -> None:
-        if self.closing:
-            return
-        writes = self._writes
-        writes.depth += 1
-        try:
-            self._handle(data)
-        finally:
-            writes.depth -= 1
-            if not writes.depth and writes.dirty:
-                writes.flush()
+        if not self.closing:
+            self._writes.run(self._handle, data)
 
     def _handle(self, data: bytes) -> None:
         now = self.clock.seconds()
