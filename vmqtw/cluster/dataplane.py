@@ -431,9 +431,7 @@ class DataPlane:
 
     def admits(self, nodes: Iterable[str], message: Message) -> bool:
         """Whether every peer in ``nodes`` has room for ``message``'s copy."""
-        # entry_size(message), written out: this runs for every message
-        # that has a subscriber on another node.
-        size = len(message.payload) + len(message.topic) + ENTRY_OVERHEAD
+        size = entry_size(message)
         peers = self._peers
         for name in nodes:
             peer = peers.get(name)
