@@ -360,6 +360,169 @@ def test_acknowledged_entries_leave_the_outbox(world, stores):
     assert b.topics() == ["t/0", "t/1"]
 
 
+class CountingStore(LevelDBMessageStore):
+    """A LevelDB store that remembers the queues written to (what the
+    outbox tests must see untouched), and can fail its writes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.written: List[SubscriberId] = []
+        self.fail_writes = False
+
+    def write(self, subscriber_id: SubscriberId, message: Message) -> defer.Deferred:
+        self.written.append(subscriber_id)
+        if self.fail_writes:
+            return defer.fail(IOError("disk full"))
+        return super().write(subscriber_id, message)
+
+
+@pytest.fixture
+def counting_store(tmp_path):
+    opened: List[CountingStore] = []
+
+    def open_store(clock: Clock) -> CountingStore:
+        store = CountingStore(str(tmp_path / "counting"), clock)
+        store.open()
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        store.close()
+
+
+def turns(clock: Clock, count: int = 5) -> None:
+    """Let ``count`` reactor turns pass without time passing."""
+    for _ in range(count):
+        clock.advance(0)
+
+
+def test_the_publisher_waits_for_the_peers_ack_and_the_outbox_is_never_written(
+        world, counting_store):
+    clock, net = world
+    store = counting_store(clock)
+    a, b = Side(net, clock, A, store=store), Side(net, clock, B)
+    connect(a, b)
+    net.set_delay(B, A, a.plane.outbox_delay / 2)   # the acknowledgement's way back
+    safe = a.plane.forward([B], msg(0))
+    turns(clock)
+    assert b.topics() == ["t/0"]
+    assert not safe.called, "acknowledged before the peer had it or the outbox held it"
+    clock.advance(a.plane.outbox_delay / 2)
+    assert safe.called and a.plane.backlog() == {}
+    settle(clock)
+    assert store.written == [] and a.plane.counters.outboxed == 0
+
+
+def test_the_receiver_acknowledges_in_the_turn_the_copy_became_safe(world):
+    clock, net = world
+    a, b = Side(net, clock, A), Side(net, clock, B)
+    connect(a, b)
+    a.plane.forward([B], msg(0))
+    turns(clock)    # no time passes: no delay before the acknowledgement
+    assert a.plane.backlog() == {}
+
+
+def test_a_copy_the_peer_has_not_acknowledged_in_time_goes_to_the_outbox(world, counting_store):
+    clock, net = world
+    store = counting_store(clock)
+    a, b = Side(net, clock, A, store=store), Side(net, clock, B)
+    connect(a, b)
+    net.set_delay(B, A, 1.0)          # a slow peer: its acknowledgement takes a second
+    safe = a.plane.forward([B], msg(0))
+    clock.advance(a.plane.outbox_delay * 0.9)
+    assert not safe.called and store.written == []
+    clock.advance(a.plane.outbox_delay)   # the first tick only ages it
+    clock.advance(a.plane.outbox_delay)
+    turns(clock)
+    assert store.written == [outbox_id(B)] and a.plane.counters.outboxed == 1
+    assert safe.called, "the outbox holds it: the publisher may be acknowledged"
+    [ref] = store.find(outbox_id(B)).result
+    assert store.read(outbox_id(B), ref).result.topic == "t/0"
+    settle(clock, 2)                  # the acknowledgement arrives and deletes it
+    assert a.plane.backlog() == {} and store.find(outbox_id(B)).result == []
+
+
+def test_without_a_link_the_copy_goes_to_the_outbox_at_once(world, counting_store):
+    clock, net = world
+    store = counting_store(clock)
+    a, b = Side(net, clock, A, store=store), Side(net, clock, B)
+    connect(a, b)
+    net.partition([[A], [B]])
+    safe = a.plane.forward([B], msg(0))
+    assert store.written == [outbox_id(B)]
+    turns(clock)     # the store's commit, no tick
+    assert safe.called
+
+
+def test_a_lost_link_sends_what_waits_to_the_outbox_at_once(world, counting_store):
+    clock, net = world
+    store = counting_store(clock)
+    a, b = Side(net, clock, A, store=store), Side(net, clock, B)
+    connect(a, b)
+    undo = net.drop(lambda src, dst, channel, m: channel == CHANNEL and src == A)
+    waiting = [a.plane.forward([B], msg(n)) for n in range(3)]
+    turns(clock)
+    assert store.written == []
+    net.partition([[A], [B]])
+    assert store.written == [outbox_id(B)] * 3
+    turns(clock)
+    assert all(d.called for d in waiting)
+    undo()
+    net.heal()
+    settle(clock)
+    assert b.topics() == ["t/0", "t/1", "t/2"] and store.find(outbox_id(B)).result == []
+
+
+def test_a_failed_outbox_write_leaves_the_publisher_unacknowledged(world, counting_store):
+    clock, net = world
+    store = counting_store(clock)
+    store.fail_writes = True
+    a, b = Side(net, clock, A, store=store), Side(net, clock, B)
+    connect(a, b)
+    net.partition([[A], [B]])
+    failures: List[Any] = []
+    a.plane.forward([B], msg(0)).addErrback(failures.append)
+    turns(clock)
+    assert len(failures) == 1 and failures[0].check(IOError)
+    net.heal()
+    settle(clock)
+    assert b.topics() == ["t/0"]    # still delivered; the client's resend may come too
+
+
+def test_the_outbox_timer_runs_only_while_copies_wait(world, counting_store):
+    clock, net = world
+    store = counting_store(clock)
+    a, b = Side(net, clock, A, store=store), Side(net, clock, B)
+    connect(a, b)
+    settle(clock)
+    idle = len(clock.getDelayedCalls())
+    a.plane.forward([B], msg(0))
+    assert len(clock.getDelayedCalls()) > idle
+    settle(clock)
+    assert len(clock.getDelayedCalls()) == idle
+
+
+def test_publishers_waiting_on_a_node_that_left_wait_for_where_the_orphans_go(world,
+                                                                            counting_store):
+    clock, net = world
+    store = counting_store(clock)
+    a, b = Side(net, clock, A, store=store), Side(net, clock, B)
+    connect(a, b)
+    a.plane.keep_peers([A, B])
+    undo = net.drop(lambda src, dst, channel, m: channel == CHANNEL and src == A)
+    safe = a.plane.forward([B], msg(0))
+    turns(clock)
+    placed = defer.Deferred()
+    a.plane.on_orphaned = lambda node, items: placed
+    a.plane.keep_peers([A])       # B left before acknowledging it
+    turns(clock)
+    assert not safe.called, "acknowledged before the orphan was stored anywhere"
+    placed.callback(None)
+    assert safe.called
+    undo()
+
+
 def test_a_full_backlog_refuses_qos1_and_drops_qos0_and_counts_both(world):
     clock, net = world
     a = Side(net, clock, A, limit=400)     # two entries of ~170 bytes

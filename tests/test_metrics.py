@@ -45,7 +45,7 @@ def test_the_collector_reads_the_counters_at_scrape_time() -> None:
                           dropped_unauthorized=4)
     trie = ["a", "b"]
     registry = node_registry("n@127.0.0.1", MetricSources(
-        mqtt=mqtt, queue=queue, dataplane=DataPlaneCounters(forwarded=7),
+        mqtt=mqtt, queue=queue, dataplane=DataPlaneCounters(forwarded=7, outboxed=4),
         links=LinkCounters(bytes_in=10, bytes_out=20), auth=AuthCounters(bad_credentials=5),
         readiness=Readiness(),
         gauges=[("router_subscriptions", "subscriptions", lambda: len(trie))],
@@ -63,6 +63,7 @@ def test_the_collector_reads_the_counters_at_scrape_time() -> None:
     assert after["mqtt_connack_not_authorized_sent_total"] == 1
     assert after["queue_message_drop_total"] == 10
     assert after["cluster_messages_forwarded_total"] == 7
+    assert after["cluster_messages_outboxed_total"] == 4
     assert (after["cluster_bytes_received_total"], after["cluster_bytes_sent_total"]) == (10, 20)
     assert after["mqtt_connect_bad_credentials_total"] == 5
     assert (after["netsplit_detected_total"], after["netsplit_resolved_total"]) == (2, 1)

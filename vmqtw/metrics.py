@@ -87,6 +87,8 @@ _DATAPLANE = (
     ("cluster_messages_restored", "restored", "messages read back from the outbox at start"),
     ("cluster_messages_orphaned_node_left", "orphaned_node_left",
      "messages for a node that left the cluster, passed on to its sessions' new homes"),
+    ("cluster_messages_outboxed", "outboxed",
+     "QoS 1/2 copies written to the outbox: their node had not acknowledged them in time"),
 )
 
 #: (metric, LinkCounters attribute, description)

@@ -208,6 +208,7 @@ class AdminHandlers:
                     "cluster_duplicates_dropped": plane.duplicates_dropped,
                     "cluster_messages_restored": plane.restored,
                     "cluster_messages_orphaned_node_left": plane.orphaned_node_left,
+                    "cluster_messages_outboxed": plane.outboxed,
                 })
         return status
 

@@ -17,14 +17,23 @@ numbered stream (:mod:`vmqtw.cluster.stream`) over the cluster transport:
   session demands it), resends what is unacknowledged on every new link, and
   the receiver drops sequence numbers it already applied.  Frames lost
   between a cut and its detection are therefore sent again after the heal.
-* **Safe across a crash of the sender.**  A QoS 1/2 message is also written
-  to this node's message store, in a per-peer *outbox*, before the publisher
-  is acknowledged, and deleted when the peer acknowledges it; a node that is
-  killed and restarted sends its outbox again.  Chosen over "PUBACK after
-  the peer stored it" because it keeps the publisher's latency free of a
-  cluster round trip, and because a node allowed to accept publishes during
-  a netsplit (``allow_publish_during_netsplit``) can then acknowledge them
-  and deliver them after the heal.
+* **Safe across a crash of the sender.**  The publisher of a QoS 1/2
+  message is acknowledged once every copy is safe somewhere that outlives
+  this process: when the peer acknowledged it (it is then where a copy on
+  that node would be), or when it is in this node's message store, in a
+  per-peer *outbox* that a node killed and restarted sends again --
+  whichever comes first.  A copy goes to the outbox only when the peer has
+  not acknowledged it within ``outbox_delay`` (one to two ticks of one
+  timer for all peers), or at once when there is no link to the peer.  In
+  the common case the peer answers first and the message never touches
+  this node's disk: that write, and its delete on the peer's
+  acknowledgement, were most of what a message crossing nodes cost.  During
+  a netsplit a node allowed to accept publishes
+  (``allow_publish_during_netsplit``) still acknowledges them, from the
+  outbox, and delivers them after the heal; an outbox copy is deleted when
+  the peer acknowledges it.  A receiving node acknowledges at the end of
+  the reactor turn in which the copies became safe, since publishers'
+  windows now wait on it.
 * **Bounded, never silent.**  Unacknowledged bytes per peer are bounded by
   ``outgoing_clustering_buffer_size``.  :meth:`DataPlane.admits` tells the
   router, before anything is routed, whether the peers a message needs have
@@ -51,6 +60,7 @@ import attrs
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from vmqtw.cluster.stream import APPLY, GAP, Inbound, Outbound, OutboundEntry
 from vmqtw.errors import BacklogFull
@@ -199,6 +209,9 @@ class DataPlaneCounters:
     #: Entries for a node that left the cluster for good, given to the
     #: registry to pass on to where that node's sessions live now.
     orphaned_node_left: int = 0
+    #: QoS 1/2 copies written to the outbox: the peer had not acknowledged
+    #: them within ``outbox_delay``, or there was no link to it.
+    outboxed: int = 0
 
 
 @attrs.define(slots=True, eq=False)
@@ -223,6 +236,12 @@ class _Peer:
     qos0: Optional[List[tuple]] = None
     #: The message-store queue of the outbox for this peer.
     outbox: Optional[SubscriberId] = None
+    #: Entries a publisher's acknowledgement waits on, pushed since the
+    #: last outbox tick, in order ...
+    young: List[OutboundEntry] = attrs.Factory(list)
+    #: ... and those pushed in the tick before: the ones still not
+    #: acknowledged at the next tick go to the outbox.
+    aging: List[OutboundEntry] = attrs.Factory(list)
 
 
 #: ``on_message(message)``: route a forwarded message to local subscribers
@@ -269,19 +288,59 @@ def _nothing(*args: Any) -> None:
     return None
 
 
+def _safe_now(_: Any, entry: OutboundEntry) -> None:
+    """An outbox write committed: the publisher waiting may be acknowledged
+    (unless the peer's acknowledgement came first)."""
+    waiter = entry.waiter
+    if waiter is not None:
+        entry.waiter = None
+        waiter.callback(None)
+
+
+def _not_safe(failure: Any, entry: OutboundEntry) -> None:
+    """An outbox write failed: the publisher is not acknowledged (unless the
+    peer's acknowledgement came first; it is resent, as on one node)."""
+    waiter = entry.waiter
+    if waiter is not None:
+        entry.waiter = None
+        waiter.errback(failure)
+    # Else the peer had it first and nothing depends on this copy (a store
+    # that fails says so itself, once, not once per message).
+
+
+def _fire_after(placed: Optional[Deferred], waiters: List[Deferred]) -> None:
+    """Fire ``waiters`` as ``placed`` fires (at once when None), leaving its
+    result to whoever else waits on it."""
+    def fire(result: Any) -> Any:
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(None)
+        return result
+
+    if placed is None:
+        fire(None)
+    else:
+        placed.addBoth(fire)
+
+
 class DataPlane:
     """
     One node's end of every peer's stream; see the module docstring.
 
     ``store`` keeps the outbox when it is durable (a store that does not
-    survive the process would only cost); ``limit`` is the per-peer bound
-    on unacknowledged bytes.
+    survive the process would only cost; without one a publisher is
+    acknowledged at once, as on a single node with that store);
+    ``limit`` is the per-peer bound on unacknowledged bytes; a copy the
+    peer has not acknowledged after ``outbox_delay`` to twice that goes to
+    the outbox.
     """
 
     def __init__(self, node: str, transport: IClusterTransport, clock: IReactorTime,
                  store: Optional[IMessageStore] = None, limit: int = 64 * 1024 * 1024, *,
-                 ack_batch: int = 256, ack_delay: float = 0.005,
-                 resend_interval: float = 5.0) -> None:
+                 ack_batch: int = 256, ack_delay: float = 0.0,
+                 resend_interval: float = 5.0, outbox_delay: float = 0.01) -> None:
         self.node = node
         self.transport = transport
         self.clock = clock
@@ -303,9 +362,12 @@ class DataPlane:
         self.ack_batch = ack_batch
         self.ack_delay = ack_delay
         self.resend_interval = resend_interval
+        self.outbox_delay = outbox_delay
         self.counters = DataPlaneCounters()
         self._peers: Dict[str, _Peer] = {}
         self._resend_call: Optional[IDelayedCall] = None
+        #: The one outbox timer, running only while copies wait on a peer.
+        self._outbox_call: Optional[IDelayedCall] = None
         #: The members at the last :meth:`keep_peers`.
         self._members: FrozenSet[str] = frozenset()
         self._running = False
@@ -331,6 +393,10 @@ class DataPlane:
     @property
     def received_remote(self) -> int:
         return self.counters.received_remote
+
+    @property
+    def outboxed(self) -> int:
+        return self.counters.outboxed
 
     def start(self, on_message: MessageReceiver, on_hand_over: HandOverReceiver,
               on_released: Optional[HandOverReleased] = None,
@@ -366,9 +432,10 @@ class DataPlane:
 
     def stop(self) -> None:
         self._running = False
-        if self._resend_call is not None and self._resend_call.active():
-            self._resend_call.cancel()
-        self._resend_call = None
+        for call in (self._resend_call, self._outbox_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._resend_call = self._outbox_call = None
         for peer in self._peers.values():
             for call in (peer.ack_call, peer.send_call):
                 if call is not None and call.active():
@@ -449,8 +516,9 @@ class DataPlane:
     def forward(self, nodes: Iterable[str], message: Message) -> Optional[Deferred]:
         """
         One copy of ``message`` to each of ``nodes``' subscribers.  Returns
-        None, or for a QoS 1/2 message a Deferred firing once the outboxes
-        hold it (the publisher's acknowledgement waits for it).  Raises
+        None, or for a QoS 1/2 message a Deferred firing once every copy is
+        safe: acknowledged by its peer, or in the outbox (the publisher's
+        acknowledgement waits for it).  Raises
         :class:`BacklogFull` when a peer's backlog has no room: ask
         :meth:`admits` first, so that nothing is routed anywhere then.
         """
@@ -507,16 +575,13 @@ class DataPlane:
             return None
         self.counters.forwarded += 1
         peer = self._peer(node)
-        body = SharedCopy(message, subscriber_id, group)
-        outbox = shared_outbox_id(node, subscriber_id, group)
-        if peer.outbound.push(body, entry_size(message), SharedToken(outbox, message.ref)) is None:
+        entry = peer.outbound.push(SharedCopy(message, subscriber_id, group),
+                                   entry_size(message))
+        if entry is None:
             self.counters.refused_backlog_full += 1
             raise BacklogFull(node)
-        stored = None
-        if self.store is not None:
-            stored = self.store.write(outbox, message)
         self._send(peer)
-        return stored
+        return None if self.store is None else self._awaited(peer, entry)
 
     def _forward_one(self, node: str, message: Message) -> Optional[Deferred]:
         if node in self._left:
@@ -526,15 +591,79 @@ class DataPlane:
             return self.on_orphaned(node, [(None, message, message.qos)])
         self.counters.forwarded += 1
         peer = self._peer(node)
-        if peer.outbound.push(message, entry_size(message), message.ref) is None:
+        entry = peer.outbound.push(message, entry_size(message))
+        if entry is None:
             self.counters.refused_backlog_full += 1
             raise BacklogFull(node)
-        stored = None
-        if self.store is not None:
-            assert peer.outbox is not None
-            stored = self.store.write(peer.outbox, message)
         self._send(peer)
-        return stored
+        return None if self.store is None else self._awaited(peer, entry)
+
+    # -- the outbox ------------------------------------------------------------
+
+    def _awaited(self, peer: _Peer, entry: OutboundEntry) -> Deferred:
+        """
+        A Deferred firing once ``entry`` is safe: the peer acknowledged it,
+        or it is in the outbox.  Written there at once without a link (no
+        acknowledgement is coming soon), else left to the outbox tick.
+        """
+        waiter = entry.waiter = Deferred()
+        if self._running and self.transport.connected(peer.name):
+            peer.young.append(entry)
+            if self._outbox_call is None:
+                self._outbox_call = self.clock.callLater(self.outbox_delay, self._outbox_tick)
+        else:
+            self._to_outbox(peer, entry)
+        return waiter
+
+    def _outbox_tick(self) -> None:
+        """
+        Every copy a publisher waits on that its peer has not acknowledged
+        in a whole tick goes to the outbox.  The peer acknowledges a prefix
+        of the stream, so one comparison settles a tick whose copies were
+        all acknowledged, the common case.
+        """
+        self._outbox_call = None
+        waiting = False
+        for peer in self._peers.values():
+            aging = peer.aging
+            if aging and aging[-1].seq > peer.outbound.acked:
+                for entry in aging:
+                    if entry.waiter is not None and entry.token is None:
+                        self._to_outbox(peer, entry)
+            peer.aging = peer.young
+            peer.young = []
+            waiting = waiting or bool(peer.aging)
+        if waiting and self._running:
+            self._outbox_call = self.clock.callLater(self.outbox_delay, self._outbox_tick)
+
+    def _outbox_now(self, peer: _Peer) -> None:
+        """The link to ``peer`` went: what waits on it goes to the outbox now."""
+        for entries in (peer.aging, peer.young):
+            for entry in entries:
+                if entry.waiter is not None and entry.token is None:
+                    self._to_outbox(peer, entry)
+
+    def _to_outbox(self, peer: _Peer, entry: OutboundEntry) -> None:
+        """
+        Write ``entry`` to its outbox queue; its token says where, so the
+        peer's acknowledgement deletes it (after the write: the store keeps
+        the order of what it is asked).
+        """
+        store = self.store
+        assert store is not None
+        body = entry.body
+        if body.__class__ is SharedCopy:
+            message = body.message
+            outbox = shared_outbox_id(peer.name, body.subscriber_id, body.group)
+            entry.token = SharedToken(outbox, message.ref)
+        else:
+            message = body
+            assert peer.outbox is not None
+            outbox = peer.outbox
+            entry.token = message.ref
+        self.counters.outboxed += 1
+        store.write(outbox, message).addCallbacks(_safe_now, _not_safe, (entry,),
+                                                  errbackArgs=(entry,))
 
     def hand_over(self, node: str, subscriber_id: SubscriberId, message: Message,
                   qos: int, release: bool = False) -> None:
@@ -648,6 +777,10 @@ class DataPlane:
         store = self.store
         sid = peer.outbox
         for entry in entries:
+            waiter = entry.waiter
+            if waiter is not None:
+                entry.waiter = None
+                waiter.callback(None)
             token = entry.token
             if token is None:
                 continue
@@ -679,6 +812,8 @@ class DataPlane:
         peer = self._peers.get(name)
         if peer is not None:
             peer.outbound.link_lost()
+            if self.store is not None:
+                self._outbox_now(peer)
 
     def _check_stalled(self) -> None:
         """
@@ -792,6 +927,8 @@ class DataPlane:
             peer.inbound = Inbound()
 
     def _schedule_ack(self, peer: _Peer) -> None:
+        """Acknowledge at the end of this turn (after ``ack_delay``), or now
+        when ``ack_batch`` entries wait for it."""
         inbound = peer.inbound
         if inbound.safe_upto - inbound.acked >= self.ack_batch:
             self._send_ack(peer)
@@ -826,6 +963,13 @@ class DataPlane:
                 if call is not None and call.active():
                     call.cancel()
             entries = list(peer.outbound.entries())
+            # Publishers waiting on these are acknowledged once the copies
+            # are where the orphans go (not by the release just below).
+            waiters = []
+            for entry in entries:
+                if entry.waiter is not None:
+                    waiters.append(entry.waiter)
+                    entry.waiter = None
             orphans: List[Orphan] = []
             shared: List[Tuple[SubscriberId, Message, str]] = []
             for entry in entries:
@@ -844,11 +988,12 @@ class DataPlane:
             # Released first: a copy the registry stores again for the
             # sessions' new homes (same subscriber and ref) must survive.
             self._released(peer, entries)
-            if orphans:
-                self.on_orphaned(name, orphans)
+            placed = self.on_orphaned(name, orphans) if orphans else None
             if shared:
                 self.counters.orphaned_node_left += len(shared)
                 self.on_shared_orphaned(name, shared)
+            if waiters:
+                _fire_after(placed, waiters)
 
     # -- inspection ------------------------------------------------------------------
 

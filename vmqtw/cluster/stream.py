@@ -68,6 +68,9 @@ class OutboundEntry:
     #: Sent before on a connection that may have lost it: the receiver must
     #: treat what it applies from it as a possible duplicate.
     redelivery: bool = False
+    #: The caller's: whatever waits for this entry to be safe (the data
+    #: plane keeps a publisher's acknowledgement here).
+    waiter: Any = None
 
 
 @attrs.define(slots=True)
