@@ -358,11 +358,20 @@ def cluster_flow(qos: int, base: int) -> Callable[[Broker, Options], Dict[str, A
             report = loadgen(a.host, a.port, ["fanin", "--qos", str(qos),
                                               "--messages", str(opts.count(base))], opts,
                              ["--sub-host", b.host, "--sub-port", str(b.port)])
+            report["sender"] = _sender_counters(a)
         finally:
             cluster.close()
         return {"value": _rate(report, "received_per_s"), "note": _integrity_note(report),
                 "failed": not report.get("ok", False), "report": report}
     return run
+
+
+def _sender_counters(node: Any) -> Dict[str, Any]:
+    """Node A's data-plane counters after a cluster run: how many copies
+    went to its outbox (the peer had not acknowledged them in time)."""
+    table = json.loads(node.admin("--format=json", "node", "status"))["table"]
+    return {row["Key"]: row["Value"] for row in table
+            if row["Key"].startswith("cluster_messages_")}
 
 
 SCENARIOS = [

@@ -65,13 +65,29 @@ def world():
     return clock, net
 
 
+class CountingStore(LevelDBMessageStore):
+    """A LevelDB store that remembers the queues written to (what the
+    outbox tests must see untouched), and can fail its writes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.written: List[SubscriberId] = []
+        self.fail_writes = False
+
+    def write(self, subscriber_id: SubscriberId, message: Message) -> defer.Deferred:
+        self.written.append(subscriber_id)
+        if self.fail_writes:
+            return defer.fail(IOError("disk full"))
+        return super().write(subscriber_id, message)
+
+
 @pytest.fixture
 def stores(tmp_path):
     """Open LevelDB stores on a path; every one is closed after the test."""
-    opened: List[LevelDBMessageStore] = []
+    opened: List[CountingStore] = []
 
-    def open_store(clock: Clock, name: str = "a") -> LevelDBMessageStore:
-        store = LevelDBMessageStore(str(tmp_path / name), clock)
+    def open_store(clock: Clock, name: str = "a") -> CountingStore:
+        store = CountingStore(str(tmp_path / name), clock)
         store.open()
         opened.append(store)
         return store
@@ -83,6 +99,13 @@ def stores(tmp_path):
 
 def connect(a: Side, b: Side) -> None:
     a.transport.set_peer_address(b.name, ("127.0.0.1", 1))
+
+
+def linked(clock: Clock, net: InMemoryNetwork, store: Any = None) -> Tuple[Side, Side]:
+    """A (keeping its outbox in ``store``) and B, with a link between them."""
+    a, b = Side(net, clock, A, store=store), Side(net, clock, B)
+    connect(a, b)
+    return a, b
 
 
 def settle(clock: Clock, seconds: float = 1.0) -> None:
@@ -360,37 +383,6 @@ def test_acknowledged_entries_leave_the_outbox(world, stores):
     assert b.topics() == ["t/0", "t/1"]
 
 
-class CountingStore(LevelDBMessageStore):
-    """A LevelDB store that remembers the queues written to (what the
-    outbox tests must see untouched), and can fail its writes."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.written: List[SubscriberId] = []
-        self.fail_writes = False
-
-    def write(self, subscriber_id: SubscriberId, message: Message) -> defer.Deferred:
-        self.written.append(subscriber_id)
-        if self.fail_writes:
-            return defer.fail(IOError("disk full"))
-        return super().write(subscriber_id, message)
-
-
-@pytest.fixture
-def counting_store(tmp_path):
-    opened: List[CountingStore] = []
-
-    def open_store(clock: Clock) -> CountingStore:
-        store = CountingStore(str(tmp_path / "counting"), clock)
-        store.open()
-        opened.append(store)
-        return store
-
-    yield open_store
-    for store in opened:
-        store.close()
-
-
 def turns(clock: Clock, count: int = 5) -> None:
     """Let ``count`` reactor turns pass without time passing."""
     for _ in range(count):
@@ -398,11 +390,10 @@ def turns(clock: Clock, count: int = 5) -> None:
 
 
 def test_the_publisher_waits_for_the_peers_ack_and_the_outbox_is_never_written(
-        world, counting_store):
+        world, stores):
     clock, net = world
-    store = counting_store(clock)
-    a, b = Side(net, clock, A, store=store), Side(net, clock, B)
-    connect(a, b)
+    store = stores(clock)
+    a, b = linked(clock, net, store)
     net.set_delay(B, A, a.plane.outbox_delay / 2)   # the acknowledgement's way back
     safe = a.plane.forward([B], msg(0))
     turns(clock)
@@ -416,18 +407,16 @@ def test_the_publisher_waits_for_the_peers_ack_and_the_outbox_is_never_written(
 
 def test_the_receiver_acknowledges_in_the_turn_the_copy_became_safe(world):
     clock, net = world
-    a, b = Side(net, clock, A), Side(net, clock, B)
-    connect(a, b)
+    a, b = linked(clock, net)
     a.plane.forward([B], msg(0))
     turns(clock)    # no time passes: no delay before the acknowledgement
     assert a.plane.backlog() == {}
 
 
-def test_a_copy_the_peer_has_not_acknowledged_in_time_goes_to_the_outbox(world, counting_store):
+def test_a_copy_the_peer_has_not_acknowledged_in_time_goes_to_the_outbox(world, stores):
     clock, net = world
-    store = counting_store(clock)
-    a, b = Side(net, clock, A, store=store), Side(net, clock, B)
-    connect(a, b)
+    store = stores(clock)
+    a, b = linked(clock, net, store)
     net.set_delay(B, A, 1.0)          # a slow peer: its acknowledgement takes a second
     safe = a.plane.forward([B], msg(0))
     clock.advance(a.plane.outbox_delay * 0.9)
@@ -443,11 +432,10 @@ def test_a_copy_the_peer_has_not_acknowledged_in_time_goes_to_the_outbox(world, 
     assert a.plane.backlog() == {} and store.find(outbox_id(B)).result == []
 
 
-def test_without_a_link_the_copy_goes_to_the_outbox_at_once(world, counting_store):
+def test_without_a_link_the_copy_goes_to_the_outbox_at_once(world, stores):
     clock, net = world
-    store = counting_store(clock)
-    a, b = Side(net, clock, A, store=store), Side(net, clock, B)
-    connect(a, b)
+    store = stores(clock)
+    a, b = linked(clock, net, store)
     net.partition([[A], [B]])
     safe = a.plane.forward([B], msg(0))
     assert store.written == [outbox_id(B)]
@@ -455,11 +443,10 @@ def test_without_a_link_the_copy_goes_to_the_outbox_at_once(world, counting_stor
     assert safe.called
 
 
-def test_a_lost_link_sends_what_waits_to_the_outbox_at_once(world, counting_store):
+def test_a_lost_link_sends_what_waits_to_the_outbox_at_once(world, stores):
     clock, net = world
-    store = counting_store(clock)
-    a, b = Side(net, clock, A, store=store), Side(net, clock, B)
-    connect(a, b)
+    store = stores(clock)
+    a, b = linked(clock, net, store)
     undo = net.drop(lambda src, dst, channel, m: channel == CHANNEL and src == A)
     waiting = [a.plane.forward([B], msg(n)) for n in range(3)]
     turns(clock)
@@ -474,9 +461,9 @@ def test_a_lost_link_sends_what_waits_to_the_outbox_at_once(world, counting_stor
     assert b.topics() == ["t/0", "t/1", "t/2"] and store.find(outbox_id(B)).result == []
 
 
-def test_a_failed_outbox_write_leaves_the_publisher_unacknowledged(world, counting_store):
+def test_a_failed_outbox_write_leaves_the_publisher_unacknowledged(world, stores):
     clock, net = world
-    store = counting_store(clock)
+    store = stores(clock)
     store.fail_writes = True
     a, b = Side(net, clock, A, store=store), Side(net, clock, B)
     connect(a, b)
@@ -490,11 +477,10 @@ def test_a_failed_outbox_write_leaves_the_publisher_unacknowledged(world, counti
     assert b.topics() == ["t/0"]    # still delivered; the client's resend may come too
 
 
-def test_the_outbox_timer_runs_only_while_copies_wait(world, counting_store):
+def test_the_outbox_timer_runs_only_while_copies_wait(world, stores):
     clock, net = world
-    store = counting_store(clock)
-    a, b = Side(net, clock, A, store=store), Side(net, clock, B)
-    connect(a, b)
+    store = stores(clock)
+    a, b = linked(clock, net, store)
     settle(clock)
     idle = len(clock.getDelayedCalls())
     a.plane.forward([B], msg(0))
@@ -503,12 +489,10 @@ def test_the_outbox_timer_runs_only_while_copies_wait(world, counting_store):
     assert len(clock.getDelayedCalls()) == idle
 
 
-def test_publishers_waiting_on_a_node_that_left_wait_for_where_the_orphans_go(world,
-                                                                            counting_store):
+def test_publishers_waiting_on_a_node_that_left_wait_for_where_the_orphans_go(world, stores):
     clock, net = world
-    store = counting_store(clock)
-    a, b = Side(net, clock, A, store=store), Side(net, clock, B)
-    connect(a, b)
+    store = stores(clock)
+    a, b = linked(clock, net, store)
     a.plane.keep_peers([A, B])
     undo = net.drop(lambda src, dst, channel, m: channel == CHANNEL and src == A)
     safe = a.plane.forward([B], msg(0))
