@@ -181,11 +181,12 @@ class Cluster:
 
     def __init__(self, names: Any = ("A", "B", "C"),
                  stores: Optional[Dict[str, IMessageStore]] = None,
-                 **broker_kwargs: Any) -> None:
+                 clock: Optional[Clock] = None, **broker_kwargs: Any) -> None:
+        """``clock``: the one the ``stores`` were made with, if any."""
         from vmqtw.testing.memory_transport import InMemoryNetwork
 
-        self.clock = Clock()
-        self.clock.advance(1_700_000_000)
+        self.clock = Clock() if clock is None else clock
+        self.clock.advance(1_700_000_000 - self.clock.seconds())
         self.network = InMemoryNetwork(self.clock)
         self.names = list(names)
         self.metadata_nodes: Dict[str, MetadataNode] = {}
