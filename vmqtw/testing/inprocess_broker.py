@@ -182,11 +182,12 @@ class Cluster:
     def __init__(self, names: Any = ("A", "B", "C"),
                  stores: Optional[Dict[str, IMessageStore]] = None,
                  clock: Optional[Clock] = None, **broker_kwargs: Any) -> None:
-        """``clock``: the one the ``stores`` were made with, if any."""
+        """``clock``: the one the ``stores`` were made with, if any (brought
+        to a realistic time, as a fresh one is, unless it is there already)."""
         from vmqtw.testing.memory_transport import InMemoryNetwork
 
         self.clock = Clock() if clock is None else clock
-        self.clock.advance(1_700_000_000 - self.clock.seconds())
+        self.clock.advance(max(0, 1_700_000_000 - self.clock.seconds()))
         self.network = InMemoryNetwork(self.clock)
         self.names = list(names)
         self.metadata_nodes: Dict[str, MetadataNode] = {}
