@@ -3,6 +3,7 @@ SubscriberQueue on its own: a fake outlet, a Clock and the memory store.
 """
 from __future__ import annotations
 
+import attrs
 from twisted.internet.task import Clock
 
 from vmqtw.broker.queue import AWAIT_ACK, AWAIT_COMP, InFlight, QueueLimits, SubscriberQueue
@@ -235,6 +236,47 @@ def test_a_copy_that_came_both_ways_keeps_its_direct_place():
     queue.enqueue(message(2), 1)                 # ... and direct
     queue.release_hold()
     assert [(s[0], s[3]) for s in outlet.sent] == [(b"m1", True), (b"m2", True)]
+
+
+def published(origin: bytes, n: int) -> Message:
+    """Message ``n`` of one node's publishes (refs of one origin sort in publish order)."""
+    return Message(origin + n.to_bytes(8, "big"), "t", b"%d" % n, 1)
+
+
+def test_what_the_old_node_passed_on_waits_for_older_direct_messages_of_its_origin():
+    """
+    Seen in the nemesis session-moves run: the old node passed on messages
+    that reached it after the move (715-718), while this node's own stream
+    from their publisher's node was still bringing older ones (713-716).
+    Each handed-over message goes after the direct ones of its origin that
+    are older; the old node's own backlog (another origin) still goes first.
+    """
+    queue, _, _store = persistent_queue()
+    outlet = Outlet()
+    queue.hold()
+    queue.attach(outlet)
+    a = b"origin-A"
+    queue.enqueue_handed_over(published(b"origin-B", 9), 1)   # the old node's backlog
+    for n in (713, 714, 715, 716):
+        queue.enqueue(published(a, n), 1)                       # direct
+    for n in (715, 716, 717, 718):
+        queue.enqueue_handed_over(attrs.evolve(published(a, n), dup=True), 1)
+    queue.release_hold()
+    assert queue.enqueue(published(a, 717), 1) is None          # direct, late: had it
+    assert [s[0] for s in outlet.sent] == [b"9", b"713", b"714", b"715", b"716", b"717",
+                                           b"718"]
+
+
+def test_a_held_queue_handed_on_keeps_the_order_it_would_have_delivered():
+    queue, _, _store = persistent_queue()
+    queue.hold()
+    a = b"origin-A"
+    queue.enqueue_handed_over(published(a, 3), 1)     # passed on, late
+    queue.enqueue(published(a, 1), 1)                 # direct, older
+    queue.enqueue(published(a, 2), 1)
+    handed = []
+    queue.hand_over(lambda m, qos, stored: handed.append(m.payload))
+    assert handed == [b"1", b"2", b"3"]
 
 
 def test_a_held_queue_handed_on_gives_what_came_both_ways_its_direct_place():

@@ -60,9 +60,21 @@ def new_message_ref() -> bytes:
 
     A random per-process prefix plus a counter: as unlikely to collide as
     random refs, but cheap enough for every message on the hot path, and no
-    counter has to be persisted or coordinated.
+    counter has to be persisted or coordinated.  The counter is big-endian,
+    so the refs one process made sort (as bytes) in the order it made them
+    (see :func:`ref_origin`).
     """
     return _REF_PREFIX + next(_ref_counter).to_bytes(8, "big")
+
+
+def ref_origin(ref: bytes) -> bytes:
+    """
+    The part of ``ref`` naming the process that made it.  Two refs with the
+    same origin compare (as bytes) in the order they were made, which is
+    the order of the publishes they name: what a moved session's new node
+    needs to merge two streams of one publisher's messages.
+    """
+    return ref[:8]
 
 
 @attrs.define(slots=True)

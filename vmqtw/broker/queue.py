@@ -17,6 +17,7 @@ survive a reconnect of a persistent session [MQTT-4.4.0-1], [MQTT-4.3.3-2].
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from typing import (Any, Callable, Deque, Dict, Iterable, List, Optional, Protocol, Sequence, Set,
                     Tuple, Union)
@@ -27,7 +28,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from vmqtw.interfaces import IMessageStore
-from vmqtw.types import Message, SubscriberId
+from vmqtw.types import Message, SubscriberId, ref_origin
 
 #: The largest MQTT packet identifier; ids run 1..65535.
 MAX_PACKET_ID = 65535
@@ -80,31 +81,56 @@ def _redelivery(message: Union[Message, bytes], qos: int) -> Union[Message, byte
     return attrs.evolve(message, dup=True)
 
 
-def yield_to_direct(held: Iterable[Waiting], pending: Iterable[Waiting]
-                    ) -> Tuple[List[Waiting], Set[bytes]]:
+def merge_hand_over(held: Iterable[Waiting], pending: Iterable[Waiting]
+                    ) -> Tuple[List[Tuple[Waiting, bool]], Set[bytes]]:
     """
-    ``held`` (what the old node handed over, in its order) without the
-    messages that also reached this node directly (in ``pending``), and the
-    refs of those.
+    What a held queue delivers, in order: ``held`` (what the old node
+    handed over, in its order) merged with ``pending`` (what reached this
+    node directly, in its order), each entry with True when it came
+    directly; and the refs of the handed-over entries left out because they
+    also came directly.
 
-    A message that came both ways was published after its publisher's node
-    saw the move -- that node sent this one its own copy -- and the old node
-    passed on the copy it got for subscribers of its own (or before it saw
-    the move itself).  Its place is among the direct ones, in its
-    publisher's order: in the handed-over stream it would go out before
-    older messages of its publisher that came here directly.
+    The old node's stream goes first -- it holds what it had not delivered
+    when the session left, older than what came here directly -- except
+    where it carries messages that overtook direct ones: the old node also
+    passes on what reaches it after the move, and this node may still be
+    routing older messages of the same publisher that its own stream
+    brought late.  So a handed-over entry goes after every direct one of
+    the same origin that is older (refs of one origin sort in publish
+    order: :func:`~vmqtw.types.ref_origin`), and after the direct ones
+    before those.  A message that came both ways takes its direct place.
     """
     pending = list(pending)
-    direct = {_ref(message) for message, _qos in pending}
-    kept: List[Waiting] = []
+    index_of: Dict[bytes, int] = {}
+    #: origin -> (refs in pending order, their indexes in ``pending``)
+    by_origin: Dict[bytes, Tuple[List[bytes], List[int]]] = {}
+    for index, (message, _qos) in enumerate(pending):
+        ref = _ref(message)
+        index_of.setdefault(ref, index)
+        refs, indexes = by_origin.setdefault(ref_origin(ref), ([], []))
+        refs.append(ref)
+        indexes.append(index)
+    merged: List[Tuple[Waiting, bool]] = []
     moved: Set[bytes] = set()
+    taken = 0     # direct entries merged so far
     for entry in held:
         ref = _ref(entry[0])
-        if ref in direct:
+        upto = index_of.get(ref)
+        if upto is not None:
             moved.add(ref)
         else:
-            kept.append(entry)
-    return kept, moved
+            same_origin = by_origin.get(ref_origin(ref))
+            if same_origin is not None:
+                older = bisect_left(same_origin[0], ref)
+                upto = same_origin[1][older - 1] if older else None
+        if upto is not None:
+            while taken <= upto:
+                merged.append((pending[taken], True))
+                taken += 1
+        if ref not in moved:
+            merged.append((entry, False))
+    merged.extend((entry, True) for entry in pending[taken:])
+    return merged, moved
 
 
 #: ``requeue(subscriber_id, [(message, group filter), ...])``: a session
@@ -347,12 +373,12 @@ class SubscriberQueue:
                                   for entry in self.inflight.values()
                                   if entry.state == AWAIT_ACK]
         if self._held is not None:
-            # Moved on while holding: what was handed over to this node is
-            # older than what waits in ``pending`` (but what came both ways),
-            # and what came directly may have reached the connection before
-            # as well (see :meth:`release_hold`).
-            entries.extend(yield_to_direct(self._held, self.pending)[0])
-            entries.extend((_redelivery(message, qos), qos) for message, qos in self.pending)
+            # Moved on while holding: in the order release_hold would have
+            # delivered, and what came directly may have reached the
+            # connection before as well (see :meth:`release_hold`).
+            merged, _moved = merge_hand_over(self._held, self.pending)
+            entries.extend(((_redelivery(waiting[0], waiting[1]), waiting[1]) if direct
+                            else waiting) for waiting, direct in merged)
         else:
             entries.extend(self.pending)
         self._pending = None
@@ -421,10 +447,10 @@ class SubscriberQueue:
         self._held = None
         handed = self._handed_refs
         if held is not None:
-            kept, moved = yield_to_direct(held, self.pending)
-            held = deque(kept)
-            for message, qos in self.pending:
-                if not isinstance(message, bytes):
+            merged, moved = merge_hand_over(held, self.pending)
+            ordered: Deque[Waiting] = deque()
+            for (message, qos), direct in merged:
+                if direct and not isinstance(message, bytes):
                     if handed and message.ref in handed:
                         handed.discard(message.ref)
                         if message.ref not in moved:
@@ -433,8 +459,8 @@ class SubscriberQueue:
                     # session: a node that had not yet seen the move may
                     # have sent it there too, and its client got it.
                     message = _redelivery(message, qos)
-                held.append((message, qos))
-            self._pending = held if held else None
+                ordered.append((message, qos))
+            self._pending = ordered if ordered else None
         if not handed:
             self._handed_refs = None
         self.pump()
