@@ -11,22 +11,15 @@ restarted before the heal.
 """
 from __future__ import annotations
 
-import json
-from typing import Any, Dict
+from typing import Any
 
-from tests.nodeharness import Node
 from tests.test_e2e_cluster import admin, cluster_address, name, show_or_none, start_cluster
 from tests.test_e2e_cluster_mqtt5 import routed
+from tests.test_e2e_shared_store import status
 from tests.waiting import wait_until
 
 HOSTS = ("127.0.0.95", "127.0.0.96")
 COUNT = 20
-
-
-def counters(node: Node) -> Dict[str, Any]:
-    done = admin(node, "--format=json", "node", "status")
-    assert done.returncode == 0, done.stderr
-    return {row["Key"]: row["Value"] for row in json.loads(done.stdout)["table"]}
 
 
 def test_messages_acknowledged_during_a_cut_survive_a_kill_of_their_node(
@@ -45,11 +38,11 @@ def test_messages_acknowledged_during_a_cut_survive_a_kill_of_their_node(
     with partitions.cut([[a.host], [b.host]]):
         for n in range(COUNT):
             pub.publish("outbox/t", b"%02d" % n, 1)     # returns once PUBACKed
-        assert counters(a)["cluster_messages_outboxed"] == COUNT
+        assert status(a)["cluster_messages_outboxed"] == COUNT
         pub.disconnect()
         a.kill9()
         a.start()
-        assert counters(a)["cluster_messages_restored"] == COUNT
+        assert status(a)["cluster_messages_restored"] == COUNT
 
     def delivered() -> list:
         with sub.lock:

@@ -289,8 +289,9 @@ def _nothing(*args: Any) -> None:
 
 
 def _safe_now(_: Any, entry: OutboundEntry) -> None:
-    """An outbox write committed: the publisher waiting may be acknowledged
-    (unless the peer's acknowledgement came first)."""
+    """``entry`` is safe (the peer acknowledged it, or its outbox write
+    committed): the publisher waiting on it, if any still does, may be
+    acknowledged."""
     waiter = entry.waiter
     if waiter is not None:
         entry.waiter = None
@@ -628,8 +629,7 @@ class DataPlane:
             aging = peer.aging
             if aging and aging[-1].seq > peer.outbound.acked:
                 for entry in aging:
-                    if entry.waiter is not None and entry.token is None:
-                        self._to_outbox(peer, entry)
+                    self._to_outbox(peer, entry)
             peer.aging = peer.young
             peer.young = []
             waiting = waiting or bool(peer.aging)
@@ -640,15 +640,17 @@ class DataPlane:
         """The link to ``peer`` went: what waits on it goes to the outbox now."""
         for entries in (peer.aging, peer.young):
             for entry in entries:
-                if entry.waiter is not None and entry.token is None:
-                    self._to_outbox(peer, entry)
+                self._to_outbox(peer, entry)
 
     def _to_outbox(self, peer: _Peer, entry: OutboundEntry) -> None:
         """
-        Write ``entry`` to its outbox queue; its token says where, so the
-        peer's acknowledgement deletes it (after the write: the store keeps
-        the order of what it is asked).
+        Write ``entry`` to its outbox queue, unless nobody waits on it any
+        more (the peer acknowledged it) or it is written already; its token
+        says where, so the peer's acknowledgement deletes it (after the
+        write: the store keeps the order of what it is asked).
         """
+        if entry.waiter is None or entry.token is not None:
+            return
         store = self.store
         assert store is not None
         body = entry.body
@@ -777,10 +779,7 @@ class DataPlane:
         store = self.store
         sid = peer.outbox
         for entry in entries:
-            waiter = entry.waiter
-            if waiter is not None:
-                entry.waiter = None
-                waiter.callback(None)
+            _safe_now(None, entry)
             token = entry.token
             if token is None:
                 continue
